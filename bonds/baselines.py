@@ -1,0 +1,49 @@
+"""Training-free projectors: linear least squares and orthogonal Procrustes."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearMap(nn.Module):
+    """`n(x W + b)`: a fitted linear map with unit-norm outputs."""
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str = "linear") -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.kind = int(in_dim), int(out_dim), kind
+        self.weight = nn.Parameter(torch.zeros(self.in_dim, self.out_dim), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(self.out_dim), requires_grad=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"type": self.kind, "in_dim": self.in_dim, "out_dim": self.out_dim}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x @ self.weight + self.bias, dim=-1)
+
+
+def fit_least_squares(src: torch.Tensor, tgt: torch.Tensor, ridge: float = 0.0) -> LinearMap:
+    """Minimise ‖[src 1] [W; b] − tgt‖² (+ ridge·‖W‖²) in closed form."""
+    x = torch.cat([src.double(), torch.ones(len(src), 1, dtype=torch.float64)], dim=1)
+    y = tgt.double()
+    if ridge > 0:
+        reg = ridge * torch.eye(x.shape[1], dtype=torch.float64)
+        reg[-1, -1] = 0.0  # the bias is not penalised
+        solution = torch.linalg.solve(x.T @ x + reg, x.T @ y)
+    else:
+        solution = torch.linalg.lstsq(x, y).solution
+    head = LinearMap(src.shape[1], tgt.shape[1], "linear")
+    head.weight.data.copy_(solution[:-1].float())
+    head.bias.data.copy_(solution[-1].float())
+    return head.eval()
+
+
+def fit_procrustes(src: torch.Tensor, tgt: torch.Tensor) -> LinearMap:
+    """The (semi-)orthogonal W maximising tr(Wᵀ srcᵀ tgt): W = U Vᵀ from the SVD of srcᵀ tgt."""
+    u, _, vh = torch.linalg.svd(src.double().T @ tgt.double(), full_matrices=False)
+    head = LinearMap(src.shape[1], tgt.shape[1], "procrustes")
+    head.weight.data.copy_((u @ vh).float())
+    return head.eval()

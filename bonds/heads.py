@@ -1,0 +1,25 @@
+"""Rebuild any projector head from its `config` (for loading fused checkpoints)."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from spacebind.bonds.baselines import LinearMap
+from spacebind.bonds.mixture import ProjectorMixture
+from spacebind.bonds.projector import MLPProjector
+from spacebind.errors import CheckpointError
+
+
+def head_from_config(config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised head of the described shape, in eval mode, ready for load_state_dict."""
+    kind = config.get("type")
+    if kind == "mlp":
+        head: nn.Module = MLPProjector(config["in_dim"], config["out_dim"], config["hidden"])
+    elif kind in ("linear", "procrustes"):
+        head = LinearMap(config["in_dim"], config["out_dim"], kind)
+    elif kind == "mixture":
+        head = ProjectorMixture([head_from_config(c) for c in config["members"]])
+    else:
+        raise CheckpointError(f"unknown head type {kind!r}; expected mlp, linear, procrustes or mixture")
+    return head.eval()

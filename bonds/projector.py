@@ -1,0 +1,33 @@
+"""The reference MLP projector (FreeBind's Proj_Head_mini)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPProjector(nn.Module):
+    """Linear(in→hidden) → BatchNorm → ReLU → Linear(hidden→out) → BatchNorm → L2-normalise.
+
+    Xavier-uniform weights, zero biases, no dropout, no residual, as the reference."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 2048) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden = int(in_dim), int(out_dim), int(hidden)
+        self.net = nn.Sequential(
+            nn.Linear(self.in_dim, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.out_dim), nn.BatchNorm1d(self.out_dim),
+        )
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"type": "mlp", "in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": self.hidden}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x), dim=-1)

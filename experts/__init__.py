@@ -1,0 +1,3 @@
+"""Experts: frozen pretrained spaces, one file per family, registered on import."""
+from spacebind.experts import world  # noqa: F401
+from spacebind.experts import minilm  # noqa: F401

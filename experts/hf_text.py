@@ -1,0 +1,49 @@
+"""Sentence encoders from a local Hugging Face directory: mean pooling over the attention mask,
+L2-normalised (the sentence-transformers recipe). Nothing is downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from spacebind.errors import CheckpointError
+from spacebind.fileio import sha256_file
+from spacebind.space import Expert, ExpertSpec
+
+_PROBES = ("a dog runs on the beach", "quantum chromodynamics lecture notes")
+
+
+def _check_tokenizer(tokenizer: object, path: Path) -> None:
+    """Offline loads can silently yield a broken tokenizer that maps every text to the same ids."""
+    a, b = (tokenizer(t)["input_ids"] for t in _PROBES)  # type: ignore[operator]
+    if a == b or len(tokenizer) < 1000:  # type: ignore[arg-type]
+        raise CheckpointError(
+            f"{path}: the tokenizer loaded broken (vocabulary {len(tokenizer)}, "  # type: ignore[arg-type]
+            f"different texts give the same ids); check that the directory holds the tokenizer files"
+        )
+
+
+def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batch_size: int = 64,
+                     device: str = "cpu", source: str | None = None,
+                     spec_kwargs: dict[str, object] | None = None) -> Expert:
+    """A text expert from a local sentence-encoder directory (config, weights, tokenizer)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"sentence encoder {name!r}: no model.safetensors in {path}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    _check_tokenizer(tokenizer, path)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    kwargs = {"path": str(path)} if spec_kwargs is None else dict(spec_kwargs)
+    spec = ExpertSpec(source=source or name, kwargs=kwargs, checkpoint=str(weights), sha256=sha256_file(weights))
+    return Expert(name, model.config.hidden_size, {"text": encode}, spec=spec, batch_size=batch_size)

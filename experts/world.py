@@ -1,0 +1,55 @@
+"""The procedural world's experts, mirroring the real ones (see DESIGN.md).
+
+- world_unified: toy ImageBind; every modality aligned to images only, so audio-text,
+  point-text and audio-point alignment are emergent; a narrow audio tower seeing few clips.
+- world_image_text, world_audio_text, world_point_text: specialists trained on their pair.
+Configs are fixed by design (capacity and data), not tuned to any downstream claim.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from spacebind.experts.registry import EXPERTS
+from spacebind.experts.world_towers import encode_with
+from spacebind.experts.world_training import WorldExpertConfig, trained_towers
+from spacebind.fileio import sha256_file
+from spacebind.space import Expert, ExpertSpec
+
+CONFIGS = {
+    c.name: c for c in (
+        WorldExpertConfig(
+            "world_unified", 64, {"image": 24, "text": 48, "audio": 24, "point": 32},
+            (("image", "text"), ("image", "audio"), ("image", "point")),
+            pair_items={"image-audio": 800}, seed=1,
+        ),
+        WorldExpertConfig("world_image_text", 48, {"image": 40, "text": 64}, (("image", "text"),), seed=2),
+        WorldExpertConfig("world_audio_text", 40, {"audio": 64, "text": 64}, (("audio", "text"),), seed=3),
+        WorldExpertConfig("world_point_text", 32, {"point": 32, "text": 64}, (("point", "text"),), seed=4),
+    )
+}
+
+
+def make_world_expert(name: str, concepts_seed: int = 0, num_concepts: int = 24,
+                      checkpoint: str | Path | None = None, progress: bool = True) -> Expert:
+    """Build a world expert, training it on first use (cached under $SPACEBIND_HOME/experts)."""
+    config = CONFIGS[name]
+    towers, path = trained_towers(config, concepts_seed, num_concepts, checkpoint, progress)
+    kwargs = {"concepts_seed": concepts_seed, "num_concepts": num_concepts}
+    if checkpoint is not None:
+        kwargs["checkpoint"] = str(checkpoint)
+    spec = ExpertSpec(source=name, kwargs=kwargs, checkpoint=str(path), sha256=sha256_file(path))
+    encoders = {m: partial(encode_with, towers[m]) for m in config.widths}
+    return Expert(name, config.dim, encoders, spec=spec)
+
+
+_DESCRIPTIONS = {
+    "world_unified": "procedural world: toy ImageBind, every modality aligned to images only",
+    "world_image_text": "procedural world: image-text expert (like InternVL-C / EVA-CLIP)",
+    "world_audio_text": "procedural world: audio-text expert (like CLAP)",
+    "world_point_text": "procedural world: 3D-text expert (like Uni3D)",
+}
+for _name, _config in CONFIGS.items():
+    EXPERTS.register(_name, modalities=tuple(_config.widths), dim=_config.dim, description=_DESCRIPTIONS[_name])(
+        partial(make_world_expert, _name)
+    )

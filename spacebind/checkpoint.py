@@ -1,0 +1,141 @@
+"""Fused checkpoints: a directory with the trained heads, the bond structure, the recipe,
+metrics and a model card. Experts are referenced by source, checkpoint path and sha256, not copied.
+
+    OUT/model.safetensors   heads only, keys `bonds.<i>.<expert>.<param>` (bonds in post-order)
+    OUT/config.json         {"format", "spacebind_version", "space": <tree>}
+    OUT/recipe.yaml         the recipe, verbatim (when given)
+    OUT/metrics.json        evaluation records (a JSON list)
+    OUT/README.md           model card
+"""
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file
+
+from spacebind.bonds.bound import BoundSpace
+from spacebind.bonds.heads import head_from_config
+from spacebind.errors import CheckpointError
+from spacebind.fileio import save_tensors, write_json, write_text
+from spacebind.model_card import model_card
+from spacebind.resolve import build_expert
+from spacebind.space import Expert, Space
+
+FORMAT = 1
+
+
+def spacebind_version() -> str:
+    return version("spacebind")
+
+
+def space_config(space: Space) -> dict[str, Any]:
+    """The JSON tree that rebuilds `space` (experts by reference, bonds with head configs)."""
+    index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BoundSpace) else {}
+
+    def node(s: Space) -> dict[str, Any]:
+        if isinstance(s, Expert):
+            return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **s.spec.to_json()}
+        if isinstance(s, BoundSpace):
+            return {
+                "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
+                "modalities": list(s.modalities), "lambdas": s.lambdas,
+                "base": node(s.base), "experts": [node(e) for e in s.experts],
+                "heads": {k: h.config for k, h in s.heads.items()},
+            }
+        raise CheckpointError(f"cannot save a {type(s).__name__}; only experts and bound spaces")
+
+    return node(space)
+
+
+def head_tensors(space: Space) -> dict[str, torch.Tensor]:
+    if not isinstance(space, BoundSpace):
+        return {}
+    return {
+        f"bonds.{i}.{name}.{key}": value.detach().cpu()
+        for i, bond in enumerate(space.bonds())
+        for name, head in bond.heads.items()
+        for key, value in head.state_dict().items()
+    }
+
+
+def save_space(
+    space: Space,
+    directory: str | Path,
+    *,
+    recipe_text: str | None = None,
+    metrics: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write `space` as a fused checkpoint directory; returns the directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = head_tensors(space)
+    save_tensors(out / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
+    config = {"format": FORMAT, "spacebind_version": spacebind_version(), "space": space_config(space)}
+    write_json(out / "config.json", config)
+    if recipe_text is not None:
+        write_text(out / "recipe.yaml", recipe_text)
+    write_json(out / "metrics.json", metrics or [])
+    write_text(out / "README.md", model_card(space, config, metrics or []))
+    return out
+
+
+def load(directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True) -> Space:
+    """Load a fused checkpoint. `experts` overrides experts by name (e.g. ones built in memory);
+    with `verify`, an expert checkpoint whose sha256 differs from the recorded one is refused."""
+    root = Path(directory)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{root} is not a fused checkpoint: no config.json")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: format {config.get('format')!r}, this spacebind reads {FORMAT}")
+    tensors = load_file(str(root / "model.safetensors")) if (root / "model.safetensors").is_file() else {}
+    used: set[str] = set()
+    space = _build(config["space"], tensors, used, dict(experts or {}), verify, config_path)
+    unexpected = sorted(set(tensors) - used)
+    if unexpected:
+        raise CheckpointError(f"{root / 'model.safetensors'}: unexpected keys {unexpected}")
+    return space
+
+
+def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, where: Path) -> Space:
+    if node["type"] == "expert":
+        name = node["name"]
+        if name in overrides:
+            return overrides[name]
+        if node["source"].startswith("<in-memory"):
+            raise CheckpointError(
+                f"{where}: expert {name!r} was built in memory; pass it as load(..., experts={{{name!r}: space}})"
+            )
+        expert = build_expert(node["source"], node.get("kwargs"), name=name)
+        _verify_expert(expert, node, verify, where)
+        return expert
+    base = _build(node["base"], tensors, used, overrides, verify, where)
+    experts = [_build(e, tensors, used, overrides, verify, where) for e in node["experts"]]
+    heads = {}
+    for name, head_config in node["heads"].items():
+        head = head_from_config(head_config)
+        prefix = f"bonds.{node['index']}.{name}."
+        state = {k: tensors[prefix + k] for k in head.state_dict() if prefix + k in tensors}
+        used.update(prefix + k for k in state)
+        missing = sorted(set(head.state_dict()) - set(state))
+        if missing:
+            raise CheckpointError(f"{where.parent / 'model.safetensors'}: missing keys {[prefix + k for k in missing]}")
+        head.load_state_dict(state, strict=True)
+        heads[name] = head
+    return BoundSpace(base, experts, node["bond"], heads, lambdas=node["lambdas"], name=node["name"])
+
+
+def _verify_expert(expert: Expert, node: dict, verify: bool, where: Path) -> None:
+    if expert.dim != node["dim"]:
+        raise CheckpointError(f"{where}: expert {node['name']!r} now has dim {expert.dim}, the checkpoint expects {node['dim']}")
+    recorded = node.get("sha256")
+    if verify and recorded and expert.spec.sha256 and expert.spec.sha256 != recorded:
+        raise CheckpointError(
+            f"{where}: expert {node['name']!r} checkpoint {expert.spec.checkpoint} has sha256 "
+            f"{expert.spec.sha256[:12]}…, the fused checkpoint was trained with {recorded[:12]}…"
+        )

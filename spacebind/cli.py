@@ -1,0 +1,208 @@
+"""The `spacebind` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from spacebind.errors import SpacebindError
+
+app = typer.Typer(
+    help="Bind pretrained embedding spaces into one fused multimodal space.\n\n"
+    "Quick start: spacebind fuse recipes/demo.yaml --out runs/demo",
+    no_args_is_help=True, add_completion=False,
+)
+world_app = typer.Typer(help="The procedural world: a multimodal test bed with known ground truth.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs get a wide table
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _run(job: Callable[[], Any]) -> Any:
+    """Run a command body; spacebind errors become one red line and exit code 2, no traceback."""
+    try:
+        return job()
+    except SpacebindError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _kwargs(pairs: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+    """Check a recipe and report every error at once, before any work.
+
+    Example: spacebind validate recipes/demo.yaml
+    """
+    from spacebind.recipe import load_recipe
+
+    parsed, _ = _run(lambda: load_recipe(recipe))
+    console.print(f"[green]ok[/] {recipe}: {len(parsed.experts)} experts, {len(parsed.bonds)} bonds")
+
+
+@app.command()
+def experts(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'world_*'.")) -> None:
+    """List registered experts.
+
+    Example: spacebind experts 'world_*'
+    """
+    from rich.table import Table
+
+    from spacebind.experts.registry import EXPERTS
+
+    table = Table("name", "modalities", "dim", "description")
+    for name in EXPERTS.list(pattern):
+        e = EXPERTS.entry(name)
+        table.add_row(name, ", ".join(e.modalities), str(e.dim or "?"), e.description)
+    console.print(table)
+
+
+@world_app.command("generate")
+def world_generate(
+    out: Path = typer.Argument(..., help="Output directory."),
+    seed: int = typer.Option(0, help="Instance sampling seed."),
+    train: int = typer.Option(2000, help="Train items."),
+    val: int = typer.Option(300, help="Validation items."),
+    test: int = typer.Option(500, help="Test items."),
+    concepts_seed: int = typer.Option(0, help="Seed of the concept set (the world itself)."),
+    num_concepts: int = typer.Option(24, help="Number of concepts (classes)."),
+) -> None:
+    """Write a procedural-world dataset: PNG, WAV, NPY files, manifest.jsonl and classes.json.
+
+    Example: spacebind world generate data/world --seed 1 --test 1000
+    """
+    from spacebind.world.generate import generate_world
+
+    path = _run(lambda: generate_world(
+        out, seed=seed, sizes={"train": train, "val": val, "test": test},
+        concepts_seed=concepts_seed, num_concepts=num_concepts,
+    ))
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def embed(
+    expert: str = typer.Argument(..., help="Registered expert name or module:attribute."),
+    data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl."),
+    out: Path = typer.Option(..., "--out", help="Cache directory (resumes if it exists)."),
+    kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", help="Expert argument KEY=VALUE (repeatable)."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable)."),
+    shard_size: int = typer.Option(1024, help="Items per shard."),
+    batch_size: Optional[int] = typer.Option(None, help="Encoder batch size."),
+) -> None:
+    """Embed a dataset with one expert into a sharded float16 cache.
+
+    Example: spacebind embed world_audio_text data/world --out caches/audio_text
+    """
+    from spacebind.cache import embed_dataset
+    from spacebind.data import Dataset
+    from spacebind.resolve import build_expert
+
+    def job() -> Any:
+        space = build_expert(expert, _kwargs(kwarg))
+        return embed_dataset(space, Dataset.load(data), out, modalities=modality or None,
+                             shard_size=shard_size, batch_size=batch_size)
+
+    cache = _run(job)
+    counts = ", ".join(f"{m} {len(cache.ids(m))}" for m in cache.modalities)
+    console.print(f"[green]cached[/] {out}: {counts}")
+
+
+@app.command()
+def fuse(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: the recipe's export.out or runs/NAME)."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Work directory for data, caches, checkpoints."),
+) -> None:
+    """Run a recipe end to end: data, embed, train bonds, evaluate, export.
+
+    Example: spacebind fuse recipes/demo.yaml --out runs/demo
+    """
+    from spacebind.fuse import fuse as run_fuse
+    from spacebind.recipe import load_recipe
+    from spacebind.report import records_table
+
+    def job() -> Any:
+        parsed, text = load_recipe(recipe)
+        return run_fuse(parsed, recipe_text=text, base_dir=recipe.parent, out=out, work=work)
+
+    result = _run(job)
+    console.print(records_table(result.records))
+    console.print(f"[green]exported[/] {result.out}")
+
+
+@app.command("eval")
+def evaluate_cmd(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
+    data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write records as JSON here."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+) -> None:
+    """Evaluate a fused checkpoint: retrieval between every modality pair and zero-shot classification.
+
+    Example: spacebind eval runs/demo data/world --split test --out metrics.json
+    """
+    from spacebind.binding import dataset_key, ensure_caches
+    from spacebind.checkpoint import load
+    from spacebind.data import Dataset
+    from spacebind.evaluation import write_records
+    from spacebind.fileio import home_dir
+    from spacebind.fuse import evaluate_space
+    from spacebind.report import records_table
+
+    def job() -> Any:
+        space = load(fused)
+        dataset = Dataset.load(data)
+        root = cache_dir or home_dir() / "caches" / dataset_key(dataset)
+        caches = ensure_caches([space], dataset, root)
+        return evaluate_space(space, "fused", caches, dataset, split, [1, 5, 10])
+
+    records = _run(job)
+    console.print(records_table(records))
+    if out:
+        write_records(out, records)
+
+
+@app.command()
+def encode(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name)."),
+    modality: str = typer.Argument(..., help="text, image, audio, point, ..."),
+    inputs: list[str] = typer.Argument(..., help="Files, or strings for text."),
+    out: Path = typer.Option(..., "--out", help="Output .npy file [N, dim]."),
+) -> None:
+    """Encode inputs with a fused space and write the embeddings as .npy.
+
+    Example: spacebind encode runs/demo audio clip.wav --out clip.npy
+    """
+    import numpy as np
+
+    from spacebind.checkpoint import load
+    from spacebind.fileio import atomic_path
+    from spacebind.resolve import build_expert
+
+    def job() -> Any:
+        space = load(fused) if fused.is_dir() else build_expert(str(fused))
+        emb = space.encode(modality, list(inputs)).numpy()
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, emb)
+        return emb
+
+    emb = _run(job)
+    console.print(f"[green]wrote[/] {out}: {emb.shape[0]} × {emb.shape[1]}")
+
+

@@ -1,0 +1,29 @@
+"""Errors that name the file, field or input at fault."""
+from __future__ import annotations
+
+
+class SpacebindError(Exception):
+    """Base class of every error spacebind raises on purpose."""
+
+
+class InputError(SpacebindError, ValueError):
+    """A bad input: corrupt file, wrong shape, NaN, empty text, unknown modality."""
+
+
+class RecipeError(SpacebindError, ValueError):
+    """A recipe that does not validate; the message lists every field at fault."""
+
+
+class CheckpointError(SpacebindError):
+    """A checkpoint that is missing, corrupt, of the wrong expert, or whose keys do not match."""
+
+
+class CacheError(SpacebindError):
+    """An embedding cache made by another expert or checkpoint, or damaged."""
+
+
+class UnknownNameError(SpacebindError, KeyError):
+    """An unknown registry name; the message suggests the nearest known ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,93 @@
+"""The fuse pipeline: recipe → data → experts → embedding caches → bonds → evaluation → export.
+
+Every stage writes to disk under a work directory (`$SPACEBIND_HOME/runs/<recipe name>` by
+default), so an interrupted run resumes: the world is generated once, caches resume by shard,
+projector training resumes by epoch and a finished projector is not retrained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spacebind.binding import CacheSet, dataset_key, ensure_caches, train_bond
+from spacebind.checkpoint import save_space
+from spacebind.data import Dataset
+from spacebind.evaluation import evaluate
+from spacebind.fileio import home_dir
+from spacebind.recipe import DataConfig, Recipe
+from spacebind.resolve import build_expert
+from spacebind.space import Space
+
+
+@dataclass
+class FuseResult:
+    space: Space
+    records: list[dict[str, Any]]
+    out: Path
+    work: Path
+
+
+def prepare_data(data: DataConfig, base_dir: Path, work: Path) -> Dataset:
+    """Load the recipe's dataset, generating the procedural world first if asked (once)."""
+    if data.path is not None:
+        path = data.path if data.path.is_absolute() else base_dir / data.path
+        return Dataset.load(path)
+    from spacebind.world.generate import generate_world
+
+    w = data.world
+    assert w is not None
+    target = work / "data" / f"world-c{w.concepts_seed}-n{w.num_concepts}-s{w.seed}-{w.train}-{w.val}-{w.test}"
+    if not (target / "manifest.jsonl").is_file():
+        generate_world(
+            target, seed=w.seed, sizes={"train": w.train, "val": w.val, "test": w.test},
+            concepts_seed=w.concepts_seed, num_concepts=w.num_concepts,
+        )
+    return Dataset.load(target)
+
+
+def evaluate_space(
+    space: Space, role: str, caches: CacheSet, dataset: Dataset, split: str, ks: list[int], model: str | None = None
+) -> list[dict[str, Any]]:
+    """Evaluate a space on a dataset split from the leaf caches (class prompts encoded live)."""
+    modalities = [m for m in space.modalities if m in dataset.modalities()]
+    encode_text = (lambda prompts: space.encode("text", prompts)) if "text" in space.modalities else None
+    return evaluate(
+        model=model or space.name, role=role, dataset=dataset, split=split, modalities=modalities,
+        embed_items=lambda m, ids: caches.embeddings(space, m, ids), encode_text=encode_text, ks=tuple(ks),
+    )
+
+
+def fuse(
+    recipe: Recipe,
+    *,
+    recipe_text: str | None = None,
+    base_dir: Path = Path("."),
+    out: Path | None = None,
+    work: Path | None = None,
+    progress: bool = True,
+) -> FuseResult:
+    """Run a recipe end to end and export the fused checkpoint; returns the space and its metrics."""
+    out = out or recipe.export.out or Path("runs") / recipe.name
+    work = work or home_dir() / "runs" / recipe.name
+    dataset = prepare_data(recipe.data, base_dir, work)
+    experts = {alias: build_expert(cfg.source, cfg.kwargs, name=alias) for alias, cfg in recipe.experts.items()}
+    caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
+    space: Space = experts[recipe.base]
+    for i, bond in enumerate(recipe.bonds):
+        last = i == len(recipe.bonds) - 1
+        space = train_bond(
+            space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
+            lambdas=bond.lambdas, work_dir=work / "heads" / f"bond{i}", name=recipe.name if last else None,
+            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing,
+            train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
+        )
+    split, ks = recipe.evaluate.split, recipe.evaluate.ks
+    records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
+    for bond in recipe.bonds:
+        for name in bond.experts:
+            records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
+    if recipe.bonds:
+        records += evaluate_space(space, "fused", caches, dataset, split, ks)
+    save_space(space, out, recipe_text=recipe_text, metrics=records)
+    return FuseResult(space=space, records=records, out=Path(out), work=work)

@@ -1,0 +1,34 @@
+"""Progress bars for long steps (rich), on stderr; off when SPACEBIND_PROGRESS=0."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+
+def enabled(requested: bool = True) -> bool:
+    return requested and os.environ.get("SPACEBIND_PROGRESS", "1") != "0"
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, show: bool = True) -> Iterator[T]:
+    """Iterate `items` with a transient progress bar (or silently)."""
+    if not enabled(show):
+        yield from items
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total if total is not None else _len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _len(items: Iterable[object]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,0 +1,236 @@
+"""The recipe schema: a YAML file naming data, experts, bonds, training, evaluation and export.
+
+Validation is strict (`extra="forbid"`), reports every error at once with its field path, and
+suggests the nearest name for an unknown field, expert or bond.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spacebind.bonds.bound import BOND_KINDS
+from spacebind.errors import RecipeError
+from spacebind.modalities import MODALITIES
+from spacebind.resolve import is_import_path
+from spacebind.training import TrainConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorldData(Strict):
+    """Generate the procedural world (see `spacebind world generate`)."""
+
+    seed: int = 0
+    train: int = Field(2000, ge=1)
+    val: int = Field(300, ge=1)
+    test: int = Field(500, ge=1)
+    concepts_seed: int = 0
+    num_concepts: int = Field(24, ge=2)
+
+
+class DataConfig(Strict):
+    """Exactly one of `path` (a dataset directory or manifest) or `world`."""
+
+    path: Path | None = None
+    world: WorldData | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.path is None) == (self.world is None):
+            raise ValueError("give exactly one of 'path' (a dataset) or 'world' (generate the procedural world)")
+        return self
+
+
+class ExpertConfig(Strict):
+    """An expert by registry name (`name`) or user code (`import: module:attribute`)."""
+
+    name: str | None = None
+    import_: str | None = Field(None, alias="import")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"import": value} if is_import_path(value) else {"name": value}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        from spacebind.experts.registry import EXPERTS
+
+        if name is not None and name not in EXPERTS:
+            raise ValueError(EXPERTS.unknown_message(name))
+        return name
+
+    @field_validator("import_")
+    @classmethod
+    def _import_form(cls, path: str | None) -> str | None:
+        if path is not None and not is_import_path(path):
+            raise ValueError(f"import path {path!r} must look like 'package.module:attribute'")
+        return path
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ExpertConfig":
+        if (self.name is None) == (self.import_ is None):
+            raise ValueError("give exactly one of 'name' (a registered expert) or 'import' (module:attribute)")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.name or self.import_ or ""
+
+
+class BondConfig(Strict):
+    """One bond applied to the space built so far: `type` and the expert(s) it brings in."""
+
+    type: str
+    experts: list[str] = Field(min_length=1)
+    lambdas: dict[str, float] = Field(default_factory=dict)
+    projector: Literal["mlp", "linear", "procrustes"] = "mlp"
+    mixture: int = Field(1, ge=1)
+    pairing: Literal["same", "all"] = "same"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "expert" in value:
+            value = dict(value)
+            if "experts" in value:
+                raise ValueError("give 'expert' or 'experts', not both")
+            value["experts"] = [value.pop("expert")]
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _known_bond(cls, kind: str) -> str:
+        if kind not in BOND_KINDS:
+            near = difflib.get_close_matches(kind, BOND_KINDS, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"unknown bond {kind!r}.{hint} Known: {', '.join(BOND_KINDS)}")
+        return kind
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambda_values(cls, lambdas: dict[str, float]) -> dict[str, float]:
+        for m, v in lambdas.items():
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+        return lambdas
+
+    @model_validator(mode="after")
+    def _displacement_single(self) -> "BondConfig":
+        if self.type == "displacement" and len(self.experts) != 1:
+            raise ValueError("a displacement bond moves the space to one expert; list exactly one")
+        return self
+
+
+class EvalConfig(Strict):
+    split: Literal["train", "val", "test"] = "test"
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+
+
+class ExportConfig(Strict):
+    out: Path | None = None
+
+
+class Recipe(Strict):
+    """A whole fuse job."""
+
+    name: str
+    data: DataConfig
+    experts: dict[str, ExpertConfig] = Field(min_length=1)
+    base: str
+    bonds: list[BondConfig] = Field(default_factory=list)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def _reference_errors(raw: dict[str, Any]) -> list[str]:
+    """Cross-field checks that work on the raw mapping, so they are reported with schema errors."""
+    experts = raw.get("experts")
+    if not isinstance(experts, dict):
+        return []
+    names = list(experts)
+    errors = []
+
+    def check(loc: str, ref: Any) -> None:
+        if isinstance(ref, str) and ref not in experts:
+            near = difflib.get_close_matches(ref, names, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            errors.append(f"{loc}: {ref!r} is not one of the recipe's experts ({', '.join(names)}).{hint}")
+
+    check("base", raw.get("base"))
+    used = {raw.get("base")}
+    for i, bond in enumerate(raw.get("bonds") or []):
+        if not isinstance(bond, dict):
+            continue
+        refs = bond.get("experts", [bond.get("expert")] if "expert" in bond else [])
+        for j, ref in enumerate(refs if isinstance(refs, list) else [refs]):
+            check(f"bonds.{i}.experts.{j}", ref)
+            if ref in used:
+                errors.append(f"bonds.{i}.experts.{j}: expert {ref!r} is already part of the space")
+            used.add(ref)
+    return errors
+
+
+def _all_field_names() -> list[str]:
+    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, TrainConfig, EvalConfig, ExportConfig]
+    return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
+
+
+def _format_pydantic(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(recipe)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(err["loc"][-1]), _all_field_names(), n=1)
+            msg = "unknown field" + (f"; did you mean {near[0]!r}?" if near else "")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping; raise a RecipeError listing every problem with its field path."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of fields, got {type(raw).__name__}")
+    errors: list[str] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_format_pydantic(exc))
+    errors.extend(_reference_errors(raw))
+    if errors or recipe is None:
+        listing = "\n".join(f"  - {e}" for e in errors)
+        raise RecipeError(f"{source}: {len(errors)} error(s)\n{listing}")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Read and validate a YAML recipe; returns the recipe and its text (exported verbatim)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return validate_recipe(raw, str(path)), text

@@ -1,0 +1,67 @@
+"""Registries of experts and bonds, with wildcard listing (timm-style)."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from spacebind.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered factory and what it promises."""
+
+    name: str
+    factory: Callable[..., T]
+    modalities: tuple[str, ...] = ()
+    dim: int | None = None
+    description: str = ""
+    checkpoint: str = ""  # the file(s) a user must provide, described for error messages
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """A name → factory map; registering a name twice warns and replaces."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, **info: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: `@EXPERTS.register("world_unified", modalities=(...), dim=64)`."""
+
+        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2)
+            self._entries[name] = Entry(name=name, factory=factory, **info)
+            return factory
+
+        return decorate
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a shell-style wildcard pattern."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entry(self, name: str) -> Entry[T]:
+        """The entry for `name`, or an UnknownNameError suggesting the nearest names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        near = difflib.get_close_matches(name, list(self._entries), n=3)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.list()) or '(none)'}"
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        """Build the registered object `name` with `kwargs`."""
+        return self.entry(name).factory(**kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

@@ -1,0 +1,154 @@
+"""Spaces: anything that maps inputs of its modalities to unit vectors of one dimension.
+
+A space is a tree whose leaves are experts (frozen encoders) and whose inner nodes are bonds.
+`encode` loads the inputs once, runs each leaf expert that covers the modality once, and lets
+the tree `combine` the leaf embeddings. Training and evaluation call `combine` on cached leaf
+embeddings, so no expert ever re-encodes a dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from spacebind.errors import InputError
+from spacebind.modalities import MODALITIES, check_modality
+
+Encoder = Callable[[list[Any]], torch.Tensor]
+"""Per-modality encoder: a list of loaded inputs (see `spacebind.inputs`) → Tensor[N, dim]."""
+
+
+class Space:
+    """Base of experts and bound spaces. Subclasses set `name`, `modalities`, `dim` and
+    implement `leaves` and `combine`."""
+
+    name: str
+    modalities: tuple[str, ...]
+    dim: int
+
+    def leaves(self) -> list["Expert"]:
+        """The distinct experts this space reads, in a stable order."""
+        raise NotImplementedError
+
+    def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """This space's embedding of `modality` from its leaves' embeddings (keyed by leaf name)."""
+        raise NotImplementedError
+
+    def formula(self) -> str:
+        """The space in FreeBind notation; an expert is its name."""
+        return self.name
+
+    def leaves_for(self, modality: str) -> list["Expert"]:
+        """The leaves that cover `modality`."""
+        return [leaf for leaf in self.leaves() if modality in leaf.modalities]
+
+    @torch.no_grad()
+    def encode(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
+        """Encode raw inputs (paths, arrays, strings) of `modality` → Tensor[N, dim], unit-norm."""
+        from spacebind.inputs import load_inputs
+
+        check_modality(modality, self.modalities, owner=f"space {self.name!r}")
+        loaded = load_inputs(modality, inputs)
+        leaf = {e.name: e.embed_loaded(modality, loaded, batch_size) for e in self.leaves_for(modality)}
+        return self.combine(modality, leaf)
+
+    def bind(self, expert: "Space", bond: str = "combination", **kwargs: Any) -> "Space":
+        """Bind `expert` to this space with a bond (`combination` or `displacement`); trains
+        what the bond needs from `data=` (a dataset path or `Dataset`) and returns the bound space."""
+        from spacebind.binding import bind
+
+        return bind(self, expert, bond=bond, **kwargs)
+
+    def save(self, directory: str | Path, **kwargs: Any) -> Path:
+        """Write a fused checkpoint directory (see `spacebind.checkpoint.save_space`)."""
+        from spacebind.checkpoint import save_space
+
+        return save_space(self, directory, **kwargs)
+
+    @staticmethod
+    def from_encoders(name: str, encoders: Mapping[str, Encoder], dim: int, **kwargs: Any) -> "Expert":
+        """Wrap user callables or `nn.Module`s, one per modality, into a space usable everywhere
+        a registered expert is. Each encoder gets a list of loaded inputs and returns Tensor[N, dim]."""
+        return Expert(name=name, dim=dim, encoders=dict(encoders), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, modalities={list(self.modalities)}, dim={self.dim})"
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """How to rebuild an expert: a registry name or a `module:attribute` import path, its
+    keyword arguments, and the checkpoint it read (with sha256) if any."""
+
+    source: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "kwargs": self.kwargs, "checkpoint": self.checkpoint, "sha256": self.sha256}
+
+
+class Expert(Space):
+    """A frozen leaf space: one encoder per modality, outputs L2-normalised."""
+
+    def __init__(
+        self,
+        name: str,
+        dim: int,
+        encoders: Mapping[str, Encoder],
+        *,
+        spec: ExpertSpec | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        for m in encoders:
+            check_modality(m, owner=f"expert {name!r}")
+        if not encoders:
+            raise InputError(f"expert {name!r} needs at least one modality encoder")
+        self.name = name
+        self.dim = int(dim)
+        self.encoders = dict(encoders)
+        self.modalities = tuple(m for m in MODALITIES if m in self.encoders)
+        self.spec = spec or ExpertSpec(source=f"<in-memory:{name}>")
+        self.batch_size = batch_size
+
+    def leaves(self) -> list["Expert"]:
+        return [self]
+
+    def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return leaf_embeddings[self.name]
+
+    def renamed(self, name: str) -> "Expert":
+        """The same expert under another name (recipes give experts local names)."""
+        return Expert(name, self.dim, self.encoders, spec=self.spec, batch_size=self.batch_size)
+
+    @torch.no_grad()
+    def embed_loaded(self, modality: str, loaded: Sequence[Any], batch_size: int | None = None) -> torch.Tensor:
+        """Run the encoder of `modality` over already-loaded inputs in batches → unit-norm float32."""
+        check_modality(modality, self.modalities, owner=f"expert {self.name!r}")
+        encoder = self.encoders[modality]
+        if isinstance(encoder, torch.nn.Module):
+            encoder.eval()
+        size = batch_size or self.batch_size
+        outs = []
+        for start in range(0, len(loaded), size):
+            chunk = list(loaded[start:start + size])
+            out = torch.as_tensor(encoder(chunk)).detach().float().cpu()
+            if out.shape != (len(chunk), self.dim):
+                raise InputError(
+                    f"expert {self.name!r} {modality} encoder returned shape {tuple(out.shape)}, "
+                    f"expected ({len(chunk)}, {self.dim})"
+                )
+            if not torch.isfinite(out).all():
+                bad = (~torch.isfinite(out)).any(dim=1).nonzero().flatten().tolist()
+                raise InputError(
+                    f"expert {self.name!r} produced NaN/inf embeddings for {modality} inputs "
+                    f"at positions {[start + i for i in bad]}"
+                )
+            outs.append(F.normalize(out, dim=-1))
+        if not outs:
+            return torch.empty(0, self.dim)
+        return torch.cat(outs)

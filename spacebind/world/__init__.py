@@ -1,0 +1,1 @@
+"""The procedural world: concepts, rendering, dataset generation."""

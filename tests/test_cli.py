@@ -1,0 +1,50 @@
+"""The CLI: thin commands, examples in --help, one-line errors with exit code 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spacebind.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_help_lists_commands_with_examples() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ["validate", "experts", "world", "embed", "fuse", "eval", "encode"]:
+        assert command in result.output
+    for command in [["validate"], ["experts"], ["world", "generate"], ["embed"], ["fuse"], ["eval"], ["encode"]]:
+        sub = runner.invoke(app, [*command, "--help"])
+        assert sub.exit_code == 0 and "Example: spacebind" in sub.output, command
+
+
+def test_validate_ok_and_errors(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["validate", str(ROOT / "recipes" / "demo.yaml")])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes" / "demo.yaml").read_text().replace("epochs:", "epochz:").replace("world_audio_text", "world_audio_txt"))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "2 error(s)" in result.output and "train.epochz: unknown field" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_experts_wildcard() -> None:
+    result = runner.invoke(app, ["experts", "world_*"])
+    assert result.exit_code == 0
+    for name in ["world_unified", "world_image_text", "world_audio_text", "world_point_text"]:
+        assert name in result.output
+    assert "minilm" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "no_such_expert", "text", "hello", "--out", "x.npy"], "unknown expert 'no_such_expert'"),
+    (["eval", "not-a-checkpoint", "nowhere"], "not a fused checkpoint"),
+])
+def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -44,6 +44,7 @@ class BoundSpace(Space):
         heads: Mapping[str, nn.Module],
         lambdas: Mapping[str, float] | None = None,
         name: str | None = None,
+        presets: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         if kind not in BOND_KINDS:
             raise InputError(f"unknown bond {kind!r}; expected one of {', '.join(BOND_KINDS)}")
@@ -58,10 +59,8 @@ class BoundSpace(Space):
         self.experts = list(experts)
         self.kind = kind
         self.heads = {k: v.eval() for k, v in heads.items()}
-        self.lambdas = {check_modality(m): float(v) for m, v in (lambdas or {}).items()}
-        for m, v in self.lambdas.items():
-            if not 0.0 <= v <= 1.0:
-                raise InputError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+        self.lambdas = _checked(lambdas or {})
+        self.presets = {name: _checked(values) for name, values in (presets or {}).items()}
         covered = set(base.modalities).union(*(e.modalities for e in experts))
         self.modalities = tuple(m for m in MODALITIES if m in covered)
         self.dim = base.dim if kind == "combination" else experts[0].dim
@@ -77,6 +76,17 @@ class BoundSpace(Space):
     def lambda_for(self, modality: str) -> float:
         """λ_m: the weight on the projected side (0.5 when the bond does not set it)."""
         return self.lambdas.get(modality, 0.5)
+
+    def with_lambdas(self, lambdas: str | Mapping[str, float]) -> "BoundSpace":
+        """The same space (heads shared) with other λ on this bond: a preset name or a mapping;
+        modalities the mapping does not name keep their λ. Coarse-to-fine inference picks presets."""
+        if isinstance(lambdas, str):
+            if lambdas not in self.presets:
+                known = ", ".join(self.presets) or "(none)"
+                raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: {known}")
+            lambdas = self.presets[lambdas]
+        return BoundSpace(self.base, self.experts, self.kind, self.heads, lambdas={**self.lambdas, **lambdas},
+                          name=self.name, presets=self.presets)
 
     def leaves(self) -> list[Expert]:
         return list(self._leaves)
@@ -111,6 +121,14 @@ class BoundSpace(Space):
         if not covering:
             return F.normalize(projected, dim=-1)
         return F.normalize(lam * projected + (1.0 - lam) * xs[0], dim=-1)
+
+
+def _checked(lambdas: Mapping[str, float]) -> dict[str, float]:
+    out = {check_modality(m): float(v) for m, v in lambdas.items()}
+    for m, v in out.items():
+        if not 0.0 <= v <= 1.0:
+            raise InputError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+    return out
 
 
 def _distinct_leaves(spaces: list[Space]) -> list[Expert]:

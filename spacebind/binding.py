@@ -133,6 +133,7 @@ def train_bond(
     lambdas: Mapping[str, float] | None = None,
     work_dir: Path | None = None,
     name: str | None = None,
+    presets: Mapping[str, Mapping[str, float]] | None = None,
     **head_kwargs: Any,
 ) -> BoundSpace:
     """Train the projectors a bond needs and return the bound space."""
@@ -143,7 +144,7 @@ def train_bond(
         src, tgt = (expert, base) if kind == "combination" else (base, expert)
         ckpt = work_dir / expert.name if work_dir is not None else None
         heads[expert.name] = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **head_kwargs)
-    return BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name)
+    return BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name, presets=presets)
 
 
 def bind(

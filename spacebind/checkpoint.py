@@ -42,7 +42,7 @@ def space_config(space: Space) -> dict[str, Any]:
         if isinstance(s, BoundSpace):
             return {
                 "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
-                "modalities": list(s.modalities), "lambdas": s.lambdas,
+                "modalities": list(s.modalities), "lambdas": s.lambdas, "presets": s.presets,
                 "base": node(s.base), "experts": [node(e) for e in s.experts],
                 "heads": {k: h.config for k, h in s.heads.items()},
             }
@@ -83,9 +83,12 @@ def save_space(
     return out
 
 
-def load(directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True) -> Space:
+def load(
+    directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True, preset: str | None = None
+) -> Space:
     """Load a fused checkpoint. `experts` overrides experts by name (e.g. ones built in memory);
-    with `verify`, an expert checkpoint whose sha256 differs from the recorded one is refused."""
+    with `verify`, an expert checkpoint whose sha256 differs from the recorded one is refused;
+    `preset` selects a named λ preset of the outermost bond (coarse-to-fine inference)."""
     root = Path(directory)
     config_path = root / "config.json"
     if not config_path.is_file():
@@ -99,6 +102,10 @@ def load(directory: str | Path, experts: Mapping[str, Space] | None = None, *, v
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise CheckpointError(f"{root / 'model.safetensors'}: unexpected keys {unexpected}")
+    if preset is not None:
+        if not isinstance(space, BoundSpace):
+            raise CheckpointError(f"{root}: preset {preset!r} asked for, but the space has no bond")
+        space = space.with_lambdas(preset)
     return space
 
 
@@ -127,7 +134,8 @@ def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, 
             raise CheckpointError(f"{where.parent / 'model.safetensors'}: missing keys {[prefix + k for k in missing]}")
         head.load_state_dict(state, strict=True)
         heads[name] = head
-    return BoundSpace(base, experts, node["bond"], heads, lambdas=node["lambdas"], name=node["name"])
+    return BoundSpace(base, experts, node["bond"], heads, lambdas=node["lambdas"], name=node["name"],
+                      presets=node.get("presets"))
 
 
 def _verify_expert(expert: Expert, node: dict, verify: bool, where: Path) -> None:

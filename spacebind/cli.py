@@ -11,6 +11,7 @@ from rich.console import Console
 
 from spacebind.errors import SpacebindError
 
+DEFAULT_GRID_TEXT = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
 app = typer.Typer(
     help="Bind pretrained embedding spaces into one fused multimodal space.\n\n"
     "Quick start: spacebind fuse recipes/demo.yaml --out runs/demo",
@@ -175,6 +176,59 @@ def evaluate_cmd(
     console.print(records_table(records))
     if out:
         write_records(out, records)
+
+
+@app.command()
+def sweep(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
+    data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl (its validation split is used)."),
+    split: str = typer.Option("val", help="Split to tune on (never the test split you report)."),
+    grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ values."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ (repeatable; at most two for the heatmap)."),
+    save: bool = typer.Option(True, help="Store the best λ per task as presets `best:<task>` in the checkpoint."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+) -> None:
+    """Fine λ tuning: evaluate a λ grid of the last bond, pick the best per task, draw heatmaps.
+
+    Writes FUSED/sweep.json and FUSED/sweep.png; with --save the best λ become presets
+    (`spacebind.load(FUSED, preset="best:text-audio")`).
+
+    Example: spacebind sweep runs/demo data/world --grid 0,0.25,0.5,0.75,1
+    """
+    from spacebind.binding import dataset_key, ensure_caches
+    from spacebind.bonds.bound import BoundSpace
+    from spacebind.checkpoint import load, save_space
+    from spacebind.data import Dataset
+    from spacebind.errors import InputError
+    from spacebind.evaluation import read_records
+    from spacebind.fileio import home_dir, write_json
+    from spacebind.sweep import plot_sweep, preset_name, sweep as run_sweep, with_best_presets
+
+    def job() -> Any:
+        space = load(fused)
+        if not isinstance(space, BoundSpace):
+            raise InputError(f"{fused} holds no bond: nothing to sweep")
+        dataset = Dataset.load(data)
+        caches = ensure_caches([space], dataset, cache_dir or home_dir() / "caches" / dataset_key(dataset))
+        values = [float(v) for v in grid.split(",") if v.strip()]
+        result = run_sweep(space, caches, dataset, split=split, grid=values, modalities=modality or None)
+        write_json(fused / "sweep.json", result.to_json())
+        if len(result.modalities) <= 2:
+            plot_sweep(result, fused / "sweep.png")
+        if save:
+            recipe = (fused / "recipe.yaml").read_text(encoding="utf-8") if (fused / "recipe.yaml").is_file() else None
+            save_space(with_best_presets(space, result), fused, recipe_text=recipe, metrics=read_records(fused / "metrics.json"))
+        return result
+
+    result = _run(job)
+    from rich.table import Table
+
+    table = Table("task", "now", "best", "best λ", "preset", title=f"λ sweep on {split} (%)")
+    for task, best in result.best.items():
+        score = max(result.scores[task])
+        lam = ", ".join(f"{m} {v:g}" for m, v in best.items())
+        table.add_row(task, f"{100 * result.baseline[task]:.1f}", f"{100 * score:.1f}", lam, preset_name(task))
+    console.print(table)
 
 
 @app.command()

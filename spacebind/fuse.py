@@ -78,7 +78,8 @@ def fuse(
         last = i == len(recipe.bonds) - 1
         space = train_bond(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
-            lambdas=bond.lambdas, work_dir=work / "heads" / f"bond{i}", name=recipe.name if last else None,
+            lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
+            name=recipe.name if last else None,
             projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing,
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )

@@ -90,6 +90,15 @@ class ExpertConfig(Strict):
         return self.name or self.import_ or ""
 
 
+def _check_lambdas(lambdas: dict[str, float]) -> dict[str, float]:
+    for m, v in lambdas.items():
+        if m not in MODALITIES:
+            raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+    return lambdas
+
+
 class BondConfig(Strict):
     """One bond applied to the space built so far: `type` and the expert(s) it brings in."""
 
@@ -99,6 +108,7 @@ class BondConfig(Strict):
     projector: Literal["mlp", "linear", "procrustes"] = "mlp"
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "same"
+    presets: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -122,12 +132,17 @@ class BondConfig(Strict):
     @field_validator("lambdas")
     @classmethod
     def _lambda_values(cls, lambdas: dict[str, float]) -> dict[str, float]:
-        for m, v in lambdas.items():
-            if m not in MODALITIES:
-                raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
-        return lambdas
+        return _check_lambdas(lambdas)
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_values(cls, presets: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, lambdas in presets.items():
+            try:
+                _check_lambdas(lambdas)
+            except ValueError as exc:
+                raise ValueError(f"preset {name!r}: {exc}") from None
+        return presets
 
     @model_validator(mode="after")
     def _displacement_single(self) -> "BondConfig":

@@ -22,6 +22,12 @@ def _columns(records: list[dict[str, Any]]) -> list[tuple[str, tuple, str]]:
     return cols
 
 
+def task_scores(records: list[dict[str, Any]]) -> dict[str, float]:
+    """One model's records flattened to {"audio→text R@1": value, "image zero-shot acc1": value, …}."""
+    by_task = {(r["task"], tuple(r["modalities"])): r["metrics"] for r in records}
+    return {label: by_task[task][key] for label, task, key in _columns(records) if key in by_task[task]}
+
+
 def _rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """One row per metric column (task × direction), one column per model (role)."""
     models: dict[tuple[str, str], dict] = {}

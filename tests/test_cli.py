@@ -48,3 +48,30 @@ def test_experts_wildcard() -> None:
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_world_generate_and_embed_commands(tmp_path: Path) -> None:
+    data = tmp_path / "world"
+    gen = runner.invoke(app, ["world", "generate", str(data), "--seed", "2", "--train", "6", "--val", "2", "--test", "4"])
+    assert gen.exit_code == 0, gen.output
+    assert len((data / "manifest.jsonl").read_text().splitlines()) == 12
+    args = ["embed", "toy_experts:text_expert", str(data), "--out", str(tmp_path / "cache"), "--kwarg", "dim=5", "--shard-size", "5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "text 12" in result.output
+    from spacebind.cache import EmbeddingCache
+
+    cache = EmbeddingCache.open(tmp_path / "cache")
+    assert cache.dim == 5 and len(cache.manifest["modalities"]["text"]["shards"]) == 3
+    other = runner.invoke(app, [*args[:-4], "--kwarg", "dim=6"])
+    assert other.exit_code == 2 and "was made with" in other.output
+
+
+def test_recipe_can_name_user_code_by_import_path(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "name: mine\ndata: {path: data}\nexperts:\n  a: {import: 'toy_experts:text_expert', kwargs: {dim: 4}}\n"
+        "  b: toy_experts:text_expert\nbase: a\nbonds: [{type: combination, expert: b}]\n"
+    )
+    result = runner.invoke(app, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output

@@ -80,3 +80,24 @@ def test_cli_eval_and_encode_on_the_export(fused_run, tmp_path: Path) -> None:
 
     arr = np.load(tmp_path / "t.npy")
     np.testing.assert_allclose(arr, result.space.encode("text", texts).numpy(), atol=1e-6)
+
+
+def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
+    """Coarse presets from the recipe load by name; the sweep stores the best λ per task."""
+    result, world = fused_run
+    expertise = spacebind.load(result.out, preset="audio_text_expertise")
+    assert expertise.lambdas == {"audio": 0.8, "text": 0.5}
+    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas
+    with pytest.raises(spacebind.InputError, match="no λ preset 'nope'"):
+        spacebind.load(result.out, preset="nope")
+    runner = CliRunner()
+    swept = runner.invoke(app, ["sweep", str(result.out), str(world.root), "--grid", "0,0.5,1", "--cache-dir", str(tmp_path)])
+    assert swept.exit_code == 0, swept.output
+    report = json.loads((result.out / "sweep.json").read_text())
+    assert report["modalities"] == ["text", "audio"] and len(report["points"]) == 9
+    assert (result.out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    best = report["best"]["text→audio R@1"]
+    assert report["scores"]["text→audio R@1"][report["points"].index(best)] == max(report["scores"]["text→audio R@1"])
+    tuned = spacebind.load(result.out, preset="best:text-audio")
+    assert tuned.lambdas == {**result.space.lambdas, **best}
+    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas  # coarse presets kept

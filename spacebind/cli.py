@@ -122,6 +122,33 @@ def embed(
     console.print(f"[green]cached[/] {out}: {counts}")
 
 
+@app.command("mine")
+def mine_cmd(
+    cache: Path = typer.Argument(..., help="Embedding cache of an expert covering both modalities."),
+    seed: str = typer.Option(..., "--seed", help="Modality of the seed items (the queries)."),
+    target: str = typer.Option(..., "--target", help="Modality of the pool they retrieve from."),
+    k: int = typer.Option(5, help="Neighbours per seed."),
+    index: str = typer.Option("flat", help="flat (exact) or ivf (approximate, for large pools)."),
+    nlist: int = typer.Option(256, help="IVF lists."),
+    nprobe: int = typer.Option(16, help="IVF lists probed per query."),
+    chunk_size: int = typer.Option(4096, help="Vectors per streamed chunk (bounds memory)."),
+    out: Path = typer.Option(..., "--out", help="Directory for neighbours.safetensors (reused if it matches)."),
+) -> None:
+    """Mine pseudo pairs: each seed item retrieves its k nearest items of another modality.
+
+    Example: spacebind mine caches/audio_text --seed text --target audio --k 5 --out pseudo/text2audio
+    """
+    from spacebind.cache import EmbeddingCache
+    from spacebind.mining import mine
+
+    def job() -> Any:
+        return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index, nlist=nlist, nprobe=nprobe,  # type: ignore[arg-type]
+                    chunk_size=chunk_size, out=out)
+
+    result = _run(job)
+    console.print(f"[green]mined[/] {len(result.seed_ids)} {seed} seeds × {result.indices.shape[1]} {target} neighbours → {out}")
+
+
 @app.command()
 def fuse(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),

@@ -15,6 +15,7 @@ from spacebind.checkpoint import save_space
 from spacebind.data import Dataset
 from spacebind.evaluation import evaluate
 from spacebind.fileio import home_dir
+from spacebind.progress import note
 from spacebind.recipe import DataConfig, Recipe
 from spacebind.resolve import build_expert
 from spacebind.space import Space
@@ -70,12 +71,18 @@ def fuse(
     """Run a recipe end to end and export the fused checkpoint; returns the space and its metrics."""
     out = out or recipe.export.out or Path("runs") / recipe.name
     work = work or home_dir() / "runs" / recipe.name
+    note(f"recipe {recipe.name!r}: work directory {work}", progress)
     dataset = prepare_data(recipe.data, base_dir, work)
-    experts = {alias: build_expert(cfg.source, cfg.kwargs, name=alias) for alias, cfg in recipe.experts.items()}
+    note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
+    experts = {}
+    for alias, cfg in recipe.experts.items():
+        note(f"expert {alias!r} ({cfg.source})", progress)
+        experts[alias] = build_expert(cfg.source, cfg.kwargs, name=alias)
     caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
     space: Space = experts[recipe.base]
     for i, bond in enumerate(recipe.bonds):
         last = i == len(recipe.bonds) - 1
+        note(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress)
         space = train_bond(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
             lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
@@ -84,6 +91,7 @@ def fuse(
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
     split, ks = recipe.evaluate.split, recipe.evaluate.ks
+    note(f"evaluating on the {split} split", progress)
     records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
     for bond in recipe.bonds:
         for name in bond.experts:

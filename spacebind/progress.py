@@ -32,3 +32,9 @@ def _len(items: Iterable[object]) -> int | None:
         return len(items)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def note(message: str, show: bool = True) -> None:
+    """One status line on stderr (stage boundaries of long jobs; visible in CI logs too)."""
+    if enabled(show):
+        Console(stderr=True, highlight=False).print(f"[dim]spacebind:[/] {message}")

@@ -15,9 +15,9 @@ runner = CliRunner()
 def test_help_lists_commands_with_examples() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ["validate", "experts", "world", "embed", "fuse", "eval", "encode"]:
+    for command in ["validate", "experts", "world", "embed", "mine", "fuse", "eval", "sweep", "encode"]:
         assert command in result.output
-    for command in [["validate"], ["experts"], ["world", "generate"], ["embed"], ["fuse"], ["eval"], ["encode"]]:
+    for command in [["validate"], ["experts"], ["world", "generate"], ["embed"], ["mine"], ["fuse"], ["eval"], ["sweep"], ["encode"]]:
         sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0 and "Example: spacebind" in sub.output, command
 
@@ -65,6 +65,10 @@ def test_world_generate_and_embed_commands(tmp_path: Path) -> None:
     assert cache.dim == 5 and len(cache.manifest["modalities"]["text"]["shards"]) == 3
     other = runner.invoke(app, [*args[:-4], "--kwarg", "dim=6"])
     assert other.exit_code == 2 and "was made with" in other.output
+    mined = runner.invoke(app, ["mine", str(tmp_path / "cache"), "--seed", "text", "--target", "text", "--k", "2",
+                                "--out", str(tmp_path / "pseudo")])
+    assert mined.exit_code == 0, mined.output
+    assert "12 text seeds × 2 text neighbours" in mined.output and (tmp_path / "pseudo" / "neighbours.safetensors").is_file()
 
 
 def test_recipe_can_name_user_code_by_import_path(tmp_path: Path) -> None:

@@ -1,0 +1,79 @@
+"""Mining speed and memory: FAISS over streamed chunks vs a naive full-matrix top-k, same run.
+
+Each method runs in its own process so its peak resident memory is its own. The naive method
+materialises the whole [N, M] similarity matrix, so it runs on a size that fits; FAISS also runs
+at the full size (default 100k × 100k, dim 512). Run: python -m benchmarks.mining"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+
+def _vectors(n: int, dim: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _chunks(x: torch.Tensor, size: int):
+    for i in range(0, len(x), size):
+        yield [str(j) for j in range(i, min(i + size, len(x)))], x[i:i + size]
+
+
+def _run(method: str, n: int, dim: int, k: int, chunk: int, queue: mp.Queue) -> None:
+    from spacebind.mining import build_index, search
+
+    queries, pool = _vectors(n, dim, 0), _vectors(n, dim, 1)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if method == "naive":
+        top = torch.topk(queries @ pool.T, k, dim=1).indices
+    else:
+        index, _ = build_index(_chunks(pool, chunk), dim)
+        top = search(index, _chunks(queries, chunk), k)[2]
+    seconds = time.perf_counter() - start
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    queue.put({"method": method, "n": n, "seconds": seconds, "extra_peak_mb": peak_mb, "check": int(top[:, 0].sum())})
+
+
+def measure(method: str, n: int, dim: int, k: int, chunk: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_run, args=(method, n, dim, k, chunk, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--naive-n", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    rows = [measure("naive", args.naive_n, args.dim, args.k, args.chunk),
+            measure("faiss", args.naive_n, args.dim, args.k, args.chunk),
+            measure("faiss", args.n, args.dim, args.k, args.chunk)]
+    assert rows[0]["check"] == rows[1]["check"], "FAISS and the naive top-1 disagree"
+    table = Table("method", "N = M", "seconds", "extra peak MB", "vs naive (time)", title=f"mining top-{args.k}, dim {args.dim}")
+    for r in rows:
+        ratio = f"{r['seconds'] / rows[0]['seconds']:.2f}×" if r["n"] == rows[0]["n"] else "–"
+        table.add_row(r["method"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['extra_peak_mb']:.0f}", ratio)
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

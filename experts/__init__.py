@@ -1,3 +1,5 @@
 """Experts: frozen pretrained spaces, one file per family, registered on import."""
 from spacebind.experts import world  # noqa: F401
 from spacebind.experts import minilm  # noqa: F401
+from spacebind.experts import open_clip_family  # noqa: F401
+from spacebind.experts import hf_vision  # noqa: F401

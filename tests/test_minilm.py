@@ -50,3 +50,9 @@ def test_broken_tokenizer_is_refused(tmp_path) -> None:
         _check_tokenizer(Broken(), tmp_path)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         EXPERTS.create("minilm", path=str(tmp_path))
+
+
+def test_generic_sentence_encoder_from_a_directory(minilm) -> None:
+    generic = EXPERTS.create("sentence_encoder", path=str(minilm_path()))
+    assert generic.spec.kwargs == {"path": str(minilm_path())} and generic.dim == 384
+    torch.testing.assert_close(generic.encode("text", SENTENCES), minilm.encode("text", SENTENCES))

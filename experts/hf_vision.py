@@ -1,0 +1,59 @@
+"""Unimodal vision encoders from a local Hugging Face directory (DINOv2 and the like): the CLS
+token or the mean of the patch tokens, L2-normalised. Nothing is downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from spacebind.errors import CheckpointError, InputError
+from spacebind.experts.registry import EXPERTS
+from spacebind.fileio import sha256_file
+from spacebind.space import Expert, ExpertSpec
+
+Pooling = Literal["cls", "mean"]
+
+
+def vision_encoder(name: str, path: str | Path, *, pooling: Pooling = "cls", device: str = "cpu",
+                   batch_size: int = 64, source: str | None = None) -> Expert:
+    """An image expert from a local directory with config.json, model.safetensors and
+    preprocessor_config.json (the image processor's resize, crop and normalisation)."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    path = Path(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file() or not (path / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"vision encoder {name!r}: {path} needs model.safetensors, config.json and "
+                              f"preprocessor_config.json (a local copy of the model repository)")
+    if pooling not in ("cls", "mean"):
+        raise InputError(f"pooling {pooling!r}; expected 'cls' or 'mean'")
+    processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    @torch.no_grad()
+    def encode(images: list[np.ndarray]) -> torch.Tensor:
+        pixels = processor(images=list(images), return_tensors="pt")["pixel_values"].to(device)
+        hidden = model(pixel_values=pixels).last_hidden_state
+        return hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1)
+
+    spec = ExpertSpec(source=source or name, kwargs={"path": str(path), "pooling": pooling},
+                      checkpoint=str(weights), sha256=sha256_file(weights))
+    return Expert(name, model.config.hidden_size, {"image": encode}, spec=spec, batch_size=batch_size)
+
+
+@EXPERTS.register("dinov2", modalities=("image",), checkpoint="a local copy of facebook/dinov2-{small,base,large,giant}",
+                  description="DINOv2 image encoder from a local directory (CLS or mean-pooled patches)")
+def dinov2(path: str, pooling: Pooling = "cls", device: str = "cpu", batch_size: int = 64) -> Expert:
+    """`spacebind.create_expert("dinov2", path="models/dinov2-base")`."""
+    return vision_encoder("dinov2", path, pooling=pooling, device=device, batch_size=batch_size)
+
+
+@EXPERTS.register("sentence_encoder", modalities=("text",),
+                  description="any sentence encoder (mean pooling) from a local directory, e.g. all-roberta-large-v1")
+def sentence_encoder_any(path: str, max_length: int = 256, device: str = "cpu", batch_size: int = 64) -> Expert:
+    """`spacebind.create_expert("sentence_encoder", path="models/all-roberta-large-v1")`."""
+    from spacebind.experts.hf_text import sentence_encoder
+
+    return sentence_encoder("sentence_encoder", path, max_length=max_length, device=device, batch_size=batch_size)

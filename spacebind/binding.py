@@ -22,6 +22,7 @@ from spacebind.cache import EmbeddingCache, embed_dataset
 from spacebind.data import Dataset
 from spacebind.errors import InputError
 from spacebind.fileio import home_dir, sha256_file
+from spacebind.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Space
 from spacebind.training import TrainConfig, train_mixture
 
@@ -96,11 +97,16 @@ def train_head(
     projector: str = "mlp",
     mixture: int = 1,
     pairing: str = "same",
+    pseudo: Sequence[PseudoDataset] = (),
+    miner: str | None = None,
     train: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
 ) -> nn.Module:
-    """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s."""
+    """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s.
+
+    With `pseudo` datasets, the mixture has one member per pseudo dataset, each trained on that
+    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond)."""
     if projector not in PROJECTOR_KINDS:
         raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(PROJECTOR_KINDS)}")
     if pairing not in PAIRINGS:
@@ -116,11 +122,37 @@ def train_head(
     if projector == "procrustes":
         return fit_procrustes(x, y)
     vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
+    subsets = None
+    if pseudo:
+        x, y, subsets, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", checkpoint_dir)
+        mixture = len(pseudo)
     return train_mixture(
-        x, y, n=mixture, config=train or TrainConfig(),
+        x, y, n=mixture, config=train or TrainConfig(), subsets=subsets,
         val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
         checkpoint_dir=checkpoint_dir, progress=progress,
     )
+
+
+def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,
+                 default_miner: str, work: Path | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """All pseudo datasets' training pairs with one row subset per dataset (one mixture member
+    each), and their validation pairs pooled for early stopping."""
+    xs, ys, subsets, vxs, vys = [], [], [], [], []
+    start = 0
+    for spec in pseudo:
+        miner = spec.miner or default_miner
+        if miner not in caches.caches:
+            raise InputError(f"pseudo dataset {spec.label!r}: miner {miner!r} is not an expert of this space "
+                             f"(experts: {', '.join(caches.caches)})")
+        out = work / "pseudo" if work is not None else None
+        x, y = pseudo_pairs(spec, src, tgt, caches, dataset, "train", miner, out)
+        if len(x) == 0:
+            raise InputError(f"pseudo dataset {spec.label!r} gave no training pairs in {dataset.root}")
+        vx, vy = pseudo_pairs(spec, src, tgt, caches, dataset, "val", miner, out)
+        xs.append(x), ys.append(y), vxs.append(vx), vys.append(vy)
+        subsets.append(torch.arange(start, start + len(x)))
+        start += len(x)
+    return torch.cat(xs), torch.cat(ys), subsets, torch.cat(vxs), torch.cat(vys)
 
 
 def train_bond(
@@ -143,7 +175,8 @@ def train_bond(
     for expert in experts:
         src, tgt = (expert, base) if kind == "combination" else (base, expert)
         ckpt = work_dir / expert.name if work_dir is not None else None
-        heads[expert.name] = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **head_kwargs)
+        kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or expert.name}
+        heads[expert.name] = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **kwargs)
     return BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name, presets=presets)
 
 

@@ -87,7 +87,7 @@ def fuse(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
             lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
             name=recipe.name if last else None,
-            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing,
+            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, pseudo=bond.pseudo,
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
     split, ks = recipe.evaluate.split, recipe.evaluate.ks

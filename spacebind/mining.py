@@ -89,10 +89,20 @@ def search(index: "object", chunks: Iterable[tuple[list[str], torch.Tensor]], k:
     return ids, torch.cat(scores), torch.cat(indices)
 
 
+def _stream(cache: EmbeddingCache, modality: str, ids: Sequence[str] | None, chunk_size: int) -> Iterable[tuple[list[str], torch.Tensor]]:
+    """(ids, embeddings) chunks of the whole cache, or of the given ids in their order."""
+    if ids is None:
+        yield from cache.iter_chunks(modality, chunk_size)
+        return
+    wanted = list(ids)
+    for i in range(0, len(wanted), chunk_size):
+        yield wanted[i:i + chunk_size], cache.embeddings(modality, wanted[i:i + chunk_size])
+
+
 def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, nlist: int, nprobe: int,
-         seed_ids: Sequence[str] | None) -> str:
+         seed_ids: Sequence[str] | None, pool_ids: Sequence[str] | None) -> str:
     parts = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind, str(nlist), str(nprobe),
-             "\n".join(seed_ids) if seed_ids is not None else "*"]
+             "\n".join(seed_ids) if seed_ids is not None else "*", "\n".join(pool_ids) if pool_ids is not None else "*"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -107,16 +117,17 @@ def mine(
     nprobe: int = 16,
     chunk_size: int = 4096,
     seed_ids: Sequence[str] | None = None,
+    pool_ids: Sequence[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
 ) -> Neighbours:
     """Seed items of `seed_modality` (all, or `seed_ids`) retrieve their k nearest items of
-    `target_modality` in the expert of `cache`. With `out`, the result is stored as
-    `out/neighbours.safetensors` and reused when the same mining is asked again."""
+    `target_modality` (all, or `pool_ids`) in the expert of `cache`. With `out`, the result is
+    stored as `out/neighbours.safetensors` and reused when the same mining is asked again."""
     for m in (seed_modality, target_modality):
         if m not in cache.modalities:
             raise CacheError(f"cache {cache.root} has no {m!r} embeddings (it has {', '.join(cache.modalities)})")
-    key = _key(cache, seed_modality, target_modality, k, index, nlist, nprobe, seed_ids)
+    key = _key(cache, seed_modality, target_modality, k, index, nlist, nprobe, seed_ids, pool_ids)
     path = Path(out) / "neighbours.safetensors" if out is not None else None
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as fh:
@@ -124,20 +135,13 @@ def mine(
             if meta.get("key") == key:
                 return Neighbours(json.loads(meta["seed_ids"]), json.loads(meta["pool_ids"]),
                                   fh.get_tensor("indices"), fh.get_tensor("scores"))
-    faiss_index, pool_ids = build_index(cache.iter_chunks(target_modality, chunk_size), cache.dim, index, nlist, nprobe)
-    k = min(k, len(pool_ids))
-    if seed_ids is None:
-        queries = cache.iter_chunks(seed_modality, chunk_size)
-        total = -(-len(cache.ids(seed_modality)) // chunk_size)
-    else:
-        wanted = list(seed_ids)
-        queries = ((wanted[i:i + chunk_size], cache.embeddings(seed_modality, wanted[i:i + chunk_size]))
-                   for i in range(0, len(wanted), chunk_size))
-        total = -(-len(wanted) // chunk_size)
-    ids, scores, indices = search(faiss_index, queries, k, progress, total)
-    result = Neighbours(ids, pool_ids, indices, scores)
+    faiss_index, pool = build_index(_stream(cache, target_modality, pool_ids, chunk_size), cache.dim, index, nlist, nprobe)
+    k = min(k, len(pool))
+    total = -(-len(seed_ids if seed_ids is not None else cache.ids(seed_modality)) // chunk_size)
+    ids, scores, indices = search(faiss_index, _stream(cache, seed_modality, seed_ids, chunk_size), k, progress, total)
+    result = Neighbours(ids, pool, indices, scores)
     if path is not None:
-        meta = {"key": key, "seed_ids": json.dumps(ids), "pool_ids": json.dumps(pool_ids), "expert": cache.expert,
+        meta = {"key": key, "seed_ids": json.dumps(ids), "pool_ids": json.dumps(pool), "expert": cache.expert,
                 "seed_modality": seed_modality, "target_modality": target_modality, "k": str(k), "index": index}
         save_tensors(path, {"indices": indices, "scores": scores}, metadata=meta)
     return result

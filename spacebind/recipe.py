@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spacebind.bonds.bound import BOND_KINDS
 from spacebind.errors import RecipeError
 from spacebind.modalities import MODALITIES
+from spacebind.pseudo import PseudoDataset
 from spacebind.resolve import is_import_path
 from spacebind.training import TrainConfig
 
@@ -109,6 +110,7 @@ class BondConfig(Strict):
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "same"
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)
+    pseudo: list[PseudoDataset] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -148,6 +150,9 @@ class BondConfig(Strict):
     def _displacement_single(self) -> "BondConfig":
         if self.type == "displacement" and len(self.experts) != 1:
             raise ValueError("a displacement bond moves the space to one expert; list exactly one")
+        if self.pseudo and self.mixture not in (1, len(self.pseudo)):
+            raise ValueError(f"with {len(self.pseudo)} pseudo datasets the mixture has one member each; "
+                             f"drop 'mixture' or set it to {len(self.pseudo)}")
         return self
 
 
@@ -198,11 +203,14 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
             if ref in used:
                 errors.append(f"bonds.{i}.experts.{j}: expert {ref!r} is already part of the space")
             used.add(ref)
+        for j, spec in enumerate(bond.get("pseudo") or []):
+            if isinstance(spec, dict) and spec.get("miner") is not None:
+                check(f"bonds.{i}.pseudo.{j}.miner", spec["miner"])
     return errors
 
 
 def _all_field_names() -> list[str]:
-    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, TrainConfig, EvalConfig, ExportConfig]
+    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 
 

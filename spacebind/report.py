@@ -57,13 +57,29 @@ def records_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_recall_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """R@k against k, one panel per retrieval direction, one line per model; saved as PNG."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path
+
+
+def plot_recall_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """R@k against k, one panel per retrieval direction, one line per model; saved as PNG."""
+    plt = pyplot()
     panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for r in records:
         if r["task"] != "retrieval":
@@ -81,9 +97,4 @@ def plot_recall_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("k")
         ax.set_ylabel("recall@k (%)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -13,7 +13,7 @@ from spacebind.data import Dataset
 from spacebind.errors import InputError
 from spacebind.fuse import evaluate_space
 from spacebind.progress import track
-from spacebind.report import task_scores
+from spacebind.report import pyplot, save_figure, task_scores
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -84,11 +84,9 @@ def sweep(
 def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
     """Change of each task's score (points, vs the current λ) over the grid: heatmaps for two swept
     modalities, curves for one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     tasks = list(tasks or result.scores)
     n = len(result.grid)
@@ -112,9 +110,4 @@ def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | Non
         ax.set_title(task, fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

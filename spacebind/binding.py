@@ -72,10 +72,14 @@ def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: st
     """Training pairs for a projector src → tgt from the items of a split.
 
     `same`: (src_m(item), tgt_m(item)) for every modality m both spaces cover (FreeBind).
-    `all`: also the cross-modal pairs (src_m(item), tgt_m'(item)) of paired items, so a modality
-    the target space embeds poorly is anchored on the item's other modalities there."""
-    shared = [m for m in src.modalities if m in tgt.modalities]
-    combos = [(m, m) for m in shared] if pairing == "same" else [(a, b) for a in shared for b in shared]
+    `all`: every (src_m(item), tgt_m'(item)) of paired items, m from the source's modalities and
+    m' from the target's: a modality the target embeds poorly is anchored on the item's other
+    modalities there, and a modality only the source covers (e.g. point in a displacement) gets
+    training pairs at all."""
+    if pairing == "same":
+        combos = [(m, m) for m in src.modalities if m in tgt.modalities]
+    else:
+        combos = [(a, b) for a in src.modalities for b in tgt.modalities]
     xs, ys = [], []
     for a, b in combos:
         ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields]
@@ -115,7 +119,8 @@ def train_head(
     if len(x) == 0:
         raise InputError(
             f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
-            f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data"
+            f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
+            f"(pairing {pairing!r})"
         )
     if projector == "linear":
         return fit_least_squares(x, y)

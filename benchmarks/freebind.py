@@ -30,7 +30,8 @@ def _combination(expert: str) -> dict:
 
 RECIPES = {
     "U + c(AT)": [_combination("audio_text")],
-    "(U + d(IT)) + c(AT)": [{"type": "displacement", "expert": "image_text", "lambdas": {"image": 0.2, "text": 0.2}},
+    "(U + d(IT)) + c(AT)": [{"type": "displacement", "expert": "image_text", "lambdas": {"image": 0.2, "text": 0.2},
+                             "pairing": "all"},
                             _combination("audio_text")],
 }
 

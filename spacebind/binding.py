@@ -115,22 +115,25 @@ def train_head(
         raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(PROJECTOR_KINDS)}")
     if pairing not in PAIRINGS:
         raise InputError(f"unknown pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
-    x, y = _pairs(src, tgt, caches, dataset, "train", pairing)
-    if len(x) == 0:
-        raise InputError(
-            f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
-            f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
-            f"(pairing {pairing!r})"
-        )
-    if projector == "linear":
-        return fit_least_squares(x, y)
-    if projector == "procrustes":
-        return fit_procrustes(x, y)
-    vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
     subsets = None
     if pseudo:
+        if projector != "mlp":
+            raise InputError(f"pseudo datasets train one MLP mixture member each; projector {projector!r} takes none")
         x, y, subsets, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", checkpoint_dir)
         mixture = len(pseudo)
+    else:
+        x, y = _pairs(src, tgt, caches, dataset, "train", pairing)
+        if len(x) == 0:
+            raise InputError(
+                f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
+                f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
+                f"(pairing {pairing!r})"
+            )
+        if projector == "linear":
+            return fit_least_squares(x, y)
+        if projector == "procrustes":
+            return fit_procrustes(x, y)
+        vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
     return train_mixture(
         x, y, n=mixture, config=train or TrainConfig(), subsets=subsets,
         val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
@@ -154,7 +157,8 @@ def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches
         if len(x) == 0:
             raise InputError(f"pseudo dataset {spec.label!r} gave no training pairs in {dataset.root}")
         vx, vy = pseudo_pairs(spec, src, tgt, caches, dataset, "val", miner, out)
-        xs.append(x), ys.append(y), vxs.append(vx), vys.append(vy)
+        for bucket, part in ((xs, x), (ys, y), (vxs, vx), (vys, vy)):
+            bucket.append(part)
         subsets.append(torch.arange(start, start + len(x)))
         start += len(x)
     return torch.cat(xs), torch.cat(ys), subsets, torch.cat(vxs), torch.cat(vys)

@@ -64,3 +64,10 @@ def test_recipe_pseudo_fields_are_checked() -> None:
         validate_recipe(raw)
     raw["bonds"][1].pop("mixture")
     assert len(validate_recipe(raw).bonds[1].pseudo) == 2
+
+
+def test_pseudo_needs_mlp_projectors(spaces, small_world) -> None:
+    unified, audio_text, caches = spaces
+    with pytest.raises(InputError, match="projector 'procrustes' takes none"):
+        train_head(audio_text, unified, caches, small_world, projector="procrustes",
+                   pseudo=[PseudoDataset(seed="text", partners=["audio"])], progress=False)

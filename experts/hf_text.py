@@ -13,13 +13,16 @@ from spacebind.space import Expert, ExpertSpec
 _PROBES = ("a dog runs on the beach", "quantum chromodynamics lecture notes")
 
 
-def _check_tokenizer(tokenizer: object, path: Path) -> None:
-    """Offline loads can silently yield a broken tokenizer that maps every text to the same ids."""
+def _check_tokenizer(tokenizer: object, vocab_size: int, path: Path) -> None:
+    """Offline loads can silently yield a broken tokenizer (a tiny vocabulary, every text the same ids)."""
     a, b = (tokenizer(t)["input_ids"] for t in _PROBES)  # type: ignore[operator]
-    if a == b or len(tokenizer) < 1000:  # type: ignore[arg-type]
+    size = len(tokenizer)  # type: ignore[arg-type]
+    # Configs may pad vocab_size above the real vocabulary a little, never by 10 %.
+    if a == b or size < 0.9 * vocab_size:
         raise CheckpointError(
-            f"{path}: the tokenizer loaded broken (vocabulary {len(tokenizer)}, "  # type: ignore[arg-type]
-            f"different texts give the same ids); check that the directory holds the tokenizer files"
+            f"{path}: the tokenizer loaded broken (vocabulary {size}, config says {vocab_size}; "
+            f"different texts give {'the same' if a == b else 'different'} ids); "
+            f"check that the directory holds the tokenizer files"
         )
 
 
@@ -27,14 +30,14 @@ def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batc
                      device: str = "cpu", source: str | None = None,
                      spec_kwargs: dict[str, object] | None = None) -> Expert:
     """A text expert from a local sentence-encoder directory (config, weights, tokenizer)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path = Path(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"sentence encoder {name!r}: no model.safetensors in {path}")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    _check_tokenizer(tokenizer, path)
+    _check_tokenizer(tokenizer, AutoConfig.from_pretrained(str(path), local_files_only=True).vocab_size, path)
     model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
 
     @torch.no_grad()
@@ -45,5 +48,6 @@ def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batc
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
     kwargs = {"path": str(path)} if spec_kwargs is None else dict(spec_kwargs)
+    kwargs["max_length"] = max_length  # it changes the embeddings of long texts, so the spec records it
     spec = ExpertSpec(source=source or name, kwargs=kwargs, checkpoint=str(weights), sha256=sha256_file(weights))
     return Expert(name, model.config.hidden_size, {"text": encode}, spec=spec, batch_size=batch_size)

@@ -8,10 +8,11 @@ Loaded forms (what expert encoders receive, as a list):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from spacebind.errors import InputError
-from spacebind.inputs import Audio, load_input, load_inputs, load_inputs_lenient, resample
+from spacebind.inputs import (
+    Audio,
+    load_input,
+    load_inputs,
+    load_inputs_lenient,
+    resample,
+)
 
 
 def test_images_from_files_and_arrays(tmp_path: Path) -> None:
@@ -50,8 +56,8 @@ def test_audio_loading_and_resampling(tmp_path: Path) -> None:
 
 
 def _binary_ply(path: Path, pts: np.ndarray, rgb: np.ndarray) -> None:
-    header = ("ply\nformat binary_little_endian 1.0\nelement vertex %d\nproperty float x\nproperty float y\n"
-              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n") % len(pts)
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(pts)}\nproperty float x\nproperty float y\n"
+              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
     body = b"".join(struct.pack("<fffBBB", *p, *c) for p, c in zip(pts, rgb))
     path.write_bytes(header.encode() + body)
 

@@ -10,16 +10,25 @@ from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import CheckpointError
 
+HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "mixture")
+
 
 def head_from_config(config: dict[str, Any]) -> nn.Module:
-    """A freshly initialised head of the described shape, in eval mode, ready for load_state_dict."""
+    """A freshly initialised head of the described shape, in eval mode, for `load_state_dict`.
+
+    Raises:
+        CheckpointError: unknown head type or a missing field.
+    """
     kind = config.get("type")
-    if kind == "mlp":
-        head: nn.Module = MLPProjector(config["in_dim"], config["out_dim"], config["hidden"])
-    elif kind in ("linear", "procrustes"):
-        head = LinearMap(config["in_dim"], config["out_dim"], kind)
-    elif kind == "mixture":
-        head = ProjectorMixture([head_from_config(c) for c in config["members"]])
-    else:
-        raise CheckpointError(f"unknown head type {kind!r}; expected mlp, linear, procrustes or mixture")
+    try:
+        if kind == "mlp":
+            head: nn.Module = MLPProjector(config["in_dim"], config["out_dim"], config["hidden"])
+        elif kind in ("linear", "procrustes"):
+            head = LinearMap(config["in_dim"], config["out_dim"], kind)
+        elif kind == "mixture":
+            head = ProjectorMixture([head_from_config(c) for c in config["members"]])
+        else:
+            raise CheckpointError(f"unknown head type {kind!r}; expected one of {', '.join(HEAD_TYPES)}")
+    except KeyError as exc:
+        raise CheckpointError(f"head config of type {kind!r} lacks the field {exc.args[0]!r}: {config}") from None
     return head.eval()

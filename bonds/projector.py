@@ -27,6 +27,7 @@ class MLPProjector(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
+        """What `head_from_config` needs to rebuild this head."""
         return {"type": "mlp", "in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": self.hidden}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

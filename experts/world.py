@@ -31,10 +31,13 @@ CONFIGS = {
 
 
 def make_world_expert(name: str, concepts_seed: int = 0, num_concepts: int = 24,
-                      checkpoint: str | Path | None = None, progress: bool = True) -> Expert:
-    """Build a world expert, training it on first use (cached under $SPACEBIND_HOME/experts)."""
+                      checkpoint: str | Path | None = None, device: str = "cpu", progress: bool = True) -> Expert:
+    """Build a world expert, training it on first use (cached under $SPACEBIND_HOME/experts).
+
+    Training always runs on the CPU (deterministic); `device` is where the loaded towers encode."""
     config = CONFIGS[name]
     towers, path = trained_towers(config, concepts_seed, num_concepts, checkpoint, progress)
+    towers.to(device)
     kwargs = {"concepts_seed": concepts_seed, "num_concepts": num_concepts}
     if checkpoint is not None:
         kwargs["checkpoint"] = str(checkpoint)

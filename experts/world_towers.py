@@ -126,9 +126,12 @@ TOWERS: dict[str, type[nn.Module]] = {"image": ImageTower, "audio": AudioTower, 
 
 
 def encode_with(tower: nn.Module, loaded: list[Any]) -> torch.Tensor:
-    """Preprocess and run a tower without gradients."""
+    """Preprocess and run a tower without gradients, on the device its weights are on."""
+    device = next(tower.parameters()).device
+    batch = tower.preprocess(loaded)
+    batch = tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
     with torch.no_grad():
-        return tower(tower.preprocess(loaded))
+        return tower(batch)
 
 
 def take(batch: Any, idx: torch.Tensor) -> Any:

@@ -6,9 +6,13 @@ import torch.nn.functional as F
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float, symmetric: bool = True) -> torch.Tensor:
-    """CLIP-style InfoNCE: row i of `a` matches row i of `b`; inputs are unit vectors.
+    """CLIP-style InfoNCE over the batch similarity matrix; row i of `a` matches row i of `b`.
 
-    `logit_scale` multiplies cosine similarities (1 / temperature)."""
+    Args:
+        a, b: [N, d] unit vectors.
+        logit_scale: the factor on cosine similarities, 1 / temperature (a tensor to learn it).
+        symmetric: average the a→b and b→a cross-entropies (else a→b only).
+    """
     logits = logit_scale * (a @ b.T)
     labels = torch.arange(len(a), device=a.device)
     loss = F.cross_entropy(logits, labels)

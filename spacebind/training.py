@@ -1,11 +1,13 @@
-"""InfoNCE training of projectors on cached embeddings: AdamW, warmup + cosine schedule,
-learnable or fixed temperature, early stopping on validation recall@1, resumable by epoch."""
+"""InfoNCE training of projectors on cached embeddings.
+
+AdamW (weight decay on weight matrices only), linear warmup then cosine decay per step, a fixed or
+learnable temperature, early stopping on validation recall@1, and resumable by epoch (see
+`spacebind.train_state`). The target space is frozen: targets are fixed unit vectors. Training
+runs on the device of `src`.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,66 +18,109 @@ from torch import nn
 
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
-from spacebind.fileio import save_torch
+from spacebind.errors import InputError
 from spacebind.losses import info_nce
 from spacebind.progress import track
+from spacebind.train_state import STATE_FILE, fingerprint, load_state, save_state
+
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: the temperature never drops below 0.01
 
 
 class TrainConfig(BaseModel):
-    """Projector training settings (the recipe's `train:` section)."""
+    """Projector training settings (the recipe's `train:` section).
+
+    Defaults measured on the procedural world (audio-text expert → unified space, 4,000 pairs,
+    600 validation pairs, val R@1): lr 3e-3 beat 1e-3 by 0.03-0.04 over two seeds and 3e-4 by
+    0.09; temperature 0.05 learnable ≈ 0.07, fixed 0.05 ≈ -0.01, 0.02 -0.04; batch 512 -0.08
+    (fewer steps); weight decay 1e-4 ≈ 1e-2; hidden 512 -0.09 against the reference 2048.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of steps with linear warmup")
-    temperature: float = Field(0.05, gt=0, description="initial softmax temperature")
+    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decay of weight matrices (not biases, norms, temperature)")
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of all steps with linear warmup")
+    temperature: float = Field(0.05, ge=1.0 / MAX_LOGIT_SCALE, description="initial softmax temperature")
     learnable_temperature: bool = True
-    patience: int = Field(5, ge=1, description="epochs without val recall@1 gain before stopping")
+    patience: int = Field(5, ge=1, description="epochs without a val recall@1 gain before stopping")
     seed: int = 0
     hidden: int = Field(2048, ge=1, description="projector hidden width")
+    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps (the schedule spans the cap)")
 
 
 @dataclass
 class TrainResult:
+    """A trained head (best validation weights, eval mode) and its per-epoch history
+    (`epoch`, `loss`, `val_recall@1`, `lr`, `temperature`)."""
+
     head: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_val_recall: float = float("nan")
 
 
+def pair_groups(src: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of identical rows of `src` and of `tgt` (pairs often share a side: several captions
+    mined for one clip, or one item paired across several modalities)."""
+    return torch.unique(src, dim=0, return_inverse=True)[1], torch.unique(tgt, dim=0, return_inverse=True)[1]
+
+
 @torch.no_grad()
-def recall_at_1(head: nn.Module, src: torch.Tensor, tgt: torch.Tensor, chunk: int = 4096) -> float:
-    """Fraction of rows whose projected src is closest to its own tgt among all tgts."""
+def recall_at_1(head: nn.Module, src: torch.Tensor, tgt: torch.Tensor, chunk: int = 4096,
+                groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Fraction of pairs i whose head(src[i]) retrieves, among all tgt rows, a row j that is
+    tgt[i] itself or a positive of it: tgt[j] == tgt[i] or src[j] == src[i] (see `pair_groups`,
+    computed when `groups` is None). Without repeated rows this is plain recall@1.
+
+    Memory is bounded by `chunk` × len(tgt); the head's train/eval mode is restored."""
+    src_ids, tgt_ids = groups if groups is not None else pair_groups(src, tgt)
+    was_training = head.training
     head.eval()
     hits = 0
     for start in range(0, len(src), chunk):
-        sims = head(src[start:start + chunk]) @ tgt.T
-        hits += (sims.argmax(dim=1) == torch.arange(start, start + len(sims))).sum().item()
-    return hits / max(len(src), 1)
+        j = (head(src[start:start + chunk]) @ tgt.T).argmax(dim=1)
+        own = slice(start, start + len(j))
+        hits += int(((tgt_ids[j] == tgt_ids[own]) | (src_ids[j] == src_ids[own])).sum())
+    head.train(was_training)
+    return hits / len(src) if len(src) else float("nan")
 
 
-def _fingerprint(config: TrainConfig, *tensors: torch.Tensor | None) -> str:
-    h = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True).encode())
-    for t in tensors:
-        if t is not None:
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _checked(name: str, src: torch.Tensor, tgt: torch.Tensor, min_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """src/tgt as float32 on src's device, after shape and finiteness checks."""
+    if src.ndim != 2 or tgt.ndim != 2 or len(src) != len(tgt):
+        raise InputError(f"{name}: expected paired [N, d] tensors, got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    if len(src) < min_rows:
+        raise InputError(f"{name}: expected at least {min_rows} pairs, got {len(src)}")
+    src, tgt = src.float().contiguous(), tgt.float().to(src.device).contiguous()
+    for side, t in (("src", src), ("tgt", tgt)):
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name}: {side} holds NaN or infinite values")
+    return src, tgt
 
 
-def _schedule(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    warm = max(1, int(total * warmup)) if warmup > 0 else 0
+def _optimizer(head: nn.Module, log_scale: torch.Tensor, config: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in head.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2] + ([log_scale] if log_scale.requires_grad else []),
+               "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, round(total * warmup)) if warmup > 0 else 0
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _scale(log_scale: torch.Tensor) -> torch.Tensor:
+    return log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
 
 def train_projector(
@@ -89,64 +134,95 @@ def train_projector(
     head: nn.Module | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `head` (default: an MLPProjector) so head(src[i]) retrieves tgt[i] (InfoNCE).
+    """Train `head` (default: a seeded MLPProjector) so head(src[i]) retrieves tgt[i] (InfoNCE).
 
-    With `checkpoint_dir`, state is saved after every epoch and a rerun resumes; a rerun of a
-    finished run returns the stored result. A checkpoint made with another config or other data
-    is set aside with a warning and training starts over."""
-    src, tgt = src.float().contiguous(), tgt.float().contiguous()
-    has_val = val_src is not None and val_tgt is not None and len(val_src) > 0
-    torch.manual_seed(config.seed)
-    head = head or MLPProjector(src.shape[1], tgt.shape[1], config.hidden)
-    log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)), requires_grad=config.learnable_temperature)
-    params = [p for p in head.parameters() if p.requires_grad] + ([log_scale] if config.learnable_temperature else [])
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    Args:
+        src, tgt: paired rows [N, d_in] and [N, d_out]; tgt rows are unit vectors of the frozen target.
+        config: the training settings.
+        val_src, val_tgt: validation pairs; with them the best epoch by recall@1 is kept and
+            training stops after `config.patience` epochs without gain. Without them, the last epoch.
+        checkpoint_dir: where to save the state after every epoch. A rerun of the same run resumes
+            (bit-identical to an uninterrupted run on CPU); a finished run returns its stored
+            result without training; another run's state is ignored with a warning.
+        head: a module to train instead of the default projector.
+        progress: show a progress bar.
+
+    Raises:
+        InputError: mis-shaped, too few or non-finite pairs.
+    """
+    src, tgt = _checked("training pairs", src, tgt, min_rows=2)
+    val = None
+    if val_src is not None and val_tgt is not None and len(val_src) > 0:
+        val = _checked("validation pairs", val_src.to(src.device), val_tgt, min_rows=1)
+        if val[0].shape[1] != src.shape[1] or val[1].shape[1] != tgt.shape[1]:
+            raise InputError(f"validation pairs have widths {val[0].shape[1]}/{val[1].shape[1]}, "
+                             f"training pairs {src.shape[1]}/{tgt.shape[1]}")
+    val_groups = pair_groups(*val) if val is not None else None
+    if head is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            head = MLPProjector(src.shape[1], tgt.shape[1], config.hidden)
+    head = head.to(src.device)
+    log_scale = torch.tensor(math.log(1.0 / config.temperature), device=src.device)
+    log_scale.requires_grad_(config.learnable_temperature)
+    optimizer = _optimizer(head, log_scale, config)
     steps_per_epoch = max(1, len(src) // config.batch_size)
-    scheduler = _schedule(optimizer, steps_per_epoch * config.epochs, config.warmup)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "done": False}
-    fingerprint = _fingerprint(config, src, tgt, val_src, val_tgt)
-    ckpt = checkpoint_dir / "train_state.pt" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True)
-        if saved.get("fingerprint") == fingerprint:
-            head.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            log_scale.data.copy_(saved["log_scale"])
-            state = saved["state"]
-        else:
-            warnings.warn(f"{ckpt} was made with another config or other data; training starts over", stacklevel=2)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = _warmup_cosine(optimizer, total_steps, config.warmup)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
 
-    epochs = range(state["epoch"], config.epochs)
-    for epoch in track(epochs, "training projector", total=len(epochs), show=progress and not state["done"]):
+    key = fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
+    path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+    saved = load_state(path, key) if path is not None else None
+    if saved is not None:
+        head.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        with torch.no_grad():
+            log_scale.copy_(saved["log_scale"])
+        state = saved["state"]
+
+    epochs = range(state["epoch"], n_epochs) if not state["done"] else range(0)
+    for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        loss = _train_epoch(head, log_scale, optimizer, scheduler, src, tgt, config, epoch, steps)
+        recall = recall_at_1(head, *val, groups=val_groups) if val is not None else float("nan")
+        state["history"].append({"epoch": epoch, "loss": loss, "val_recall@1": recall,
+                                 "lr": scheduler.get_last_lr()[0], "temperature": float(1.0 / _scale(log_scale.detach()))})
+        if val is None or recall > state["best_val"]:
+            state.update(best_val=recall, best_epoch=epoch,
+                         best={k: v.detach().clone() for k, v in head.state_dict().items()})
+        state["epoch"] = epoch + 1
+        state["done"] = epoch + 1 == n_epochs or epoch - state["best_epoch"] >= config.patience
+        if path is not None:
+            save_state(path, key, {"model": head.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "log_scale": log_scale.detach(), "state": state})
         if state["done"]:
             break
-        head.train()
-        order = torch.randperm(len(src), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        total_loss = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            loss = info_nce(head(src[idx]), tgt[idx], log_scale.clamp(max=math.log(100.0)).exp())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item()
-        val = recall_at_1(head, val_src, val_tgt) if has_val else float("nan")
-        state["history"].append({"epoch": epoch, "loss": total_loss / steps_per_epoch, "val_recall@1": val,
-                                 "lr": scheduler.get_last_lr()[0], "temperature": float(1.0 / log_scale.detach().exp())})
-        improved = not has_val or val > state["best_val"]
-        if improved:
-            state.update(best_val=val if has_val else float("nan"), best_epoch=epoch,
-                         best_state={k: v.detach().clone() for k, v in head.state_dict().items()})
-        state["epoch"] = epoch + 1
-        state["done"] = state["epoch"] >= config.epochs or (has_val and epoch - state["best_epoch"] >= config.patience)
-        if ckpt is not None:
-            save_torch(ckpt, {"fingerprint": fingerprint, "model": head.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "log_scale": log_scale.detach(), "state": state})
-    if state["best_state"] is not None:
-        head.load_state_dict(state["best_state"])
+    head.load_state_dict(state["best"])
     return TrainResult(head.eval(), state["history"], state["best_epoch"], state["best_val"])
+
+
+def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, src: torch.Tensor, tgt: torch.Tensor,
+                 config: TrainConfig, epoch: int, steps: int) -> float:
+    """One epoch of `steps` full batches in a (seed, epoch)-determined order; the mean loss."""
+    head.train()
+    order = torch.randperm(len(src), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    order = order.to(src.device)
+    total = torch.zeros((), device=src.device)
+    for step in range(steps):
+        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        loss = info_nce(head(src[idx]), tgt[idx], _scale(log_scale))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach()
+    return float(total) / steps
 
 
 def train_mixture(
@@ -161,18 +237,26 @@ def train_mixture(
     subsets: list[torch.Tensor] | None = None,
     progress: bool = True,
 ) -> ProjectorMixture:
-    """Train `n` MLP projectors and average them. Member i uses seed `config.seed + i` and, if
-    `subsets` is given, only the rows `subsets[i]` (e.g. one pseudo dataset each); otherwise the
-    full data, so members differ by initialisation and batch order."""
+    """Train `n` MLP projectors and average them (FreeBind's mixture of projectors).
+
+    Member i uses seed `config.seed + i` and, if `subsets` is given, only the rows `subsets[i]`
+    (one pseudo dataset each); otherwise all rows, so members differ by initialisation and batch
+    order. (On the procedural world, 3 members: 0.788 val R@1 with all rows, 0.785 with
+    bootstrap resamples, whose members each lose a third of the distinct pairs.)
+    Member i checkpoints under `checkpoint_dir / f"member{i}"`.
+
+    Raises:
+        InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
+    """
     if subsets is not None and len(subsets) != n:
-        raise ValueError(f"got {len(subsets)} subsets for {n} mixture members")
+        raise InputError(f"got {len(subsets)} subsets for {n} mixture members; expected one per member")
     members = []
     for i in range(n):
         rows = subsets[i] if subsets is not None else slice(None)
-        member_dir = checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None
         result = train_projector(
             src[rows], tgt[rows], config=config.model_copy(update={"seed": config.seed + i}),
-            val_src=val_src, val_tgt=val_tgt, checkpoint_dir=member_dir, progress=progress,
+            val_src=val_src, val_tgt=val_tgt, progress=progress,
+            checkpoint_dir=checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None,
         )
         members.append(result.head)
     return ProjectorMixture(members).eval()

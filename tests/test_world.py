@@ -10,7 +10,7 @@ import soundfile as sf
 from PIL import Image
 
 from spacebind.data import Dataset
-from spacebind.world.concepts import SIZE_WORDS, Instance, make_concepts, sample_instances
+from spacebind.world.concepts import INTENSITY_WORDS, SIZE_WORDS, Instance, make_concepts, sample_instances
 from spacebind.world.generate import generate_world
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
 
@@ -37,6 +37,20 @@ def test_generation_is_deterministic_and_files_are_real(tmp_path: Path) -> None:
     assert rate == SAMPLE_RATE and wave.shape == (8000,)
     assert np.load(item.fields["point"]).shape == (384, 3)
     assert item.attributes["size_word"] in item.fields["text"]
+
+
+def test_manifest_lines_describe_their_instances(tmp_path: Path) -> None:
+    root = generate_world(tmp_path / "w", seed=5, sizes=SIZES, progress=False)
+    lines = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    names = {c.name: c for c in make_concepts(0, 24)}
+    assert len({line["id"] for line in lines}) == len(lines) == sum(SIZES.values())
+    for line in lines:
+        assert set(line) == {"id", "split", "label", "image", "audio", "point", "text", "attributes"}
+        assert all((root / line[m]).is_file() for m in ("image", "audio", "point"))
+        attrs, words = line["attributes"], set(line["text"].replace(",", " ").split())
+        assert attrs["size_word"] == SIZE_WORDS[min(int(attrs["size"] * 4), 3)] and attrs["size_word"] in words
+        assert not words & (set(INTENSITY_WORDS) - {attrs["intensity_word"]})  # some templates omit it
+        assert words & set(names[line["label"]].caption_names)  # the label's name or a training synonym
 
 
 def test_concepts_share_attributes_but_signatures_are_unique() -> None:

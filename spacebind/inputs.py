@@ -5,6 +5,9 @@ Loaded forms (what expert encoders receive, as a list):
 - audio: `Audio` (mono float32 samples in [-1, 1], sample rate)
 - point: np.ndarray float32 [N, 3] (xyz) or [N, 6] (xyz + rgb in [0, 1])
 - text: non-empty str
+- depth: np.ndarray float32 [H, W] (depth or disparity values as stored, unscaled)
+- thermal: np.ndarray float32 [H, W] in [0, 1] (8- or 16-bit grayscale scaled by its bit depth)
+- imu: np.ndarray float32 [T, 6] (accelerometer xyz, gyroscope xyz), T ≥ 1
 """
 from __future__ import annotations
 
@@ -132,8 +135,65 @@ def _points_file(path: Path, name: str) -> np.ndarray:
     raise InputError(f"{name}: unsupported point cloud extension {suffix!r}; expected .npy, .ply or .xyz")
 
 
+def _map_array(arr: Any, name: str, modality: str) -> np.ndarray:
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
+        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
+    if a.ndim != 2 or min(a.shape) < 1:
+        raise InputError(f"{name}: {modality} map of shape {a.shape}; expected [H, W] (or [1, H, W] / [H, W, 1])")
+    if modality == "thermal" and a.dtype in (np.uint8, np.uint16):
+        a = a.astype(np.float32) / np.iinfo(a.dtype).max
+    return _finite(a.astype(np.float32), name)
+
+
+def _map_file(modality: str) -> Callable[[Path, str], np.ndarray]:
+    def load(path: Path, name: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        if path.suffix.lower() == ".npy":
+            try:
+                return _map_array(np.load(path, allow_pickle=False), name, modality)
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputError(f"{name}: not a readable .npy array ({exc})") from None
+        try:
+            with Image.open(path) as img:
+                img.load()
+                arr = np.asarray(img)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise InputError(f"{name}: not a readable {modality} image or .npy array ({exc})") from None
+        if arr.ndim == 3:
+            raise InputError(f"{name}: {modality} image has {arr.shape[2]} channels; expected a single-channel image")
+        if arr.dtype == np.int32:  # PIL's mode "I" holds 16-bit PNGs
+            arr = arr.astype(np.uint16) if arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 else arr
+        return _map_array(arr, name, modality)
+
+    return load
+
+
+def _imu_array(arr: Any, name: str) -> np.ndarray:
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float32)
+    if a.ndim == 2 and a.shape[0] == 6 and a.shape[1] != 6:
+        a = a.T  # [6, T] → [T, 6]
+    if a.ndim != 2 or a.shape[1] != 6 or a.shape[0] == 0:
+        raise InputError(f"{name}: IMU series of shape {a.shape}; expected [T, 6] (accelerometer xyz, gyroscope xyz)")
+    return _finite(a, name)
+
+
+def _imu_file(path: Path, name: str) -> np.ndarray:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return _imu_array(np.load(path, allow_pickle=False), name)
+        if suffix in (".csv", ".txt"):
+            return _imu_array(np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2), name)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{name}: not a readable IMU series ({exc})") from None
+    raise InputError(f"{name}: unsupported IMU extension {suffix!r}; expected .npy, .csv or .txt")
+
+
 _FILE_LOADERS: dict[str, Callable[[Path, str], Any]] = {
     "image": _image_file, "audio": _audio_file, "point": _points_file,
+    "depth": _map_file("depth"), "thermal": _map_file("thermal"), "imu": _imu_file,
 }
 
 
@@ -158,6 +218,10 @@ def load_input(modality: str, x: Any, *, name: str | None = None) -> Any:
         return _image_array(x, name)
     if modality == "point":
         return _points_array(x, name)
+    if modality in ("depth", "thermal"):
+        return _map_array(x, name, modality)
+    if modality == "imu":
+        return _imu_array(x, name)
     if modality == "audio":
         if isinstance(x, Audio):
             return _audio_array(x.samples, x.sample_rate, name)
@@ -172,7 +236,7 @@ def _as_batch(modality: str, xs: Any) -> list[Any]:
                                                and np.isscalar(xs[1])):
         return [xs]
     if isinstance(xs, np.ndarray) or hasattr(xs, "detach"):
-        single_dims = {"image": (2, 3), "point": (2,)}.get(modality, ())
+        single_dims = {"image": (2, 3), "point": (2,), "depth": (2,), "thermal": (2,), "imu": (2,)}.get(modality, ())
         return [xs] if xs.ndim in single_dims else list(xs)
     return list(xs)
 

@@ -110,6 +110,31 @@ def test_bad_files_raise_named_errors(tmp_path: Path, case: str) -> None:
     assert str(path) in str(info.value)
 
 
+def test_depth_thermal_and_imu(tmp_path: Path) -> None:
+    raw = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(raw).save(tmp_path / "d16.png")
+    Image.fromarray((raw % 256).astype(np.uint8)).save(tmp_path / "t8.png")
+    depth = load_input("depth", tmp_path / "d16.png")
+    assert depth.shape == (48, 64) and depth.dtype == np.float32
+    np.testing.assert_array_equal(depth, raw.astype(np.float32))  # depth values are kept as stored
+    np.testing.assert_allclose(load_input("thermal", tmp_path / "t8.png"), (raw % 256) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(load_input("thermal", tmp_path / "d16.png"), raw / 65535.0, rtol=1e-6)
+    np.save(tmp_path / "d.npy", raw[None].astype(np.float32))  # [1, H, W]
+    assert load_input("depth", tmp_path / "d.npy").shape == (48, 64)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="rgb.png: depth image has 3 channels"):
+        load_input("depth", tmp_path / "rgb.png")
+
+    series = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    np.savetxt(tmp_path / "imu.csv", series, delimiter=",")
+    np.save(tmp_path / "imu.npy", series.T)  # [6, T] is transposed
+    np.testing.assert_allclose(load_input("imu", tmp_path / "imu.csv"), series, rtol=1e-6)
+    np.testing.assert_array_equal(load_input("imu", tmp_path / "imu.npy"), series)
+    assert len(load_inputs("imu", np.zeros((3, 20, 6)))) == 3 and len(load_inputs("depth", raw)) == 1
+    with pytest.raises(InputError, match=r"imu\[0\]: IMU series of shape \(20, 5\)"):
+        load_inputs("imu", [np.zeros((20, 5))])
+
+
 @pytest.mark.parametrize("modality, value, message", [
     ("text", "   ", r"text\[0\]: empty text"),
     ("text", 3, "expected a string"),

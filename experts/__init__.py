@@ -3,3 +3,4 @@ from spacebind.experts import world  # noqa: F401
 from spacebind.experts import minilm  # noqa: F401
 from spacebind.experts import open_clip_family  # noqa: F401
 from spacebind.experts import hf_vision  # noqa: F401
+from spacebind.experts import internvl  # noqa: F401

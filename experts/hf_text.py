@@ -13,12 +13,13 @@ from spacebind.space import Expert, ExpertSpec
 _PROBES = ("a dog runs on the beach", "quantum chromodynamics lecture notes")
 
 
-def _check_tokenizer(tokenizer: object, vocab_size: int, path: Path) -> None:
-    """Offline loads can silently yield a broken tokenizer (a tiny vocabulary, every text the same ids)."""
+def check_tokenizer(tokenizer: object, vocab_size: int | None, path: Path) -> None:
+    """Refuse a broken tokenizer: offline loads can silently yield one with a tiny vocabulary
+    that gives every text the same ids. `vocab_size` is the model config's, when known."""
     a, b = (tokenizer(t)["input_ids"] for t in _PROBES)  # type: ignore[operator]
     size = len(tokenizer)  # type: ignore[arg-type]
     # Configs may pad vocab_size above the real vocabulary a little, never by 10 %.
-    if a == b or size < 0.9 * vocab_size:
+    if a == b or (vocab_size is not None and size < 0.9 * vocab_size):
         raise CheckpointError(
             f"{path}: the tokenizer loaded broken (vocabulary {size}, config says {vocab_size}; "
             f"different texts give {'the same' if a == b else 'different'} ids); "
@@ -37,7 +38,7 @@ def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batc
     if not weights.is_file():
         raise CheckpointError(f"sentence encoder {name!r}: no model.safetensors in {path}")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    _check_tokenizer(tokenizer, AutoConfig.from_pretrained(str(path), local_files_only=True).vocab_size, path)
+    check_tokenizer(tokenizer, AutoConfig.from_pretrained(str(path), local_files_only=True).vocab_size, path)
     model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
 
     @torch.no_grad()

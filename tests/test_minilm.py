@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from spacebind.experts.hf_text import _check_tokenizer
+from spacebind.experts.hf_text import check_tokenizer
 from spacebind.experts.minilm import minilm_path
 from spacebind.experts.registry import EXPERTS
 
@@ -83,7 +83,7 @@ def test_broken_tokenizer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(CheckpointError, match=f"{re.escape(str(minilm_path()))}: the tokenizer loaded broken"):
         EXPERTS.create("minilm")
     with pytest.raises(CheckpointError, match="vocabulary 5, config says 30522"):
-        _check_tokenizer(type("Tiny", (_SameIds,), {"__len__": lambda self: 5})(), 30522, tmp_path)
+        check_tokenizer(type("Tiny", (_SameIds,), {"__len__": lambda self: 5})(), 30522, tmp_path)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         EXPERTS.create("minilm", path=str(tmp_path))
 

@@ -6,24 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from spacebind.experts.registry import EXPERTS
+from tiny_checkpoints import dinov2_directory
 
 from spacebind.errors import CheckpointError, InputError
-from spacebind.experts.registry import EXPERTS
 
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    root = tmp_path_factory.mktemp("dinov2")
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)
-    model = Dinov2Model(config).eval()
-    model.save_pretrained(root)
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root)
-    return root, model
+    return dinov2_directory(tmp_path_factory.mktemp("dinov2"))
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])

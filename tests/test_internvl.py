@@ -4,7 +4,6 @@ the wrapper. The tiny model code follows the official interface: `encode_image(p
 and `encode_text(ids)` reading the position before the padding (pad id 0)."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,94 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from spacebind.errors import CheckpointError
 from spacebind.experts.internvl import MAX_LENGTH, text_ids
 from spacebind.experts.registry import EXPERTS
+from tiny_checkpoints import IMAGENET_MEAN as MEAN
+from tiny_checkpoints import IMAGENET_STD as STD
+from tiny_checkpoints import internvl_snapshot
 
-CONFIG_CODE = '''
-from transformers import PretrainedConfig
-
-class TinyInternVLConfig(PretrainedConfig):
-    model_type = "tiny_internvl"
-
-    def __init__(self, clip_embed_dim=8, width=12, vocab_size=32, patch=56, **kwargs):
-        super().__init__(**kwargs)
-        self.clip_embed_dim, self.width, self.vocab_size, self.patch = clip_embed_dim, width, vocab_size, patch
-'''
-
-MODEL_CODE = '''
-import torch
-from torch import nn
-from transformers import PreTrainedModel
-from .configuration_tiny_internvl import TinyInternVLConfig
-
-class TinyInternVLModel(PreTrainedModel):
-    config_class = TinyInternVLConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.patch_embed = nn.Conv2d(3, config.width, config.patch, config.patch)
-        self.clip_projector = nn.Linear(config.width, config.clip_embed_dim)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.width)
-        self.text_projection = nn.Parameter(torch.randn(config.width, config.clip_embed_dim))
-        self.post_init()
-
-    def encode_image(self, image, mode):
-        assert mode == "InternVL-C"
-        return self.clip_projector(self.patch_embed(image).flatten(2).mean(-1))
-
-    def encode_text(self, text):
-        attention_mask = text > 0
-        hidden = self.tok_embeddings(text).cumsum(1)  # causal: position i sees tokens <= i
-        last = hidden[torch.arange(len(text)), attention_mask.sum(1) - 1]
-        return last @ self.text_projection
-'''
-
-WORDS = ["summarize", ":", "a", "photo", "of", "red", "panda", "dog", "cat", "the"]
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet, as the official preprocessor_config.json
-
-
-def _tokenizer(vocab: dict[str, int]):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def make_snapshot(root: Path, broken_tokenizer: bool = False) -> Path:
-    """Write a tiny InternVL-C snapshot with seeded weights."""
-    import importlib
-    import sys
-
-    from transformers import CLIPImageProcessor
-
-    root.mkdir(parents=True)
-    (root / "configuration_tiny_internvl.py").write_text(textwrap.dedent(CONFIG_CODE))
-    (root / "modeling_tiny_internvl.py").write_text(textwrap.dedent(MODEL_CODE))
-    sys.path.insert(0, str(root.parent))
-    try:
-        package = importlib.import_module(f"{root.name}.modeling_tiny_internvl")
-    finally:
-        sys.path.remove(str(root.parent))
-    torch.manual_seed(0)
-    model = package.TinyInternVLModel(package.TinyInternVLConfig())
-    model.config.auto_map = {"AutoConfig": "configuration_tiny_internvl.TinyInternVLConfig",
-                             "AutoModel": "modeling_tiny_internvl.TinyInternVLModel"}
-    model.config.qllama_config = {"vocab_size": 3 + len(WORDS)}
-    model.save_pretrained(root)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
-                       image_mean=MEAN, image_std=STD, do_convert_rgb=True).save_pretrained(root)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    _tokenizer({"<unk>": 0, "<s>": 1, "</s>": 2} if broken_tokenizer else vocab).save_pretrained(root)
-    return root
+from spacebind.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory) -> Path:
-    return make_snapshot(tmp_path_factory.mktemp("internvl") / "tiny_internvl_snapshot")
+    return internvl_snapshot(tmp_path_factory.mktemp("internvl") / "tiny_internvl_snapshot")
 
 
 def test_remote_code_needs_explicit_consent(snapshot: Path) -> None:
@@ -173,6 +96,6 @@ def test_strict_weights_and_broken_tokenizer(snapshot: Path, tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match=r"missing keys: clip_projector\.bias.*unexpected keys: extra\.weight"):
         EXPERTS.create("internvl_c", checkpoint=str(damaged), trust_remote_code=True)
 
-    broken = make_snapshot(tmp_path / "broken_snapshot", broken_tokenizer=True)
+    broken = internvl_snapshot(tmp_path / "broken_snapshot", broken_tokenizer=True)
     with pytest.raises(CheckpointError, match="tokenizer loaded broken"):
         EXPERTS.create("internvl_c", checkpoint=str(broken), trust_remote_code=True)

@@ -2,36 +2,21 @@
 (the official file format), loaded through the wrapper from disk."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from spacebind.errors import CheckpointError
 from spacebind.experts.open_clip_family import _tokenizer
 from spacebind.experts.registry import EXPERTS
+from tiny_checkpoints import open_clip_checkpoint
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+from spacebind.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
-    import open_clip
-
-    root = tmp_path_factory.mktemp("open_clip")
-    (root / "spacebind-tiny-clip.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root)
-    torch.manual_seed(0)
-    model = open_clip.create_model("spacebind-tiny-clip").eval()
-    path = root / "open_clip_pytorch_model.bin"
-    torch.save(model.state_dict(), path)
-    return path, model
+    return open_clip_checkpoint(tmp_path_factory.mktemp("open_clip"))
 
 
 def test_loads_from_disk_and_matches_the_model(tiny_checkpoint) -> None:
@@ -70,7 +55,6 @@ def test_strict_loading_and_clear_errors(tiny_checkpoint, tmp_path: Path) -> Non
 
 def test_published_variants_are_registered_with_their_dims() -> None:
     import open_clip
-
     from spacebind.experts.open_clip_family import VARIANTS
 
     for name, (arch, dim, _) in VARIANTS.items():

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from spacebind.experts.imagebind_model import ImageBindConfig, ImageBindModel, Tower
+
 OPEN_CLIP_TINY = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -128,6 +130,104 @@ def internvl_snapshot(root: Path, broken_tokenizer: bool = False) -> Path:
     return root
 
 
+IMAGEBIND_TINY = ImageBindConfig(out_dim=8, **{m: Tower(16, 1, 2) for m in ("vision", "text", "audio", "depth",
+                                                                              "thermal", "imu")})
+
+
+def imagebind_checkpoint(root: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny ImageBind (every tower 16 wide, 1 block) saved as a plain state dict, as imagebind_huge.pth."""
+    torch.manual_seed(0)
+    model = ImageBindModel(IMAGEBIND_TINY).eval()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "imagebind_huge.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+POINTS_SMALL = {"npoints": 256, "num_group": 16, "group_size": 8, "encoder_dim": 32}
+UNI3D_TINY = {**POINTS_SMALL, "trunk_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 28}}
+ULIP2_TINY = {**POINTS_SMALL, "width": 32, "depth": 2, "heads": 2}
+
+
+def seeded_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Every float tensor of the state random (BatchNorm variances positive), from a fixed seed."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in module.state_dict().items():
+        if v.is_floating_point():
+            v = torch.randn(v.shape, generator=gen) * 0.2
+            v = v.abs() + 0.5 if k.endswith("running_var") else v
+        state[k] = v
+    module.load_state_dict(state)
+    return state
+
+
+def uni3d_checkpoint(root: Path, size: str = "tiny") -> tuple[Path, torch.nn.Module]:
+    """A tiny Uni3D on the trunk of `size`, in DeepSpeed's model-states layout with `module.` prefixes."""
+    from collections import OrderedDict
+
+    from spacebind.experts.uni3d_model import SIZES, Uni3D, Uni3DConfig
+
+    model = Uni3D(Uni3DConfig(trunk=SIZES[size][0], embed_dim=OPEN_CLIP_TINY["embed_dim"], **UNI3D_TINY)).eval()
+    state = seeded_state(model, 1)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "model.pt"
+    torch.save({"module": OrderedDict((f"module.{k}", v) for k, v in state.items()),
+                "buffer_names": [k for k in state if "running" in k or "num_batches" in k], "optimizer": None,
+                "param_shapes": [OrderedDict((k, v.shape) for k, v in state.items())], "global_steps": 7,
+                "dp_world_size": 8, "ds_version": "0.10.3", "epoch": 3, "best_acc1": 0.5}, path)
+    return path, model
+
+
+def ulip2_checkpoint(root: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny ULIP-2 PointBERT in the training-checkpoint layout: `state_dict` with `module.`
+    prefixes (and the CLIP tower the training module held), optimizer, scaler, an argparse Namespace."""
+    import argparse
+    from collections import OrderedDict
+
+    from spacebind.experts.pointbert import PointBertConfig
+    from spacebind.experts.ulip2 import Ulip2
+
+    model = Ulip2(PointBertConfig(**ULIP2_TINY), OPEN_CLIP_TINY["embed_dim"]).eval()
+    state = seeded_state(model, 2)
+    saved = OrderedDict((f"module.{k}", v) for k, v in state.items())
+    saved["module.open_clip_model.visual.proj"] = torch.zeros(4, 16)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "ULIP-2-PointBERT-10k-colored-pc-pretrained.pt"
+    args = argparse.Namespace(model="ULIP2_PointBERT_Colored", npoints=10000, lr=3e-3, evaluate_3d=False, gpu=None)
+    torch.save({"epoch": 50, "state_dict": saved, "optimizer": {"state": {}, "param_groups": [{"lr": 3e-3, "params": [0]}]},
+                "scaler": {"scale": 65536.0}, "best_acc1": 50.0, "args": args}, path)
+    return path, model
+
+
+def _point_expert(name: str) -> Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]:
+    def build(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+        clip, _ = open_clip_checkpoint(root / "clip")
+        if name == "ulip2_pointbert":
+            path, config = ulip2_checkpoint(root / "ulip2")[0], ULIP2_TINY
+        else:
+            path, config = uni3d_checkpoint(root / "uni3d", name.removeprefix("uni3d_"))[0], UNI3D_TINY
+        return {"checkpoint": str(path), "clip_checkpoint": str(clip), "clip_model": OPEN_CLIP_TINY_NAME,
+                "config": config}
+
+    return build
+
+
+def _imagebind(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    return {"checkpoint": str(imagebind_checkpoint(root)[0]), "config": IMAGEBIND_TINY.to_json()}
+
+
+def _from_test_module(module: str, attribute: str, *args: Any) -> Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]:
+    """A builder kept beside its family's tests (the CLAP files need their tokenizer helpers)."""
+    def build(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+        import importlib
+
+        builder = getattr(importlib.import_module(module), attribute)
+        return (builder(*args) if args else builder)(root, monkeypatch)
+
+    return build
+
+
 def _open_clip_variant(name: str) -> Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]:
     def build(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         from spacebind.experts import open_clip_family
@@ -153,6 +253,12 @@ BUILDERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
                                                     "openclip_vit_bigg14")},
     "internvl_c": lambda root, mp: {"checkpoint": str(internvl_snapshot(root / "tiny_internvl")),
                                     "trust_remote_code": True},
+    "imagebind_huge": _imagebind,
+    **{name: _point_expert(name) for name in ("uni3d_tiny", "uni3d_small", "uni3d_base", "uni3d_large",
+                                               "uni3d_giant", "ulip2_pointbert")},
+    **{name: _from_test_module("test_clap", "clap_builder", name) for name in ("clap_general.fusion",
+                                                                              "clap_general.nofusion", "clap_music")},
+    "wavcaps": _from_test_module("test_clap", "wavcaps_builder"),
     "dinov2": lambda root, mp: {"path": str(dinov2_directory(root)[0])},
     "minilm": lambda root, mp: {},
     "sentence_encoder": lambda root, mp: {"path": _minilm_path()},

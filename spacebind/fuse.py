@@ -13,11 +13,12 @@ from typing import Any
 from spacebind.binding import CacheSet, dataset_key, ensure_caches, train_bond
 from spacebind.checkpoint import save_space
 from spacebind.data import Dataset
+from spacebind.errors import CheckpointError
 from spacebind.evaluation import evaluate
 from spacebind.fileio import home_dir
 from spacebind.progress import note
 from spacebind.recipe import DataConfig, Recipe
-from spacebind.resolve import build_expert
+from spacebind.resolve import build_expert, missing_expert_files
 from spacebind.space import Space
 
 
@@ -72,6 +73,9 @@ def fuse(
     out = out or recipe.export.out or Path("runs") / recipe.name
     work = work or home_dir() / "runs" / recipe.name
     note(f"recipe {recipe.name!r}: work directory {work}", progress)
+    missing = missing_expert_files({alias: (cfg.source, cfg.kwargs) for alias, cfg in recipe.experts.items()})
+    if missing:
+        raise CheckpointError(f"recipe {recipe.name!r} names expert files that are not there:\n  " + "\n  ".join(missing))
     dataset = prepare_data(recipe.data, base_dir, work)
     note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
     experts = {}

@@ -62,17 +62,20 @@ def pseudo_pairs(
         xs.append(caches.embeddings(src, spec.seed, own))
         ys.append(caches.embeddings(tgt, spec.seed, own))
     miner_cache = caches.caches[miner]
+    row_of_seed = {i: row for row, i in enumerate(seeds)}
+    in_miner = set(miner_cache.ids(spec.seed)) if spec.partners else set()
+    mined_seeds = [i for i in seeds if i in in_miner]  # sets built once: pools run to millions
     for partner in spec.partners:
         if partner not in tgt.modalities:
             raise InputError(f"pseudo dataset {spec.label!r}: the target space {tgt.name!r} does not cover {partner!r}")
         pool = caches.usable_ids(tgt, partner, [it.id for it in dataset.select(split, partner)])
-        mined_seeds = [i for i in seeds if i in set(miner_cache.ids(spec.seed))]
-        pool = [i for i in pool if i in set(miner_cache.ids(partner))]
+        minable = set(miner_cache.ids(partner))
+        pool = [i for i in pool if i in minable]
         if not mined_seeds or not pool:
             continue
         where = out / f"{split}-{spec.label}-{partner}" if out is not None else None
         found = mine(miner_cache, spec.seed, partner, k=spec.k, seed_ids=mined_seeds, pool_ids=pool, out=where, progress=False)
-        xs.append(x[[seeds.index(i) for i in found.seed_ids]] if len(found.seed_ids) != len(seeds) else x)
+        xs.append(x[[row_of_seed[i] for i in found.seed_ids]] if len(found.seed_ids) != len(seeds) else x)
         ys.append(found.targets(partial(caches.embeddings, tgt, partner), spec.mode, spec.temperature))
     if not xs:
         return torch.empty(0, src.dim), torch.empty(0, tgt.dim)

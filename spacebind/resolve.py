@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from spacebind.errors import InputError
@@ -51,3 +52,23 @@ def build_expert(source: str, kwargs: dict[str, Any] | None = None, name: str | 
 
         expert = EXPERTS.create(source, **kwargs)
     return expert.renamed(name) if name and name != expert.name else expert
+
+
+# Expert keyword arguments that name local files or directories.
+FILE_KWARGS = ("checkpoint", "clip_checkpoint", "tokenizer", "path")
+
+
+def missing_expert_files(experts: dict[str, tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per file a registry expert's kwargs name that does not exist, saying which field
+    and what the expert expects there; checked before any expert loads (they can take minutes)."""
+    from spacebind.experts.registry import EXPERTS
+
+    problems = []
+    for alias, (source, kwargs) in experts.items():
+        for key in FILE_KWARGS:
+            value = kwargs.get(key)
+            if isinstance(value, str) and not Path(value).exists():
+                expects = EXPERTS.entry(source).checkpoint if source in EXPERTS.list() else ""
+                problems.append(f"experts.{alias}.kwargs.{key}: no file or directory {value!r} (from "
+                                f"{Path.cwd()})" + (f"; {source} expects {expects}" if expects else ""))
+    return problems

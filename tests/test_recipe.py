@@ -78,3 +78,23 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(RecipeError, match="must be a mapping"):
         validate_recipe(["a", "list"])
+
+
+@pytest.mark.parametrize("name", ["freebind_imagebind_pp", "freebind_internvl_ib", "freebind_internvl_ib_pp"])
+def test_published_freebind_recipes_validate_and_name_missing_checkpoints(name: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from spacebind.errors import CheckpointError
+    from spacebind.fuse import fuse
+
+    recipe, _ = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.base == "imagebind" and recipe.experts["imagebind"].source == "imagebind_huge"
+    assert all(len(bond.pseudo) == 7 for bond in recipe.bonds)  # FreeBind's seven projectors per expert
+    monkeypatch.chdir(tmp_path)  # no checkpoints here
+    with pytest.raises(CheckpointError) as info:
+        fuse(recipe, work=tmp_path / "work", progress=False)
+    message = str(info.value)
+    assert "experts.imagebind.kwargs.checkpoint: no file or directory 'checkpoints/imagebind_huge.pth'" in message
+    assert "imagebind_huge expects imagebind_huge.pth" in message
+    assert not (tmp_path / "work" / "data").exists()  # refused before any work
+    files = {e.kwargs.get("checkpoint") for e in recipe.experts.values()}
+    assert all(f"'{f}'" in message for f in files)

@@ -1,11 +1,13 @@
 """Experts: frozen pretrained spaces, one file per family, registered on import."""
-from spacebind.experts import world  # noqa: F401
-from spacebind.experts import minilm  # noqa: F401
-from spacebind.experts import open_clip_family  # noqa: F401
-from spacebind.experts import hf_vision  # noqa: F401
-from spacebind.experts import internvl  # noqa: F401
-from spacebind.experts import uni3d  # noqa: F401
-from spacebind.experts import ulip2  # noqa: F401
-from spacebind.experts import imagebind  # noqa: F401
-from spacebind.experts import clap  # noqa: F401
-from spacebind.experts import wavcaps  # noqa: F401
+from spacebind.experts import (
+    clap,  # noqa: F401
+    hf_vision,  # noqa: F401
+    imagebind,  # noqa: F401
+    internvl,  # noqa: F401
+    minilm,  # noqa: F401
+    open_clip_family,  # noqa: F401
+    ulip2,  # noqa: F401
+    uni3d,  # noqa: F401
+    wavcaps,  # noqa: F401
+    world,  # noqa: F401
+)

@@ -15,7 +15,6 @@ mono, resampled to 48 kHz, quantised to int16 and back, then 10 s (480,000 sampl
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.errors import CheckpointError
+from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
 from spacebind.experts.clap_model import CLAP, HTSAT_BASE, HTSAT_TINY, ROBERTA_BASE, HTSATConfig
 from spacebind.experts.registry import EXPERTS
 from spacebind.fileio import sha256_file
@@ -41,37 +41,11 @@ _SAFE_GLOBALS: list[Any] = [np.core.multiarray.scalar, np.dtype,  # type: ignore
 
 # ---- checkpoints ----
 
-def load_official_state(path: Path, wrapper: str, drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """`torch.load(path)[wrapper]` with weights-only unpickling (numpy scalars allowed), `module.`
-    prefixes stripped and the `drop` keys removed when present."""
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a loadable weights-only torch checkpoint ({exc})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get(wrapper), dict):
-        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise CheckpointError(f"{path}: expected a dict with the weights under {wrapper!r}, found {found}")
-    state = {k.removeprefix("module."): v for k, v in blob[wrapper].items()}
-    for key in drop:
-        state.pop(key, None)
-    return state
-
-
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load `state` into `model`, failing with the names of missing and unexpected keys."""
-    want, have = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(want - have), sorted(have - want)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: keys do not match the architecture; missing {missing[:20]}"
-                              f"{' …' if len(missing) > 20 else ''}, unexpected {unexpected[:20]}"
-                              f"{' …' if len(unexpected) > 20 else ''}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: {exc}") from None
+def load_official_state(path: Path, wrapper: str, what: str, drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """`torch.load(path)[wrapper]`, weights only (numpy scalars allowed), without the `drop` keys
+    (`position_ids`: written by transformers < 4.31, absent from models built by later ones)."""
+    state = read_checkpoint(path, wrapper, what, safe_globals=_SAFE_GLOBALS)
+    return {k: v for k, v in state.items() if k not in drop}
 
 
 # ---- tokenizers ----
@@ -158,7 +132,8 @@ def clap_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audio: 
 
     path = Path(checkpoint)
     text_cfg = RobertaConfig(**(text or ROBERTA_BASE))
-    state = load_official_state(path, "state_dict", drop=("text_branch.embeddings.position_ids",))
+    state = load_official_state(path, "state_dict", f"the {name} checkpoint (LAION-CLAP)",
+                                drop=("text_branch.embeddings.position_ids",))
     tokenize = checked_tokenizer(RobertaTokenizer, tokenizer, text_cfg.vocab_size,
                                  "roberta-base's vocab.json and merges.txt (or tokenizer.json)")
     model = CLAP(audio, text_cfg)

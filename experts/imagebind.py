@@ -29,7 +29,6 @@ The official repo ships no depth, thermal or IMU loaders, so these are our docum
 """
 from __future__ import annotations
 
-import pickle
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spacebind.errors import CheckpointError, InputError
+from spacebind.errors import InputError
+from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
 from spacebind.experts.imagebind_model import AUDIO_SHAPE, IMAGE_SIZE, IMU_SHAPE, ImageBindConfig, ImageBindModel
 from spacebind.experts.registry import EXPERTS
 from spacebind.fileio import sha256_file
@@ -54,7 +54,6 @@ SAMPLE_RATE, CLIP_SECONDS, CLIPS = 16000, 2, 3
 FBANK_MEAN, FBANK_STD = -4.268, 9.138
 # Our modality names → the official model's.
 TOWERS = {"text": "text", "image": "vision", "audio": "audio", "depth": "depth", "thermal": "thermal", "imu": "imu"}
-_SHOWN_KEYS = 20
 
 
 def clip_bounds(num_samples: int, rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
@@ -114,33 +113,13 @@ def imu_tensor(values: np.ndarray) -> torch.Tensor:
     return F.pad(x, (0, steps - x.shape[1]))
 
 
-def _key_list(keys: list[str]) -> str:
-    more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
-    return f"{keys[:_SHOWN_KEYS]}{more}"
-
-
 def load_model(checkpoint: str | Path, config: ImageBindConfig | None = None) -> ImageBindModel:
     """Build the architecture and load a plain state dict strictly (names and shapes)."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"ImageBind: no checkpoint file at {path}; download {URL} and give its path")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a plain state dict of tensors (as imagebind_huge.pth)")
+    state = read_checkpoint(path, None, f"imagebind_huge.pth ({URL})")
     with torch.device("meta"):
         model = ImageBindModel(config)
-    want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the ImageBind architecture: missing keys {_key_list(missing)}, "
-                              f"unexpected keys {_key_list(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in want.items() if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"{path}: tensor shapes differ from the ImageBind architecture: {_key_list(wrong)}")
-    model.load_state_dict(state, strict=True, assign=True)
+    load_strict(model, state, path, assign=True)
     return model.float().eval()
 
 

@@ -5,17 +5,13 @@ Key names follow salesforce/ULIP `models/pointbert/point_encoder.py` (`PointTran
 and `models/pointbert/dvae.py` (`Encoder`)."""
 from __future__ import annotations
 
-import pickle
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from spacebind.errors import CheckpointError
 from spacebind.experts.point_grouping import NUM_POINTS, group_points
 
 
@@ -116,46 +112,3 @@ class PointBert(nn.Module):
         pos = torch.cat([self.cls_pos.expand(batch, -1, -1), self.pos_embed(centres)], dim=1)
         x = self.norm(self.blocks(x, pos))
         return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
-
-
-def read_checkpoint(path: Path, key: str, what: str, safe_globals: Sequence[type] = ()) -> dict[str, torch.Tensor]:
-    """The model state under `key` of an official training checkpoint (`what` names the file for
-    the error when it is absent), loaded with `weights_only=True` plus the allow-listed
-    `safe_globals`, `module.` prefixes stripped."""
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}: download {what} and give its path")
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
-        raise CheckpointError(f"{path}: holds Python objects that weights-only loading does not allow ({reason}); "
-                              f"re-save just the model weights under {key!r}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
-    state = saved.get(key) if isinstance(saved, dict) else None
-    if not isinstance(state, dict):
-        found = sorted(map(str, saved))[:10] if isinstance(saved, dict) else type(saved).__name__
-        raise CheckpointError(f"{path}: expected a dict with the model weights under {key!r}; found {found}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _names(keys: list[str], limit: int = 20) -> str:
-    more = f" … ({len(keys)} in all)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, ignore: tuple[str, ...] = ()) -> None:
-    """Load `state` into `module`, failing on any missing, unexpected or misshaped key (keys
-    starting with an `ignore` prefix are dropped first)."""
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                       for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    problems = [f"{label} keys: {_names(keys)}" for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)) if keys]
-    if problems:
-        raise CheckpointError(f"{path}: does not match the {type(module).__name__} architecture; " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)

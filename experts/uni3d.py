@@ -10,9 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
 from spacebind.experts.open_clip_family import open_clip_expert
 from spacebind.experts.point_clip import point_clip_expert
-from spacebind.experts.pointbert import load_strict, read_checkpoint
 from spacebind.experts.registry import EXPERTS
 from spacebind.experts.uni3d_model import SIZES, Uni3D, Uni3DConfig
 from spacebind.space import Expert

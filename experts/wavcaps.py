@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacebind.experts.clap import checked_tokenizer, load_official_state, load_strict
+from spacebind.experts.checkpoint_io import load_strict
+from spacebind.experts.clap import checked_tokenizer, load_official_state
 from spacebind.experts.clap_model import HTSAT, HTSAT_TINY, HTSATConfig, LogMel, PowerSpectrogram, projection
 from spacebind.experts.registry import EXPERTS
 from spacebind.fileio import sha256_file
@@ -106,7 +107,8 @@ def wavcaps_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audi
     path = Path(checkpoint)
     vocab_size = BertConfig(**(BERT_BASE_UNCASED if text is None else text)).vocab_size
     # Files written under transformers < 4.31 hold the BERT position_ids buffer; newer ones do not.
-    state = load_official_state(path, "model", drop=("text_encoder.text_encoder.embeddings.position_ids",))
+    state = load_official_state(path, "model", "HTSAT-BERT-PT.pt (WavCaps)",
+                                drop=("text_encoder.text_encoder.embeddings.position_ids",))
     tokenize = checked_tokenizer(BertTokenizer, tokenizer, vocab_size, "bert-base-uncased's vocab.txt")
     model = WavCaps(audio, text)
     load_strict(model, state, path)

@@ -292,16 +292,16 @@ def test_strict_loading_names_missing_and_unexpected_keys(clap_files, monkeypatc
     del state["audio_projection.2.bias"]
     state["audio_branch.extra.weight"] = torch.zeros(1)
     write_clap_checkpoint(tmp_path / "bad.pt", clap_files["model"], state=state)
-    with pytest.raises(CheckpointError, match=r"missing \['audio_projection.2.bias'\], "
-                                              r"unexpected \['audio_branch.extra.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"missing keys: audio_projection.2.bias; "
+                                              r"unexpected keys: audio_branch.extra.weight"):
         _create("clap_general.nofusion", monkeypatch, tmp_path / "bad.pt", clap_files["tokenizer"])
     with pytest.raises(CheckpointError, match="patch_embed.fusion_model.global_att.1.bias"):  # a non-fusion file, fusion model
         _create("clap_general.fusion", monkeypatch, clap_files["checkpoint"], clap_files["tokenizer"])
     torch.save({"model": {}}, tmp_path / "wrapped.pt")
-    with pytest.raises(CheckpointError, match="weights under 'state_dict', found \\['model'\\]"):
+    with pytest.raises(CheckpointError, match="weights under 'state_dict'; found \\['model'\\]"):
         _create("clap_general.nofusion", monkeypatch, tmp_path / "wrapped.pt", clap_files["tokenizer"])
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-4)}, tmp_path / "pickled.pt")
-    with pytest.raises(CheckpointError, match="not a loadable weights-only torch checkpoint"):  # never unpickled
+    with pytest.raises(CheckpointError, match="weights-only loading does not allow"):  # never unpickled
         _create("clap_general.nofusion", monkeypatch, tmp_path / "pickled.pt", clap_files["tokenizer"])
 
 
@@ -361,7 +361,7 @@ def test_wavcaps_strict_keys_and_tokenizer(tmp_path: Path, monkeypatch: pytest.M
     assert EXPERTS.create("wavcaps", **{**kwargs, "checkpoint": str(tmp_path / "new.pt")}).dim == 1024
     del state["temp"]
     write_wavcaps_checkpoint(tmp_path / "bad.pt", state)
-    with pytest.raises(CheckpointError, match=r"missing \['temp'\]"):
+    with pytest.raises(CheckpointError, match=r"missing keys: temp"):
         EXPERTS.create("wavcaps", **{**kwargs, "checkpoint": str(tmp_path / "bad.pt")})
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="tokenizer loaded broken"):

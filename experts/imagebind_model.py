@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import nn
 
 MODALITIES = ("vision", "text", "audio", "depth", "thermal", "imu")
@@ -151,6 +150,8 @@ class Block(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads, bias=True, add_bias_kv=bias_kv)
         self.norm_1 = nn.LayerNorm(width, eps=1e-6)
+        from timm.layers import Mlp  # fc1, GELU, fc2: the official keys; timm loads lazily
+
         self.mlp = Mlp(width, 4 * width)
         self.norm_2 = nn.LayerNorm(width, eps=1e-6)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import nn
 
 from spacebind.experts.point_grouping import NUM_POINTS, group_points
@@ -59,6 +58,8 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.attn = _Attention(width, heads)
         self.norm2 = nn.LayerNorm(width)
+        from timm.layers import Mlp  # fc1, GELU, fc2: the official keys; timm loads lazily
+
         self.mlp = Mlp(width, 4 * width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

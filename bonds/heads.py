@@ -8,9 +8,10 @@ from torch import nn
 from spacebind.bonds.baselines import LinearMap
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
+from spacebind.bonds.relative import RelativeMap
 from spacebind.errors import CheckpointError
 
-HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "mixture")
+HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "relative", "mixture")
 
 
 def head_from_config(config: dict[str, Any]) -> nn.Module:
@@ -25,6 +26,8 @@ def head_from_config(config: dict[str, Any]) -> nn.Module:
             head: nn.Module = MLPProjector(config["in_dim"], config["out_dim"], config["hidden"])
         elif kind in ("linear", "procrustes"):
             head = LinearMap(config["in_dim"], config["out_dim"], kind)
+        elif kind == "relative":
+            head = RelativeMap(config["in_dim"], config["out_dim"], config["anchors"], config["k"], config["power"])
         elif kind == "mixture":
             head = ProjectorMixture([head_from_config(c) for c in config["members"]])
         else:

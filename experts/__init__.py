@@ -10,4 +10,5 @@ from spacebind.experts import (
     uni3d,  # noqa: F401
     wavcaps,  # noqa: F401
     world,  # noqa: F401
+    world_unimodal,  # noqa: F401
 )

@@ -18,6 +18,8 @@ from torch import nn
 
 from spacebind.bonds.baselines import fit_least_squares, fit_procrustes
 from spacebind.bonds.bound import BOND_KINDS, BoundSpace
+from spacebind.bonds.curation import curate_ids
+from spacebind.bonds.relative import fit_relative
 from spacebind.cache import EmbeddingCache, embed_dataset
 from spacebind.data import Dataset
 from spacebind.errors import InputError
@@ -26,7 +28,7 @@ from spacebind.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Space
 from spacebind.training import TrainConfig, train_mixture
 
-PROJECTOR_KINDS: tuple[str, ...] = ("mlp", "linear", "procrustes")
+PROJECTOR_KINDS: tuple[str, ...] = ("mlp", "linear", "procrustes", "relative")
 
 
 @dataclass
@@ -68,21 +70,22 @@ PAIRINGS: tuple[str, ...] = ("same", "all")
 
 
 def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str,
-           pairing: str = "same") -> tuple[torch.Tensor, torch.Tensor]:
+           pairing: str = "same", keep: set[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Training pairs for a projector src → tgt from the items of a split.
 
     `same`: (src_m(item), tgt_m(item)) for every modality m both spaces cover (FreeBind).
     `all`: every (src_m(item), tgt_m'(item)) of paired items, m from the source's modalities and
     m' from the target's: a modality the target embeds poorly is anchored on the item's other
     modalities there, and a modality only the source covers (e.g. point in a displacement) gets
-    training pairs at all."""
+    training pairs at all. `keep` restricts the items (a curated subset)."""
     if pairing == "same":
         combos = [(m, m) for m in src.modalities if m in tgt.modalities]
     else:
         combos = [(a, b) for a in src.modalities for b in tgt.modalities]
     xs, ys = [], []
     for a, b in combos:
-        ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields]
+        ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields
+               and (keep is None or it.id in keep)]
         ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids))
         if ids:
             xs.append(caches.embeddings(src, a, ids))
@@ -103,6 +106,7 @@ def train_head(
     pairing: str = "same",
     pseudo: Sequence[PseudoDataset] = (),
     miner: str | None = None,
+    curate: int | None = None,
     train: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
@@ -110,7 +114,10 @@ def train_head(
     """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s.
 
     With `pseudo` datasets, the mixture has one member per pseudo dataset, each trained on that
-    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond)."""
+    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond).
+    With `curate`, training uses only the concept-balanced pair set: per class, the `curate` train
+    items whose text is nearest to the class prompts in the target's text side (the source's if
+    the target has none); see `bonds.curation`."""
     if projector not in PROJECTOR_KINDS:
         raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(PROJECTOR_KINDS)}")
     if pairing not in PAIRINGS:
@@ -119,10 +126,16 @@ def train_head(
     if pseudo:
         if projector != "mlp":
             raise InputError(f"pseudo datasets train one MLP mixture member each; projector {projector!r} takes none")
+        if curate is not None:
+            raise InputError("curation selects paired items; a bond with pseudo datasets has none to select")
         x, y, subsets, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", checkpoint_dir)
         mixture = len(pseudo)
     else:
-        x, y = _pairs(src, tgt, caches, dataset, "train", pairing)
+        keep = None
+        if curate is not None:
+            judge = tgt if "text" in tgt.modalities else src
+            keep = set(curate_ids(judge, caches, dataset, [it.id for it in dataset.select("train")], curate))
+        x, y = _pairs(src, tgt, caches, dataset, "train", pairing, keep)
         if len(x) == 0:
             raise InputError(
                 f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
@@ -133,6 +146,8 @@ def train_head(
             return fit_least_squares(x, y)
         if projector == "procrustes":
             return fit_procrustes(x, y)
+        if projector == "relative":
+            return fit_relative(x, y, seed=(train or TrainConfig()).seed)
         vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
     return train_mixture(
         x, y, n=mixture, config=train or TrainConfig(), subsets=subsets,
@@ -211,7 +226,7 @@ def bind(
         lambdas: per-modality λ (weight of the projected side).
         cache_dir: where leaf embedding caches live (default `$SPACEBIND_HOME/caches/<dataset key>`).
         work_dir: where resumable projector checkpoints go (default: none, train in memory).
-        head_kwargs: `projector` ("mlp", "linear", "procrustes"), `mixture`, `train` (TrainConfig).
+        head_kwargs: `projector` ("mlp", "linear", "procrustes", "relative"), `mixture`, `train` (TrainConfig).
     """
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     experts = [expert] if isinstance(expert, Space) else list(expert)

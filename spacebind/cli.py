@@ -206,6 +206,43 @@ def evaluate_cmd(
 
 
 @app.command()
+def similarity(
+    encoders: list[str] = typer.Argument(..., help="Two or more EXPERT:MODALITY encoders."),
+    data: Path = typer.Option(..., "--data", help="Probe dataset directory (items with paired modalities)."),
+    split: str = typer.Option("test", help="Split of the probe dataset."),
+    k: int = typer.Option(10, help="Neighbours for mutual k-NN."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache root (default $SPACEBIND_HOME/caches/<data>)."),
+    plot: Optional[Path] = typer.Option(None, help="Also draw the mutual k-NN scores as a heatmap PNG."),
+) -> None:
+    """Rank candidate encoder pairs (every pair of different modalities) by mutual k-NN
+    alignment and linear CKA on a probe set, to choose encoders to bind.
+
+    Example: spacebind similarity world_image:image minilm:text world_audio_text:text --data data/world
+    """
+    from rich.table import Table
+
+    from spacebind.binding import dataset_key
+    from spacebind.data import Dataset
+    from spacebind.fileio import home_dir
+    from spacebind.resolve import build_expert
+    from spacebind.similarity import heatmap, parse_encoders, rank_pairs
+
+    def job() -> Any:
+        dataset = Dataset.load(data)
+        probes = parse_encoders(encoders, build_expert)
+        root = cache or home_dir() / "caches" / dataset_key(dataset)
+        return rank_pairs(probes, dataset, split, root, k=k)
+
+    rows = _run(job)
+    table = Table("rank", "encoder A", "encoder B", f"mutual {k}-NN", "linear CKA", "probe items")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), str(r["a"]), str(r["b"]), f"{r['mutual_knn']:.3f}", f"{r['cka']:.3f}", str(r["n"]))
+    console.print(table)
+    if plot is not None:
+        console.print(f"[green]wrote[/] {heatmap(rows, plot)}")
+
+
+@app.command()
 def sweep(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
     data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl (its validation split is used)."),

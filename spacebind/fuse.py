@@ -74,8 +74,12 @@ def fuse(
     work = work or home_dir() / "runs" / recipe.name
     note(f"recipe {recipe.name!r}: work directory {work}", progress)
     missing = missing_expert_files({alias: (cfg.source, cfg.kwargs) for alias, cfg in recipe.experts.items()})
+    if recipe.unibind is not None and recipe.unibind.generator is None and recipe.unibind.knowledge != "world":
+        kb_path = Path(recipe.unibind.knowledge)
+        if not (kb_path if kb_path.is_absolute() else base_dir / kb_path).is_file():
+            missing.append(f"unibind.knowledge: no file {recipe.unibind.knowledge!r} (class → descriptions, JSON or JSONL)")
     if missing:
-        raise CheckpointError(f"recipe {recipe.name!r} names expert files that are not there:\n  " + "\n  ".join(missing))
+        raise CheckpointError(f"recipe {recipe.name!r} names files that are not there:\n  " + "\n  ".join(missing))
     dataset = prepare_data(recipe.data, base_dir, work)
     note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
     experts = {}
@@ -91,7 +95,7 @@ def fuse(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
             lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
             name=recipe.name if last else None,
-            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, pseudo=bond.pseudo,
+            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, pseudo=bond.pseudo, curate=bond.curate,
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
     split, ks = recipe.evaluate.split, recipe.evaluate.ks
@@ -102,5 +106,17 @@ def fuse(
             records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
     if recipe.bonds:
         records += evaluate_space(space, "fused", caches, dataset, split, ks)
+    unibind = None
+    if recipe.unibind is not None:
+        from spacebind.unibind import evaluate_unibind, fit_unibind, recipe_knowledge
+
+        u = recipe.unibind
+        note("UniBind: knowledge-base class centres", progress)
+        kb = recipe_knowledge(u.knowledge, u.generator, dataset, base_dir)
+        unibind = fit_unibind(space, caches, dataset, kb, n=u.descriptions, mix=u.mix, align=u.align,
+                              vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
+        records += evaluate_unibind(unibind, caches, dataset, split)
     save_space(space, out, recipe_text=recipe_text, metrics=records)
+    if unibind is not None:
+        unibind.save(out)
     return FuseResult(space=space, records=records, out=Path(out), work=work)

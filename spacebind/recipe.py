@@ -106,9 +106,10 @@ class BondConfig(Strict):
     type: str
     experts: list[str] = Field(min_length=1)
     lambdas: dict[str, float] = Field(default_factory=dict)
-    projector: Literal["mlp", "linear", "procrustes"] = "mlp"
+    projector: Literal["mlp", "linear", "procrustes", "relative"] = "mlp"
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "same"
+    curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)
     pseudo: list[PseudoDataset] = Field(default_factory=list)
 
@@ -165,6 +166,19 @@ class ExportConfig(Strict):
     out: Path | None = None
 
 
+class UniBindConfig(Strict):
+    """UniBind on the fused space: knowledge-base class centres, aligned projectors, voting."""
+
+    knowledge: str = Field("world", description="a JSON/JSONL file (class → descriptions), or 'world'")
+    generator: Path | None = Field(None, description="a local text-generation model directory to write the knowledge base")
+    descriptions: int = Field(8, ge=1, description="descriptions nearest each class's items that form its centre")
+    mix: float = Field(0.5, ge=0, le=1, description="weight of the plain class-name prompt in a centre")
+    align: bool = True
+    vote_weight: float = Field(0.0, ge=0, description="weight of retrieval-augmented knowledge votes")
+    k: int = Field(10, ge=1, description="descriptions each item retrieves for voting")
+    epochs: int = Field(20, ge=1)
+
+
 class Recipe(Strict):
     """A whole fuse job."""
 
@@ -176,6 +190,7 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    unibind: UniBindConfig | None = None
 
 
 def _reference_errors(raw: dict[str, Any]) -> list[str]:
@@ -210,7 +225,8 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
 
 
 def _all_field_names() -> list[str]:
-    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig]
+    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
+              UniBindConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 
 

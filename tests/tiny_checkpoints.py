@@ -264,5 +264,5 @@ BUILDERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
     "sentence_encoder": lambda root, mp: {"path": _minilm_path()},
     # the world experts are small already; they train once and are cached under $SPACEBIND_HOME
     **{name: (lambda root, mp: {}) for name in ("world_unified", "world_image_text", "world_audio_text",
-                                                "world_point_text")},
+                                                "world_point_text", "world_image")},
 }

@@ -107,6 +107,7 @@ def train_head(
     pseudo: Sequence[PseudoDataset] = (),
     miner: str | None = None,
     curate: int | None = None,
+    relative: Mapping[str, Any] | None = None,
     train: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
@@ -117,7 +118,8 @@ def train_head(
     dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond).
     With `curate`, training uses only the concept-balanced pair set: per class, the `curate` train
     items whose text is nearest to the class prompts in the target's text side (the source's if
-    the target has none); see `bonds.curation`."""
+    the target has none); see `bonds.curation`. `relative`: `anchors`, `k`, `power` of the
+    relative-representation projector."""
     if projector not in PROJECTOR_KINDS:
         raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(PROJECTOR_KINDS)}")
     if pairing not in PAIRINGS:
@@ -147,7 +149,7 @@ def train_head(
         if projector == "procrustes":
             return fit_procrustes(x, y)
         if projector == "relative":
-            return fit_relative(x, y, seed=(train or TrainConfig()).seed)
+            return fit_relative(x, y, **dict(relative or {}), seed=(train or TrainConfig()).seed)
         vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
     return train_mixture(
         x, y, n=mixture, config=train or TrainConfig(), subsets=subsets,

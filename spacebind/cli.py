@@ -180,7 +180,8 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Write records as JSON here."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
 ) -> None:
-    """Evaluate a fused checkpoint: retrieval between every modality pair and zero-shot classification.
+    """Evaluate a fused checkpoint: retrieval between every modality pair and zero-shot classification
+    (with UniBind's class centres too when the checkpoint has them).
 
     Example: spacebind eval runs/demo data/world --split test --out metrics.json
     """
@@ -197,7 +198,12 @@ def evaluate_cmd(
         dataset = Dataset.load(data)
         root = cache_dir or home_dir() / "caches" / dataset_key(dataset)
         caches = ensure_caches([space], dataset, root)
-        return evaluate_space(space, "fused", caches, dataset, split, [1, 5, 10])
+        records = evaluate_space(space, "fused", caches, dataset, split, [1, 5, 10])
+        if (fused / "unibind.json").is_file():  # a UniBind export: zero-shot with its class centres too
+            from spacebind.unibind import UniBind, evaluate_unibind
+
+            records += evaluate_unibind(UniBind.load(fused, space), caches, dataset, split)
+        return records
 
     records = _run(job)
     console.print(records_table(records))

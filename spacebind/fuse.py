@@ -96,6 +96,7 @@ def fuse(
             lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
             name=recipe.name if last else None,
             projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, pseudo=bond.pseudo, curate=bond.curate,
+            relative=bond.relative.model_dump(),
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
     split, ks = recipe.evaluate.split, recipe.evaluate.ks

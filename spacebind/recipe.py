@@ -100,6 +100,14 @@ def _check_lambdas(lambdas: dict[str, float]) -> dict[str, float]:
     return lambdas
 
 
+class RelativeConfig(Strict):
+    """Settings of the training-free relative-representation projector (ASIF)."""
+
+    anchors: int = Field(512, ge=1, description="paired training items used as anchors")
+    k: int = Field(32, ge=1, description="anchor similarities kept per item")
+    power: float = Field(8.0, gt=0, description="exponent on the kept similarities")
+
+
 class BondConfig(Strict):
     """One bond applied to the space built so far: `type` and the expert(s) it brings in."""
 
@@ -110,6 +118,7 @@ class BondConfig(Strict):
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "same"
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
+    relative: RelativeConfig = Field(default_factory=RelativeConfig)
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)
     pseudo: list[PseudoDataset] = Field(default_factory=list)
 
@@ -226,7 +235,7 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
 
 def _all_field_names() -> list[str]:
     models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
-              UniBindConfig]
+              UniBindConfig, RelativeConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 
 

@@ -74,8 +74,9 @@ class UniBind:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, space: "Space") -> "UniBind":
-        """Read a saved UniBind for `space` (strict: every tensor used, none missing).
+    def load(cls, directory: str | Path, space: "Space | None" = None) -> "UniBind":
+        """Read a saved UniBind for `space` (strict: every tensor used, none missing); without
+        `space`, the fused checkpoint in the same directory (a fuse export holds both).
 
         Raises:
             CheckpointError: not a UniBind directory, another space, or missing/unexpected tensors.
@@ -85,6 +86,10 @@ class UniBind:
         if not meta_path.is_file():
             raise CheckpointError(f"{root} is not a UniBind directory: no unibind.json")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if space is None:
+            from spacebind.checkpoint import load as load_space
+
+            space = load_space(root)
         if meta.get("format") != FORMAT or meta.get("space") != space.name:
             raise CheckpointError(f"{meta_path}: format {meta.get('format')!r} for space {meta.get('space')!r}; "
                                   f"expected {FORMAT} for {space.name!r}")

@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from typer.testing import CliRunner
 
 from spacebind.binding import ensure_caches
 from spacebind.bonds.centres import centres_from, class_means, knowledge_votes
+from spacebind.cli import app
 from spacebind.errors import CheckpointError, InputError, RecipeError
 from spacebind.experts.registry import EXPERTS
 from spacebind.fuse import fuse
@@ -143,8 +145,18 @@ def test_unibind_world_recipe_fuses_and_its_centres_beat_the_prompts(small_world
     # Measured (seed 7): centres 0.560 image / 0.850 audio vs the fused space's prompts 0.347 / 0.503.
     for m in ("image", "audio"):
         assert zs[("unibind_world (centres)", m)] >= zs[("unibind_world", m)] + 0.05, zs
-    loaded = UniBind.load(result.out, result.space)
+    loaded = UniBind.load(result.out)  # the fused space comes from the same export
     assert loaded.names == small_world.class_names and set(loaded.heads) == {"image", "audio"}
+    images = [it.fields["image"] for it in small_world.select("test")[:6]]
+    assert loaded.classify("image", images) == UniBind.load(result.out, result.space).classify("image", images)
+    # `spacebind eval` on the export reports the centres beside the prompts, with the same numbers
+    metrics = tmp_path / "metrics.json"
+    run = CliRunner().invoke(app, ["eval", str(result.out), str(small_world.root), "--out", str(metrics),
+                                   "--cache-dir", str(tmp_path / "cache")])
+    assert run.exit_code == 0, run.output
+    again = {(r["model"], r["modalities"][0]): r["metrics"]["acc1"] for r in json.loads(metrics.read_text())
+             if r["task"] == "zeroshot_classification"}
+    assert again[("unibind_world (centres)", "image")] == pytest.approx(zs[("unibind_world (centres)", "image")], abs=0.01)
 
 
 def test_unibind_recipe_validates_and_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,9 +11,10 @@ import yaml
 
 from spacebind.binding import dataset_key, ensure_caches, train_bond
 from spacebind.bonds.curation import balanced_rows, curate_ids
-from spacebind.errors import CheckpointError, InputError
+from spacebind.errors import CheckpointError, InputError, RecipeError
 from spacebind.experts.registry import EXPERTS
 from spacebind.fuse import evaluate_space, fuse
+from spacebind.pseudo import PseudoDataset
 from spacebind.recipe import load_recipe, validate_recipe
 from spacebind.report import task_scores
 from spacebind.training import TrainConfig
@@ -114,3 +115,23 @@ def test_unimodal_dinov2_roberta_recipe_validates_and_names_missing_checkpoints(
     message = str(info.value)
     assert "experts.text.kwargs.path: no file or directory 'checkpoints/all-roberta-large-v1'" in message
     assert "experts.image.kwargs.path: no file or directory 'checkpoints/dinov2-large'" in message
+
+
+def test_relative_projector_settings_reach_the_head_and_curation_refuses_pseudo_data(small_world, bound) -> None:
+    space, _, caches = bound
+    text, image = space.base, space.experts[0]
+    relative = {"anchors": 40, "k": 4, "power": 2.0}
+    other = train_bond(text, [image], "combination", caches, small_world, projector="relative", pairing="all",
+                       relative=relative, progress=False)
+    assert other.heads[image.name].config == {"type": "relative", "in_dim": 48, "out_dim": 384, **relative}
+    recipe = validate_recipe({"name": "r", "data": {"path": str(small_world.root)},
+                              "experts": {"t": "minilm", "i": "world_image"}, "base": "t",
+                              "bonds": [{"type": "combination", "expert": "i", "projector": "relative",
+                                         "relative": relative}]})
+    assert recipe.bonds[0].relative.model_dump() == relative
+    with pytest.raises(RecipeError, match=r"bonds\.0\.relative\.k"):
+        validate_recipe({**recipe.model_dump(mode="json"), "bonds": [{"type": "combination", "expert": "i",
+                                                                      "relative": {"k": 0}}]})
+    with pytest.raises(InputError, match="curation selects paired items"):
+        train_bond(text, [image], "combination", caches, small_world, curate=5,
+                   pseudo=[PseudoDataset(seed="image", partners=["text"])], progress=False)

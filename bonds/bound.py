@@ -52,9 +52,7 @@ class BoundSpace(Space):
             raise InputError("a bond needs at least one expert")
         if kind == "displacement" and len(experts) != 1:
             raise InputError("a displacement bond moves the space to one expert; got several")
-        missing = [e.name for e in experts if e.name not in heads]
-        if missing:
-            raise InputError(f"bond has no projector for expert(s) {missing}")
+        require_projectors(experts, heads, "bond")
         self.base = base
         self.experts = list(experts)
         self.kind = kind
@@ -65,7 +63,7 @@ class BoundSpace(Space):
         self.modalities = tuple(m for m in MODALITIES if m in covered)
         self.dim = base.dim if kind == "combination" else experts[0].dim
         self.name = name or self.formula()
-        self._leaves = _distinct_leaves([base, *experts])
+        self._leaves = distinct_leaves([base, *experts])
 
     def formula(self) -> str:
         """FreeBind notation, e.g. `(world_unified + d(world_image_text)) + c(world_audio_text)`."""
@@ -131,7 +129,15 @@ def _checked(lambdas: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _distinct_leaves(spaces: list[Space]) -> list[Expert]:
+def require_projectors(members: list[Space], heads: Mapping[str, nn.Module], owner: str) -> None:
+    """Raise a named error when a member space of `owner` has no trained projector."""
+    missing = [m.name for m in members if m.name not in heads]
+    if missing:
+        raise InputError(f"{owner} has no projector for member(s) {missing}")
+
+
+def distinct_leaves(spaces: list[Space]) -> list[Expert]:
+    """The experts under `spaces`, once each; two different experts may not share a name."""
     seen: dict[str, Expert] = {}
     for space in spaces:
         for leaf in space.leaves():

@@ -9,9 +9,10 @@ from spacebind.bonds.baselines import LinearMap
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
 from spacebind.bonds.relative import RelativeMap
+from spacebind.bonds.routed import Router
 from spacebind.errors import CheckpointError
 
-HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "relative", "mixture")
+HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "relative", "mixture", "router")
 
 
 def head_from_config(config: dict[str, Any]) -> nn.Module:
@@ -30,6 +31,8 @@ def head_from_config(config: dict[str, Any]) -> nn.Module:
             head = RelativeMap(config["in_dim"], config["out_dim"], config["anchors"], config["k"], config["power"])
         elif kind == "mixture":
             head = ProjectorMixture([head_from_config(c) for c in config["members"]])
+        elif kind == "router":
+            head = Router(config["in_dim"], config["out_dim"], config["hidden"])
         else:
             raise CheckpointError(f"unknown head type {kind!r}; expected one of {', '.join(HEAD_TYPES)}")
     except KeyError as exc:

@@ -1,6 +1,8 @@
 """Experts: frozen pretrained spaces, one file per family, registered on import."""
 from spacebind.experts import (
+    adapters,  # noqa: F401
     clap,  # noqa: F401
+    eva_clip_18b,  # noqa: F401
     hf_vision,  # noqa: F401
     imagebind,  # noqa: F401
     internvl,  # noqa: F401

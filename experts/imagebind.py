@@ -1,4 +1,4 @@
-"""ImageBind (`imagebind_huge`): text, image, audio, depth, thermal and IMU in one 1024-d space.
+"""ImageBind (`imagebind_huge`): text, image, video, audio, depth, thermal and IMU in one 1024-d space.
 
 Weights: the official plain state dict `imagebind_huge.pth`, loaded with
 `torch.load(weights_only=True)` into our own architecture (`imagebind_model`) with strict key and
@@ -8,6 +8,9 @@ thermal and IMU by logit scales).
 Preprocessing, as the official `imagebind/data.py` does:
 - image: resize the short side to 224 (PIL bicubic), centre crop 224, CLIP mean/std; the vision
   trunk repeats the image into a 2-frame video.
+- video (the vision tower): 5 clips of 2 s spread over the video, 2 frames each, short side 224
+  (bilinear), CLIP mean/std, 3 spatial crops: 15 clips whose embeddings are averaged (see
+  `video_clips`). The official code decodes with decord; ours takes decoded frames and fps.
 - text: CLIP BPE, 77 tokens, end-of-text kept at the end when truncating (open_clip's
   `SimpleTokenizer` ships the same vocabulary file and gives identical ids).
 - audio: mono at 16 kHz; three 2 s clips starting at 0, m/2 and m with m = max(duration − 2 s, 0)
@@ -29,6 +32,7 @@ The official repo ships no depth, thermal or IMU loaders, so these are our docum
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +48,7 @@ from spacebind.experts.registry import EXPERTS
 from spacebind.fileio import sha256_file
 from spacebind.inputs import Audio, resample
 from spacebind.kaldi_fbank import fbank, frame_sizes
+from spacebind.video import Video, uniform_frames
 from spacebind.space import Expert, ExpertSpec
 
 NAME = "imagebind_huge"
@@ -51,15 +56,23 @@ URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SAMPLE_RATE, CLIP_SECONDS, CLIPS = 16000, 2, 3
+VIDEO_CLIPS, VIDEO_CLIP_SECONDS, VIDEO_FRAMES = 5, 2, 2  # official: 5 clips of 2 s, 2 frames each
 FBANK_MEAN, FBANK_STD = -4.268, 9.138
 # Our modality names → the official model's.
-TOWERS = {"text": "text", "image": "vision", "audio": "audio", "depth": "depth", "thermal": "thermal", "imu": "imu"}
+TOWERS = {"text": "text", "image": "vision", "audio": "audio", "video": "vision", "depth": "depth",
+          "thermal": "thermal", "imu": "imu"}
+
+
+def clip_times(duration: float, seconds: int, clips: int) -> list[tuple[Fraction, Fraction]]:
+    """Start and end times of `clips` clips of `seconds` spread evenly over `duration` (exact
+    rational arithmetic, as pytorchvideo's ConstantClipsPerVideoSampler)."""
+    step = Fraction(max(duration - seconds, 0)) / max(clips - 1, 1)
+    return [(step * i, step * i + seconds) for i in range(clips)]
 
 
 def clip_bounds(num_samples: int, rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
-    """Sample ranges of the official audio clips (exact rational arithmetic, as pytorchvideo)."""
-    step = Fraction(max(num_samples / rate - CLIP_SECONDS, 0)) / max(CLIPS - 1, 1)
-    return [(int(step * i * rate), int((step * i + CLIP_SECONDS) * rate)) for i in range(CLIPS)]
+    """Sample ranges of the official audio clips."""
+    return [(int(start * rate), int(end * rate)) for start, end in clip_times(num_samples / rate, CLIP_SECONDS, CLIPS)]
 
 
 def audio_clips(audio: Audio) -> torch.Tensor:
@@ -79,6 +92,45 @@ def audio_clips(audio: Audio) -> torch.Tensor:
         feats = fbank(clip, SAMPLE_RATE, num_mel_bins=bins).T
         clips.append(F.pad(feats, (0, max(0, frames - feats.shape[1])))[:, :frames])
     return ((torch.stack(clips) - FBANK_MEAN) / FBANK_STD).unsqueeze(1)
+
+
+def _short_side_scale(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """pytorchvideo's `short_side_scale`: [C, T, H, W], bilinear, the short side to `size`."""
+    h, w = clip.shape[-2:]
+    new = (int(math.floor(h / w * size)), size) if w < h else (size, int(math.floor(w / h * size)))
+    return F.interpolate(clip, size=new, mode="bilinear", align_corners=False)
+
+
+def _uniform_crop(clip: torch.Tensor, size: int, index: int) -> torch.Tensor:
+    """The official `uniform_crop` of [C, T, H, W]: index 0, 1, 2 = left/top, centre, right/bottom."""
+    h, w = clip.shape[-2:]
+    y, x = int(math.ceil((h - size) / 2)), int(math.ceil((w - size) / 2))
+    if h > w:
+        y = {0: 0, 1: y, 2: h - size}[index]
+    else:
+        x = {0: 0, 1: x, 2: w - size}[index]
+    return clip[..., y:y + size, x:x + size]
+
+
+def video_clips(video: Video) -> torch.Tensor:
+    """A video → [15, 3, 2, 224, 224]: 5 clips of 2 s × 3 spatial crops, 2 frames each, CLIP-normalised.
+
+    As the official `load_and_transform_video_data`: clip times from the constant-clips sampler over
+    the video's duration (frames / fps), a clip's frames are indices ceil(fps·start) to
+    ceil(fps·end) − 1 (decord's `get_clip`), 2 evenly spaced of them kept, /255, short side
+    scaled to 224 (bilinear), normalised, then left/centre/right (or top/centre/bottom) 224 crops."""
+    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    crops = []
+    for start, end in clip_times(video.duration, VIDEO_CLIP_SECONDS, VIDEO_CLIPS):
+        first = math.ceil(video.fps * start)
+        frames = video.frames[first:min(math.ceil(video.fps * end), len(video.frames))]
+        if len(frames) == 0:
+            raise InputError(f"video of {len(video.frames)} frames at {video.fps} fps has no frame in {float(start)}–{float(end)} s")
+        picked = torch.from_numpy(uniform_frames(Video(frames, video.fps), VIDEO_FRAMES).copy())
+        clip = _short_side_scale(picked.permute(3, 0, 1, 2).float() / 255.0, IMAGE_SIZE)
+        clip = (clip - mean) / std
+        crops += [_uniform_crop(clip, IMAGE_SIZE, i) for i in range(3)]
+    return torch.stack(crops)
 
 
 def _resize_crop(image: Any) -> Any:
@@ -125,7 +177,7 @@ def load_model(checkpoint: str | Path, config: ImageBindConfig | None = None) ->
 
 def imagebind_expert(checkpoint: str | Path, *, config: ImageBindConfig | dict | None = None, name: str = NAME,
                      device: str = "cpu", batch_size: int = 16) -> Expert:
-    """An expert over all six ImageBind modalities from a local state-dict file."""
+    """An expert over all ImageBind modalities (video through the vision tower) from a local state-dict file."""
     from open_clip.tokenizer import SimpleTokenizer
 
     if isinstance(config, dict):
@@ -136,6 +188,7 @@ def imagebind_expert(checkpoint: str | Path, *, config: ImageBindConfig | dict |
         "text": tokenizer,
         "image": lambda items: torch.stack([image_tensor(a) for a in items]),
         "audio": lambda items: torch.stack([audio_clips(a) for a in items]),
+        "video": lambda items: torch.stack([video_clips(v) for v in items]),
         "depth": lambda items: torch.stack([map_tensor(a) for a in items]),
         "thermal": lambda items: torch.stack([map_tensor(a) for a in items]),
         "imu": lambda items: torch.stack([imu_tensor(a) for a in items]),
@@ -156,7 +209,7 @@ def imagebind_expert(checkpoint: str | Path, *, config: ImageBindConfig | dict |
 
 
 @EXPERTS.register(NAME, modalities=tuple(TOWERS), dim=1024, checkpoint=f"imagebind_huge.pth ({URL})",
-                  description="ImageBind huge: text, image, audio, depth (disparity), thermal, IMU in one 1024-d space")
+                  description="ImageBind huge: text, image, video, audio, depth (disparity), thermal, IMU in one 1024-d space")
 def imagebind_huge(checkpoint: str, config: dict | None = None, device: str = "cpu", batch_size: int = 16) -> Expert:
     """`create_expert("imagebind_huge", checkpoint=".../imagebind_huge.pth")`; `config` (tower sizes,
     see `ImageBindConfig`) is for scaled-down test models."""

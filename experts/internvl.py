@@ -10,46 +10,19 @@ Both are 768-d and not normalised by the model; the expert normalises them.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from spacebind.errors import CheckpointError
-from spacebind.experts.hf_text import check_tokenizer
 from spacebind.experts.registry import EXPERTS
-from spacebind.fileio import sha256_file
-from spacebind.space import Expert, ExpertSpec
+from spacebind.experts.remote_code import load_remote_model, load_tokenizer, remote_expert
+from spacebind.space import Expert
 
 TEXT_PREFIX = "summarize:"
 MAX_LENGTH = 80
 PAD_ID = 0
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _snapshot(path: Path) -> tuple[dict[str, Any], Path]:
-    """The snapshot's config and its weights file (the first shard's index or the single file)."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"InternVL-C: {path} is not a model snapshot directory (no config.json); download "
-                              f"OpenGVLab/InternVL-14B-224px into a directory and pass checkpoint=DIR")
-    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                 "pytorch_model.bin"):
-        if (path / name).is_file():
-            return json.loads(config_file.read_text()), path / name
-    raise CheckpointError(f"InternVL-C: {path} holds no weights (model.safetensors[.index.json] or "
-                          f"pytorch_model.bin[.index.json])")
-
-
-def _check_loading(info: dict[str, Any], weights: Path) -> None:
-    """transformers only warns about missing weights (and initialises them at random): refuse."""
-    problems = {kind: sorted(map(str, info.get(kind) or [])) for kind in ("missing_keys", "unexpected_keys",
-                                                                        "mismatched_keys")}
-    if any(problems.values()):
-        found = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys)}" for kind, keys in problems.items() if keys)
-        raise CheckpointError(f"InternVL-C: {weights} does not match the model code ({found})")
 
 
 def text_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
@@ -71,42 +44,25 @@ def internvl_c(checkpoint: str, trust_remote_code: bool = False, dtype: str = "f
     Raises:
         CheckpointError: not a snapshot, remote code not allowed, or a broken tokenizer.
     """
-    from transformers import AutoModel, AutoTokenizer, CLIPImageProcessor
+    from transformers import CLIPImageProcessor
 
-    path = Path(checkpoint)
-    config, weights = _snapshot(path)
-    if config.get("auto_map") and not trust_remote_code:
-        modules = sorted({ref.split(".")[0] + ".py" for ref in config["auto_map"].values()})
-        raise CheckpointError(
-            f"InternVL-C: {path} runs its own model code ({', '.join(modules)}); read it, then pass "
-            f"trust_remote_code=True (recipe: experts: {{alias: {{name: internvl_c, kwargs: "
-            f"{{checkpoint: {path}, trust_remote_code: true}}}}}})")
-    if dtype not in DTYPES:
-        raise CheckpointError(f"InternVL-C: dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    model, info = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True,
-                                            dtype=DTYPES[dtype], output_loading_info=True)
-    _check_loading(info, weights)
-    model = model.to(device).eval()
-    processor = CLIPImageProcessor.from_pretrained(str(path), local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, ImportError) as exc:
-        raise CheckpointError(f"InternVL-C: cannot load the tokenizer in {path} ({exc}); a LLaMA tokenizer.model "
-                              f"needs the sentencepiece package") from None
+    loaded = load_remote_model("InternVL-C", "internvl_c", "OpenGVLab/InternVL-14B-224px", checkpoint,
+                               trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    model = loaded.model
+    processor = CLIPImageProcessor.from_pretrained(str(loaded.path), local_files_only=True)
+    tokenizer = load_tokenizer(loaded, loaded.config.get("qllama_config", {}).get("vocab_size"),
+                               hint="; a LLaMA tokenizer.model needs the sentencepiece package")
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise CheckpointError(f"InternVL-C: the tokenizer in {path} has no bos/eos token")
-    check_tokenizer(tokenizer, config.get("qllama_config", {}).get("vocab_size"), path)
+        raise CheckpointError(f"InternVL-C: the tokenizer in {loaded.path} has no bos/eos token")
 
     @torch.no_grad()
     def encode_image(images: list[np.ndarray]) -> torch.Tensor:
         pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return model.encode_image(pixels.to(device, DTYPES[dtype]), mode="InternVL-C").float()
+        return model.encode_image(pixels.to(device, loaded.torch_dtype), mode="InternVL-C").float()
 
     @torch.no_grad()
     def encode_text(texts: list[str]) -> torch.Tensor:
         return model.encode_text(text_ids(tokenizer, texts).to(device)).float()
 
-    kwargs = {"checkpoint": str(path), "trust_remote_code": trust_remote_code, "dtype": dtype}
-    spec = ExpertSpec(source="internvl_c", kwargs=kwargs, checkpoint=str(weights), sha256=sha256_file(weights))
-    return Expert("internvl_c", int(config.get("clip_embed_dim", 768)),
-                  {"image": encode_image, "text": encode_text}, spec=spec, batch_size=batch_size)
+    return remote_expert(loaded, int(loaded.config.get("clip_embed_dim", 768)),
+                         {"image": encode_image, "text": encode_text}, batch_size)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spacebind.threads import cpu_threads
+
 NUM_POINTS = 10_000
 NO_COLOUR = 0.4
 _FPS_MIN_SQUARED_NORM = 1e-3  # pointnet2_ops never picks a point with |p|² <= 1e-3 (after the first)
@@ -72,12 +74,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:

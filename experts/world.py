@@ -3,6 +3,8 @@
 - world_unified: toy ImageBind; every modality aligned to images only, so audio-text,
   point-text and audio-point alignment are emergent; a narrow audio tower seeing few clips.
 - world_image_text, world_audio_text, world_point_text: specialists trained on their pair.
+- world_sensor: video, thermal and event towers aligned to its own image tower only (the
+  world's optional sensor modalities, see `spacebind.world.sensors`); no text tower.
 Configs are fixed by design (capacity and data), not tuned to any downstream claim.
 """
 from __future__ import annotations
@@ -26,6 +28,10 @@ CONFIGS = {
         WorldExpertConfig("world_image_text", 48, {"image": 40, "text": 64}, (("image", "text"),), seed=2),
         WorldExpertConfig("world_audio_text", 40, {"audio": 64, "text": 64}, (("audio", "text"),), seed=3),
         WorldExpertConfig("world_point_text", 32, {"point": 32, "text": 64}, (("point", "text"),), seed=4),
+        WorldExpertConfig(
+            "world_sensor", 64, {"image": 24, "video": 24, "thermal": 24, "event": 24},
+            (("image", "video"), ("image", "thermal"), ("image", "event")), items=4000, seed=5,
+        ),
     )
 }
 
@@ -51,6 +57,7 @@ _DESCRIPTIONS = {
     "world_image_text": "procedural world: image-text expert (like InternVL-C / EVA-CLIP)",
     "world_audio_text": "procedural world: audio-text expert (like CLAP)",
     "world_point_text": "procedural world: 3D-text expert (like Uni3D)",
+    "world_sensor": "procedural world: video, thermal and event towers aligned to images (like ImageBind's)",
 }
 for _name, _config in CONFIGS.items():
     EXPERTS.register(_name, modalities=tuple(_config.widths), dim=_config.dim, description=_DESCRIPTIONS[_name])(

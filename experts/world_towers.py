@@ -8,21 +8,24 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from spacebind.events import Events, event_histograms
 from spacebind.inputs import Audio, resample
+from spacebind.video import Video, uniform_frames
 from spacebind.world.render import AUDIO_SECONDS, IMAGE_SIZE, SAMPLE_RATE
 
 TOWER_POINTS = 128  # the world renders 384 points; the towers read an evenly spaced subset
 
 
 class ImageTower(nn.Module):
-    """A small CNN on 32×32 RGB."""
+    """A small CNN on 32×32 RGB (or `channels` other 32×32 planes)."""
 
-    def __init__(self, dim: int, width: int = 32) -> None:
+    def __init__(self, dim: int, width: int = 32, channels: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
             nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
         )
@@ -39,6 +42,55 @@ class ImageTower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def _planes(maps: list[np.ndarray]) -> torch.Tensor:
+    """Float maps [C, H, W] → [N, C, 32, 32] (area-resized when of another size)."""
+    planes = [torch.from_numpy(np.asarray(m, dtype=np.float32))[None] for m in maps]
+    return torch.cat([p if p.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
+                      else F.interpolate(p, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area") for p in planes])
+
+
+class ThermalTower(ImageTower):
+    """The image CNN on one thermal channel."""
+
+    def __init__(self, dim: int, width: int = 32) -> None:
+        super().__init__(dim, width, channels=1)
+
+    @staticmethod
+    def preprocess(maps: list[np.ndarray]) -> torch.Tensor:
+        return (_planes([m[None] for m in maps]) - 0.3) / 0.15
+
+
+VIDEO_FRAMES = 4  # frames the video tower reads, evenly spaced from first to last
+
+
+class VideoTower(ImageTower):
+    """The image CNN on 4 evenly spaced frames stacked as 12 channels (sees motion)."""
+
+    def __init__(self, dim: int, width: int = 32) -> None:
+        super().__init__(dim, width, channels=3 * VIDEO_FRAMES)
+
+    @staticmethod
+    def preprocess(videos: list[Video]) -> torch.Tensor:
+        frames = [uniform_frames(v, VIDEO_FRAMES).transpose(0, 3, 1, 2).reshape(-1, *v.frames.shape[1:3]) / 255.0
+                  for v in videos]
+        return (_planes(frames) - 0.5) / 0.25
+
+
+EVENT_WINDOWS = 4  # time windows of the event histograms
+
+
+class EventTower(ImageTower):
+    """The image CNN on per-polarity event histograms in 4 time windows (8 channels)."""
+
+    def __init__(self, dim: int, width: int = 32) -> None:
+        super().__init__(dim, width, channels=2 * EVENT_WINDOWS)
+
+    @staticmethod
+    def preprocess(streams: list[Events]) -> torch.Tensor:
+        hists = [event_histograms(e, EVENT_WINDOWS).reshape(-1, e.height, e.width) for e in streams]
+        return _planes(hists) * 4.0
 
 
 N_SAMPLES = int(SAMPLE_RATE * AUDIO_SECONDS)
@@ -122,7 +174,10 @@ class TextTower(nn.Module):
         return self.head(self.embed(*tokens))
 
 
-TOWERS: dict[str, type[nn.Module]] = {"image": ImageTower, "audio": AudioTower, "point": PointTower, "text": TextTower}
+TOWERS: dict[str, type[nn.Module]] = {
+    "image": ImageTower, "audio": AudioTower, "point": PointTower, "text": TextTower,
+    "video": VideoTower, "thermal": ThermalTower, "event": EventTower,
+}
 
 
 def encode_with(tower: nn.Module, loaded: list[Any]) -> torch.Tensor:

@@ -18,15 +18,23 @@ from spacebind.fileio import home_dir, save_tensors
 from spacebind.inputs import Audio
 from spacebind.losses import info_nce
 from spacebind.progress import track
+from spacebind.threads import cpu_threads
 from spacebind.world.concepts import make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
+from spacebind.world.sensors import render_events, render_thermal, render_video
 
 VERSION = 1
+# Float sums, and so the trained weights, depend on the intra-op thread count; pinning it keeps a
+# world expert the same whatever thread setting its first user runs under.
+TRAIN_THREADS = 2
 _RENDER = {
     "image": render_image,
     "audio": lambda inst: Audio(render_audio(inst), SAMPLE_RATE),
     "point": render_points,
     "text": render_caption,
+    "video": render_video,
+    "thermal": render_thermal,
+    "event": render_events,
 }
 
 
@@ -52,6 +60,11 @@ def build_towers(config: WorldExpertConfig) -> nn.ModuleDict:
 
 def train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: int, progress: bool = True) -> nn.ModuleDict:
     """Contrastive training on in-memory renders of instances from a stream no dataset uses."""
+    with cpu_threads(TRAIN_THREADS):
+        return _train_towers(config, concepts_seed, num_concepts, progress)
+
+
+def _train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: int, progress: bool) -> nn.ModuleDict:
     torch.manual_seed(config.seed)
     towers = build_towers(config)
     data = {m: towers[m].preprocess(_renders(m, concepts_seed, num_concepts, config.items)) for m in config.widths}

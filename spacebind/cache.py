@@ -3,9 +3,14 @@
     OUT/manifest.json                       expert, checkpoint sha256, dataset, per-modality shards
     OUT/<modality>/shard-00000.safetensors  `embeddings` [n, dim] float16; ids in the metadata
 
-Shards are written atomically and the manifest is rewritten after each one, so an interrupted
-run resumes without recomputing finished shards. A cache made by another expert, checkpoint,
-dataset or shard layout is refused. Bad items are recorded with their reasons and skipped.
+Shards are written atomically, each recording the ids it was planned for, so an interrupted run
+resumes without recomputing finished shards; the manifest lists them once a modality is done. A
+cache made by another expert, checkpoint, dataset or shard layout is refused. Bad items are
+recorded with their reasons and skipped.
+
+Under torchrun, shard k is embedded by rank k % world size (each rank writes its own shard
+files) and rank 0 writes the manifest after all ranks finished the modality; a rank that dies
+loses only the shard it was writing.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors import safe_open
 
+from spacebind import distributed
 from spacebind.data import Dataset, Item
+from spacebind.embed_loop import AdaptiveBatch, autocast, loaded_shards
 from spacebind.errors import CacheError, InputError
 from spacebind.fileio import save_tensors, sha256_file, write_json
-from spacebind.inputs import load_inputs_lenient
+from spacebind.inputs import LoadResult
 from spacebind.progress import track
 from spacebind.space import Expert
 
@@ -51,10 +58,10 @@ def _check_same(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
             )
 
 
-def _encode_lenient(expert: Expert, modality: str, loaded: list[Any], batch_size: int | None) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+def _encode_lenient(expert: Expert, modality: str, loaded: list[Any], batch: AdaptiveBatch) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Encode a shard; if the batch fails, encode item by item to isolate the bad ones."""
     try:
-        return expert.embed_loaded(modality, loaded, batch_size), list(range(len(loaded))), []
+        return batch.run(lambda size: expert.embed_loaded(modality, loaded, size)), list(range(len(loaded))), []
     except InputError:
         rows, keep, bad = [], [], []
         for i, item in enumerate(loaded):
@@ -90,9 +97,22 @@ def embed_dataset(
     splits: Sequence[str] | None = None,
     shard_size: int = 1024,
     batch_size: int | None = None,
+    workers: int = 0,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> "EmbeddingCache":
-    """Embed `dataset` with `expert` into a cache at `out` (resuming one that exists)."""
+    """Embed `dataset` with `expert` into a cache at `out` (resuming one that exists).
+
+    Args:
+        modalities, splits: only these (default: every modality both cover, all splits).
+        shard_size: items per shard file (part of the cache's identity).
+        batch_size: encoder batch size (default: the expert's); halved on out-of-memory.
+        workers: DataLoader processes decoding the next shards' files while the expert runs.
+        precision: `fp32`, or `bf16` / `fp16` autocast on CUDA (no effect on CPU).
+        progress: show a progress bar.
+
+    Under torchrun, every rank calls this; see the module docstring.
+    """
     out = Path(out)
     header = _header(expert, dataset, shard_size, splits)
     manifest_path = out / "manifest.json"
@@ -100,36 +120,52 @@ def embed_dataset(
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         _check_same(old, header, out)
         header["modalities"] = old.get("modalities", {})
-    write_json(manifest_path, header)
+    distributed.barrier()  # every rank has checked the old manifest before rank 0 rewrites it
+    if distributed.is_main():
+        write_json(manifest_path, header)
     wanted = modalities or [m for m in expert.modalities if m in dataset.modalities()]
+    rank, world = distributed.rank(), distributed.world_size()
+    batch = AdaptiveBatch(batch_size or expert.batch_size)
     for m in wanted:
         if m not in expert.modalities:
             raise CacheError(f"expert {expert.name!r} does not cover {m!r} (it covers {', '.join(expert.modalities)})")
         items = [it for it in dataset.select(None, m) if not splits or it.split in splits]
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        entry: dict[str, Any] = {"shards": [], "bad": []}
-        for k, chunk in enumerate(track(chunks, f"embedding {m} with {expert.name}", show=progress)):
-            entry["shards"].append(_embed_shard(expert, m, chunk, out / m / f"shard-{k:05d}.safetensors", batch_size, entry["bad"]))
-            header["modalities"][m] = entry
+        plans = [_digest([it.id for it in chunk]) for chunk in chunks]
+        paths = [out / m / f"shard-{k:05d}.safetensors" for k in range(len(chunks))]
+        todo = [(k, chunks[k]) for k in range(rank, len(chunks), world) if _shard_ok(paths[k], plans[k]) is None]
+        with autocast(precision):
+            for k, loaded in track(loaded_shards(m, todo, workers), f"embedding {m} with {expert.name}",
+                                   total=len(todo), show=progress):
+                _embed_shard(expert, m, chunks[k], loaded, paths[k], plans[k], batch)
+        distributed.barrier()
+        if distributed.is_main():
+            header["modalities"][m] = _entry(m, paths, plans)
             write_json(manifest_path, header)
-        header["modalities"][m] = entry
-        write_json(manifest_path, header)
+    distributed.barrier()
     return EmbeddingCache.open(out)
 
 
-def _embed_shard(expert: Expert, modality: str, chunk: list[Item], path: Path, batch_size: int | None, bad_out: list) -> dict[str, Any]:
-    planned = _digest([it.id for it in chunk])
-    meta = _shard_ok(path, planned)
-    if meta is None:
-        result = load_inputs_lenient(modality, [it.fields[modality] for it in chunk])
-        emb, keep, enc_bad = _encode_lenient(expert, modality, result.loaded, batch_size)
-        ids = [chunk[result.indices[i]].id for i in keep]
-        bad = [{"id": chunk[i].id, "reason": r} for i, r in result.bad]
-        bad += [{"id": chunk[result.indices[i]].id, "reason": r} for i, r in enc_bad]
-        meta = {"ids": json.dumps(ids), "planned": planned, "bad": json.dumps(bad)}
-        save_tensors(path, {"embeddings": emb.to(torch.float16)}, metadata=meta)
-    bad_out.extend(json.loads(meta["bad"]))
-    return {"file": f"{modality}/{path.name}", "ids": json.loads(meta["ids"])}
+def _embed_shard(expert: Expert, modality: str, chunk: list[Item], result: LoadResult, path: Path, planned: str,
+                 batch: AdaptiveBatch) -> None:
+    emb, keep, enc_bad = _encode_lenient(expert, modality, result.loaded, batch)
+    ids = [chunk[result.indices[i]].id for i in keep]
+    bad = [{"id": chunk[i].id, "reason": r} for i, r in result.bad]
+    bad += [{"id": chunk[result.indices[i]].id, "reason": r} for i, r in enc_bad]
+    meta = {"ids": json.dumps(ids), "planned": planned, "bad": json.dumps(bad)}
+    save_tensors(path, {"embeddings": emb.to(torch.float16)}, metadata=meta)
+
+
+def _entry(modality: str, paths: list[Path], plans: list[str]) -> dict[str, Any]:
+    """The manifest entry of a modality from its finished shards' metadata."""
+    entry: dict[str, Any] = {"shards": [], "bad": []}
+    for path, planned in zip(paths, plans):
+        meta = _shard_ok(path, planned)
+        if meta is None:
+            raise CacheError(f"{path}: shard missing or damaged after embedding {modality}; rerun to recompute it")
+        entry["shards"].append({"file": f"{modality}/{path.name}", "ids": json.loads(meta["ids"])})
+        entry["bad"].extend(json.loads(meta["bad"]))
+    return entry
 
 
 @lru_cache(maxsize=16)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from spacebind.bonds.bound import BoundSpace
 from spacebind.bonds.heads import head_from_config
+from spacebind.bonds.routed import RoutedSpace
 from spacebind.errors import CheckpointError
 from spacebind.fileio import save_tensors, write_json, write_text
 from spacebind.model_card import model_card
@@ -26,6 +27,7 @@ from spacebind.resolve import build_expert
 from spacebind.space import Expert, Space
 
 FORMAT = 1
+BONDED = (BoundSpace, RoutedSpace)  # spaces with trained heads: `bonds()`, `heads`
 
 
 def spacebind_version() -> str:
@@ -34,11 +36,18 @@ def spacebind_version() -> str:
 
 def space_config(space: Space) -> dict[str, Any]:
     """The JSON tree that rebuilds `space` (experts by reference, bonds with head configs)."""
-    index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BoundSpace) else {}
+    index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BONDED) else {}
 
     def node(s: Space) -> dict[str, Any]:
         if isinstance(s, Expert):
             return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **s.spec.to_json()}
+        if isinstance(s, RoutedSpace):
+            return {
+                "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
+                "modalities": list(s.modalities), "lambdas": {}, "presets": {}, "scales": s.scales, "inputs": s.inputs,
+                "base": node(s.base), "experts": [node(e) for e in s.experts],
+                "heads": {k: h.config for k, h in s.heads.items()},
+            }
         if isinstance(s, BoundSpace):
             return {
                 "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
@@ -46,13 +55,13 @@ def space_config(space: Space) -> dict[str, Any]:
                 "base": node(s.base), "experts": [node(e) for e in s.experts],
                 "heads": {k: h.config for k, h in s.heads.items()},
             }
-        raise CheckpointError(f"cannot save a {type(s).__name__}; only experts and bound spaces")
+        raise CheckpointError(f"cannot save a {type(s).__name__}; only experts, bound and routed spaces")
 
     return node(space)
 
 
 def head_tensors(space: Space) -> dict[str, torch.Tensor]:
-    if not isinstance(space, BoundSpace):
+    if not isinstance(space, BONDED):
         return {}
     return {
         f"bonds.{i}.{name}.{key}": value.detach().cpu()
@@ -134,6 +143,8 @@ def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, 
             raise CheckpointError(f"{where.parent / 'model.safetensors'}: missing keys {[prefix + k for k in missing]}")
         head.load_state_dict(state, strict=True)
         heads[name] = head
+    if node["bond"] == RoutedSpace.kind:
+        return RoutedSpace(base, experts, heads, scales=node["scales"], inputs=node["inputs"], name=node["name"])
     return BoundSpace(base, experts, node["bond"], heads, lambdas=node["lambdas"], name=node["name"],
                       presets=node.get("presets"))
 

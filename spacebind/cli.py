@@ -9,6 +9,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from spacebind.distributed import is_main
 from spacebind.errors import SpacebindError
 
 DEFAULT_GRID_TEXT = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
@@ -80,16 +81,18 @@ def world_generate(
     test: int = typer.Option(500, help="Test items."),
     concepts_seed: int = typer.Option(0, help="Seed of the concept set (the world itself)."),
     num_concepts: int = typer.Option(24, help="Number of concepts (classes)."),
+    sensors: str = typer.Option("", help="Optional modalities to add, comma-separated: video,thermal,event."),
 ) -> None:
     """Write a procedural-world dataset: PNG, WAV, NPY files, manifest.jsonl and classes.json.
 
     Example: spacebind world generate data/world --seed 1 --test 1000
+    Example: spacebind world generate data/seven --sensors video,thermal,event
     """
     from spacebind.world.generate import generate_world
 
     path = _run(lambda: generate_world(
         out, seed=seed, sizes={"train": train, "val": val, "test": test},
-        concepts_seed=concepts_seed, num_concepts=num_concepts,
+        concepts_seed=concepts_seed, num_concepts=num_concepts, sensors=[m for m in sensors.split(",") if m],
     ))
     console.print(f"[green]wrote[/] {path}")
 
@@ -102,11 +105,15 @@ def embed(
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", help="Expert argument KEY=VALUE (repeatable)."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable)."),
     shard_size: int = typer.Option(1024, help="Items per shard."),
-    batch_size: Optional[int] = typer.Option(None, help="Encoder batch size."),
+    batch_size: Optional[int] = typer.Option(None, help="Encoder batch size (halved automatically on out-of-memory)."),
+    workers: int = typer.Option(0, help="DataLoader processes decoding files while the expert runs."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 autocast on CUDA (no effect on CPU)."),
 ) -> None:
-    """Embed a dataset with one expert into a sharded float16 cache.
+    """Embed a dataset with one expert into a sharded float16 cache. Runs unchanged under torchrun
+    (shards split over ranks).
 
     Example: spacebind embed world_audio_text data/world --out caches/audio_text
+    Example: torchrun --nproc-per-node 8 -m spacebind embed world_audio_text data/world --out caches/audio_text
     """
     from spacebind.cache import embed_dataset
     from spacebind.data import Dataset
@@ -115,9 +122,11 @@ def embed(
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
         return embed_dataset(space, Dataset.load(data), out, modalities=modality or None,
-                             shard_size=shard_size, batch_size=batch_size)
+                             shard_size=shard_size, batch_size=batch_size, workers=workers, precision=precision)
 
     cache = _run(job)
+    if not is_main():
+        return
     counts = ", ".join(f"{m} {len(cache.ids(m))}" for m in cache.modalities)
     console.print(f"[green]cached[/] {out}: {counts}")
 
@@ -155,9 +164,11 @@ def fuse(
     out: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: the recipe's export.out or runs/NAME)."),
     work: Optional[Path] = typer.Option(None, "--work", help="Work directory for data, caches, checkpoints."),
 ) -> None:
-    """Run a recipe end to end: data, embed, train bonds, evaluate, export.
+    """Run a recipe end to end: data, embed, train bonds, evaluate, export. Runs unchanged under
+    torchrun (embedding and training split over ranks; rank 0 evaluates and exports).
 
     Example: spacebind fuse recipes/demo.yaml --out runs/demo
+    Example: torchrun --nproc-per-node 8 -m spacebind fuse recipes/demo.yaml --out runs/demo
     """
     from spacebind.fuse import fuse as run_fuse
     from spacebind.recipe import load_recipe
@@ -168,6 +179,8 @@ def fuse(
         return run_fuse(parsed, recipe_text=text, base_dir=recipe.parent, out=out, work=work)
 
     result = _run(job)
+    if not is_main():
+        return
     console.print(records_table(result.records))
     console.print(f"[green]exported[/] {result.out}")
 
@@ -330,3 +343,98 @@ def encode(
     console.print(f"[green]wrote[/] {out}: {emb.shape[0]} × {emb.shape[1]}")
 
 
+
+@app.command("index")
+def index_cmd(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
+    data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl: the collection to index."),
+    out: Path = typer.Option(..., "--out", help="Index directory."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable; default: all)."),
+    split: Optional[str] = typer.Option(None, help="Only items of this split (default: all)."),
+    index: str = typer.Option("flat", help="flat (exact inner product) or ivf (approximate, for large collections)."),
+    nlist: int = typer.Option(256, help="IVF lists."),
+    nprobe: int = typer.Option(16, help="IVF lists probed per query."),
+    chunk_size: int = typer.Option(4096, help="Items embedded and added per step (bounds memory)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+) -> None:
+    """Build a FAISS index of a collection embedded by a fused space, one index per modality.
+
+    Example: spacebind index runs/demo data/world --out runs/demo-index --modality point --split test
+    """
+    from spacebind.checkpoint import load
+    from spacebind.search import build_index
+
+    def job() -> Any:
+        return build_index(load(fused), data, out, modalities=modality or None, split=split, kind=index,  # type: ignore[arg-type]
+                           nlist=nlist, nprobe=nprobe, chunk_size=chunk_size, cache_dir=cache_dir, fused=fused)
+
+    built = _run(job)
+    counts = ", ".join(f"{m} {len(items)}" for m, items in built.items.items())
+    console.print(f"[green]indexed[/] {out}: {counts} (dim {built.dim}, {index})")
+
+
+@app.command("search")
+def search_cmd(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory the index was built with."),
+    index: Path = typer.Argument(..., help="Index directory (from `spacebind index`)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="Text query (repeatable)."),
+    image: Optional[list[str]] = typer.Option(None, "--image", help="Image file query (repeatable)."),
+    audio: Optional[list[str]] = typer.Option(None, "--audio", help="Audio file query (repeatable)."),
+    point: Optional[list[str]] = typer.Option(None, "--point", help="Point cloud file query (repeatable)."),
+    query: Optional[list[str]] = typer.Option(None, "--query", help="MODALITY=INPUT for other modalities (repeatable)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per query, in the order "
+                                          "text, image, audio, point, then other --query modalities (default: all 1)."),
+    k: int = typer.Option(10, "-k", "--k", help="Items to show."),
+    target: Optional[list[str]] = typer.Option(None, "--target", help="Only items of these modalities (repeatable)."),
+) -> None:
+    """Search an index with one or several queries of any modalities, composed as the weighted sum
+    of their unit embeddings, renormalised.
+
+    Example: spacebind search runs/demo runs/demo-index --audio clip.wav --text "a kettle" --weights 1,0.5 -k 5
+    """
+    from rich.table import Table
+
+    from spacebind.checkpoint import load
+    from spacebind.errors import InputError
+    from spacebind.search import compose_query, load_index, query_labels, search
+
+    queries: dict[str, list[str]] = {m: list(v) for m, v in (("text", text), ("image", image), ("audio", audio), ("point", point)) if v}
+    for pair in query or []:
+        m, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not MODALITY=INPUT", param_hint="--query")
+        queries.setdefault(m, []).append(value)
+
+    def job() -> Any:
+        if not queries:
+            raise InputError("no query: give --text, --image, --audio, --point or --query MODALITY=INPUT")
+        try:
+            w = [float(v) for v in weights.split(",")] if weights else None
+        except ValueError:
+            raise InputError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 1,0.5") from None
+        space = load(fused)
+        idx = load_index(index, space)
+        return query_labels(queries), w, search(idx, compose_query(space, queries, w), k, target or None)
+
+    labels, w, hits = _run(job)
+    shown = ", ".join(f"{q} ×{1.0 if w is None else w[i]:g}" for i, q in enumerate(labels))
+    table = Table("rank", "id", "modality", "label", "score", "input", title=f"top {k} for {shown}")
+    for h in hits:
+        table.add_row(str(h.rank), h.id, h.modality, h.label or "", f"{h.score:.4f}", h.input)
+    console.print(table)
+
+
+@app.command()
+def info(fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name).")) -> None:
+    """Cost accounting: experts and their frozen parameters, trained parameters per stage, and the
+    formula and embedding dimension of every stage.
+
+    Example: spacebind info runs/demo
+    """
+    from spacebind.checkpoint import load
+    from spacebind.info import describe, info_tables
+    from spacebind.resolve import build_expert
+
+    result = _run(lambda: describe(load(fused) if fused.is_dir() else build_expert(str(fused))))
+    for table in info_tables(result):
+        console.print(table)

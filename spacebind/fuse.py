@@ -3,6 +3,10 @@
 Every stage writes to disk under a work directory (`$SPACEBIND_HOME/runs/<recipe name>` by
 default), so an interrupted run resumes: the world is generated once, caches resume by shard,
 projector training resumes by epoch and a finished projector is not retrained.
+
+Under torchrun every rank runs the pipeline: embedding and projector training are split over
+the ranks (see `spacebind.cache`, `spacebind.training`); rank 0 alone generates the world,
+evaluates and exports while the others wait.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spacebind import distributed
 from spacebind.binding import CacheSet, dataset_key, ensure_caches, train_bond
 from spacebind.checkpoint import save_space
 from spacebind.data import Dataset
@@ -39,12 +44,14 @@ def prepare_data(data: DataConfig, base_dir: Path, work: Path) -> Dataset:
 
     w = data.world
     assert w is not None
-    target = work / "data" / f"world-c{w.concepts_seed}-n{w.num_concepts}-s{w.seed}-{w.train}-{w.val}-{w.test}"
-    if not (target / "manifest.jsonl").is_file():
+    sensors = "".join(f"-{m}" for m in w.sensors)
+    target = work / "data" / f"world-c{w.concepts_seed}-n{w.num_concepts}-s{w.seed}-{w.train}-{w.val}-{w.test}{sensors}"
+    if not (target / "manifest.jsonl").is_file() and distributed.is_main():
         generate_world(
             target, seed=w.seed, sizes={"train": w.train, "val": w.val, "test": w.test},
-            concepts_seed=w.concepts_seed, num_concepts=w.num_concepts,
+            concepts_seed=w.concepts_seed, num_concepts=w.num_concepts, sensors=w.sensors,
         )
+    distributed.barrier()
     return Dataset.load(target)
 
 
@@ -89,7 +96,7 @@ def fuse(
     caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
     space: Space = experts[recipe.base]
     for i, bond in enumerate(recipe.bonds):
-        last = i == len(recipe.bonds) - 1
+        last = i == len(recipe.bonds) - 1 and recipe.routed is None
         note(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress)
         space = train_bond(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
@@ -99,13 +106,26 @@ def fuse(
             relative=bond.relative.model_dump(),
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
+    if recipe.routed is not None:
+        from spacebind.routing import train_routed
+
+        r = recipe.routed
+        note(f"routed: {', '.join(r.experts)} remapped into {space.name}, routers trained", progress)
+        space = train_routed(
+            space, [experts[n] for n in r.experts], caches, dataset, router=r.router, scales=r.scales,
+            inputs=r.inputs or None, work_dir=work / "heads" / "routed", name=recipe.name,
+            projector=r.projector, mixture=r.mixture, pairing=r.pairing, pseudo=r.pseudo,
+            train=recipe.train.model_copy(update={"seed": recipe.train.seed + len(recipe.bonds)}), progress=progress,
+        )
+    if not distributed.is_main():  # rank 0 evaluates and exports (below); the others wait for it
+        distributed.barrier()
+        return FuseResult(space=space, records=[], out=Path(out), work=work)
     split, ks = recipe.evaluate.split, recipe.evaluate.ks
     note(f"evaluating on the {split} split", progress)
     records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
-    for bond in recipe.bonds:
-        for name in bond.experts:
-            records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
-    if recipe.bonds:
+    for name in [n for bond in recipe.bonds for n in bond.experts] + (recipe.routed.experts if recipe.routed else []):
+        records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
+    if recipe.bonds or recipe.routed:
         records += evaluate_space(space, "fused", caches, dataset, split, ks)
     unibind = None
     if recipe.unibind is not None:
@@ -120,4 +140,5 @@ def fuse(
     save_space(space, out, recipe_text=recipe_text, metrics=records)
     if unibind is not None:
         unibind.save(out)
+    distributed.barrier()
     return FuseResult(space=space, records=records, out=Path(out), work=work)

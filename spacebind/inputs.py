@@ -8,6 +8,8 @@ Loaded forms (what expert encoders receive, as a list):
 - depth: np.ndarray float32 [H, W] (depth or disparity values as stored, unscaled)
 - thermal: np.ndarray float32 [H, W] in [0, 1] (8- or 16-bit grayscale scaled by its bit depth)
 - imu: np.ndarray float32 [T, 6] (accelerometer xyz, gyroscope xyz), T ≥ 1
+- video: `spacebind.video.Video` (uint8 frames [T, H, W, 3], fps)
+- event: `spacebind.events.Events` (x, y, t, p columns sorted by time, sensor height and width)
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from spacebind.errors import InputError
+from spacebind.events import Events, events_array, read_events
 from spacebind.modalities import check_modality
+from spacebind.video import DEFAULT_FPS, Video, read_video, video_array
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,7 @@ def _imu_file(path: Path, name: str) -> np.ndarray:
 _FILE_LOADERS: dict[str, Callable[[Path, str], Any]] = {
     "image": _image_file, "audio": _audio_file, "point": _points_file,
     "depth": _map_file("depth"), "thermal": _map_file("thermal"), "imu": _imu_file,
+    "video": read_video, "event": read_events,
 }
 
 
@@ -209,8 +214,6 @@ def load_input(modality: str, x: Any, *, name: str | None = None) -> Any:
         return x
     if isinstance(x, (str, Path)):
         path = Path(x)
-        if modality not in _FILE_LOADERS:
-            raise InputError(f"{name}: no file loader for modality {modality!r} yet")
         if not path.is_file():
             raise InputError(f"{name}: no such file")
         return _FILE_LOADERS[modality](path, name)
@@ -222,21 +225,24 @@ def load_input(modality: str, x: Any, *, name: str | None = None) -> Any:
         return _map_array(x, name, modality)
     if modality == "imu":
         return _imu_array(x, name)
-    if modality == "audio":
-        if isinstance(x, Audio):
-            return _audio_array(x.samples, x.sample_rate, name)
-        if isinstance(x, tuple) and len(x) == 2:
-            return _audio_array(x[0], x[1], name)
-        raise InputError(f"{name}: a bare array has no sample rate; pass Audio(samples, rate) or (samples, rate)")
-    return x  # modalities without a loader yet take arrays as they are
+    if modality == "video":
+        return video_array(x.frames, x.fps, name) if isinstance(x, Video) else video_array(x, DEFAULT_FPS, name)
+    if modality == "event":
+        return events_array(x, name)
+    if isinstance(x, Audio):  # the one modality left: audio
+        return _audio_array(x.samples, x.sample_rate, name)
+    if isinstance(x, tuple) and len(x) == 2:
+        return _audio_array(x[0], x[1], name)
+    raise InputError(f"{name}: a bare array has no sample rate; pass Audio(samples, rate) or (samples, rate)")
 
 
 def _as_batch(modality: str, xs: Any) -> list[Any]:
-    if isinstance(xs, (str, Path, Audio)) or (modality == "audio" and isinstance(xs, tuple) and len(xs) == 2
+    if isinstance(xs, (str, Path, Audio, Video, Events)) or (modality == "audio" and isinstance(xs, tuple) and len(xs) == 2
                                                and np.isscalar(xs[1])):
         return [xs]
     if isinstance(xs, np.ndarray) or hasattr(xs, "detach"):
-        single_dims = {"image": (2, 3), "point": (2,), "depth": (2,), "thermal": (2,), "imu": (2,)}.get(modality, ())
+        single_dims = {"image": (2, 3), "point": (2,), "depth": (2,), "thermal": (2,), "imu": (2,),
+                       "video": (4,), "event": (1, 2)}.get(modality, ())
         return [xs] if xs.ndim in single_dims else list(xs)
     return list(xs)
 

@@ -23,6 +23,8 @@ def _bond_rows(node: dict[str, Any], out: list[str]) -> None:
     for child in node["experts"]:
         _bond_rows(child, out)
     lambdas = ", ".join(f"{m} {v:g}" for m, v in node["lambdas"].items()) or "default 0.5"
+    if node["bond"] == "routed":
+        lambdas = "routers, s: " + ", ".join(f"{m} {v:g}" for m, v in node["scales"].items())
     heads = "; ".join(f"{k}: {_head_summary(h)}" for k, h in node["heads"].items())
     out.append(f"| {node['index']} | {node['bond']} | {node['name']} | {node['dim']} | {lambdas} | {heads} |")
 

@@ -1,4 +1,5 @@
-"""Progress bars for long steps (rich), on stderr; off when SPACEBIND_PROGRESS=0."""
+"""Progress bars for long steps (rich), on stderr; off when SPACEBIND_PROGRESS=0, and on every
+rank but 0 under torchrun (one bar per job, not one per process)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ T = TypeVar("T")
 
 
 def enabled(requested: bool = True) -> bool:
-    return requested and os.environ.get("SPACEBIND_PROGRESS", "1") != "0"
+    return requested and os.environ.get("SPACEBIND_PROGRESS", "1") != "0" and os.environ.get("RANK", "0") == "0"
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, show: bool = True) -> Iterator[T]:

@@ -17,6 +17,7 @@ from spacebind.errors import RecipeError
 from spacebind.modalities import MODALITIES
 from spacebind.pseudo import PseudoDataset
 from spacebind.resolve import is_import_path
+from spacebind.routing import RouterConfig
 from spacebind.training import TrainConfig
 
 
@@ -33,6 +34,8 @@ class WorldData(Strict):
     test: int = Field(500, ge=1)
     concepts_seed: int = 0
     num_concepts: int = Field(24, ge=2)
+    sensors: list[Literal["video", "thermal", "event"]] = Field(
+        default_factory=list, description="optional world modalities to generate as well")
 
 
 class DataConfig(Strict):
@@ -166,6 +169,28 @@ class BondConfig(Strict):
         return self
 
 
+class RoutedConfig(Strict):
+    """OmniBind: remap `experts` into the space built by `base` and `bonds` (the target, which stays
+    a candidate of every modality it covers) and train one router per modality (`spacebind.routing`)."""
+
+    experts: list[str] = Field(min_length=1)
+    projector: Literal["mlp", "linear", "procrustes", "relative"] = "mlp"
+    mixture: int = Field(1, ge=1)
+    pairing: Literal["same", "all"] = "all"
+    pseudo: list[PseudoDataset] = Field(default_factory=list)
+    scales: dict[str, float] = Field(default_factory=dict, description="router scale s per modality (default: text 10, else 1)")
+    inputs: dict[str, list[str]] = Field(default_factory=dict, description="router-input experts per modality (default: all covering it)")
+    router: RouterConfig = Field(default_factory=RouterConfig)
+
+    @field_validator("scales", "inputs")
+    @classmethod
+    def _modalities(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for m in value:
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
+        return value
+
+
 class EvalConfig(Strict):
     split: Literal["train", "val", "test"] = "test"
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
@@ -200,6 +225,7 @@ class Recipe(Strict):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     unibind: UniBindConfig | None = None
+    routed: RoutedConfig | None = None
 
 
 def _reference_errors(raw: dict[str, Any]) -> list[str]:
@@ -230,12 +256,22 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
         for j, spec in enumerate(bond.get("pseudo") or []):
             if isinstance(spec, dict) and spec.get("miner") is not None:
                 check(f"bonds.{i}.pseudo.{j}.miner", spec["miner"])
+    routed = raw.get("routed")
+    if isinstance(routed, dict):
+        members = routed.get("experts") or []
+        for j, ref in enumerate(members if isinstance(members, list) else []):
+            check(f"routed.experts.{j}", ref)  # may repeat a target expert: OmniBind remaps ImageBind too
+            if isinstance(ref, str) and ref in members[:j]:
+                errors.append(f"routed.experts.{j}: expert {ref!r} is listed twice")
+        for m, refs in (routed.get("inputs") or {}).items():
+            for j, ref in enumerate(refs if isinstance(refs, list) else []):
+                check(f"routed.inputs.{m}.{j}", ref)
     return errors
 
 
 def _all_field_names() -> list[str]:
     models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
-              UniBindConfig, RelativeConfig]
+              UniBindConfig, RelativeConfig, RoutedConfig, RouterConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 
 

@@ -48,12 +48,16 @@ class Space:
     @torch.no_grad()
     def encode(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
         """Encode raw inputs (paths, arrays, strings) of `modality` → Tensor[N, dim], unit-norm."""
+        return self.combine(modality, self.leaf_embeddings(modality, inputs, batch_size))
+
+    @torch.no_grad()
+    def leaf_embeddings(self, modality: str, inputs: Any, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """Load raw inputs of `modality` once and embed them with every leaf covering it, by leaf name."""
         from spacebind.inputs import load_inputs
 
         check_modality(modality, self.modalities, owner=f"space {self.name!r}")
         loaded = load_inputs(modality, inputs)
-        leaf = {e.name: e.embed_loaded(modality, loaded, batch_size) for e in self.leaves_for(modality)}
-        return self.combine(modality, leaf)
+        return {e.name: e.embed_loaded(modality, loaded, batch_size) for e in self.leaves_for(modality)}
 
     def bind(self, expert: "Space", bond: str = "combination", **kwargs: Any) -> "Space":
         """Bind `expert` to this space with a bond (`combination` or `displacement`); trains

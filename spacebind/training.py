@@ -4,6 +4,12 @@ AdamW (weight decay on weight matrices only), linear warmup then cosine decay pe
 learnable temperature, early stopping on validation recall@1, and resumable by epoch (see
 `spacebind.train_state`). The target space is frozen: targets are fixed unit vectors. Training
 runs on the device of `src`.
+
+Under torchrun the head trains with DistributedDataParallel (see `spacebind.ddp`): every rank
+holds all pairs, takes its equal slice of each global batch (same order and size as a single
+process), and the InfoNCE uses the negatives of all ranks, so N ranks train the weights one process
+would (up to float rounding). Each rank runs on its own GPU (or the CPU), and only rank 0 writes
+the resumable state.
 """
 from __future__ import annotations
 
@@ -16,8 +22,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from spacebind import distributed
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
+from spacebind.ddp import average_gradients, distributed_head
 from spacebind.errors import InputError
 from spacebind.losses import info_nce
 from spacebind.progress import track
@@ -148,9 +156,16 @@ def train_projector(
         progress: show a progress bar.
 
     Raises:
-        InputError: mis-shaped, too few or non-finite pairs.
+        InputError: mis-shaped, too few or non-finite pairs; under torchrun, a global batch the
+            ranks cannot split evenly.
     """
+    if distributed.is_distributed():
+        src = src.to(distributed.device())
     src, tgt = _checked("training pairs", src, tgt, min_rows=2)
+    world = distributed.world_size()
+    if min(config.batch_size, len(src)) % world:
+        raise InputError(f"train.batch_size: a global batch of {min(config.batch_size, len(src))} pairs does not "
+                         f"split evenly over {world} ranks; use a multiple of {world}")
     val = None
     if val_src is not None and val_tgt is not None and len(val_src) > 0:
         val = _checked("validation pairs", val_src.to(src.device), val_tgt, min_rows=1)
@@ -174,8 +189,10 @@ def train_projector(
     scheduler = _warmup_cosine(optimizer, total_steps, config.warmup)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
 
-    key = fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
     path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+    # the fingerprint hashes all the data (about a second per GB): only a resumable run needs it
+    key = (fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
+           if path is not None else "")
     saved = load_state(path, key) if path is not None else None
     if saved is not None:
         head.load_state_dict(saved["model"])
@@ -186,22 +203,24 @@ def train_projector(
         state = saved["state"]
 
     epochs = range(state["epoch"], n_epochs) if not state["done"] else range(0)
-    for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
-        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        loss = _train_epoch(head, log_scale, optimizer, scheduler, src, tgt, config, epoch, steps)
-        recall = recall_at_1(head, *val, groups=val_groups) if val is not None else float("nan")
-        state["history"].append({"epoch": epoch, "loss": loss, "val_recall@1": recall,
-                                 "lr": scheduler.get_last_lr()[0], "temperature": float(1.0 / _scale(log_scale.detach()))})
-        if val is None or recall > state["best_val"]:
-            state.update(best_val=recall, best_epoch=epoch,
-                         best={k: v.detach().clone() for k, v in head.state_dict().items()})
-        state["epoch"] = epoch + 1
-        state["done"] = epoch + 1 == n_epochs or epoch - state["best_epoch"] >= config.patience
-        if path is not None:
-            save_state(path, key, {"model": head.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "log_scale": log_scale.detach(), "state": state})
-        if state["done"]:
-            break
+    with distributed_head(head) as model:
+        for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
+            steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            loss = _train_epoch(model, log_scale, optimizer, scheduler, src, tgt, config, epoch, steps)
+            # every rank holds the same weights, so each computes the same recall and stopping decision
+            recall = recall_at_1(head, *val, groups=val_groups) if val is not None else float("nan")
+            state["history"].append({"epoch": epoch, "loss": loss, "val_recall@1": recall, "lr": scheduler.get_last_lr()[0],
+                                     "temperature": float(1.0 / _scale(log_scale.detach()))})
+            if val is None or recall > state["best_val"]:
+                state.update(best_val=recall, best_epoch=epoch,
+                             best={k: v.detach().clone() for k, v in head.state_dict().items()})
+            state["epoch"] = epoch + 1
+            state["done"] = epoch + 1 == n_epochs or epoch - state["best_epoch"] >= config.patience
+            if path is not None and distributed.is_main():
+                save_state(path, key, {"model": head.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "log_scale": log_scale.detach(), "state": state})
+            if state["done"]:
+                break
     head.load_state_dict(state["best"])
     return TrainResult(head.eval(), state["history"], state["best_epoch"], state["best_val"])
 
@@ -209,20 +228,24 @@ def train_projector(
 def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, src: torch.Tensor, tgt: torch.Tensor,
                  config: TrainConfig, epoch: int, steps: int) -> float:
-    """One epoch of `steps` full batches in a (seed, epoch)-determined order; the mean loss."""
+    """One epoch of `steps` full batches in a (seed, epoch)-determined order; the mean loss.
+    Under torchrun each rank takes its slice of every global batch (see `info_nce(gather=True)`)."""
     head.train()
     order = torch.randperm(len(src), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
     order = order.to(src.device)
+    world, rank = distributed.world_size(), distributed.rank()
     total = torch.zeros((), device=src.device)
     for step in range(steps):
-        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-        loss = info_nce(head(src[idx]), tgt[idx], _scale(log_scale))
+        batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+        idx = batch.view(world, -1)[rank]
+        loss = info_nce(head(src[idx]), tgt[idx], _scale(log_scale), gather=world > 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients([log_scale])
         optimizer.step()
         scheduler.step()
         total += loss.detach()
-    return float(total) / steps
+    return distributed.mean_over_ranks(float(total) / steps)
 
 
 def train_mixture(

@@ -40,3 +40,13 @@ def small_world(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("world") / "w7"
     generate_world(root, seed=7, sizes={"train": 800, "val": 150, "test": 300})
     return Dataset.load(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tiny models (far faster than cores shared with other
+    jobs, and the thread count the module's measured numbers were taken with); restored after."""
+    from spacebind.threads import cpu_threads
+
+    with cpu_threads(1):
+        yield

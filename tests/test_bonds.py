@@ -114,7 +114,7 @@ def test_bond_rejects_bad_arguments() -> None:
         BoundSpace(u, [e], "combo", {"E": head})
     with pytest.raises(InputError, match="lambda for 'text' is 1.5"):
         BoundSpace(u, [e], "combination", {"E": head}, lambdas={"text": 1.5})
-    with pytest.raises(InputError, match="no projector for expert"):
+    with pytest.raises(InputError, match="no projector for member"):
         BoundSpace(u, [e], "combination", {})
     with pytest.raises(InputError, match="one expert"):
         BoundSpace(u, [e, table_expert("F", 4, ("text",), 2)], "displacement", {"E": head, "F": head})

@@ -24,6 +24,15 @@ def test_topk_chunked_equals_full_matmul_and_breaks_ties_low() -> None:
     assert topk_indices(q, gal[:3], 10).shape == (37, 3)  # k larger than the gallery
 
 
+def test_topk_with_many_ties_equals_a_stable_full_sort() -> None:
+    # small integer vectors: most scores tie, inside the top k and across its boundary
+    g = torch.Generator().manual_seed(1)
+    q, gal = torch.randint(0, 3, (50, 4), generator=g).float(), torch.randint(0, 3, (80, 4), generator=g).float()
+    stable = torch.sort(q @ gal.T, dim=1, descending=True, stable=True).indices[:, :7]
+    assert torch.equal(topk_indices(q, gal, 7, chunk_size=13), stable)
+    assert topk_indices(q, gal, 0).shape == (50, 0)
+
+
 def test_retrieval_recall_by_hand() -> None:
     gallery = torch.eye(4)
     queries = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.5, 0, 0], [0, 0, 0.2, 1.0], [0, 0, 0, 1.0]])

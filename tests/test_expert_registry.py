@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from spacebind.experts.registry import EXPERTS, list_experts
+from spacebind.events import events_array
 from spacebind.inputs import Audio
+from spacebind.video import Video
 from tiny_checkpoints import BUILDERS
 
 
@@ -30,6 +32,11 @@ SAMPLES: dict[str, Callable[[], list[Any]]] = {
     "depth": lambda: [_rng(i).uniform(0.5, 8.0, (48 + 8 * i, 64)).astype(np.float32) for i in range(3)],
     "thermal": lambda: [_rng(i).uniform(0.0, 1.0, (64, 48 + 8 * i)).astype(np.float32) for i in range(3)],
     "imu": lambda: [_rng(i).normal(size=(500 * (i + 1), 6)).astype(np.float32) for i in range(3)],
+    "video": lambda: [Video(_rng(i).integers(0, 256, (4 + 9 * i, 36 + 8 * i, 48, 3), dtype=np.uint8), 4.0 + 2 * i)
+                      for i in range(3)],
+    "event": lambda: [events_array(np.column_stack([_rng(i).integers(0, 40, (n, 2)), np.sort(_rng(i).random(n)),
+                                                    _rng(i).integers(0, 2, n)]), "event")
+                      for i, n in enumerate((50, 400, 1000))],
 }
 
 

@@ -85,7 +85,7 @@ def test_full_size_keys_and_shapes_match_the_official_model() -> None:
 def test_encodes_every_modality_from_disk(tiny, inputs) -> None:
     path, _ = tiny
     expert = EXPERTS.create("imagebind_huge", checkpoint=str(path), config=TINY.to_json())
-    assert expert.modalities == ("text", "image", "audio", "depth", "thermal", "imu") and expert.dim == 8
+    assert expert.modalities == ("text", "image", "audio", "video", "depth", "thermal", "imu") and expert.dim == 8
     assert len(expert.spec.sha256) == 64 and expert.spec.kwargs["config"] == TINY.to_json()
     again = EXPERTS.create("imagebind_huge", checkpoint=str(path), config=TINY.to_json())
     for modality, items in inputs.items():

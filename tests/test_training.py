@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from spacebind import training
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import CheckpointError, InputError
+from spacebind.threads import cpu_threads
 from spacebind.train_state import STATE_FILE
 from spacebind.training import TrainConfig, pair_groups, recall_at_1, train_mixture, train_projector
 
@@ -22,10 +23,8 @@ CFG = TrainConfig(epochs=8, batch_size=128, hidden=64, lr=2e-3, patience=8)
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny models run far faster on one thread than on cores shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with cpu_threads(1):
+        yield
 
 
 def noisy_pairs(n: int = 1200, din: int = 24, dout: int = 16, noise: float = 0.6, seed: int = 0):

@@ -77,8 +77,7 @@ def test_knowledge_votes_are_softmax_weights_of_the_nearest_descriptions() -> No
 
 
 @pytest.fixture(scope="module")
-def fitted(small_world, tmp_path_factory):
-    torch.set_num_threads(1)
+def fitted(small_world, tmp_path_factory, one_thread):
     spaces = [EXPERTS.create(n, progress=False) for n in ("world_audio_text", "world_image_text")]
     caches = ensure_caches(spaces, small_world, tmp_path_factory.mktemp("cache"), progress=False)
     kb = world_knowledge()

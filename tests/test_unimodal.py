@@ -25,9 +25,8 @@ TEMPLATES = ["a photo of a {}", "a {}"]
 
 
 @pytest.fixture(scope="module")
-def bound(small_world, tmp_path_factory):
+def bound(small_world, tmp_path_factory, one_thread):
     """The procedural-world recipe fused on the small world, with caches of the image-text expert."""
-    torch.set_num_threads(1)
     raw = yaml.safe_load((ROOT / "recipes" / "unimodal_world_minilm.yaml").read_text())
     raw["data"] = {"path": str(small_world.root)}
     raw["export"] = {"out": str(tmp_path_factory.mktemp("export") / "uni")}

@@ -24,7 +24,8 @@ WORLD = ["world_audio_text", "world_image_text", "world_point_text", "world_unif
 
 
 def test_registry_lists_world_experts_and_minilm() -> None:
-    assert list_experts("world_*") == sorted([*WORLD, "world_image"])  # world_image: a unimodal tower
+    # world_image: a unimodal tower; world_sensor: video/thermal/event (tests/test_seven_world.py)
+    assert list_experts("world_*") == sorted([*WORLD, "world_image", "world_sensor"])
     assert "minilm" in list_experts()
     assert EXPERTS.entry("world_unified").modalities == ("image", "text", "audio", "point")
 

@@ -100,23 +100,30 @@ def _tokenizer(vocab: dict[str, int]):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+def write_remote_code(root: Path, modules: dict[str, str], model_module: str) -> Any:
+    """Write a snapshot's model code files into a new `root` and import `model_module` from them
+    (as the package `root.name`, so relative imports between the files work)."""
+    import importlib
+    import sys
+
+    root.mkdir(parents=True)
+    for module, code in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(code))
+    sys.path.insert(0, str(root.parent))
+    try:
+        return importlib.import_module(f"{root.name}.{model_module}")
+    finally:
+        sys.path.remove(str(root.parent))
+
+
 def internvl_snapshot(root: Path, broken_tokenizer: bool = False) -> Path:
     """A tiny InternVL-C snapshot in the official layout, with seeded weights; its model code
     follows the official interface (`encode_image(pixels, mode)`, `encode_text(ids)` reading the
     position before the padding, pad id 0)."""
-    import importlib
-    import sys
-
     from transformers import CLIPImageProcessor
 
-    root.mkdir(parents=True)
-    (root / "configuration_tiny_internvl.py").write_text(textwrap.dedent(CONFIG_CODE))
-    (root / "modeling_tiny_internvl.py").write_text(textwrap.dedent(MODEL_CODE))
-    sys.path.insert(0, str(root.parent))
-    try:
-        package = importlib.import_module(f"{root.name}.modeling_tiny_internvl")
-    finally:
-        sys.path.remove(str(root.parent))
+    package = write_remote_code(root, {"configuration_tiny_internvl": CONFIG_CODE,
+                                       "modeling_tiny_internvl": MODEL_CODE}, "modeling_tiny_internvl")
     torch.manual_seed(0)
     model = package.TinyInternVLModel(package.TinyInternVLConfig())
     model.config.auto_map = {"AutoConfig": "configuration_tiny_internvl.TinyInternVLConfig",
@@ -253,6 +260,7 @@ BUILDERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
                                                     "openclip_vit_bigg14")},
     "internvl_c": lambda root, mp: {"checkpoint": str(internvl_snapshot(root / "tiny_internvl")),
                                     "trust_remote_code": True},
+    "eva_clip_18b": _from_test_module("tiny_eva_clip", "eva_clip_builder"),
     "imagebind_huge": _imagebind,
     **{name: _point_expert(name) for name in ("uni3d_tiny", "uni3d_small", "uni3d_base", "uni3d_large",
                                                "uni3d_giant", "ulip2_pointbert")},
@@ -264,5 +272,6 @@ BUILDERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
     "sentence_encoder": lambda root, mp: {"path": _minilm_path()},
     # the world experts are small already; they train once and are cached under $SPACEBIND_HOME
     **{name: (lambda root, mp: {}) for name in ("world_unified", "world_image_text", "world_audio_text",
-                                                "world_point_text", "world_image")},
+                                                "world_point_text", "world_image", "world_sensor")},
+    "adapted": lambda root, mp: {"expert": "world_image"},  # an image encoder with thermal/event/video adapters
 }

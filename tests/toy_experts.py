@@ -54,3 +54,28 @@ def file_expert(path: str, name: str = "toy_file") -> Expert:
 
     spec = ExpertSpec(source="toy_experts:file_expert", kwargs={"path": path}, checkpoint=path, sha256=sha256_file(path))
     return Expert(name, dim, {"text": encode}, spec=spec)
+
+
+def logged_expert(name: str = "toy_logged", dim: int = 8, seed: int = 0) -> Expert:
+    """`multi_expert` over text and image that appends the size of every batch it encodes to
+    `$TOY_LOG_DIR/rank<RANK>.log`; with `TOY_DIE_RANK` set, that rank exits abruptly (os._exit,
+    as if killed) on the encoder call after its first `TOY_DIE_AFTER` calls. Settings come from the
+    environment so that they stay out of the cache's identity."""
+    import os
+
+    inner = multi_expert(name, dim, ("text", "image"), seed)
+    calls = {"n": 0}
+
+    def wrap(fn):
+        def encode(xs):
+            rank = os.environ.get("RANK", "0")
+            if os.environ.get("TOY_DIE_RANK") == rank and calls["n"] >= int(os.environ.get("TOY_DIE_AFTER", "1")):
+                os._exit(3)
+            calls["n"] += 1
+            if os.environ.get("TOY_LOG_DIR"):
+                with open(os.path.join(os.environ["TOY_LOG_DIR"], f"rank{rank}.log"), "a") as fh:
+                    fh.write(f"{len(xs)}\n")
+            return fn(xs)
+        return encode
+
+    return Space.from_encoders(name, {m: wrap(fn) for m, fn in inner.encoders.items()}, dim=dim)

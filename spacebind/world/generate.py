@@ -7,14 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from spacebind.events import Events
 from spacebind.fileio import atomic_path, write_json, write_text
 from spacebind.progress import track
+from spacebind.video import Video
 from spacebind.world.concepts import Concept, Instance, make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
+from spacebind.world.sensors import render_events, render_thermal, render_video
 
 DEFAULT_SIZES = {"train": 2000, "val": 300, "test": 500}
 CLASS_TEMPLATES = ("a {}", "a photo of a {}", "the sound of a {}", "a 3d model of a {}")
 _SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+SENSORS = ("video", "thermal", "event")  # optional modalities, off by default
 
 
 def split_instances(concepts: list[Concept], sizes: dict[str, int], seed: int) -> dict[str, list[Instance]]:
@@ -43,6 +47,41 @@ def _write_npy(path: Path, points: np.ndarray) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
+def _write_apng(path: Path, video: Video) -> None:
+    from PIL import Image
+
+    first, *rest = (Image.fromarray(f) for f in video.frames)
+    with atomic_path(path) as tmp:
+        first.save(tmp, format="PNG", save_all=True, append_images=rest, duration=1000 / video.fps, loop=0)
+
+
+def _write_thermal(path: Path, thermal: np.ndarray) -> None:
+    _write_png(path, np.rint(thermal * 65535).astype(np.uint16))  # 16-bit grayscale
+
+
+def _write_events(path: Path, events: Events) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, x=events.x.astype(np.int16), y=events.y.astype(np.int16), t=events.t,
+             p=events.p.astype(np.int8), height=events.height, width=events.width)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _write_sensors(out: Path, stem: str, inst: Instance, sensors: tuple[str, ...]) -> dict[str, str]:
+    """Write the requested sensor files of one instance; returns their manifest fields."""
+    fields = {}
+    if "video" in sensors:
+        _write_apng(out / "video" / f"{stem}.png", render_video(inst))
+        fields["video"] = f"video/{stem}.png"
+    if "thermal" in sensors:
+        _write_thermal(out / "thermal" / f"{stem}.png", render_thermal(inst))
+        fields["thermal"] = f"thermal/{stem}.png"
+    if "event" in sensors:
+        _write_events(out / "event" / f"{stem}.npz", render_events(inst))
+        fields["event"] = f"event/{stem}.npz"
+    return fields
+
+
 def generate_world(
     out: str | Path,
     seed: int = 0,
@@ -50,13 +89,21 @@ def generate_world(
     concepts_seed: int = 0,
     num_concepts: int = 24,
     progress: bool = True,
+    sensors: tuple[str, ...] | list[str] = (),
 ) -> Path:
-    """Generate a dataset of real files; the manifest is written last, so its presence means done."""
+    """Generate a dataset of real files; the manifest is written last, so its presence means done.
+
+    `sensors` adds any of the optional modalities video (animated PNG), thermal (16-bit PNG) and
+    event (.npz of x, y, t, p); the other modalities' files are the same with or without them."""
     out = Path(out)
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(_SPLIT_OFFSET)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; expected train, val, test")
+    bad = sorted(set(sensors) - set(SENSORS))
+    if bad:
+        raise ValueError(f"unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
+    sensors = tuple(m for m in SENSORS if m in sensors)
     concepts = make_concepts(concepts_seed, num_concepts)
     lines = []
     rows = [(split, i, inst) for split, insts in split_instances(concepts, sizes, seed).items() for i, inst in enumerate(insts)]
@@ -68,6 +115,7 @@ def generate_world(
         lines.append(json.dumps({
             "id": f"s{seed}-{stem}", "split": split, "label": inst.concept.name,
             "image": f"image/{stem}.png", "audio": f"audio/{stem}.wav", "point": f"point/{stem}.npy",
+            **_write_sensors(out, stem, inst, sensors),
             "text": render_caption(inst),
             "attributes": {"size": round(inst.size, 4), "size_word": inst.size_word,
                            "intensity": round(inst.intensity, 4), "intensity_word": inst.intensity_word},
@@ -76,7 +124,8 @@ def generate_world(
         "templates": list(CLASS_TEMPLATES),
         "classes": [{"name": c.name, "synonyms": [*c.synonyms, *c.heldout_synonyms],
                      "heldout_synonyms": list(c.heldout_synonyms)} for c in concepts],
-        "world": {"concepts_seed": concepts_seed, "num_concepts": num_concepts, "seed": seed},
+        "world": {"concepts_seed": concepts_seed, "num_concepts": num_concepts, "seed": seed,
+                  **({"sensors": list(sensors)} if sensors else {})},
     })
     write_text(out / "manifest.jsonl", "\n".join(lines) + "\n")
     return out

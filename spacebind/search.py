@@ -1,0 +1,284 @@
+"""Any-query and composable retrieval over a fused space (OmniBind): a FAISS index of a
+collection, and queries of any modalities combined as a weighted sum of unit vectors.
+
+    INDEX/manifest.json          the space (name, formula, dim, fingerprint, fused checkpoint path),
+                                 the dataset, the index kind, and per modality its files and count
+    INDEX/<modality>.faiss       inner-product index of the space's unit embeddings of the items
+    INDEX/<modality>.items.json  [{"id", "split", "label", "input"}] in index order
+
+Items are embedded from the leaf embedding caches (`binding.ensure_caches` + `combine`), in
+chunks, so nothing already cached is re-encoded and memory beyond the index itself stays bounded
+by the chunk. The manifest is written last: a half-written index does not load. An index loaded
+against another space (different fingerprint or dim) is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spacebind.binding import dataset_key, ensure_caches
+from spacebind.data import Dataset
+from spacebind.errors import CheckpointError, InputError
+from spacebind.fileio import atomic_path, home_dir, sha256_file, write_json
+from spacebind.mining import IndexKind, build_index as build_faiss_index
+from spacebind.modalities import check_modality
+from spacebind.progress import track
+from spacebind.space import Space
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def space_fingerprint(space: Space) -> str:
+    """A digest of everything that fixes `space`'s embeddings: its saved config (experts by source,
+    kwargs and sha256; bonds, λ, head shapes) and its head weights. A loaded checkpoint has the
+    fingerprint of the space that was saved. Spaces the checkpoint module cannot describe fall back
+    to their name, formula, dim, modalities and leaves."""
+    from spacebind.checkpoint import head_tensors, space_config
+
+    h = hashlib.sha256()
+    try:
+        config: Any = _without_paths(space_config(space))
+        tensors = head_tensors(space)
+    except CheckpointError:
+        config = {"name": space.name, "formula": space.formula(), "dim": space.dim, "modalities": list(space.modalities),
+                  "leaves": [{"name": e.name, **_without_paths(e.spec.to_json())} for e in space.leaves()]}
+        tensors = {}
+    h.update(json.dumps(config, sort_keys=True).encode())
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _without_paths(node: Any) -> Any:
+    """The config without expert checkpoint paths (moving a file keeps its sha256 and the space)."""
+    if isinstance(node, dict):
+        return {k: _without_paths(v) for k, v in node.items() if k != "checkpoint"}
+    if isinstance(node, list):
+        return [_without_paths(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved item."""
+
+    rank: int
+    id: str
+    modality: str
+    label: str | None
+    score: float
+    input: str
+
+
+class SearchIndex:
+    """A loaded index: one FAISS index and item list per modality, and the manifest."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], indexes: dict[str, Any], items: dict[str, list[dict[str, Any]]]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.indexes = indexes
+        self.items = items
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["space"]["dim"])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.indexes)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+
+def _chunks(embed: Any, ids: list[str], chunk_size: int, label: str, progress: bool) -> Iterator[tuple[list[str], torch.Tensor]]:
+    starts = range(0, len(ids), chunk_size)
+    for start in track(starts, label, total=len(starts), show=progress):
+        part = ids[start:start + chunk_size]
+        yield part, embed(part)
+
+
+def build_index(
+    space: Space,
+    dataset: Dataset | str | Path,
+    out: str | Path,
+    *,
+    modalities: Sequence[str] | None = None,
+    split: str | None = None,
+    kind: IndexKind = "flat",
+    nlist: int = 256,
+    nprobe: int = 16,
+    chunk_size: int = 4096,
+    cache_dir: str | Path | None = None,
+    fused: str | Path | None = None,
+    progress: bool = True,
+) -> SearchIndex:
+    """Index a collection's items in `space`: one FAISS index per modality.
+
+    Args:
+        space: the (fused) space; items are embedded from its leaves' caches.
+        dataset: the collection (a `Dataset` or its directory / manifest).
+        out: the index directory (replaced modality by modality; manifest written last).
+        modalities: which modalities to index (default: every one the space covers and the data has).
+        split: only items of this split (default: all).
+        kind: `flat` (exact inner product) or `ivf` (approximate; trains on the first chunk).
+        chunk_size: items embedded and added per step (bounds memory).
+        cache_dir: leaf embedding caches (default `$SPACEBIND_HOME/caches/<dataset key>`).
+        fused: the fused checkpoint directory the space came from, recorded in the manifest.
+    """
+    data = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
+    present = data.modalities()
+    wanted = list(modalities) if modalities else [m for m in space.modalities if m in present]
+    for m in wanted:
+        check_modality(m, space.modalities, owner=f"space {space.name!r}")
+        if m not in present:
+            raise InputError(f"dataset {data.root} has no {m!r} items (it has {', '.join(present)})")
+    if not wanted:
+        raise InputError(f"space {space.name!r} covers none of the modalities of {data.root} ({', '.join(present)})")
+    root = Path(cache_dir) if cache_dir is not None else home_dir() / "caches" / dataset_key(data)
+    caches = ensure_caches([space], data, root, progress=progress)
+    out = Path(out)
+    by_id = data.by_id()
+    entries: dict[str, dict[str, Any]] = {}
+    for m in wanted:
+        ids = caches.usable_ids(space, m, [it.id for it in data.select(split, m)])
+        if not ids:
+            raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
+        chunks = _chunks(lambda part, m=m: caches.embeddings(space, m, part), ids, chunk_size, f"indexing {m}", progress)
+        index, order = build_faiss_index(chunks, space.dim, kind, nlist, nprobe)
+        _write_faiss(index, out / f"{m}.faiss")
+        items = [{"id": i, "split": by_id[i].split, "label": by_id[i].label, "input": by_id[i].fields[m]} for i in order]
+        write_json(out / f"{m}.items.json", items)
+        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(order)}
+    manifest = {
+        "format": FORMAT,
+        "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
+                  "fingerprint": space_fingerprint(space), "fused": str(Path(fused).resolve()) if fused else None},
+        "dataset": str(data.root), "dataset_sha256": sha256_file(data.root / "manifest.jsonl"), "split": split,
+        "kind": kind, "nlist": nlist if kind == "ivf" else None, "nprobe": nprobe if kind == "ivf" else None,
+        "modalities": entries,
+    }
+    write_json(out / MANIFEST, manifest)
+    return load_index(out)
+
+
+def _write_faiss(index: Any, path: Path) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | Path, space: Space | None = None) -> SearchIndex:
+    """Load an index; with `space`, refuse it unless it was built with that same space."""
+    import faiss
+
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{root} is not a spacebind index: cannot read {MANIFEST} ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{root / MANIFEST}: format {manifest.get('format')!r}, this spacebind reads {FORMAT}")
+    if space is not None:
+        check_same_space(manifest, space, root)
+    indexes, items = {}, {}
+    for m, entry in manifest["modalities"].items():
+        indexes[m] = faiss.read_index(str(root / entry["index"]))
+        items[m] = json.loads((root / entry["items"]).read_text(encoding="utf-8"))
+        if indexes[m].ntotal != len(items[m]) or indexes[m].d != manifest["space"]["dim"]:
+            raise InputError(f"{root / entry['index']}: holds {indexes[m].ntotal} vectors of dim {indexes[m].d}, "
+                             f"the manifest expects {len(items[m])} of dim {manifest['space']['dim']}; rebuild the index")
+    return SearchIndex(root, manifest, indexes, items)
+
+
+def check_same_space(manifest: dict[str, Any], space: Space, where: Path) -> None:
+    """Raise unless `space` is the space the index was built with (same dim and fingerprint)."""
+    built = manifest["space"]
+    fingerprint = space_fingerprint(space)
+    if built["dim"] != space.dim or built["fingerprint"] != fingerprint:
+        source = f" from {built['fused']}" if built.get("fused") else ""
+        raise CheckpointError(
+            f"{where} was built with space {built['name']!r}{source} (dim {built['dim']}, fingerprint "
+            f"{built['fingerprint'][:12]}…), not with {space.name!r} (dim {space.dim}, fingerprint {fingerprint[:12]}…); "
+            f"search with that fused checkpoint or rebuild the index with `spacebind index`"
+        )
+
+
+def compose(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """`n(Σ_i w_i·n(q_i))`: the weighted sum of unit query vectors, renormalised. Each query is a
+    [dim] or [N, dim] tensor (rows composed in parallel); weights default to 1."""
+    if not embeddings:
+        raise InputError("no query to compose: give at least one")
+    w = [1.0] * len(embeddings) if weights is None else [float(v) for v in weights]
+    if len(w) != len(embeddings):
+        raise InputError(f"weights: {len(w)} given for {len(embeddings)} queries; give one weight per query")
+    bad = [v for v in w if not math.isfinite(v)]
+    if bad:
+        raise InputError(f"weights: {bad[0]} is not a finite number")
+    total = sum(v * F.normalize(e.float(), dim=-1) for v, e in zip(w, embeddings))
+    if (torch.as_tensor(total).norm(dim=-1) < 1e-6).any():
+        raise InputError(f"weights {w}: the weighted queries cancel out (their sum is zero)")
+    return F.normalize(total, dim=-1)
+
+
+def compose_query(space: Space, queries: Mapping[str, Sequence[Any]], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Embed queries of any modalities in `space` and compose them into one unit vector [dim].
+
+    `queries` maps modality → inputs (paths, arrays, strings); weights (one per input, default 1)
+    follow the mapping's order, each modality's inputs in the order given.
+    Example: `compose_query(space, {"text": ["a dog"], "audio": ["bark.wav"]}, [0.5, 1])`."""
+    labels = query_labels(queries)
+    if weights is not None and len(weights) != len(labels):
+        raise InputError(f"weights: {len(weights)} given for {len(labels)} queries ({', '.join(labels)}); "
+                         "give one weight per query, in the order of the queries")
+    parts = []
+    for m in _ordered(queries):
+        check_modality(m, space.modalities, owner=f"space {space.name!r}")
+        parts.extend(space.encode(m, list(queries[m])))
+    return compose(parts, weights)
+
+
+def query_labels(queries: Mapping[str, Sequence[Any]]) -> list[str]:
+    """`modality:input` for every query, in the order weights follow."""
+    return [f"{m}:{q if isinstance(q, (str, Path)) else type(q).__name__}" for m in _ordered(queries) for q in queries[m]]
+
+
+def _ordered(queries: Mapping[str, Sequence[Any]]) -> list[str]:
+    for m in queries:
+        check_modality(m)
+    return [m for m in queries if queries[m]]
+
+
+def search(index: SearchIndex, query: torch.Tensor, k: int = 10, modalities: Sequence[str] | None = None) -> list[Hit]:
+    """The top-k items for one query vector [dim] over the index's modalities (all, or `modalities`),
+    merged by score (inner product of unit vectors: cosine similarity)."""
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    q = query.detach().float().reshape(-1)
+    if q.numel() != index.dim:
+        raise InputError(f"query has dim {q.numel()}, the index at {index.root} holds dim {index.dim}")
+    wanted = list(modalities) if modalities else list(index.modalities)
+    for m in wanted:
+        check_modality(m, index.modalities, owner=f"index {index.root}")
+    x = np.ascontiguousarray(q.numpy()[None, :], dtype=np.float32)
+    found = []
+    for m in wanted:
+        scores, rows = index.indexes[m].search(x, min(k, len(index.items[m])))
+        found += [(float(s), m, int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+    found.sort(key=lambda t: -t[0])
+    hits = []
+    for rank, (score, m, r) in enumerate(found[:k], 1):
+        item = index.items[m][r]
+        hits.append(Hit(rank, item["id"], m, item.get("label"), score, item["input"]))
+    return hits

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from typing import Callable, TypeVar
 
 import torch
@@ -37,8 +38,18 @@ def setup() -> bool:
 
 
 def _teardown() -> None:
+    """Leave the group while the interpreter is fully alive. A gloo worker thread drops each
+    finished work a moment after the caller's wait returns, and that drop takes the GIL; if it
+    comes during interpreter shutdown, the process aborts ("terminate called without an active
+    exception", pytorch/pytorch#190489). DDP keeps the group alive past destroy_process_group, so
+    its threads cannot be joined: wait for every rank, then give the workers time to go idle."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        time.sleep(_WORKER_DRAIN_SECONDS)
+
+
+_WORKER_DRAIN_SECONDS = 0.2
 
 
 def is_distributed() -> bool:
@@ -78,21 +89,44 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     """Every rank's `x` concatenated along dim 0 in rank order, with gradient: the backward pass
     returns to each rank the sum over ranks of the gradients of its slice. All ranks must pass
     the same shape. In a single process, `x` itself."""
-    if not setup():
-        return x
-    from torch.distributed.nn.functional import all_gather as gather_with_grad
-
-    return torch.cat(gather_with_grad(x), dim=0)
+    return _AllGather.apply(x) if setup() else x
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """The sum of `x` over ranks, with gradient (each rank's gradient is the sum of all ranks'
     gradients of the result). In a single process, `x` itself."""
-    if not setup():
-        return x
-    from torch.distributed.nn.functional import all_reduce
+    return _AllReduceSum.apply(x) if setup() else x
 
-    return all_reduce(x, op=dist.ReduceOp.SUM)
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = len(x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def mean_over_ranks(value: float) -> float:

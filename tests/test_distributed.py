@@ -31,7 +31,7 @@ def torchrun(args: list[str], env: dict[str, str] | None = None, check: bool = T
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                "OMP_NUM_THREADS": "1", "SPACEBIND_PROGRESS": "0", **(env or {})}
+                "OMP_NUM_THREADS": "1", "SPACEBIND_PROGRESS": "0", "PYTHONFAULTHANDLER": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), *args]
     done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=120)

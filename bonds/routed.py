@@ -57,9 +57,11 @@ class Router(nn.Module):
         return torch.sigmoid(self.net(r))
 
 
-def route_softmax(gates: torch.Tensor, scale: float) -> torch.Tensor:
-    """w = softmax(s·g) over the candidates (last dim) from the sigmoid gates g."""
-    return torch.softmax(scale * gates, dim=-1)
+def routing_weights(router: nn.Module | None, router_input: torch.Tensor, candidates: int, scale: float) -> torch.Tensor:
+    """w = softmax(s·g(r)) per input row, [N, candidates]; uniform (1/K) without a router."""
+    if router is None:
+        return torch.full((len(router_input), candidates), 1.0 / candidates)
+    return torch.softmax(scale * router(router_input), dim=-1)
 
 
 def mix(candidates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -169,12 +171,8 @@ class RoutedSpace(Space):
 
     def weights(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """w per input [N, K]; uniform when the modality has no router."""
-        k = len(self.routes(modality))
-        router = self.routers.get(modality)
-        if router is None:
-            n = len(next(iter(leaf_embeddings[x] for x in self.inputs[modality])))
-            return torch.full((n, k), 1.0 / k)
-        return route_softmax(router(self.router_input(modality, leaf_embeddings)), self.scales[modality])
+        return routing_weights(self.routers.get(modality), self.router_input(modality, leaf_embeddings),
+                               len(self.routes(modality)), self.scales[modality])
 
     @torch.no_grad()
     def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:

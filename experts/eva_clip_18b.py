@@ -22,14 +22,13 @@ from spacebind.space import Expert
 
 IMAGE_SIZE = 224
 MAX_LENGTH = 77
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def image_processor() -> Any:
     """openai/clip-vit-large-patch14's preprocessing: shortest edge 224 (bicubic), centre crop 224,
     OpenAI CLIP mean/std."""
     from transformers import CLIPImageProcessor
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                               resample=3, do_center_crop=True, image_mean=list(OPENAI_CLIP_MEAN),

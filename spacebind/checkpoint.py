@@ -41,17 +41,11 @@ def space_config(space: Space) -> dict[str, Any]:
     def node(s: Space) -> dict[str, Any]:
         if isinstance(s, Expert):
             return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **s.spec.to_json()}
-        if isinstance(s, RoutedSpace):
+        if isinstance(s, BONDED):
+            routing = {"scales": s.scales, "inputs": s.inputs} if isinstance(s, RoutedSpace) else {}
             return {
                 "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
-                "modalities": list(s.modalities), "lambdas": {}, "presets": {}, "scales": s.scales, "inputs": s.inputs,
-                "base": node(s.base), "experts": [node(e) for e in s.experts],
-                "heads": {k: h.config for k, h in s.heads.items()},
-            }
-        if isinstance(s, BoundSpace):
-            return {
-                "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
-                "modalities": list(s.modalities), "lambdas": s.lambdas, "presets": s.presets,
+                "modalities": list(s.modalities), "lambdas": s.lambdas, "presets": s.presets, **routing,
                 "base": node(s.base), "experts": [node(e) for e in s.experts],
                 "heads": {k: h.config for k, h in s.heads.items()},
             }

@@ -94,10 +94,15 @@ class ExpertConfig(Strict):
         return self.name or self.import_ or ""
 
 
-def _check_lambdas(lambdas: dict[str, float]) -> dict[str, float]:
-    for m, v in lambdas.items():
+def _check_modality_keys(value: dict[str, Any]) -> dict[str, Any]:
+    for m in value:
         if m not in MODALITIES:
             raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
+    return value
+
+
+def _check_lambdas(lambdas: dict[str, float]) -> dict[str, float]:
+    for m, v in _check_modality_keys(lambdas).items():
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
     return lambdas
@@ -185,10 +190,7 @@ class RoutedConfig(Strict):
     @field_validator("scales", "inputs")
     @classmethod
     def _modalities(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for m in value:
-            if m not in MODALITIES:
-                raise ValueError(f"unknown modality {m!r}; expected one of {', '.join(MODALITIES)}")
-        return value
+        return _check_modality_keys(value)
 
 
 class EvalConfig(Strict):

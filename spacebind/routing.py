@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from spacebind.binding import CacheSet, train_head
-from spacebind.bonds.routed import ROUTER_PREFIX, Router, RoutedSpace, mix, route_softmax
+from spacebind.bonds.routed import ROUTER_PREFIX, Router, RoutedSpace, mix, routing_weights
 from spacebind.data import Dataset
 from spacebind.errors import InputError
 from spacebind.losses import info_nce
@@ -38,7 +38,7 @@ from spacebind.metrics import retrieval_recall
 from spacebind.modalities import modality_pairs
 from spacebind.progress import track
 from spacebind.space import Space
-from spacebind.training import TrainConfig, _warmup_cosine
+from spacebind.training import TrainConfig, adamw, warmup_cosine
 
 
 class RouterConfig(BaseModel):
@@ -95,10 +95,7 @@ def _routed(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteDat
     rows = data.rows[m][positions]
     present = rows >= 0
     cands = data.candidates[m][rows[present]]
-    if m in routers:
-        weights = route_softmax(routers[m](data.inputs[m][rows[present]]), space.scales[m])
-    else:
-        weights = torch.full(cands.shape[:2], 1.0 / cands.shape[1])
+    weights = routing_weights(routers.get(m), data.inputs[m][rows[present]], cands.shape[1], space.scales[m])
     return mix(cands, weights), present
 
 
@@ -160,13 +157,10 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
         torch.manual_seed(config.seed)
         routers = nn.ModuleDict({m: Router(train.inputs[m].shape[1], train.candidates[m].shape[1], config.hidden)
                                  for m in routed_mods})
-    params = list(routers.parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=config.lr)
+    optimizer = adamw(routers.parameters(), config.lr, config.weight_decay)
     batch = min(config.batch_size, len(train.ids))
     steps = max(1, len(train.ids) // batch)
-    scheduler = _warmup_cosine(optimizer, steps * config.epochs, config.warmup)
+    scheduler = warmup_cosine(optimizer, steps * config.epochs, config.warmup)
     best, best_val, best_epoch = None, -math.inf, -1
     for epoch in track(range(config.epochs), "training routers", show=progress):
         routers.train()

@@ -13,7 +13,6 @@ against another space (different fingerprint or dim) is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from spacebind.mining import IndexKind, build_index as build_faiss_index
 from spacebind.modalities import check_modality
 from spacebind.progress import track
 from spacebind.space import Space
+from spacebind.train_state import fingerprint
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -44,7 +44,6 @@ def space_fingerprint(space: Space) -> str:
     to their name, formula, dim, modalities and leaves."""
     from spacebind.checkpoint import head_tensors, space_config
 
-    h = hashlib.sha256()
     try:
         config: Any = _without_paths(space_config(space))
         tensors = head_tensors(space)
@@ -52,11 +51,8 @@ def space_fingerprint(space: Space) -> str:
         config = {"name": space.name, "formula": space.formula(), "dim": space.dim, "modalities": list(space.modalities),
                   "leaves": [{"name": e.name, **_without_paths(e.spec.to_json())} for e in space.leaves()]}
         tensors = {}
-    h.update(json.dumps(config, sort_keys=True).encode())
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    keys = sorted(tensors)
+    return fingerprint(config, keys, [tensors[k].float() for k in keys])
 
 
 def _without_paths(node: Any) -> Any:

@@ -23,7 +23,8 @@ STATE_FILE = "train_state.pt"
 
 
 def fingerprint(config: dict[str, Any], head_config: Any, tensors: Sequence[torch.Tensor | None]) -> str:
-    """A key of one run: its config, its head and the exact bytes and shapes of its data."""
+    """A digest of a config, a head description and the exact bytes and shapes of tensors: the key
+    of one training run (its data), or the identity of a space (its head weights)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"config": config, "head": head_config}, sort_keys=True, default=str).encode())
     for t in tensors:

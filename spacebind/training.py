@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,15 +108,16 @@ def _checked(name: str, src: torch.Tensor, tgt: torch.Tensor, min_rows: int) -> 
     return src, tgt
 
 
-def _optimizer(head: nn.Module, log_scale: torch.Tensor, config: TrainConfig) -> torch.optim.AdamW:
-    params = [p for p in head.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2] + ([log_scale] if log_scale.requires_grad else []),
-               "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+def adamw(params: Iterable[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not on biases, norms or a temperature)."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over the first `warmup` fraction of `total` steps, then cosine decay to 0."""
     warm = max(1, round(total * warmup)) if warmup > 0 else 0
 
     def factor(step: int) -> float:
@@ -180,13 +181,13 @@ def train_projector(
     head = head.to(src.device)
     log_scale = torch.tensor(math.log(1.0 / config.temperature), device=src.device)
     log_scale.requires_grad_(config.learnable_temperature)
-    optimizer = _optimizer(head, log_scale, config)
+    optimizer = adamw([*head.parameters(), log_scale], config.lr, config.weight_decay)
     steps_per_epoch = max(1, len(src) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = _warmup_cosine(optimizer, total_steps, config.warmup)
+    scheduler = warmup_cosine(optimizer, total_steps, config.warmup)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
 
     path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None

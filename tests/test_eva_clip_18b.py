@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from spacebind.experts.eva_clip_18b import MAX_LENGTH, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, image_processor, text_ids
+from spacebind.experts.eva_clip_18b import MAX_LENGTH, image_processor, text_ids
 from spacebind.experts.registry import EXPERTS
 from tiny_eva_clip import eva_clip_snapshot
 
@@ -58,17 +58,17 @@ def test_text_ids_equal_open_clip_tokenize(snapshot: Path) -> None:
 
 
 def test_pixels_follow_the_openai_clip_constants() -> None:
-    assert OPENAI_CLIP_MEAN == open_clip.OPENAI_DATASET_MEAN and OPENAI_CLIP_STD == open_clip.OPENAI_DATASET_STD
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     image = np.random.default_rng(0).integers(0, 256, (300, 240, 3), dtype=np.uint8)
     got = image_processor()(images=[image], return_tensors="pt")["pixel_values"]
     # open_clip's ViT-L-14 eval transform: resize shortest edge 224 (bicubic), centre crop, normalise
-    transform = open_clip.image_transform(224, is_train=False, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    transform = open_clip.image_transform(224, is_train=False, mean=mean, std=std)
     want = transform(Image.fromarray(image))[None]
     assert got.shape == want.shape == (1, 3, 224, 224)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=0)  # measured max |diff| 0.0150: one uint8 step (1/255 / std)
     # by hand, as the constants say
     resized = np.asarray(Image.fromarray(image).resize((224, 280), Image.BICUBIC), dtype=np.float32) / 255.0
-    manual = (resized[28:252] - np.array(OPENAI_CLIP_MEAN)) / np.array(OPENAI_CLIP_STD)
+    manual = (resized[28:252] - np.array(mean)) / np.array(std)
     torch.testing.assert_close(got, torch.from_numpy(manual).permute(2, 0, 1)[None].float(), atol=2e-2, rtol=0)
 
 

@@ -60,11 +60,9 @@ def _write_thermal(path: Path, thermal: np.ndarray) -> None:
 
 
 def _write_events(path: Path, events: Events) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, x=events.x.astype(np.int16), y=events.y.astype(np.int16), t=events.t,
-             p=events.p.astype(np.int8), height=events.height, width=events.width)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, x=events.x.astype(np.int16), y=events.y.astype(np.int16), t=events.t,
+                 p=events.p.astype(np.int8), height=events.height, width=events.width)
 
 
 def _write_sensors(out: Path, stem: str, inst: Instance, sensors: tuple[str, ...]) -> dict[str, str]:

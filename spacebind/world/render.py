@@ -18,7 +18,8 @@ TEMPLATES = (
 )
 
 
-def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    """Pixels inside `shape` of radius `r`, from coordinates in the object's own frame."""
     ax, ay = np.abs(x), np.abs(y)
     if shape == "circle":
         return x**2 + y**2 <= r**2
@@ -36,6 +37,13 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def object_coords(cx: float, cy: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image grid's pixel centres in the frame of an object at (cx, cy) turned by `theta`."""
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64) + 0.5
+    dx, dy = xx - cx, yy - cy
+    return np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
+
+
 def render_image(inst: Instance) -> np.ndarray:
     """uint8 [32, 32, 3]: the concept's shape and colour on a noisy background."""
     rng = np.random.default_rng(inst.seed)
@@ -45,12 +53,9 @@ def render_image(inst: Instance) -> np.ndarray:
     r = 3.5 + 9.0 * inst.size
     cx, cy = rng.uniform(r * 0.7, n - r * 0.7, size=2)
     theta = rng.uniform(-0.5, 0.5)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
-    dx, dy = xx - cx, yy - cy
-    x = np.cos(theta) * dx + np.sin(theta) * dy
-    y = -np.sin(theta) * dx + np.cos(theta) * dy
+    x, y = object_coords(cx, cy, theta)
     colour = np.array(COLOURS[inst.concept.colour]) * (0.45 + 0.55 * inst.intensity) + 0.06 * rng.standard_normal(3)
-    mask = _shape_mask(inst.concept.shape, x, y, r)
+    mask = shape_mask(inst.concept.shape, x, y, r)
     img[mask] = colour + 0.04 * rng.standard_normal((int(mask.sum()), 3))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 

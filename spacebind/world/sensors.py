@@ -19,23 +19,13 @@ import numpy as np
 from spacebind.events import Events
 from spacebind.video import Video
 from spacebind.world.concepts import COLOURS, Instance
-from spacebind.world.render import IMAGE_SIZE, _shape_mask
+from spacebind.world.render import IMAGE_SIZE, object_coords, shape_mask
 
 FRAMES, FPS = 8, 8.0
 CONTRAST = 0.15  # log-intensity change that fires an event
 NOISE_RATE = 0.002  # background events per pixel and frame interval
 HEAT = {"red": 0.95, "orange": 0.85, "yellow": 0.75, "purple": 0.6, "green": 0.5, "blue": 0.4}
 HEAT_PATTERNS = {"steady": "even", "double": "core", "triple": "bands", "swell": "rim"}
-
-
-def _grid() -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64) + 0.5
-    return xx, yy
-
-
-def _local(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    dx, dy = xx - cx, yy - cy
-    return np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
 
 
 def render_video(inst: Instance) -> Video:
@@ -50,14 +40,13 @@ def render_video(inst: Instance) -> Video:
     theta0, spin = rng.uniform(-0.5, 0.5), rng.uniform(-0.6, 0.6)
     pulse = rng.uniform(0.05, 0.15)
     colour = np.array(COLOURS[inst.concept.colour]) * (0.45 + 0.55 * inst.intensity) + 0.06 * rng.standard_normal(3)
-    xx, yy = _grid()
     frames = []
     for k in range(FRAMES):
         a = k / (FRAMES - 1)
         cx, cy = (1 - a) * start + a * end
-        x, y = _local(xx, yy, cx, cy, theta0 + spin * a)
+        x, y = object_coords(cx, cy, theta0 + spin * a)
         img = background + texture + 0.01 * rng.standard_normal((n, n, 3))
-        img[_shape_mask(inst.concept.shape, x, y, r0 * (1 + pulse * np.sin(2 * np.pi * a)))] = colour
+        img[shape_mask(inst.concept.shape, x, y, r0 * (1 + pulse * np.sin(2 * np.pi * a)))] = colour
         frames.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     return Video(np.stack(frames), FPS)
 
@@ -89,8 +78,8 @@ def render_thermal(inst: Instance) -> np.ndarray:
     ambient = 0.15 + 0.1 * rng.random()
     r = 3.5 + 9.0 * inst.size
     cx, cy = rng.uniform(r * 0.7, n - r * 0.7, size=2)
-    x, y = _local(*_grid(), cx, cy, rng.uniform(-0.5, 0.5))
-    mask = _shape_mask(inst.concept.shape, x, y, r)
+    x, y = object_coords(cx, cy, rng.uniform(-0.5, 0.5))
+    mask = shape_mask(inst.concept.shape, x, y, r)
     heat = HEAT[inst.concept.colour] * (0.8 + 0.2 * inst.intensity) + 0.03 * rng.standard_normal()
     temp = np.where(mask, ambient + (heat - ambient) * _heat_pattern(HEAT_PATTERNS[inst.concept.rhythm], x, y, r), ambient)
     temp = _blur(temp) + 0.02 * rng.standard_normal((n, n))

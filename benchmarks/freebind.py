@@ -13,10 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from spacebind.binding import dataset_key, ensure_caches
-from spacebind.fuse import evaluate_space, fuse
+from spacebind.cache import dataset_key, ensure_caches
+from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.evaluation.report import task_scores
+from spacebind.fuse import fuse
 from spacebind.recipe import validate_recipe
-from spacebind.report import task_scores
 
 PRESETS = {"versatile": {"text": 0.1, "audio": 0.5}, "expertise": {"text": 0.5, "audio": 0.8}}
 EXPERTS = {"unified": "world_unified", "image_text": "world_image_text", "audio_text": "world_audio_text"}
@@ -55,7 +56,7 @@ def run_seed(seed: int, root: Path) -> dict[str, dict[str, float]]:
 
 
 def _dataset(work: Path):
-    from spacebind.data import Dataset
+    from spacebind.io.datasets import Dataset
 
     return Dataset.load(next((work / "data").iterdir()))
 

@@ -48,7 +48,7 @@ def reset_peak_kb() -> int:
 
 
 def _run(method: str, n: int, dim: int, k: int, chunk: int, queue: mp.Queue) -> None:
-    from spacebind.mining import build_index, search
+    from spacebind.retrieval.mining import build_index, search
 
     queries, pool = _vectors(n, dim, 0), _vectors(n, dim, 1)
     base = reset_peak_kb()

@@ -17,13 +17,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from spacebind.binding import dataset_key, ensure_caches
-from spacebind.data import Dataset
-from spacebind.fuse import evaluate_space, fuse
+from spacebind.bonds.route import RouterConfig, train_routers
+from spacebind.cache import dataset_key, ensure_caches
+from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.evaluation.report import task_scores
+from spacebind.fuse import fuse
+from spacebind.io.datasets import Dataset
 from spacebind.modalities import modality_pairs
 from spacebind.recipe import validate_recipe
-from spacebind.report import task_scores
-from spacebind.routing import RouterConfig, train_routers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio", "point")

@@ -1,8 +1,8 @@
-"""Embedding overhead: `spacebind.cache.embed_dataset` vs the bare work on the same items.
+"""Embedding overhead: `spacebind.cache.store.embed_dataset` vs the bare work on the same items.
 
 A small procedural world (seed `--seed`, files on disk) embedded by a world expert
 (`world_image_text` by default, every modality it covers). The fair reference is what embedding
-cannot avoid: decoding the files (`spacebind.inputs.load_inputs`) plus the expert's forward
+cannot avoid: decoding the files (`spacebind.io.inputs.load_inputs`) plus the expert's forward
 (`Expert.embed_loaded`) on the decoded inputs. embed_dataset adds sharding, the lenient loading,
 float16 shard files and the manifest. Decoding is counted on both sides; the decode share of the
 reference is reported. Each side is timed best of `--repeats` (embed_dataset into a fresh
@@ -17,9 +17,9 @@ from typing import Any
 
 from benchmarks.speed_report import best_seconds_interleaved, print_report, target, write_json
 from spacebind import create_expert
-from spacebind.cache import embed_dataset
-from spacebind.data import Dataset
-from spacebind.inputs import load_inputs
+from spacebind.cache.store import embed_dataset
+from spacebind.io.datasets import Dataset
+from spacebind.io.inputs import load_inputs
 from spacebind.world.generate import generate_world
 
 

@@ -20,11 +20,11 @@ import torch
 
 from benchmarks.speed_report import best_seconds_interleaved, print_report, target, write_json
 from spacebind import create_expert
-from spacebind.bonds.bound import BoundSpace
+from spacebind.bonds.bind import BoundSpace
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
-from spacebind.data import Dataset
-from spacebind.inputs import load_inputs
+from spacebind.io.datasets import Dataset
+from spacebind.io.inputs import load_inputs
 from spacebind.space import Space
 from spacebind.world.generate import generate_world
 

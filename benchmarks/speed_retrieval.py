@@ -1,4 +1,4 @@
-"""Exact retrieval: chunked top-k (`spacebind.metrics.topk_indices`) vs one full matmul + topk.
+"""Exact retrieval: chunked top-k (`spacebind.evaluation.metrics.topk_indices`) vs one full matmul + topk.
 
 Both on the same random unit vectors (queries × gallery, dim `--dim`), each in its own spawned
 process so its peak resident memory is its own (the pattern and helpers of `benchmarks.mining`).
@@ -19,7 +19,7 @@ from benchmarks.speed_report import print_report, target, write_json
 
 
 def _run(method: str, n: int, dim: int, k: int, chunk: int, repeats: int, queue: mp.Queue) -> None:
-    from spacebind.metrics import topk_indices
+    from spacebind.retrieval.topk import topk_indices
 
     queries, gallery = _vectors(n, dim, 0), _vectors(n, dim, 1)
     base = reset_peak_kb()

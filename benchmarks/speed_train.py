@@ -3,7 +3,7 @@
 All three in one run on the same in-memory pairs (random unit vectors standing in for cached
 embeddings) and the same MLP projector (TrainConfig's default hidden width), batch `--batch`:
 
-- spacebind: `spacebind.training.train_projector` (no validation split), wall time of the call;
+- spacebind: `spacebind.training.trainer.train_projector` (no validation split), wall time of the call;
 - plain loop: the obvious PyTorch loop: DataLoader(TensorDataset, shuffle=True), the same MLP,
   symmetric InfoNCE with a learnable temperature, AdamW, `loss.item()` logged every step;
 - roofline: the time torch.mm alone takes for the matrix products of one training step at the
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.speed_report import best_seconds, best_seconds_interleaved, print_report, target, write_json
 from spacebind.bonds.projector import MLPProjector
-from spacebind.training import TrainConfig, train_projector
+from spacebind.training.trainer import TrainConfig, train_projector
 
 
 def _pairs(n: int, d_in: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,19 +19,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from spacebind.binding import ensure_caches, train_bond
-from spacebind.bonds.centres import align_to_centres
-from spacebind.data import Dataset
+from spacebind.bonds.bind import train_bond
+from spacebind.cache import ensure_caches
+from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.evaluation.metrics import zeroshot_classification
+from spacebind.evaluation.report import task_scores
+from spacebind.evaluation.similarity import parse_encoders, rank_pairs
+from spacebind.evaluation.zeroshot import heldout_names, prompt_classes, split_features, zeroshot_with
 from spacebind.experts.registry import EXPERTS
-from spacebind.fuse import evaluate_space
-from spacebind.knowledge import world_knowledge
-from spacebind.metrics import zeroshot_classification
-from spacebind.report import task_scores
-from spacebind.similarity import parse_encoders, rank_pairs
-from spacebind.training import TrainConfig
-from spacebind.unibind import UniBind, fit_unibind
+from spacebind.io.datasets import Dataset
+from spacebind.training.trainer import TrainConfig
+from spacebind.unibind.centres import align_to_centres
+from spacebind.unibind.knowledge import world_knowledge
+from spacebind.unibind.model import UniBind, fit_unibind
 from spacebind.world.generate import generate_world
-from spacebind.zeroshot import heldout_names, prompt_classes, split_features, zeroshot_with
 
 TEMPLATES = ["a photo of a {}", "a {}"]
 TRAIN = TrainConfig(epochs=30, batch_size=256, hidden=512)

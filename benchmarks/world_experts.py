@@ -9,11 +9,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from spacebind.binding import ensure_caches
-from spacebind.data import Dataset
+from spacebind.cache import ensure_caches
+from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.evaluation.report import records_table
 from spacebind.experts.registry import EXPERTS
-from spacebind.fuse import evaluate_space
-from spacebind.report import records_table
+from spacebind.io.datasets import Dataset
 from spacebind.world.generate import generate_world
 
 

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from spacebind.errors import InputError
-from spacebind.metrics import class_embeddings, topk_indices
+from spacebind.evaluation.metrics import class_embeddings
+from spacebind.retrieval.topk import topk_indices
 
 if TYPE_CHECKING:
-    from spacebind.binding import CacheSet
-    from spacebind.data import Dataset
+    from spacebind.cache import CacheSet
+    from spacebind.io.datasets import Dataset
     from spacebind.space import Space
 
 

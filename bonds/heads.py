@@ -1,18 +1,53 @@
-"""Rebuild any projector head from its `config` (for loading fused checkpoints)."""
+"""The registry of head types. A head is the trained module of a bond: a projector from one space
+into another (`mlp`, `linear`, `procrustes`, `relative`, or a `mixture` of projectors) or a router
+(OmniBind). Each head type registers its class here and describes and rebuilds itself:
+`head.config` (JSON) and `Class.from_config(config)`; fused checkpoints ask this registry."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-from spacebind.bonds.baselines import LinearMap
-from spacebind.bonds.mixture import ProjectorMixture
-from spacebind.bonds.projector import MLPProjector
-from spacebind.bonds.relative import RelativeMap
-from spacebind.bonds.routed import Router
-from spacebind.errors import CheckpointError
+from spacebind.errors import CheckpointError, UnknownNameError
+from spacebind.registry import Registry
 
-HEAD_TYPES: tuple[str, ...] = ("mlp", "linear", "procrustes", "relative", "mixture", "router")
+HEADS: Registry[nn.Module] = Registry("head type")
+H = TypeVar("H", bound=type)
+
+
+def register_head(*names: str, projector: bool = False, description: str = "") -> Callable[[H], H]:
+    """Class decorator: register a head class under one or more type names (its `config["type"]`).
+    `projector`: a bond's `projector:` may name it (the class then trains through the projector
+    trainer, `mlp`, or fits in closed form with a static `fit_pairs(kind, src, tgt, options)`)."""
+
+    def decorate(cls: H) -> H:
+        for name in names:
+            HEADS.register(name, description=description, extra={"projector": projector})(cls)
+        return cls
+
+    return decorate
+
+
+def projector_types() -> list[str]:
+    """Head types a bond's `projector:` may name."""
+    return [n for n in HEADS.list() if HEADS.entry(n).extra.get("projector")]
+
+
+class ConfigFromArgs:
+    """Mixin for head types rebuilt from their constructor arguments: `config` is `{"type": TYPE}`
+    plus the attributes named in `FIELDS`, in the constructor's order."""
+
+    TYPE: str
+    FIELDS: tuple[str, ...]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """This head described as JSON."""
+        return {"type": self.TYPE, **{f: getattr(self, f) for f in self.FIELDS}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        return cls(*(config[f] for f in cls.FIELDS))
 
 
 def head_from_config(config: dict[str, Any]) -> nn.Module:
@@ -23,18 +58,18 @@ def head_from_config(config: dict[str, Any]) -> nn.Module:
     """
     kind = config.get("type")
     try:
-        if kind == "mlp":
-            head: nn.Module = MLPProjector(config["in_dim"], config["out_dim"], config["hidden"])
-        elif kind in ("linear", "procrustes"):
-            head = LinearMap(config["in_dim"], config["out_dim"], kind)
-        elif kind == "relative":
-            head = RelativeMap(config["in_dim"], config["out_dim"], config["anchors"], config["k"], config["power"])
-        elif kind == "mixture":
-            head = ProjectorMixture([head_from_config(c) for c in config["members"]])
-        elif kind == "router":
-            head = Router(config["in_dim"], config["out_dim"], config["hidden"])
-        else:
-            raise CheckpointError(f"unknown head type {kind!r}; expected one of {', '.join(HEAD_TYPES)}")
+        cls: Any = HEADS.entry(str(kind)).factory
+    except UnknownNameError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        head = cls.from_config(config)
     except KeyError as exc:
         raise CheckpointError(f"head config of type {kind!r} lacks the field {exc.args[0]!r}: {config}") from None
     return head.eval()
+
+
+def head_summary(config: dict[str, Any]) -> str:
+    """One line for model cards, e.g. `mlp 40→64` or `mixture of 3 × mlp 40→64`."""
+    cls: Any = HEADS.entry(str(config.get("type"))).factory
+    summary = getattr(cls, "summary", None)
+    return summary(config) if summary else f"{config.get('type')} {config.get('in_dim')}→{config.get('out_dim')}"

@@ -1,14 +1,18 @@
-"""Mixture of projectors: several heads for one pair of spaces, outputs averaged."""
+"""Mixture of projectors: several projectors for one pair of spaces, outputs averaged, and their training."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from spacebind.bonds.heads import head_from_config, register_head
 from spacebind.errors import InputError
+from spacebind.training.trainer import TrainConfig, train_projector
 
 
+@register_head("mixture", description="several projectors for one pair of spaces, outputs averaged")
 class ProjectorMixture(nn.Module):
     """P̄(x) = mean of the members' unit outputs. Not renormalised here: the bond formulas
     normalise after mixing with the other side."""
@@ -21,8 +25,54 @@ class ProjectorMixture(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """What `head_from_config` needs to rebuild this mixture."""
+        """This head described as JSON (see `spacebind.bonds.heads`)."""
         return {"type": "mixture", "members": [m.config for m in self.members]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ProjectorMixture":
+        return cls([head_from_config(c) for c in config["members"]])
+
+    @staticmethod
+    def summary(config: dict[str, Any]) -> str:
+        from spacebind.bonds.heads import head_summary
+
+        return f"mixture of {len(config['members'])} × {head_summary(config['members'][0])}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def train_mixture(
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    *,
+    n: int,
+    config: TrainConfig,
+    val_src: torch.Tensor | None = None,
+    val_tgt: torch.Tensor | None = None,
+    checkpoint_dir: Path | None = None,
+    subsets: list[torch.Tensor] | None = None,
+    progress: bool = True,
+) -> ProjectorMixture:
+    """Train `n` MLP projectors and average them (FreeBind's mixture of projectors).
+
+    Member i uses seed `config.seed + i` and, if `subsets` is given, only the rows `subsets[i]`
+    (one pseudo dataset each); otherwise all rows, so members differ by initialisation and batch
+    order (all rows rather than bootstrap resamples: see docs/decisions.md).
+    Member i checkpoints under `checkpoint_dir / f"member{i}"`.
+
+    Raises:
+        InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
+    """
+    if subsets is not None and len(subsets) != n:
+        raise InputError(f"got {len(subsets)} subsets for {n} mixture members; expected one per member")
+    members = []
+    for i in range(n):
+        rows = subsets[i] if subsets is not None else slice(None)
+        result = train_projector(
+            src[rows], tgt[rows], config=config.model_copy(update={"seed": config.seed + i}),
+            val_src=val_src, val_tgt=val_tgt, progress=progress,
+            checkpoint_dir=checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None,
+        )
+        members.append(result.head)
+    return ProjectorMixture(members).eval()

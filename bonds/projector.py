@@ -1,17 +1,20 @@
 """The reference MLP projector (FreeBind's Proj_Head_mini)."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spacebind.bonds.heads import ConfigFromArgs, register_head
 
-class MLPProjector(nn.Module):
+
+@register_head("mlp", projector=True, description="FreeBind's Proj_Head_mini: Linear → BN → ReLU → Linear → BN → n()")
+class MLPProjector(ConfigFromArgs, nn.Module):
     """Linear(in→hidden) → BatchNorm → ReLU → Linear(hidden→out) → BatchNorm → L2-normalise.
 
     Xavier-uniform weights, zero biases, no dropout, no residual, as the reference."""
+
+    TYPE, FIELDS = "mlp", ("in_dim", "out_dim", "hidden")
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 2048) -> None:
         super().__init__()
@@ -24,11 +27,6 @@ class MLPProjector(nn.Module):
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """What `head_from_config` needs to rebuild this head."""
-        return {"type": "mlp", "in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": self.hidden}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=-1)

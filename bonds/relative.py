@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spacebind.bonds.heads import ConfigFromArgs, register_head
 from spacebind.errors import InputError
 
 
@@ -26,8 +27,11 @@ def sparsify(relative: torch.Tensor, k: int, power: float) -> torch.Tensor:
     return torch.zeros_like(relative).scatter_(-1, index, values.clamp_min(0).pow(power))
 
 
-class RelativeMap(nn.Module):
+@register_head("relative", projector=True, description="ASIF relative representations through paired anchors (training-free)")
+class RelativeMap(ConfigFromArgs, nn.Module):
     """`n(sparsify(x Aₛᵀ) Aₜ)`: anchors Aₛ [K, in] and their partners Aₜ [K, out], not trained."""
+
+    TYPE, FIELDS = "relative", ("in_dim", "out_dim", "anchors", "k", "power")
 
     def __init__(self, in_dim: int, out_dim: int, anchors: int, k: int = 32, power: float = 8.0) -> None:
         super().__init__()
@@ -36,11 +40,10 @@ class RelativeMap(nn.Module):
         self.src_anchors = nn.Parameter(torch.zeros(self.anchors, self.in_dim), requires_grad=False)
         self.tgt_anchors = nn.Parameter(torch.zeros(self.anchors, self.out_dim), requires_grad=False)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """What `head_from_config` needs to rebuild this head."""
-        return {"type": "relative", "in_dim": self.in_dim, "out_dim": self.out_dim, "anchors": self.anchors,
-                "k": self.k, "power": self.power}
+    @staticmethod
+    def fit_pairs(kind: str, src: torch.Tensor, tgt: torch.Tensor, options: dict[str, Any]) -> "RelativeMap":
+        """Fit on paired rows; `options`: `anchors`, `k`, `power`, `seed` (see `fit_relative`)."""
+        return fit_relative(src, tgt, **options)
 
     def relative(self, x: torch.Tensor) -> torch.Tensor:
         """Sparse relative coordinates of source embeddings against the source anchors, [N, K]."""

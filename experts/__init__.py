@@ -1,16 +1,24 @@
-"""Experts: frozen pretrained spaces, one file per family, registered on import."""
-from spacebind.experts import (
-    adapters,  # noqa: F401
-    clap,  # noqa: F401
-    eva_clip_18b,  # noqa: F401
-    hf_vision,  # noqa: F401
-    imagebind,  # noqa: F401
-    internvl,  # noqa: F401
-    minilm,  # noqa: F401
-    open_clip_family,  # noqa: F401
-    ulip2,  # noqa: F401
-    uni3d,  # noqa: F401
-    wavcaps,  # noqa: F401
-    world,  # noqa: F401
-    world_unimodal,  # noqa: F401
+"""Experts: frozen pretrained spaces, one file per real expert family, registered on import
+(the procedural world's experts live in `spacebind.world` and register here too).
+
+Public: `EXPERTS` (the registry), `create_expert(name, **kwargs)`, `list_experts(pattern)`,
+`build_expert(source, kwargs, name)` (a registry name or a `module:attribute` import path)."""
+from spacebind.experts import (  # noqa: F401 - each family registers its experts on import
+    adapters,
+    clap,
+    eva_clip_18b,
+    hf_vision,
+    imagebind,
+    internvl,
+    minilm,
+    open_clip_family,
+    ulip2,
+    uni3d,
+    wavcaps,
 )
+from spacebind.experts._build import build_expert, is_import_path, missing_expert_files
+from spacebind.experts.registry import EXPERTS, create_expert, list_experts
+from spacebind.world import experts as _world_experts  # noqa: F401
+from spacebind.world import unimodal as _world_unimodal  # noqa: F401
+
+__all__ = ["EXPERTS", "build_expert", "create_expert", "is_import_path", "list_experts", "missing_expert_files"]

@@ -2,7 +2,7 @@
 with CLIP-style encoders).
 
 - thermal → image: the map in [0, 1] as an 8-bit gray image, replicated to three channels;
-- event → image: the RGB event frame of `spacebind.events.event_frame` (positive counts red,
+- event → image: the RGB event frame of `spacebind.io.events.event_frame` (positive counts red,
   negative blue, on black);
 - video → image: `frames` evenly spaced frames, each embedded, unit-normalised and averaged.
 
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.errors import InputError
-from spacebind.events import event_frame
 from spacebind.experts.registry import EXPERTS
+from spacebind.io.events import event_frame
+from spacebind.io.video import Video, uniform_frames
 from spacebind.space import Encoder, Expert, ExpertSpec
-from spacebind.video import Video, uniform_frames
 
 ADAPTABLE = ("video", "thermal", "event")
 

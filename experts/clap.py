@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.errors import CheckpointError
-from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
-from spacebind.experts.clap_model import CLAP, HTSAT_BASE, HTSAT_TINY, ROBERTA_BASE, HTSATConfig
+from spacebind.experts._checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._clap_model import CLAP, HTSAT_BASE, HTSAT_TINY, ROBERTA_BASE, HTSATConfig
 from spacebind.experts.registry import EXPERTS
-from spacebind.fileio import sha256_file
-from spacebind.inputs import Audio, resample
+from spacebind.io.files import sha256_file
+from spacebind.io.inputs import Audio, resample
 from spacebind.space import Expert, ExpertSpec
 
 CONTEXT_LENGTH = 77

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from spacebind.experts._remote_code import load_remote_model, load_tokenizer, remote_expert
 from spacebind.experts.registry import EXPERTS
-from spacebind.experts.remote_code import load_remote_model, load_tokenizer, remote_expert
 from spacebind.space import Expert
 
 IMAGE_SIZE = 224

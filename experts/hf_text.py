@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from spacebind.errors import CheckpointError
-from spacebind.fileio import sha256_file
+from spacebind.io.files import sha256_file
 from spacebind.space import Expert, ExpertSpec
 
 _PROBES = ("a dog runs on the beach", "quantum chromodynamics lecture notes")

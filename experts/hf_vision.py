@@ -10,7 +10,7 @@ import torch
 
 from spacebind.errors import CheckpointError, InputError
 from spacebind.experts.registry import EXPERTS
-from spacebind.fileio import sha256_file
+from spacebind.io.files import sha256_file
 from spacebind.space import Expert, ExpertSpec
 
 Pooling = Literal["cls", "mean"]

@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.errors import InputError
-from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
-from spacebind.experts.imagebind_model import AUDIO_SHAPE, IMAGE_SIZE, IMU_SHAPE, ImageBindConfig, ImageBindModel
+from spacebind.experts._checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._imagebind_model import AUDIO_SHAPE, IMAGE_SIZE, IMU_SHAPE, ImageBindConfig, ImageBindModel
 from spacebind.experts.registry import EXPERTS
-from spacebind.fileio import sha256_file
-from spacebind.inputs import Audio, resample
-from spacebind.kaldi_fbank import fbank, frame_sizes
-from spacebind.video import Video, uniform_frames
+from spacebind.io.files import sha256_file
+from spacebind.io.inputs import Audio, resample
+from spacebind.io.kaldi_fbank import fbank, frame_sizes
+from spacebind.io.video import Video, uniform_frames
 from spacebind.space import Expert, ExpertSpec
 
 NAME = "imagebind_huge"

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from spacebind.errors import CheckpointError
+from spacebind.experts._remote_code import load_remote_model, load_tokenizer, remote_expert
 from spacebind.experts.registry import EXPERTS
-from spacebind.experts.remote_code import load_remote_model, load_tokenizer, remote_expert
 from spacebind.space import Expert
 
 TEXT_PREFIX = "summarize:"

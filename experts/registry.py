@@ -1,10 +1,8 @@
 """The expert registry: `@EXPERTS.register(name, modalities=..., dim=...)` on a factory."""
 from __future__ import annotations
 
-from spacebind.registry import Registry
+from spacebind.registry import EXPERTS
 from spacebind.space import Expert
-
-EXPERTS: Registry[Expert] = Registry("expert")
 
 
 def create_expert(name: str, **kwargs: object) -> Expert:

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._point_clip import point_clip_expert
+from spacebind.experts._pointbert import PointBert, PointBertConfig
 from spacebind.experts.open_clip_family import open_clip_expert
-from spacebind.experts.point_clip import point_clip_expert
-from spacebind.experts.pointbert import PointBert, PointBertConfig
 from spacebind.experts.registry import EXPERTS
 from spacebind.space import Expert
 

@@ -10,11 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from spacebind.experts.checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._checkpoint_io import load_strict, read_checkpoint
+from spacebind.experts._point_clip import point_clip_expert
+from spacebind.experts._uni3d_model import SIZES, Uni3D, Uni3DConfig
 from spacebind.experts.open_clip_family import open_clip_expert
-from spacebind.experts.point_clip import point_clip_expert
 from spacebind.experts.registry import EXPERTS
-from spacebind.experts.uni3d_model import SIZES, Uni3D, Uni3DConfig
 from spacebind.space import Expert
 
 CLIP_MODEL = "EVA02-E-14-plus"

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacebind.experts.checkpoint_io import load_strict
+from spacebind.experts._checkpoint_io import load_strict
+from spacebind.experts._clap_model import HTSAT, HTSAT_TINY, HTSATConfig, LogMel, PowerSpectrogram, projection
 from spacebind.experts.clap import checked_tokenizer, load_official_state
-from spacebind.experts.clap_model import HTSAT, HTSAT_TINY, HTSATConfig, LogMel, PowerSpectrogram, projection
 from spacebind.experts.registry import EXPERTS
-from spacebind.fileio import sha256_file
-from spacebind.inputs import Audio, resample
+from spacebind.io.files import sha256_file
+from spacebind.io.inputs import Audio, resample
 from spacebind.space import Expert, ExpertSpec
 
 WAVCAPS_HTSAT = replace(HTSAT_TINY, sample_rate=32000, hop_length=320, clip_samples=320000)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from spacebind.data import Dataset
 from spacebind.errors import CacheError, CheckpointError, InputError, RecipeError, SpacebindError
+from spacebind.io.datasets import Dataset
 from spacebind.space import Expert, ExpertSpec, Space
 
 try:
@@ -23,7 +23,7 @@ def load(directory: Any, **kwargs: Any) -> Space:
 
 def create_expert(name: str, **kwargs: Any) -> Expert:
     """Build a registered expert (or `module:attribute` user code) by name."""
-    from spacebind.resolve import build_expert
+    from spacebind.experts import build_expert
 
     return build_expert(name, kwargs)
 

@@ -17,17 +17,14 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file
 
-from spacebind.bonds.bound import BoundSpace
-from spacebind.bonds.heads import head_from_config
-from spacebind.bonds.routed import RoutedSpace
-from spacebind.errors import CheckpointError
-from spacebind.fileio import save_tensors, write_json, write_text
+from spacebind.bonds import BONDS, BondNode, head_from_config
+from spacebind.errors import CheckpointError, UnknownNameError
+from spacebind.experts import build_expert
+from spacebind.io.files import save_tensors, write_json, write_text
 from spacebind.model_card import model_card
-from spacebind.resolve import build_expert
 from spacebind.space import Expert, Space
 
 FORMAT = 1
-BONDED = (BoundSpace, RoutedSpace)  # spaces with trained heads: `bonds()`, `heads`
 
 
 def spacebind_version() -> str:
@@ -36,26 +33,20 @@ def spacebind_version() -> str:
 
 def space_config(space: Space) -> dict[str, Any]:
     """The JSON tree that rebuilds `space` (experts by reference, bonds with head configs)."""
-    index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BONDED) else {}
+    index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BondNode) else {}
 
     def node(s: Space) -> dict[str, Any]:
         if isinstance(s, Expert):
             return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **s.spec.to_json()}
-        if isinstance(s, BONDED):
-            routing = {"scales": s.scales, "inputs": s.inputs} if isinstance(s, RoutedSpace) else {}
-            return {
-                "type": "bond", "bond": s.kind, "index": index[id(s)], "name": s.name, "dim": s.dim,
-                "modalities": list(s.modalities), "lambdas": s.lambdas, "presets": s.presets, **routing,
-                "base": node(s.base), "experts": [node(e) for e in s.experts],
-                "heads": {k: h.config for k, h in s.heads.items()},
-            }
-        raise CheckpointError(f"cannot save a {type(s).__name__}; only experts, bound and routed spaces")
+        if isinstance(s, BondNode):
+            return s.to_config(index[id(s)], node)
+        raise CheckpointError(f"cannot save a {type(s).__name__}; only experts and bond nodes ({', '.join(BONDS.list())})")
 
     return node(space)
 
 
 def head_tensors(space: Space) -> dict[str, torch.Tensor]:
-    if not isinstance(space, BONDED):
+    if not isinstance(space, BondNode):
         return {}
     return {
         f"bonds.{i}.{name}.{key}": value.detach().cpu()
@@ -106,7 +97,7 @@ def load(
     if unexpected:
         raise CheckpointError(f"{root / 'model.safetensors'}: unexpected keys {unexpected}")
     if preset is not None:
-        if not isinstance(space, BoundSpace):
+        if not hasattr(space, "with_lambdas"):
             raise CheckpointError(f"{root}: preset {preset!r} asked for, but the space has no bond")
         space = space.with_lambdas(preset)
     return space
@@ -137,10 +128,11 @@ def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, 
             raise CheckpointError(f"{where.parent / 'model.safetensors'}: missing keys {[prefix + k for k in missing]}")
         head.load_state_dict(state, strict=True)
         heads[name] = head
-    if node["bond"] == RoutedSpace.kind:
-        return RoutedSpace(base, experts, heads, scales=node["scales"], inputs=node["inputs"], name=node["name"])
-    return BoundSpace(base, experts, node["bond"], heads, lambdas=node["lambdas"], name=node["name"],
-                      presets=node.get("presets"))
+    try:
+        kind = BONDS.entry(str(node.get("bond"))).factory
+    except UnknownNameError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    return kind.from_config(node, base, experts, heads)
 
 
 def _verify_expert(expert: Expert, node: dict, verify: bool, where: Path) -> None:

@@ -9,8 +9,8 @@ import typer
 import yaml
 from rich.console import Console
 
-from spacebind.distributed import is_main
 from spacebind.errors import SpacebindError
+from spacebind.training.distributed import is_main
 
 DEFAULT_GRID_TEXT = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
 app = typer.Typer(
@@ -115,9 +115,9 @@ def embed(
     Example: spacebind embed world_audio_text data/world --out caches/audio_text
     Example: torchrun --nproc-per-node 8 -m spacebind embed world_audio_text data/world --out caches/audio_text
     """
-    from spacebind.cache import embed_dataset
-    from spacebind.data import Dataset
-    from spacebind.resolve import build_expert
+    from spacebind.cache.store import embed_dataset
+    from spacebind.experts import build_expert
+    from spacebind.io.datasets import Dataset
 
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
@@ -147,8 +147,8 @@ def mine_cmd(
 
     Example: spacebind mine caches/audio_text --seed text --target audio --k 5 --out pseudo/text2audio
     """
-    from spacebind.cache import EmbeddingCache
-    from spacebind.mining import mine
+    from spacebind.cache.store import EmbeddingCache
+    from spacebind.retrieval.mining import mine
 
     def job() -> Any:
         return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index, nlist=nlist, nprobe=nprobe,  # type: ignore[arg-type]
@@ -170,9 +170,9 @@ def fuse(
     Example: spacebind fuse recipes/demo.yaml --out runs/demo
     Example: torchrun --nproc-per-node 8 -m spacebind fuse recipes/demo.yaml --out runs/demo
     """
+    from spacebind.evaluation.report import records_table
     from spacebind.fuse import fuse as run_fuse
     from spacebind.recipe import load_recipe
-    from spacebind.report import records_table
 
     def job() -> Any:
         parsed, text = load_recipe(recipe)
@@ -198,27 +198,11 @@ def evaluate_cmd(
 
     Example: spacebind eval runs/demo data/world --split test --out metrics.json
     """
-    from spacebind.binding import dataset_key, ensure_caches
-    from spacebind.checkpoint import load
-    from spacebind.data import Dataset
     from spacebind.evaluation import write_records
-    from spacebind.fileio import home_dir
-    from spacebind.fuse import evaluate_space
-    from spacebind.report import records_table
+    from spacebind.evaluation.evaluate import evaluate_checkpoint
+    from spacebind.evaluation.report import records_table
 
-    def job() -> Any:
-        space = load(fused)
-        dataset = Dataset.load(data)
-        root = cache_dir or home_dir() / "caches" / dataset_key(dataset)
-        caches = ensure_caches([space], dataset, root)
-        records = evaluate_space(space, "fused", caches, dataset, split, [1, 5, 10])
-        if (fused / "unibind.json").is_file():  # a UniBind export: zero-shot with its class centres too
-            from spacebind.unibind import UniBind, evaluate_unibind
-
-            records += evaluate_unibind(UniBind.load(fused, space), caches, dataset, split)
-        return records
-
-    records = _run(job)
+    records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir))
     console.print(records_table(records))
     if out:
         write_records(out, records)
@@ -240,19 +224,9 @@ def similarity(
     """
     from rich.table import Table
 
-    from spacebind.binding import dataset_key
-    from spacebind.data import Dataset
-    from spacebind.fileio import home_dir
-    from spacebind.resolve import build_expert
-    from spacebind.similarity import heatmap, parse_encoders, rank_pairs
+    from spacebind.evaluation.similarity import heatmap, rank_similarity
 
-    def job() -> Any:
-        dataset = Dataset.load(data)
-        probes = parse_encoders(encoders, build_expert)
-        root = cache or home_dir() / "caches" / dataset_key(dataset)
-        return rank_pairs(probes, dataset, split, root, k=k)
-
-    rows = _run(job)
+    rows = _run(lambda: rank_similarity(encoders, data, split, k, cache))
     table = Table("rank", "encoder A", "encoder B", f"mutual {k}-NN", "linear CKA", "probe items")
     for i, r in enumerate(rows, 1):
         table.add_row(str(i), str(r["a"]), str(r["b"]), f"{r['mutual_knn']:.3f}", f"{r['cka']:.3f}", str(r["n"]))
@@ -278,32 +252,11 @@ def sweep(
 
     Example: spacebind sweep runs/demo data/world --grid 0,0.25,0.5,0.75,1
     """
-    from spacebind.binding import dataset_key, ensure_caches
-    from spacebind.bonds.bound import BoundSpace
-    from spacebind.checkpoint import load, save_space
-    from spacebind.data import Dataset
-    from spacebind.errors import InputError
-    from spacebind.evaluation import read_records
-    from spacebind.fileio import home_dir, write_json
-    from spacebind.sweep import plot_sweep, preset_name, sweep as run_sweep, with_best_presets
+    from spacebind.evaluation.sweep import preset_name, sweep_checkpoint
 
-    def job() -> Any:
-        space = load(fused)
-        if not isinstance(space, BoundSpace):
-            raise InputError(f"{fused} holds no bond: nothing to sweep")
-        dataset = Dataset.load(data)
-        caches = ensure_caches([space], dataset, cache_dir or home_dir() / "caches" / dataset_key(dataset))
-        values = [float(v) for v in grid.split(",") if v.strip()]
-        result = run_sweep(space, caches, dataset, split=split, grid=values, modalities=modality or None)
-        write_json(fused / "sweep.json", result.to_json())
-        if len(result.modalities) <= 2:
-            plot_sweep(result, fused / "sweep.png")
-        if save:
-            recipe = (fused / "recipe.yaml").read_text(encoding="utf-8") if (fused / "recipe.yaml").is_file() else None
-            save_space(with_best_presets(space, result), fused, recipe_text=recipe, metrics=read_records(fused / "metrics.json"))
-        return result
-
-    result = _run(job)
+    values = [float(v) for v in grid.split(",") if v.strip()]
+    result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
+                                           save=save, cache_dir=cache_dir))
     from rich.table import Table
 
     table = Table("task", "now", "best", "best λ", "preset", title=f"λ sweep on {split} (%)")
@@ -328,8 +281,8 @@ def encode(
     import numpy as np
 
     from spacebind.checkpoint import load
-    from spacebind.fileio import atomic_path
-    from spacebind.resolve import build_expert
+    from spacebind.experts import build_expert
+    from spacebind.io.files import atomic_path
 
     def job() -> Any:
         space = load(fused) if fused.is_dir() else build_expert(str(fused))
@@ -432,8 +385,8 @@ def info(fused: Path = typer.Argument(..., help="Fused checkpoint directory (or 
     Example: spacebind info runs/demo
     """
     from spacebind.checkpoint import load
-    from spacebind.info import describe, info_tables
-    from spacebind.resolve import build_expert
+    from spacebind.evaluation.cost import describe, info_tables
+    from spacebind.experts import build_expert
 
     result = _run(lambda: describe(load(fused) if fused.is_dir() else build_expert(str(fused))))
     for table in info_tables(result):

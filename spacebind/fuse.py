@@ -5,7 +5,7 @@ default), so an interrupted run resumes: the world is generated once, caches res
 projector training resumes by epoch and a finished projector is not retrained.
 
 Under torchrun every rank runs the pipeline: embedding and projector training are split over
-the ranks (see `spacebind.cache`, `spacebind.training`); rank 0 alone generates the world,
+the ranks (see `spacebind.cache.store`, `spacebind.training.trainer`); rank 0 alone generates the world,
 evaluates and exports while the others wait.
 """
 from __future__ import annotations
@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spacebind import distributed
-from spacebind.binding import CacheSet, dataset_key, ensure_caches, train_bond
+from spacebind.bonds import BONDS
+from spacebind.cache import dataset_key, ensure_caches
 from spacebind.checkpoint import save_space
-from spacebind.data import Dataset
 from spacebind.errors import CheckpointError
-from spacebind.evaluation import evaluate
-from spacebind.fileio import home_dir
-from spacebind.progress import note
+from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.experts import build_expert, missing_expert_files
+from spacebind.io.datasets import Dataset
+from spacebind.io.files import home_dir
+from spacebind.io.progress import note
 from spacebind.recipe import DataConfig, Recipe
-from spacebind.resolve import build_expert, missing_expert_files
 from spacebind.space import Space
+from spacebind.training import distributed
 
 
 @dataclass
@@ -53,18 +54,6 @@ def prepare_data(data: DataConfig, base_dir: Path, work: Path) -> Dataset:
         )
     distributed.barrier()
     return Dataset.load(target)
-
-
-def evaluate_space(
-    space: Space, role: str, caches: CacheSet, dataset: Dataset, split: str, ks: list[int], model: str | None = None
-) -> list[dict[str, Any]]:
-    """Evaluate a space on a dataset split from the leaf caches (class prompts encoded live)."""
-    modalities = [m for m in space.modalities if m in dataset.modalities()]
-    encode_text = (lambda prompts: space.encode("text", prompts)) if "text" in space.modalities else None
-    return evaluate(
-        model=model or space.name, role=role, dataset=dataset, split=split, modalities=modalities,
-        embed_items=lambda m, ids: caches.embeddings(space, m, ids), encode_text=encode_text, ks=tuple(ks),
-    )
 
 
 def fuse(
@@ -98,7 +87,7 @@ def fuse(
     for i, bond in enumerate(recipe.bonds):
         last = i == len(recipe.bonds) - 1 and recipe.routed is None
         note(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress)
-        space = train_bond(
+        space = BONDS.entry(bond.type).factory.train(
             space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
             lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
             name=recipe.name if last else None,
@@ -107,7 +96,7 @@ def fuse(
             train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
         )
     if recipe.routed is not None:
-        from spacebind.routing import train_routed
+        from spacebind.bonds.route import train_routed
 
         r = recipe.routed
         note(f"routed: {', '.join(r.experts)} remapped into {space.name}, routers trained", progress)
@@ -129,7 +118,7 @@ def fuse(
         records += evaluate_space(space, "fused", caches, dataset, split, ks)
     unibind = None
     if recipe.unibind is not None:
-        from spacebind.unibind import evaluate_unibind, fit_unibind, recipe_knowledge
+        from spacebind.unibind.model import evaluate_unibind, fit_unibind, recipe_knowledge
 
         u = recipe.unibind
         note("UniBind: knowledge-base class centres", progress)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from spacebind.report import records_markdown
+from spacebind.bonds import BONDS
+from spacebind.bonds.heads import head_summary
+from spacebind.evaluation.report import records_markdown
 from spacebind.space import Space
 
 
@@ -22,17 +24,9 @@ def _bond_rows(node: dict[str, Any], out: list[str]) -> None:
     _bond_rows(node["base"], out)
     for child in node["experts"]:
         _bond_rows(child, out)
-    lambdas = ", ".join(f"{m} {v:g}" for m, v in node["lambdas"].items()) or "default 0.5"
-    if node["bond"] == "routed":
-        lambdas = "routers, s: " + ", ".join(f"{m} {v:g}" for m, v in node["scales"].items())
-    heads = "; ".join(f"{k}: {_head_summary(h)}" for k, h in node["heads"].items())
+    lambdas = BONDS.entry(node["bond"]).factory.card_weights(node)
+    heads = "; ".join(f"{k}: {head_summary(h)}" for k, h in node["heads"].items())
     out.append(f"| {node['index']} | {node['bond']} | {node['name']} | {node['dim']} | {lambdas} | {heads} |")
-
-
-def _head_summary(config: dict[str, Any]) -> str:
-    if config.get("type") == "mixture":
-        return f"mixture of {len(config['members'])} × {_head_summary(config['members'][0])}"
-    return f"{config.get('type')} {config.get('in_dim')}→{config.get('out_dim')}"
 
 
 def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:

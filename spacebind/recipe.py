@@ -12,13 +12,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spacebind.bonds.bound import BOND_KINDS
+from spacebind.bonds import bond_kinds
+from spacebind.bonds.heads import projector_types
+from spacebind.bonds.route import RouterConfig
 from spacebind.errors import RecipeError
+from spacebind.experts import is_import_path
 from spacebind.modalities import MODALITIES
-from spacebind.pseudo import PseudoDataset
-from spacebind.resolve import is_import_path
-from spacebind.routing import RouterConfig
-from spacebind.training import TrainConfig
+from spacebind.retrieval.pseudo import PseudoDataset
+from spacebind.training.trainer import TrainConfig
 
 
 class Strict(BaseModel):
@@ -116,13 +117,22 @@ class RelativeConfig(Strict):
     power: float = Field(8.0, gt=0, description="exponent on the kept similarities")
 
 
+def _known(name: str, known: list[str], what: str) -> str:
+    """`name` if it is one of `known`, else a ValueError with the nearest name and the list."""
+    if name not in known:
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown {what} {name!r}.{hint} Known: {', '.join(known)}")
+    return name
+
+
 class BondConfig(Strict):
     """One bond applied to the space built so far: `type` and the expert(s) it brings in."""
 
     type: str
     experts: list[str] = Field(min_length=1)
     lambdas: dict[str, float] = Field(default_factory=dict)
-    projector: Literal["mlp", "linear", "procrustes", "relative"] = "mlp"
+    projector: str = "mlp"
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "same"
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
@@ -143,11 +153,12 @@ class BondConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_bond(cls, kind: str) -> str:
-        if kind not in BOND_KINDS:
-            near = difflib.get_close_matches(kind, BOND_KINDS, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"unknown bond {kind!r}.{hint} Known: {', '.join(BOND_KINDS)}")
-        return kind
+        return _known(kind, bond_kinds("bonds"), "bond")
+
+    @field_validator("projector")
+    @classmethod
+    def _known_projector(cls, kind: str) -> str:
+        return _known(kind, projector_types(), "projector")
 
     @field_validator("lambdas")
     @classmethod
@@ -176,16 +187,21 @@ class BondConfig(Strict):
 
 class RoutedConfig(Strict):
     """OmniBind: remap `experts` into the space built by `base` and `bonds` (the target, which stays
-    a candidate of every modality it covers) and train one router per modality (`spacebind.routing`)."""
+    a candidate of every modality it covers) and train one router per modality (`spacebind.bonds.route`)."""
 
     experts: list[str] = Field(min_length=1)
-    projector: Literal["mlp", "linear", "procrustes", "relative"] = "mlp"
+    projector: str = "mlp"
     mixture: int = Field(1, ge=1)
     pairing: Literal["same", "all"] = "all"
     pseudo: list[PseudoDataset] = Field(default_factory=list)
     scales: dict[str, float] = Field(default_factory=dict, description="router scale s per modality (default: text 10, else 1)")
     inputs: dict[str, list[str]] = Field(default_factory=dict, description="router-input experts per modality (default: all covering it)")
     router: RouterConfig = Field(default_factory=RouterConfig)
+
+    @field_validator("projector")
+    @classmethod
+    def _known_projector(cls, kind: str) -> str:
+        return _known(kind, projector_types(), "projector")
 
     @field_validator("scales", "inputs")
     @classmethod

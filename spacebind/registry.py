@@ -65,3 +65,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+EXPERTS: "Registry[Any]" = Registry("expert")
+"""Every expert factory, by name; families register on import of `spacebind.experts`."""

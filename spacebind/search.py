@@ -23,15 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spacebind.binding import dataset_key, ensure_caches
-from spacebind.data import Dataset
+from spacebind.cache import dataset_key, ensure_caches
 from spacebind.errors import CheckpointError, InputError
-from spacebind.fileio import atomic_path, home_dir, sha256_file, write_json
-from spacebind.mining import IndexKind, build_index as build_faiss_index
+from spacebind.io.datasets import Dataset
+from spacebind.io.files import atomic_path, home_dir, sha256_file, write_json
+from spacebind.io.progress import track
 from spacebind.modalities import check_modality
-from spacebind.progress import track
+from spacebind.retrieval.mining import IndexKind
+from spacebind.retrieval.mining import build_index as build_faiss_index
 from spacebind.space import Space
-from spacebind.train_state import fingerprint
+from spacebind.training.state import fingerprint
 
 FORMAT = 1
 MANIFEST = "manifest.json"

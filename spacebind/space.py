@@ -18,7 +18,7 @@ from spacebind.errors import InputError
 from spacebind.modalities import MODALITIES, check_modality
 
 Encoder = Callable[[list[Any]], torch.Tensor]
-"""Per-modality encoder: a list of loaded inputs (see `spacebind.inputs`) → Tensor[N, dim]."""
+"""Per-modality encoder: a list of loaded inputs (see `spacebind.io.inputs`) → Tensor[N, dim]."""
 
 
 class Space:
@@ -53,7 +53,7 @@ class Space:
     @torch.no_grad()
     def leaf_embeddings(self, modality: str, inputs: Any, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """Load raw inputs of `modality` once and embed them with every leaf covering it, by leaf name."""
-        from spacebind.inputs import load_inputs
+        from spacebind.io.inputs import load_inputs
 
         check_modality(modality, self.modalities, owner=f"space {self.name!r}")
         loaded = load_inputs(modality, inputs)
@@ -62,7 +62,7 @@ class Space:
     def bind(self, expert: "Space", bond: str = "combination", **kwargs: Any) -> "Space":
         """Bind `expert` to this space with a bond (`combination` or `displacement`); trains
         what the bond needs from `data=` (a dataset path or `Dataset`) and returns the bound space."""
-        from spacebind.binding import bind
+        from spacebind.bonds.bind import bind
 
         return bind(self, expert, bond=bond, **kwargs)
 

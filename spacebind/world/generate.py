@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spacebind.events import Events
-from spacebind.fileio import atomic_path, write_json, write_text
-from spacebind.progress import track
-from spacebind.video import Video
+from spacebind.errors import InputError
+from spacebind.io.events import Events
+from spacebind.io.files import atomic_path, write_json, write_text
+from spacebind.io.progress import track
+from spacebind.io.video import Video
 from spacebind.world.concepts import Concept, Instance, make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
 from spacebind.world.sensors import render_events, render_thermal, render_video
@@ -97,10 +98,10 @@ def generate_world(
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(_SPLIT_OFFSET)
     if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected train, val, test")
+        raise InputError(f"unknown split(s) {sorted(unknown)}; expected train, val, test")
     bad = sorted(set(sensors) - set(SENSORS))
     if bad:
-        raise ValueError(f"unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
+        raise InputError(f"--sensors / sensors: unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
     sensors = tuple(m for m in SENSORS if m in sensors)
     concepts = make_concepts(concepts_seed, num_concepts)
     lines = []

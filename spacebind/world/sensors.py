@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spacebind.events import Events
-from spacebind.video import Video
+from spacebind.io.events import Events
+from spacebind.io.video import Video
 from spacebind.world.concepts import COLOURS, Instance
 from spacebind.world.render import IMAGE_SIZE, object_coords, shape_mask
 

@@ -1,0 +1,342 @@
+"""OmniBind's routed space: many spaces remapped into one target space, mixed per input by routers.
+
+The target T is a space (an expert, or a bound space such as the anchor `T0 + c(U)` with λ 0.1 on
+image and text, i.e. `n(0.9·t0 + 0.1·P̄_{U→T0}(u))`). Every other member space E_k has a frozen
+projector (a mixture) P̄_k into T. For a modality m, the candidates are T's own embedding (when T
+covers m) and P̄_k(x^k_m) for every member covering m, and
+
+    e_m(x) = n(Σ_k w_k(x)·c_k(x)),   w = softmax(s_m·sigmoid(g_m(r_m(x))))
+
+where g_m is the router MLP of m, r_m the concatenation of the router-input experts' own
+embeddings of x, and s_m the per-modality scale (OmniBind: 10 for text, 1 otherwise). A modality
+without a trained router mixes its candidates uniformly (w_k = 1/K): the untrained routed space is
+the uniform mixture. Trained by `spacebind.bonds.route`.
+
+Training on cached embeddings: Training OmniBind's routed space on cached embeddings: remap every member space into the target
+with a frozen projector (mixture), then train one router per modality; nothing re-encodes data.
+
+Router losses, on tuples (dataset items carrying two or more of the space's modalities):
+
+1. cross-modal overall alignment: the mean of symmetric InfoNCE over every modality pair present
+   in the batch's tuples, on the routed embeddings of both sides.
+2. language-representation decoupling (our form; OmniBind's exact formula is not public): the
+   routed text must stay good for each paired modality separately. For every modality m paired
+   with text, with m's routed side held fixed, the text→m InfoNCE of the routed text may not
+   exceed that of the best single text candidate for m in the batch:
+   `L_dec = mean_m relu(L(t_routed, m) − min_k L(t_k, m))`. Text→audio and text→image may prefer
+   different candidates; a text router trained on the pooled loss (1) alone can trade one paired
+   modality for another, (2) charges every modality's regret separately. It trains the text
+   router only. `benchmarks/omnibind.py` compares training with and without it.
+
+The best epoch by validation mean R@1 over every modality pair and direction is kept.
+Deterministic on CPU for a fixed seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from spacebind.bonds.fit import train_head
+from spacebind.bonds.node import BondNode, register_bond
+from spacebind.bonds.router import Router, mix, routing_weights
+from spacebind.cache.cache_set import CacheSet
+from spacebind.errors import InputError
+from spacebind.evaluation.metrics import retrieval_recall
+from spacebind.io.datasets import Dataset
+from spacebind.io.progress import track
+from spacebind.modalities import check_modality, modality_pairs
+from spacebind.space import Expert, Space
+from spacebind.training.losses import info_nce
+from spacebind.training.trainer import TrainConfig, adamw, warmup_cosine
+
+DEFAULT_SCALES: dict[str, float] = {"text": 10.0}
+ROUTER_PREFIX = "router."
+
+
+@register_bond("routed", section="routed", description="OmniBind: members remapped into a target, mixed per input by routers")
+class RoutedSpace(BondNode):
+    """A target space plus member spaces remapped into it, mixed per modality by routers.
+
+    Args:
+        base: the target space T (also the first candidate of every modality it covers).
+        experts: the member spaces E_k, each with a projector into T in `heads[E_k.name]`.
+        heads: projectors by member name, and routers by `router.<modality>` (optional per modality).
+        scales: s_m per modality (default 10 for text, 1 otherwise).
+        inputs: router-input leaf expert names per modality (default: every leaf covering it).
+    """
+
+    kind = "routed"
+
+    def __init__(
+        self,
+        base: Space,
+        experts: Sequence[Space],
+        heads: Mapping[str, nn.Module],
+        *,
+        scales: Mapping[str, float] | None = None,
+        inputs: Mapping[str, Sequence[str]] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._init_node(base, experts, heads, "routed space")
+        self.lambdas: dict[str, float] = {}
+        self.presets: dict[str, dict[str, float]] = {}
+        self.dim = base.dim
+        self.scales = {m: float(DEFAULT_SCALES.get(m, 1.0)) for m in self.modalities}
+        self.scales.update({check_modality(m, self.modalities, owner="routed space scales"): float(v)
+                            for m, v in (scales or {}).items()})
+        leaf_names = {leaf.name for leaf in self._leaves}
+        self.inputs: dict[str, list[str]] = {}
+        for m in self.modalities:
+            names = list((inputs or {}).get(m) or [leaf.name for leaf in self.leaves_for(m)])
+            bad = [n for n in names if n not in leaf_names or m not in self._leaf(n).modalities]
+            if bad:
+                raise InputError(f"routed space: router input(s) {bad} for {m!r} are not experts of the space "
+                                 f"covering {m!r} ({', '.join(e.name for e in self.leaves_for(m))})")
+            self.inputs[m] = names
+        self.name = name or self.formula()
+        for key, router in self.heads.items():
+            if key.startswith(ROUTER_PREFIX):
+                m = check_modality(key[len(ROUTER_PREFIX):], self.modalities, owner="routed space routers")
+                if router.out_dim != len(self.routes(m)) or router.in_dim != self.router_input_dim(m):
+                    raise InputError(f"router {key!r} maps {router.in_dim} → {router.out_dim}; the space needs "
+                                     f"{self.router_input_dim(m)} → {len(self.routes(m))}")
+
+    def _leaf(self, name: str) -> Expert:
+        return next(leaf for leaf in self._leaves if leaf.name == name)
+
+    def formula(self) -> str:
+        """E.g. `(image_text + c(unified)) + r(audio_text ∥ point_text)`."""
+        base = self.base.formula()
+        base = base if isinstance(self.base, Expert) else f"({base})"
+        return f"{base} + r({' ∥ '.join(e.formula() for e in self.experts)})"
+
+    def kind_config(self) -> dict[str, Any]:
+        return {"scales": self.scales, "inputs": self.inputs}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
+                    heads: dict[str, nn.Module]) -> "RoutedSpace":
+        return cls(base, experts, heads, scales=config["scales"], inputs=config["inputs"], name=config["name"])
+
+    @staticmethod
+    def card_weights(config: dict[str, Any]) -> str:
+        return "routers, s: " + ", ".join(f"{m} {v:g}" for m, v in config["scales"].items())
+
+    @property
+    def routers(self) -> dict[str, nn.Module]:
+        """Trained routers by modality."""
+        return {k[len(ROUTER_PREFIX):]: v for k, v in self.heads.items() if k.startswith(ROUTER_PREFIX)}
+
+    def routes(self, modality: str) -> list[str]:
+        """Names of the candidate spaces of `modality`, in weight-column order (target first)."""
+        check_modality(modality, self.modalities, owner=f"space {self.name!r}")
+        first = [self.base.name] if modality in self.base.modalities else []
+        return first + [e.name for e in self.experts if modality in e.modalities]
+
+    def router_input_dim(self, modality: str) -> int:
+        return sum(self._leaf(n).dim for n in self.inputs[modality])
+
+    def candidates(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Every candidate's embedding of `modality` in the target space, [N, K, dim]."""
+        outs = [self.base.combine(modality, leaf_embeddings)] if modality in self.base.modalities else []
+        outs += [self.heads[e.name](e.combine(modality, leaf_embeddings))
+                 for e in self.experts if modality in e.modalities]
+        return torch.stack(outs, dim=1)
+
+    def router_input(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """r_m: the router-input experts' own embeddings, concatenated, [N, Σ dims]."""
+        return torch.cat([leaf_embeddings[n] for n in self.inputs[modality]], dim=1)
+
+    def weights(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """w per input [N, K]; uniform when the modality has no router."""
+        return routing_weights(self.routers.get(modality), self.router_input(modality, leaf_embeddings),
+                               len(self.routes(modality)), self.scales[modality])
+
+    @torch.no_grad()
+    def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        check_modality(modality, self.modalities, owner=f"space {self.name!r}")
+        return mix(self.candidates(modality, leaf_embeddings), self.weights(modality, leaf_embeddings))
+
+    @torch.no_grad()
+    def route_weights(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
+        """The router's weights per input, [N, K], columns in `routes(modality)` order."""
+        return self.weights(modality, self.leaf_embeddings(modality, inputs, batch_size))
+
+    def uniform(self) -> "RoutedSpace":
+        """The same remapped spaces mixed uniformly (no routers): OmniBind's averaging baseline."""
+        heads = {k: v for k, v in self.heads.items() if not k.startswith(ROUTER_PREFIX)}
+        return RoutedSpace(self.base, self.experts, heads, scales=self.scales, inputs=self.inputs,
+                           name=f"{self.name} (uniform)")
+
+
+class RouterConfig(BaseModel):
+    """Router training settings (the recipe's `routed.router:` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: list[int] = Field(default_factory=lambda: [512, 100], min_length=2, max_length=2,
+                              description="widths of the router MLP's two hidden layers (OmniBind: 512, 100)")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1)
+    temperature: float = Field(0.05, gt=0, description="fixed InfoNCE temperature")
+    decoupling: float = Field(1.0, ge=0, description="weight of the language-representation decoupling loss; 0: off")
+    patience: int = Field(5, ge=1, description="epochs without a val mean R@1 gain before stopping")
+    seed: int = 0
+
+
+@dataclass
+class RouteData:
+    """Cached candidates and router inputs of one split's tuples. `rows[m][i]` is item i's row in
+    `candidates[m]` / `inputs[m]`, or -1 when the item lacks m."""
+
+    ids: list[str]
+    candidates: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]
+    rows: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str) -> RouteData:
+    """The tuples of a split (items with at least two of the space's modalities), from the caches."""
+    mods = list(space.modalities)
+    items = [it for it in dataset.select(split) if sum(m in it.fields for m in mods) >= 2]
+    ids = [it.id for it in items]
+    position = {i: p for p, i in enumerate(ids)}
+    candidates, inputs, rows = {}, {}, {}
+    for m in mods:
+        have = caches.usable_ids(space, m, [it.id for it in items if m in it.fields])
+        if not have:
+            continue
+        leaf = {e.name: caches.caches[e.name].embeddings(m, have) for e in space.leaves_for(m)}
+        candidates[m], inputs[m] = space.candidates(m, leaf), space.router_input(m, leaf)
+        rows[m] = torch.full((len(ids),), -1, dtype=torch.long)
+        rows[m][torch.tensor([position[i] for i in have])] = torch.arange(len(have))
+    return RouteData(ids, candidates, inputs, rows)
+
+
+def _routed(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData, m: str,
+            positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routed embeddings of m for the batch positions that have m, and the mask of those positions."""
+    rows = data.rows[m][positions]
+    present = rows >= 0
+    cands = data.candidates[m][rows[present]]
+    weights = routing_weights(routers.get(m), data.inputs[m][rows[present]], cands.shape[1], space.scales[m])
+    return mix(cands, weights), present
+
+
+def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData, positions: torch.Tensor,
+                config: RouterConfig) -> torch.Tensor:
+    """(1) mean pairwise InfoNCE + `decoupling` × (2) the text regret (see the module docstring)."""
+    scale = 1.0 / config.temperature
+    routed = {m: _routed(space, routers, data, m, positions) for m in data.candidates}
+    pair_losses, regrets = [], []
+    for a, b in modality_pairs(list(routed)):
+        (ea, pa), (eb, pb) = routed[a], routed[b]
+        both = pa & pb
+        if int(both.sum()) < 2:
+            continue
+        xa, xb = ea[both[pa]], eb[both[pb]]
+        pair_losses.append(info_nce(xa, xb, scale))
+        if config.decoupling > 0 and "text" in (a, b) and "text" in routers:
+            text, other = (xa, xb) if a == "text" else (xb, xa)
+            rows = data.rows["text"][positions][both]
+            singles = F.normalize(data.candidates["text"][rows], dim=-1)
+            best = min(float(info_nce(singles[:, k], other.detach(), scale)) for k in range(singles.shape[1]))
+            regrets.append(F.relu(info_nce(text, other.detach(), scale) - best))
+    if not pair_losses:
+        raise InputError("router training: no batch holds two items sharing two modalities")
+    loss = torch.stack(pair_losses).mean()
+    if regrets:
+        loss = loss + config.decoupling * torch.stack(regrets).mean()
+    return loss
+
+
+@torch.no_grad()
+def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData) -> float:
+    """Mean R@1 over every modality pair and direction of a split's tuples."""
+    everyone = torch.arange(len(data.ids))
+    routed = {m: _routed(space, routers, data, m, everyone) for m in data.candidates}
+    scores = []
+    for a, b in modality_pairs(list(routed)):
+        (ea, pa), (eb, pb) = routed[a], routed[b]
+        both = pa & pb
+        if int(both.sum()) == 0:
+            continue
+        xa, xb = ea[both[pa]], eb[both[pb]]
+        diagonal = list(range(len(xa)))
+        scores += [retrieval_recall(xa, xb, diagonal, (1,))[1], retrieval_recall(xb, xa, diagonal, (1,))[1]]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config: RouterConfig | None = None,
+                  progress: bool = True) -> RoutedSpace:
+    """Train one router per modality with two or more candidates (projectors frozen); returns the
+    routed space with them (`space`'s own routers, if any, are replaced)."""
+    config = config or RouterConfig()
+    train, val = route_data(space, caches, dataset, "train"), route_data(space, caches, dataset, "val")
+    if len(train.ids) < 2:
+        raise InputError(f"router training: the train split of {dataset.root} has {len(train.ids)} tuples "
+                         f"(items with two or more of {list(space.modalities)}); need at least 2")
+    routed_mods = [m for m in train.candidates if train.candidates[m].shape[1] > 1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        routers = nn.ModuleDict({m: Router(train.inputs[m].shape[1], train.candidates[m].shape[1], config.hidden)
+                                 for m in routed_mods})
+    optimizer = adamw(routers.parameters(), config.lr, config.weight_decay)
+    batch = min(config.batch_size, len(train.ids))
+    steps = max(1, len(train.ids) // batch)
+    scheduler = warmup_cosine(optimizer, steps * config.epochs, config.warmup)
+    best, best_val, best_epoch = None, -math.inf, -1
+    for epoch in track(range(config.epochs), "training routers", show=progress):
+        routers.train()
+        order = torch.randperm(len(train.ids), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        for step in range(steps):
+            loss = router_loss(space, dict(routers), train, order[step * batch:(step + 1) * batch], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        routers.eval()
+        score = mean_pair_recall(space, dict(routers), val if val.ids else train)
+        if score > best_val:
+            best_val, best_epoch = score, epoch
+            best = {k: v.detach().clone() for k, v in routers.state_dict().items()}
+        if epoch - best_epoch >= config.patience:
+            break
+    routers.load_state_dict(best)
+    heads = {k: v for k, v in space.heads.items() if not k.startswith(ROUTER_PREFIX)}
+    heads.update({f"{ROUTER_PREFIX}{m}": r.eval() for m, r in routers.items()})
+    return RoutedSpace(space.base, space.experts, heads, scales=space.scales, inputs=space.inputs, name=space.name)
+
+
+def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,
+          scales: Mapping[str, float] | None = None, inputs: Mapping[str, Sequence[str]] | None = None,
+          work_dir: Path | None = None, name: str | None = None, progress: bool = True,
+          **head_kwargs) -> RoutedSpace:
+    """Remap every member into `target` with a projector each (`head_kwargs` as `train_head`:
+    `projector`, `mixture`, `pairing`, `pseudo`, `train`, …); the uniform routed space (no routers)."""
+    heads = {}
+    for member in members:
+        ckpt = work_dir / member.name if work_dir is not None else None
+        kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or member.name}
+        heads[member.name] = train_head(member, target, caches, dataset, checkpoint_dir=ckpt, progress=progress,
+                                        **kwargs)
+    return RoutedSpace(target, list(members), heads, scales=scales, inputs=inputs, name=name)
+
+
+def train_routed(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,
+                 router: RouterConfig | None = None, train: TrainConfig | None = None,
+                 progress: bool = True, **kwargs) -> RoutedSpace:
+    """`remap` then `train_routers`: OmniBind's routed space over `target` and `members`."""
+    uniform = remap(target, members, caches, dataset, train=train, progress=progress, **kwargs)
+    return train_routers(uniform, caches, dataset, router, progress=progress)

@@ -1,0 +1,118 @@
+"""Evaluate a space on a dataset split from its item embeddings: retrieval between every pair of
+modalities (both directions) and zero-shot classification. Records follow CLIP_benchmark:
+`{"model", "role", "dataset", "task", "modalities", "metrics"}`; metrics are fractions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from spacebind.evaluation.metrics import class_embeddings, retrieval_recall, zeroshot_classification
+from spacebind.io.datasets import Dataset
+from spacebind.io.files import write_json
+from spacebind.modalities import modality_pairs
+
+if TYPE_CHECKING:
+    from spacebind.cache import CacheSet
+    from spacebind.space import Space
+
+ROLES = ("base", "expert", "fused")
+
+
+def _record(model: str, role: str, dataset: str, task: str, modalities: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "role": role, "dataset": dataset, "task": task, "modalities": modalities, "metrics": metrics}
+
+
+def evaluate(
+    *,
+    model: str,
+    role: str,
+    dataset: Dataset,
+    split: str,
+    modalities: Sequence[str],
+    embed_items: Callable[[str, list[str]], torch.Tensor],
+    encode_text: Callable[[list[str]], torch.Tensor] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> list[dict[str, Any]]:
+    """Records for every modality pair and every zero-shot task the space and data allow.
+
+    `embed_items(modality, ids)` gives the space's embeddings of dataset items (from caches);
+    `encode_text(prompts)` encodes class prompts live. The dataset field is `<name>-<split>`.
+    For pair (a, b), `{b}_retrieval_recall@k` is a-queries retrieving b-items, and the reverse."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}; expected one of {', '.join(ROLES)}")
+    name = f"{dataset.name}-{split}"
+    records = []
+    for a, b in modality_pairs(list(modalities)):
+        items = [it for it in dataset.select(split) if a in it.fields and b in it.fields]
+        if not items:
+            continue
+        ids = [it.id for it in items]
+        ea, eb = embed_items(a, ids), embed_items(b, ids)
+        diagonal = list(range(len(ids)))
+        metrics: dict[str, Any] = {}
+        for target, q, g in [(b, ea, eb), (a, eb, ea)]:
+            for k, v in retrieval_recall(q, g, diagonal, ks).items():
+                metrics[f"{target}_retrieval_recall@{k}"] = v
+        metrics["n"] = len(ids)
+        records.append(_record(model, role, name, "retrieval", [a, b], metrics))
+    if encode_text is None or "text" not in modalities or not dataset.classes:
+        return records
+    names = dataset.class_names
+    prompts = [t.format(c) for c in names for t in dataset.templates]
+    classes = class_embeddings(encode_text(prompts), len(names))
+    index = {c: i for i, c in enumerate(names)}
+    for m in modalities:
+        if m == "text":
+            continue
+        items = [it for it in dataset.select(split, m) if it.label in index]
+        if not items:
+            continue
+        feats = embed_items(m, [it.id for it in items])
+        labels = torch.tensor([index[it.label] for it in items])
+        metrics = {**zeroshot_classification(feats, labels, classes), "n": len(items)}
+        records.append(_record(model, role, name, "zeroshot_classification", [m, "text"], metrics))
+    return records
+
+
+def evaluate_space(
+    space: "Space", role: str, caches: "CacheSet", dataset: Dataset, split: str, ks: list[int], model: str | None = None
+) -> list[dict[str, Any]]:
+    """Evaluate a space on a dataset split from the leaf caches (class prompts encoded live)."""
+    modalities = [m for m in space.modalities if m in dataset.modalities()]
+    encode_text = (lambda prompts: space.encode("text", prompts)) if "text" in space.modalities else None
+    return evaluate(
+        model=model or space.name, role=role, dataset=dataset, split=split, modalities=modalities,
+        embed_items=lambda m, ids: caches.embeddings(space, m, ids), encode_text=encode_text, ks=tuple(ks),
+    )
+
+
+def evaluate_checkpoint(fused: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
+                        cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """`spacebind eval`: evaluate a fused checkpoint on a dataset split (retrieval between every
+    modality pair, zero-shot), plus zero-shot with UniBind's class centres when the export has them."""
+    from spacebind.cache import ensure_caches
+    from spacebind.checkpoint import load  # the checkpoint reader builds on the bonds, which use these metrics
+
+    fused = Path(fused)
+    space = load(fused)
+    dataset = Dataset.load(data)
+    dataset.check_split(split)
+    caches = ensure_caches([space], dataset, cache_dir)
+    records = evaluate_space(space, "fused", caches, dataset, split, list(ks))
+    if (fused / "unibind.json").is_file():
+        from spacebind.unibind import UniBind
+        from spacebind.unibind.model import evaluate_unibind
+
+        records += evaluate_unibind(UniBind.load(fused, space), caches, dataset, split)
+    return records
+
+
+def write_records(path: str | Path, records: list[dict[str, Any]]) -> None:
+    write_json(path, records)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,41 @@
+"""Retrieval and zero-shot classification metrics (CLIP_benchmark conventions), chunked."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from spacebind.retrieval.topk import topk_indices
+
+
+def retrieval_recall(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    positives: Sequence[int | Sequence[int]],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 4096,
+) -> dict[int, float]:
+    """recall@k: fraction of queries with a correct gallery item among their top k."""
+    top = topk_indices(queries, gallery, max(ks), chunk_size)
+    pos = [set([p]) if isinstance(p, int) else set(p) for p in positives]
+    first_hit = torch.tensor(
+        [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), len(gallery) + 1) for i, row in enumerate(top)]
+    )
+    return {k: float((first_hit < k).float().mean()) if len(first_hit) else float("nan") for k in ks}
+
+
+def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Mean of each class's normalised prompt embeddings, renormalised. Rows are grouped per
+    class: [n_classes × n_templates, dim] with class-major order."""
+    per_class = prompt_embeddings.view(n_classes, -1, prompt_embeddings.shape[-1])
+    per_class = torch.nn.functional.normalize(per_class, dim=-1).mean(dim=1)
+    return torch.nn.functional.normalize(per_class, dim=-1)
+
+
+def zeroshot_classification(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:
+    """acc1, acc5 (k = min(5, classes)) and mean per-class recall of nearest-class prediction."""
+    top = topk_indices(features, classes, min(5, len(classes)))
+    acc1 = (top[:, 0] == labels).float().mean().item()
+    acc5 = (top == labels[:, None]).any(dim=1).float().mean().item()
+    recalls = [(top[labels == c, 0] == c).float().mean().item() for c in labels.unique().tolist()]
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": sum(recalls) / len(recalls)}

@@ -1,0 +1,138 @@
+"""Fine λ tuning (FreeBind's coarse-to-fine inference): evaluate a grid of λ for the outermost
+bond on a validation split, pick the best λ per task, and draw the change per task as heatmaps."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from spacebind.bonds.bind import BoundSpace
+from spacebind.cache import CacheSet, ensure_caches
+from spacebind.checkpoint import load, save_space
+from spacebind.errors import InputError
+from spacebind.evaluation.evaluate import evaluate_space, read_records
+from spacebind.evaluation.report import pyplot, save_figure, task_scores
+from spacebind.io.datasets import Dataset
+from spacebind.io.files import write_json
+from spacebind.io.progress import track
+
+DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+@dataclass
+class SweepResult:
+    """Scores of every task at every grid point, and the best λ per task."""
+
+    modalities: list[str]
+    grid: list[float]
+    points: list[dict[str, float]]
+    scores: dict[str, list[float]]  # task → score at each point
+    baseline: dict[str, float]  # task → score at the space's current λ
+    best: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"modalities": self.modalities, "grid": self.grid, "points": self.points, "scores": self.scores,
+                "baseline": self.baseline, "best": self.best}
+
+
+def preset_name(task: str) -> str:
+    """"text→audio R@1" → "best:text-audio"; "audio zero-shot acc1" → "best:zeroshot-audio"."""
+    if "→" in task:
+        return "best:" + task.split()[0].replace("→", "-")
+    return f"best:zeroshot-{task.split()[0]}"
+
+
+def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
+    """The space with one preset per task, `best:<task>`, holding the λ that scored best."""
+    presets = {**space.presets, **{preset_name(t): lam for t, lam in result.best.items()}}
+    return BoundSpace(space.base, space.experts, space.kind, space.heads, lambdas=space.lambdas,
+                      name=space.name, presets=presets)
+
+
+def swept_modalities(space: BoundSpace) -> list[str]:
+    """The modalities whose λ matters: those both sides of the bond cover."""
+    return [m for m in space.base.modalities if any(m in e.modalities for e in space.experts)]
+
+
+def sweep(
+    space: BoundSpace,
+    caches: CacheSet,
+    dataset: Dataset,
+    *,
+    split: str = "val",
+    grid: Sequence[float] = DEFAULT_GRID,
+    modalities: Sequence[str] | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Evaluate every λ combination of the grid over `modalities` (default: all that matter)."""
+    mods = list(modalities or swept_modalities(space))
+    unknown = [m for m in mods if m not in swept_modalities(space)]
+    if unknown or not mods:
+        raise InputError(f"cannot sweep λ of {unknown or mods}; the bond mixes {swept_modalities(space)}")
+    if not dataset.select(split):
+        raise InputError(f"dataset {dataset.root} has no {split!r} items to sweep on")
+    points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
+    baseline = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
+    scores: dict[str, list[float]] = {task: [] for task in baseline}
+    for point in track(points, f"sweeping λ of {', '.join(mods)}", show=progress):
+        got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
+        for task in scores:
+            scores[task].append(got[task])
+    best = {task: points[max(range(len(points)), key=lambda i: values[i])] for task, values in scores.items()}
+    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best)
+
+
+def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
+    """Change of each task's score (points, vs the current λ) over the grid: heatmaps for two swept
+    modalities, curves for one."""
+    import numpy as np
+
+    plt = pyplot()
+
+    tasks = list(tasks or result.scores)
+    n = len(result.grid)
+    cols = min(4, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        delta = 100 * (np.array(result.scores[task]) - result.baseline[task])
+        if len(result.modalities) == 1:
+            ax.plot(result.grid, delta, marker="o")
+            ax.set_xlabel(f"λ {result.modalities[0]}")
+            ax.set_ylabel("Δ (points)")
+        else:
+            grid = delta.reshape(n, n)  # rows: first modality, columns: second
+            limit = max(abs(grid).max(), 1e-6)
+            image = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-limit, vmax=limit,
+                              extent=(-0.05, 1.05, -0.05, 1.05), aspect="auto")
+            ax.set_xlabel(f"λ {result.modalities[1]}")
+            ax.set_ylabel(f"λ {result.modalities[0]}")
+            fig.colorbar(image, ax=ax, label="Δ (points)")
+        ax.set_title(task, fontsize=9)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val", grid: Sequence[float] = DEFAULT_GRID,
+                     modalities: Sequence[str] | None = None, save: bool = True,
+                     cache_dir: str | Path | None = None) -> SweepResult:
+    """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split; writes
+    FUSED/sweep.json and (for at most two swept λ) FUSED/sweep.png; with `save`, the best λ per task
+    become presets `best:<task>` in the checkpoint."""
+    fused = Path(fused)
+    space = load(fused)
+    if not isinstance(space, BoundSpace):
+        raise InputError(f"{fused} holds no bond with λ: nothing to sweep")
+    dataset = Dataset.load(data)
+    dataset.check_split(split)
+    caches = ensure_caches([space], dataset, cache_dir)
+    result = sweep(space, caches, dataset, split=split, grid=list(grid), modalities=modalities or None)
+    write_json(fused / "sweep.json", result.to_json())
+    if len(result.modalities) <= 2:
+        plot_sweep(result, fused / "sweep.png")
+    if save:
+        recipe = (fused / "recipe.yaml").read_text(encoding="utf-8") if (fused / "recipe.yaml").is_file() else None
+        save_space(with_best_presets(space, result), fused, recipe_text=recipe, metrics=read_records(fused / "metrics.json"))
+    return result

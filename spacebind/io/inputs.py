@@ -1,0 +1,270 @@
+"""Input loading: paths, arrays or strings → the loaded form each modality's encoders take.
+
+Loaded forms (what expert encoders receive, as a list):
+- image: np.ndarray uint8 [H, W, 3] RGB
+- audio: `Audio` (mono float32 samples in [-1, 1], sample rate)
+- point: np.ndarray float32 [N, 3] (xyz) or [N, 6] (xyz + rgb in [0, 1])
+- text: non-empty str
+- depth: np.ndarray float32 [H, W] (depth or disparity values as stored, unscaled)
+- thermal: np.ndarray float32 [H, W] in [0, 1] (8- or 16-bit grayscale scaled by its bit depth)
+- imu: np.ndarray float32 [T, 6] (accelerometer xyz, gyroscope xyz), T ≥ 1
+- video: `spacebind.io.video.Video` (uint8 frames [T, H, W, 3], fps)
+- event: `spacebind.io.events.Events` (x, y, t, p columns sorted by time, sensor height and width)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spacebind.errors import InputError
+from spacebind.io.events import Events, events_array, read_events
+from spacebind.io.video import DEFAULT_FPS, Video, read_video, video_array
+from spacebind.modalities import check_modality
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A mono waveform."""
+
+    samples: np.ndarray  # float32 [T]
+    sample_rate: int
+
+
+@dataclass
+class LoadResult:
+    """What a lenient load produced: loaded items, their positions, and the bad ones with reasons."""
+
+    loaded: list[Any] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def resample(audio: Audio, rate: int) -> Audio:
+    """Polyphase resampling to `rate` (identity when the rates match)."""
+    if audio.sample_rate == rate:
+        return audio
+    from scipy.signal import resample_poly
+
+    g = gcd(audio.sample_rate, rate)
+    samples = resample_poly(audio.samples, rate // g, audio.sample_rate // g).astype(np.float32)
+    return Audio(samples, rate)
+
+
+def _finite(arr: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+def _image_array(arr: Any, name: str) -> np.ndarray:
+    a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)  # CHW → HWC
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+        raise InputError(f"{name}: image of shape {a.shape}; expected HxW, HxWx3 (or 4) or 3xHxW")
+    if a.dtype != np.uint8:
+        a = _finite(a.astype(np.float32), name)
+        if a.max(initial=0.0) <= 1.0 + 1e-6 and a.min(initial=0.0) >= 0.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def _image_file(path: Path, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float32)
+                return _image_array(arr / max(float(arr.max()), 1.0), name)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"{name}: not a readable image ({exc})") from None
+
+
+def _audio_file(path: Path, name: str) -> Audio:
+    import soundfile as sf
+
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:  # type: ignore[attr-defined]
+        raise InputError(f"{name}: not a readable audio file ({exc})") from None
+    return _audio_array(samples.mean(axis=1), rate, name)
+
+
+def _audio_array(samples: Any, rate: int, name: str) -> Audio:
+    a = np.asarray(samples, dtype=np.float32)
+    if a.ndim == 2:
+        a = a.mean(axis=1) if a.shape[1] <= 8 else a.mean(axis=0)
+    if a.ndim != 1 or a.size == 0:
+        raise InputError(f"{name}: audio of shape {np.asarray(samples).shape}; expected a non-empty 1-D waveform")
+    if int(rate) <= 0:
+        raise InputError(f"{name}: sample rate {rate}; expected a positive integer")
+    return Audio(_finite(a, name), int(rate))
+
+
+def _points_array(arr: Any, name: str) -> np.ndarray:
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] not in (3, 6):
+        raise InputError(f"{name}: point cloud of shape {a.shape}; expected [N, 3] (xyz) or [N, 6] (xyz + rgb)")
+    if a.shape[0] == 0:
+        raise InputError(f"{name}: empty point cloud; expected at least one point")
+    return _finite(a, name)
+
+
+def _points_file(path: Path, name: str) -> np.ndarray:
+    from spacebind.io.pointfiles import read_ply, read_xyz
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return _points_array(np.load(path, allow_pickle=False), name)
+        if suffix == ".ply":
+            return _points_array(read_ply(path), name)
+        if suffix == ".xyz":
+            return _points_array(read_xyz(path), name)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{name}: not a readable point cloud ({exc})") from None
+    raise InputError(f"{name}: unsupported point cloud extension {suffix!r}; expected .npy, .ply or .xyz")
+
+
+def _map_array(arr: Any, name: str, modality: str) -> np.ndarray:
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
+        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
+    if a.ndim != 2 or min(a.shape) < 1:
+        raise InputError(f"{name}: {modality} map of shape {a.shape}; expected [H, W] (or [1, H, W] / [H, W, 1])")
+    if modality == "thermal" and a.dtype in (np.uint8, np.uint16):
+        a = a.astype(np.float32) / np.iinfo(a.dtype).max
+    return _finite(a.astype(np.float32), name)
+
+
+def _map_file(modality: str) -> Callable[[Path, str], np.ndarray]:
+    def load(path: Path, name: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        if path.suffix.lower() == ".npy":
+            try:
+                return _map_array(np.load(path, allow_pickle=False), name, modality)
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputError(f"{name}: not a readable .npy array ({exc})") from None
+        try:
+            with Image.open(path) as img:
+                img.load()
+                arr = np.asarray(img)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise InputError(f"{name}: not a readable {modality} image or .npy array ({exc})") from None
+        if arr.ndim == 3:
+            raise InputError(f"{name}: {modality} image has {arr.shape[2]} channels; expected a single-channel image")
+        if arr.dtype == np.int32:  # PIL's mode "I" holds 16-bit PNGs
+            arr = arr.astype(np.uint16) if arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 else arr
+        return _map_array(arr, name, modality)
+
+    return load
+
+
+def _imu_array(arr: Any, name: str) -> np.ndarray:
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float32)
+    if a.ndim == 2 and a.shape[0] == 6 and a.shape[1] != 6:
+        a = a.T  # [6, T] → [T, 6]
+    if a.ndim != 2 or a.shape[1] != 6 or a.shape[0] == 0:
+        raise InputError(f"{name}: IMU series of shape {a.shape}; expected [T, 6] (accelerometer xyz, gyroscope xyz)")
+    return _finite(a, name)
+
+
+def _imu_file(path: Path, name: str) -> np.ndarray:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return _imu_array(np.load(path, allow_pickle=False), name)
+        if suffix in (".csv", ".txt"):
+            return _imu_array(np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2), name)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{name}: not a readable IMU series ({exc})") from None
+    raise InputError(f"{name}: unsupported IMU extension {suffix!r}; expected .npy, .csv or .txt")
+
+
+_FILE_LOADERS: dict[str, Callable[[Path, str], Any]] = {
+    "image": _image_file, "audio": _audio_file, "point": _points_file,
+    "depth": _map_file("depth"), "thermal": _map_file("thermal"), "imu": _imu_file,
+    "video": read_video, "event": read_events,
+}
+
+
+def load_input(modality: str, x: Any, *, name: str | None = None) -> Any:
+    """Load one input of `modality`: a path, an array/tensor, `Audio` or `(samples, rate)`, or text."""
+    check_modality(modality)
+    name = name or (str(x) if isinstance(x, (str, Path)) and modality != "text" else f"{modality} input")
+    if modality == "text":
+        if not isinstance(x, str):
+            raise InputError(f"{name}: expected a string, got {type(x).__name__}")
+        if not x.strip():
+            raise InputError(f"{name}: empty text; expected a non-empty string")
+        return x
+    if isinstance(x, (str, Path)):
+        path = Path(x)
+        if not path.is_file():
+            raise InputError(f"{name}: no such file")
+        return _FILE_LOADERS[modality](path, name)
+    if modality == "image":
+        return _image_array(x, name)
+    if modality == "point":
+        return _points_array(x, name)
+    if modality in ("depth", "thermal"):
+        return _map_array(x, name, modality)
+    if modality == "imu":
+        return _imu_array(x, name)
+    if modality == "video":
+        return video_array(x.frames, x.fps, name) if isinstance(x, Video) else video_array(x, DEFAULT_FPS, name)
+    if modality == "event":
+        return events_array(x, name)
+    if isinstance(x, Audio):  # the one modality left: audio
+        return _audio_array(x.samples, x.sample_rate, name)
+    if isinstance(x, tuple) and len(x) == 2:
+        return _audio_array(x[0], x[1], name)
+    raise InputError(f"{name}: a bare array has no sample rate; pass Audio(samples, rate) or (samples, rate)")
+
+
+def _as_batch(modality: str, xs: Any) -> list[Any]:
+    if isinstance(xs, (str, Path, Audio, Video, Events)) or (modality == "audio" and isinstance(xs, tuple) and len(xs) == 2
+                                               and np.isscalar(xs[1])):
+        return [xs]
+    if isinstance(xs, np.ndarray) or hasattr(xs, "detach"):
+        single_dims = {"image": (2, 3), "point": (2,), "depth": (2,), "thermal": (2,), "imu": (2,),
+                       "video": (4,), "event": (1, 2)}.get(modality, ())
+        return [xs] if xs.ndim in single_dims else list(xs)
+    return list(xs)
+
+
+def load_inputs(modality: str, xs: Any) -> list[Any]:
+    """Load a batch (a list, or one item); raise InputError naming the first bad input."""
+    check_modality(modality)
+    return [load_input(modality, x, name=_item_name(modality, x, i)) for i, x in enumerate(_as_batch(modality, xs))]
+
+
+def load_inputs_lenient(modality: str, xs: Any) -> LoadResult:
+    """Load what can be loaded; bad items are returned with their reasons instead of raising."""
+    check_modality(modality)
+    result = LoadResult()
+    for i, x in enumerate(_as_batch(modality, xs)):
+        try:
+            result.loaded.append(load_input(modality, x, name=_item_name(modality, x, i)))
+            result.indices.append(i)
+        except InputError as exc:
+            result.bad.append((i, str(exc)))
+    return result
+
+
+def _item_name(modality: str, x: Any, i: int) -> str:
+    return str(x) if isinstance(x, (str, Path)) and modality != "text" else f"{modality}[{i}]"

@@ -1,0 +1,147 @@
+"""Pseudo pairs by retrieval (FreeBind / OmniBind): seed items of one modality retrieve their
+nearest items of another modality inside an expert that covers both. FAISS (exact `flat` inner
+product by default, `ivf` for large pools), streamed over the embedding cache in chunks; the
+result can be stored on disk and is reused when the same mining is asked again."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from spacebind.cache.store import EmbeddingCache
+from spacebind.errors import CacheError, InputError
+from spacebind.io.files import save_tensors, sha256_file
+from spacebind.io.progress import track
+
+IndexKind = Literal["flat", "ivf"]
+
+
+@dataclass
+class Neighbours:
+    """For each seed item, the ids and similarities of its k nearest pool items."""
+
+    seed_ids: list[str]
+    pool_ids: list[str]
+    indices: torch.Tensor  # [N, k] int64, into pool_ids
+    scores: torch.Tensor  # [N, k] float32, descending
+
+    def weights(self, mode: Literal["softmax", "top1"] = "softmax", temperature: float = 0.05) -> torch.Tensor:
+        """[N, k] weights over the neighbours: softmax of similarity / temperature, or all on the top-1."""
+        if mode == "top1":
+            w = torch.zeros_like(self.scores)
+            w[:, 0] = 1.0
+            return w
+        return torch.softmax(self.scores / temperature, dim=1)
+
+    def targets(self, embed: Callable[[list[str]], torch.Tensor], mode: Literal["softmax", "top1"] = "softmax",
+                temperature: float = 0.05) -> torch.Tensor:
+        """Each seed's pseudo partner: the weighted mean of its neighbours' embeddings (from `embed`,
+        e.g. another space's cache), L2-normalised."""
+        flat = embed([self.pool_ids[i] for i in self.indices.flatten().tolist()])
+        stacked = flat.view(*self.indices.shape, -1)
+        mixed = (self.weights(mode, temperature).unsqueeze(-1) * stacked).sum(dim=1)
+        return torch.nn.functional.normalize(mixed, dim=-1)
+
+
+def build_index(chunks: Iterable[tuple[list[str], torch.Tensor]], dim: int, kind: IndexKind = "flat",
+                nlist: int = 256, nprobe: int = 16) -> tuple["object", list[str]]:
+    """A FAISS inner-product index over streamed (ids, embeddings) chunks; IVF trains on the first chunk."""
+    import faiss
+
+    ids: list[str] = []
+    index = None
+    for chunk_ids, emb in chunks:
+        x = np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+        if index is None:
+            if kind == "flat":
+                index = faiss.IndexFlatIP(dim)
+            elif kind == "ivf":
+                if len(x) < nlist:
+                    raise InputError(f"an IVF index with nlist={nlist} needs at least {nlist} vectors in the first chunk")
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+                index.train(x)
+                index.nprobe = nprobe
+            else:
+                raise InputError(f"unknown index {kind!r}; expected flat or ivf")
+        index.add(x)
+        ids += chunk_ids
+    if index is None:
+        raise InputError("the pool is empty: nothing to retrieve from")
+    return index, ids
+
+
+def search(index: "object", chunks: Iterable[tuple[list[str], torch.Tensor]], k: int,
+           progress: bool = False, total: int | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Top-k of every query chunk; memory is bounded by the chunk size (plus the [N, k] result)."""
+    ids: list[str] = []
+    scores, indices = [], []
+    for chunk_ids, emb in track(chunks, "mining neighbours", total=total, show=progress):
+        s, i = index.search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), k)  # type: ignore[attr-defined]
+        ids += chunk_ids
+        scores.append(torch.from_numpy(s))
+        indices.append(torch.from_numpy(i).long())
+    return ids, torch.cat(scores), torch.cat(indices)
+
+
+def _stream(cache: EmbeddingCache, modality: str, ids: Sequence[str] | None, chunk_size: int) -> Iterable[tuple[list[str], torch.Tensor]]:
+    """(ids, embeddings) chunks of the whole cache, or of the given ids in their order."""
+    if ids is None:
+        yield from cache.iter_chunks(modality, chunk_size)
+        return
+    wanted = list(ids)
+    for i in range(0, len(wanted), chunk_size):
+        yield wanted[i:i + chunk_size], cache.embeddings(modality, wanted[i:i + chunk_size])
+
+
+def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, nlist: int, nprobe: int,
+         seed_ids: Sequence[str] | None, pool_ids: Sequence[str] | None) -> str:
+    parts = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind, str(nlist), str(nprobe),
+             "\n".join(seed_ids) if seed_ids is not None else "*", "\n".join(pool_ids) if pool_ids is not None else "*"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def mine(
+    cache: EmbeddingCache,
+    seed_modality: str,
+    target_modality: str,
+    *,
+    k: int = 5,
+    index: IndexKind = "flat",
+    nlist: int = 256,
+    nprobe: int = 16,
+    chunk_size: int = 4096,
+    seed_ids: Sequence[str] | None = None,
+    pool_ids: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> Neighbours:
+    """Seed items of `seed_modality` (all, or `seed_ids`) retrieve their k nearest items of
+    `target_modality` (all, or `pool_ids`) in the expert of `cache`. With `out`, the result is
+    stored as `out/neighbours.safetensors` and reused when the same mining is asked again."""
+    for m in (seed_modality, target_modality):
+        if m not in cache.modalities:
+            raise CacheError(f"cache {cache.root} has no {m!r} embeddings (it has {', '.join(cache.modalities)})")
+    key = _key(cache, seed_modality, target_modality, k, index, nlist, nprobe, seed_ids, pool_ids)
+    path = Path(out) / "neighbours.safetensors" if out is not None else None
+    if path is not None and path.is_file():
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("key") == key:
+                return Neighbours(json.loads(meta["seed_ids"]), json.loads(meta["pool_ids"]),
+                                  fh.get_tensor("indices"), fh.get_tensor("scores"))
+    faiss_index, pool = build_index(_stream(cache, target_modality, pool_ids, chunk_size), cache.dim, index, nlist, nprobe)
+    k = min(k, len(pool))
+    total = -(-len(seed_ids if seed_ids is not None else cache.ids(seed_modality)) // chunk_size)
+    ids, scores, indices = search(faiss_index, _stream(cache, seed_modality, seed_ids, chunk_size), k, progress, total)
+    result = Neighbours(ids, pool, indices, scores)
+    if path is not None:
+        meta = {"key": key, "seed_ids": json.dumps(ids), "pool_ids": json.dumps(pool), "expert": cache.expert,
+                "seed_modality": seed_modality, "target_modality": target_modality, "k": str(k), "index": index}
+        save_tensors(path, {"indices": indices, "scores": scores}, metadata=meta)
+    return result

@@ -1,0 +1,173 @@
+"""UniBind on a space: knowledge-base class centres per modality, optional projectors aligning
+each modality to its centres, and zero-shot classification with retrieval-augmented voting.
+
+Saved as a directory: `unibind.safetensors` (centres, heads, description embeddings) and
+`unibind.json` (class names, settings, head configs); the space itself is referenced, not copied.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spacebind.bonds.heads import head_from_config
+from spacebind.errors import CheckpointError, InputError
+from spacebind.evaluation.zeroshot import prompt_classes, split_features
+from spacebind.io.files import atomic_path, write_json
+from spacebind.unibind.centres import align_to_centres, build_centres, knowledge_embeddings, knowledge_votes, predict
+from spacebind.unibind.knowledge import KnowledgeBase
+
+if TYPE_CHECKING:
+    from spacebind.cache import CacheSet
+    from spacebind.io.datasets import Dataset
+    from spacebind.space import Space
+
+FORMAT = "spacebind-unibind-1"
+
+
+@dataclass
+class UniBind:
+    """Class centres (and aligned heads) for the classes `names` of one space."""
+
+    space: "Space"
+    names: list[str]
+    centres: dict[str, torch.Tensor]
+    descriptions: torch.Tensor
+    owners: torch.Tensor
+    heads: dict[str, nn.Module] = field(default_factory=dict)
+    vote_weight: float = 0.0
+    k: int = 10
+
+    def scores(self, modality: str, feats: torch.Tensor, vote_weight: float | None = None) -> torch.Tensor:
+        """Class scores [N, C] of `modality` embeddings of the space (aligned first if a head exists)."""
+        if modality not in self.centres:
+            raise InputError(f"UniBind has centres for {', '.join(self.centres)}, not {modality!r}")
+        weight = self.vote_weight if vote_weight is None else vote_weight
+        votes = knowledge_votes(feats, self.descriptions, self.owners, len(self.names), self.k) if weight else None
+        with torch.no_grad():
+            aligned = self.heads[modality](feats) if modality in self.heads else feats
+        return predict(aligned, self.centres[modality], votes, weight)
+
+    def classify(self, modality: str, inputs: Any) -> list[str]:
+        """Class names of raw inputs (paths, arrays) encoded by the space."""
+        return [self.names[i] for i in self.scores(modality, self.space.encode(modality, inputs)).argmax(1).tolist()]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `unibind.safetensors` and `unibind.json` into `directory`."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"descriptions": self.descriptions, "owners": self.owners}
+        tensors.update({f"centres.{m}": c for m, c in self.centres.items()})
+        for m, head in self.heads.items():
+            tensors.update({f"heads.{m}.{k}": v for k, v in head.state_dict().items()})
+        with atomic_path(out / "unibind.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        write_json(out / "unibind.json", {
+            "format": FORMAT, "space": self.space.name, "names": self.names, "modalities": list(self.centres),
+            "heads": {m: h.config for m, h in self.heads.items()}, "vote_weight": self.vote_weight, "k": self.k,
+        })
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, space: "Space | None" = None) -> "UniBind":
+        """Read a saved UniBind for `space` (strict: every tensor used, none missing); without
+        `space`, the fused checkpoint in the same directory (a fuse export holds both).
+
+        Raises:
+            CheckpointError: not a UniBind directory, another space, or missing/unexpected tensors.
+        """
+        root = Path(directory)
+        meta_path = root / "unibind.json"
+        if not meta_path.is_file():
+            raise CheckpointError(f"{root} is not a UniBind directory: no unibind.json")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if space is None:
+            from spacebind.checkpoint import load as load_space
+
+            space = load_space(root)
+        if meta.get("format") != FORMAT or meta.get("space") != space.name:
+            raise CheckpointError(f"{meta_path}: format {meta.get('format')!r} for space {meta.get('space')!r}; "
+                                  f"expected {FORMAT} for {space.name!r}")
+        tensors = load_file(str(root / "unibind.safetensors"))
+        used = {"descriptions", "owners", *(f"centres.{m}" for m in meta["modalities"])}
+        heads = {}
+        for m, config in meta["heads"].items():
+            head = head_from_config(config)
+            keys = {k: f"heads.{m}.{k}" for k in head.state_dict()}
+            missing = sorted(v for v in keys.values() if v not in tensors)
+            if missing:
+                raise CheckpointError(f"{root / 'unibind.safetensors'} lacks {missing}")
+            head.load_state_dict({k: tensors[v] for k, v in keys.items()}, strict=True)
+            heads[m] = head.eval()
+            used.update(keys.values())
+        extra, absent = sorted(set(tensors) - used), sorted(used - set(tensors))
+        if extra or absent:
+            raise CheckpointError(f"{root / 'unibind.safetensors'}: unexpected {extra}, missing {absent}")
+        return cls(space, list(meta["names"]), {m: tensors[f"centres.{m}"] for m in meta["modalities"]},
+                   tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]))
+
+
+def fit_unibind(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: KnowledgeBase, *,
+                modalities: Sequence[str] | None = None, n: int = 8, mix: float = 0.5, align: bool = True,
+                vote_weight: float = 0.0, k: int = 10, epochs: int = 20, seed: int = 0) -> UniBind:
+    """Centres for every labelled non-text modality of `space` from the train split (and, with
+    `align`, a projector per modality trained against them), the knowledge base embedded for voting."""
+    if "text" not in space.modalities:
+        raise InputError(f"UniBind embeds descriptions as text; space {space.name!r} has no text")
+    names = dataset.class_names
+    prompts = prompt_classes(space, names, dataset.templates)
+    wanted = modalities or [m for m in space.modalities if m != "text" and m in dataset.modalities()]
+    centres, heads = {}, {}
+    for m in wanted:
+        centres[m] = build_centres(space, caches, dataset, kb, m, prompts, n, mix)
+        if align:
+            feats, labels = split_features(space, caches, dataset, "train", m)
+            heads[m] = align_to_centres(feats, labels, centres[m], epochs=epochs, seed=seed)
+    descs = knowledge_embeddings(space, kb, names)
+    owners = torch.cat([torch.full((len(d),), i, dtype=torch.long) for i, d in enumerate(descs)])
+    return UniBind(space, list(names), centres, torch.cat(descs), owners, heads, vote_weight, k)
+
+
+def evaluate_unibind(model: UniBind, caches: "CacheSet", dataset: "Dataset", split: str) -> list[dict[str, Any]]:
+    """Zero-shot records (CLIP_benchmark shape) of the centres, one per modality, model
+    `<space> (centres)`."""
+    from spacebind.evaluation.metrics import zeroshot_classification
+
+    records = []
+    for m in model.centres:
+        feats, labels = split_features(model.space, caches, dataset, split, m)
+        if len(labels) == 0:
+            continue
+        scores = model.scores(m, feats)
+        # nearest-class metrics on the scores: classify rows of the score matrix against the identity
+        metrics = {**zeroshot_classification(scores, labels, torch.eye(len(model.names))), "n": len(labels)}
+        records.append({"model": f"{model.space.name} (centres)", "role": "fused", "dataset": f"{dataset.name}-{split}",
+                        "task": "zeroshot_classification", "modalities": [m, "text"], "metrics": metrics})
+    return records
+
+
+def recipe_knowledge(knowledge: str, generator: Path | None, dataset: "Dataset", base_dir: Path) -> KnowledgeBase:
+    """The knowledge base a recipe names: generated by a local model, the world's, or a file.
+
+    Raises:
+        InputError: 'world' for a dataset that is not a procedural world, or a missing file.
+    """
+    from spacebind.unibind.knowledge import generate_knowledge, load_knowledge, require_classes, world_knowledge
+
+    if generator is not None:
+        kb = generate_knowledge(generator if generator.is_absolute() else base_dir / generator, dataset.class_names)
+    elif knowledge == "world":
+        meta = json.loads((dataset.root / "classes.json").read_text(encoding="utf-8")).get("world")
+        if not meta:
+            raise InputError(f"unibind.knowledge: 'world' needs a procedural-world dataset; {dataset.root} is not one")
+        kb = world_knowledge(meta["concepts_seed"], meta["num_concepts"])
+    else:
+        path = Path(knowledge)
+        kb = load_knowledge(path if path.is_absolute() else base_dir / path)
+    require_classes(kb, dataset.class_names, "unibind.knowledge")
+    return kb

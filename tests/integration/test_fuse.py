@@ -1,0 +1,103 @@
+"""End to end on a small held-out world: recipe → fused checkpoint, and the demo's claims."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import spacebind
+from spacebind.cli import app
+from spacebind.fuse import fuse
+from spacebind.recipe import validate_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def r1(records: list[dict], role: str, pair: list[str], key: str) -> float:
+    rec = next(r for r in records if r["role"] == role and r["task"] == "retrieval" and r["modalities"] == pair)
+    return rec["metrics"][key]
+
+
+@pytest.fixture(scope="module")
+def fused_run(small_world, tmp_path_factory):
+    raw = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    raw["data"] = {"path": str(small_world.root)}
+    raw["export"] = {"out": str(tmp_path_factory.mktemp("export") / "demo")}
+    work = tmp_path_factory.mktemp("work")
+    result = fuse(validate_recipe(raw), recipe_text=yaml.safe_dump(raw), work=work, progress=False)
+    return result, small_world
+
+
+def test_export_holds_everything(fused_run) -> None:
+    result, _ = fused_run
+    names = sorted(p.name for p in result.out.iterdir())
+    assert names == ["README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml"]
+    records = json.loads((result.out / "metrics.json").read_text())
+    assert {r["role"] for r in records} == {"base", "expert", "fused"}
+    assert {r["model"] for r in records} == {"unified", "image_text", "audio_text", "demo"}
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["space"]["base"]["experts"][0]["source"] == "world_image_text"
+    assert len(config["space"]["base"]["experts"][0]["sha256"]) == 64
+
+
+def test_fused_beats_base_on_audio_text_and_keeps_image_text(fused_run) -> None:
+    result, _ = fused_run
+    rec = result.records
+    for key in ["audio_retrieval_recall@1", "text_retrieval_recall@1"]:
+        assert r1(rec, "fused", ["text", "audio"], key) > r1(rec, "base", ["text", "audio"], key) + 0.02, key
+    image_text = ["image_retrieval_recall@1", "text_retrieval_recall@1"]
+    fused = sum(r1(rec, "fused", ["text", "image"], k) for k in image_text) / 2
+    expert = sum(r1(rec, "expert", ["text", "image"], k) for k in image_text) / 2
+    assert fused >= expert - 0.01  # mean of both directions: within 1 point of the image-text expert
+
+
+def test_loaded_checkpoint_encodes_raw_files_like_the_trained_space(fused_run) -> None:
+    result, world = fused_run
+    wav = world.select("test", "audio")[0].fields["audio"]
+    loaded = spacebind.load(result.out)
+    emb = loaded.encode("audio", [wav])
+    assert emb.shape == (1, result.space.dim)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
+    torch.testing.assert_close(emb, result.space.encode("audio", [wav]))
+
+
+def test_cli_eval_and_encode_on_the_export(fused_run, tmp_path: Path) -> None:
+    result, world = fused_run
+    runner = CliRunner()
+    out_json = tmp_path / "m.json"
+    ev = runner.invoke(app, ["eval", str(result.out), str(world.root), "--out", str(out_json), "--cache-dir", str(tmp_path / "c")])
+    assert ev.exit_code == 0, ev.output
+    fused = [r for r in result.records if r["role"] == "fused"]
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(fused))
+    texts = [it.fields["text"] for it in world.select("test", "text")[:3]]
+    enc = runner.invoke(app, ["encode", str(result.out), "text", *texts, "--out", str(tmp_path / "t.npy")])
+    assert enc.exit_code == 0, enc.output
+    import numpy as np
+
+    arr = np.load(tmp_path / "t.npy")
+    np.testing.assert_allclose(arr, result.space.encode("text", texts).numpy(), atol=1e-6)
+
+
+def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
+    """Coarse presets from the recipe load by name; the sweep stores the best λ per task."""
+    result, world = fused_run
+    expertise = spacebind.load(result.out, preset="audio_text_expertise")
+    assert expertise.lambdas == {"audio": 0.8, "text": 0.5}
+    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas
+    with pytest.raises(spacebind.InputError, match="no λ preset 'nope'"):
+        spacebind.load(result.out, preset="nope")
+    runner = CliRunner()
+    swept = runner.invoke(app, ["sweep", str(result.out), str(world.root), "--grid", "0,0.5,1", "--cache-dir", str(tmp_path)])
+    assert swept.exit_code == 0, swept.output
+    report = json.loads((result.out / "sweep.json").read_text())
+    assert report["modalities"] == ["text", "audio"] and len(report["points"]) == 9
+    assert (result.out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    best = report["best"]["text→audio R@1"]
+    assert report["scores"]["text→audio R@1"][report["points"].index(best)] == max(report["scores"]["text→audio R@1"])
+    tuned = spacebind.load(result.out, preset="best:text-audio")
+    assert tuned.lambdas == {**result.space.lambdas, **best}
+    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas  # coarse presets kept

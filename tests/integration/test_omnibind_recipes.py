@@ -1,0 +1,40 @@
+"""The published OmniBind expert sets validate now and, without their checkpoints, fail before any
+work with one error listing every missing file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spacebind.errors import CheckpointError
+from spacebind.fuse import fuse
+from spacebind.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = {"omnibind_7b": 6, "omnibind_13b": 13, "omnibind_30b": 14}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_published_omnibind_recipes_validate_and_name_missing_checkpoints(name: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, _ = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert len(recipe.experts) == SIZES[name] and recipe.routed is not None
+    assert "imagebind" in recipe.routed.experts and recipe.routed.scales == {"text": 10}
+    sources = {cfg.source for cfg in recipe.experts.values()}
+    assert {"wavcaps", "uni3d_giant", "imagebind_huge", "eva02_clip_bige14_plus"} <= sources
+    if name != "omnibind_7b":
+        assert {"clap_general.fusion", "clap_music", "dfn5b_clip_vit_h14", "siglip_so400m_384"} <= sources
+    if name == "omnibind_30b":  # the target is the registered EVA-CLIP-18B expert, its remote code allowed
+        assert recipe.base == "eva18b" and recipe.experts["eva18b"].source == "eva_clip_18b"
+        assert recipe.experts["eva18b"].kwargs == {"checkpoint": "checkpoints/EVA-CLIP-18B", "trust_remote_code": True}
+    monkeypatch.chdir(tmp_path)  # no checkpoints here
+    with pytest.raises(CheckpointError) as info:
+        fuse(recipe, work=tmp_path / "work", progress=False)
+    message = str(info.value)
+    assert not (tmp_path / "work" / "data").exists()  # refused before any work
+    files = {v for cfg in recipe.experts.values() for k, v in cfg.kwargs.items() if k in ("checkpoint", "clip_checkpoint", "tokenizer")}
+    assert all(f"'{f}'" in message for f in files)
+    assert "experts.wavcaps_clotho.kwargs.checkpoint: no file or directory 'checkpoints/HTSAT-BERT-FT-Clotho.pt'" in message
+    if name == "omnibind_30b":
+        assert "experts.eva18b.kwargs.checkpoint: no file or directory 'checkpoints/EVA-CLIP-18B'" in message
+        assert "eva_clip_18b expects EVA-CLIP-18B snapshot dir" in message

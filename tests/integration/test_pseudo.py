@@ -1,0 +1,74 @@
+"""Pseudo datasets: pairs mined inside an expert train one mixture member each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from spacebind.bonds.fit import train_head
+from spacebind.cache import ensure_caches
+from spacebind.errors import InputError, RecipeError
+from spacebind.experts.registry import EXPERTS
+from spacebind.recipe import validate_recipe
+from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
+from spacebind.training.trainer import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def spaces(small_world, tmp_path_factory):
+    unified, audio_text = EXPERTS.create("world_unified"), EXPERTS.create("world_audio_text")
+    caches = ensure_caches([unified, audio_text], small_world, tmp_path_factory.mktemp("c"), progress=False)
+    return unified, audio_text, caches
+
+
+def test_pairs_hold_the_seed_and_its_mined_partner(spaces, small_world, tmp_path: Path) -> None:
+    unified, audio_text, caches = spaces
+    spec = PseudoDataset(seed="text", partners=["audio"], k=3, mode="top1")
+    x, y = pseudo_pairs(spec, audio_text, unified, caches, small_world, "val", "world_audio_text", tmp_path)
+    seeds = [it.id for it in small_world.select("val", "text")]
+    assert x.shape == (2 * len(seeds), audio_text.dim) and y.shape == (2 * len(seeds), unified.dim)
+    torch.testing.assert_close(y[:len(seeds)], caches.embeddings(unified, "text", seeds))  # own-modality pairs
+    at = caches.caches["world_audio_text"]
+    pool = [it.id for it in small_world.select("val", "audio")]
+    best = (at.embeddings("text", seeds) @ at.embeddings("audio", pool).T).argmax(dim=1)
+    want = F.normalize(caches.embeddings(unified, "audio", [pool[i] for i in best.tolist()]), dim=-1)
+    torch.testing.assert_close(y[len(seeds):], want, atol=1e-5, rtol=0)  # top-1 partner in U's space
+    assert list((tmp_path).iterdir())  # the mining was stored
+    with pytest.raises(InputError, match="does not cover 'point'"):
+        pseudo_pairs(PseudoDataset(seed="point"), audio_text, unified, caches, small_world, "val", "world_audio_text")
+
+
+def test_one_mixture_member_per_pseudo_dataset(spaces, small_world) -> None:
+    unified, audio_text, caches = spaces
+    pseudo = [PseudoDataset(seed="text", partners=["audio"]), PseudoDataset(seed="audio", partners=["text"])]
+    head = train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="world_audio_text",
+                      train=TrainConfig(epochs=2, hidden=32), progress=False)
+    assert len(head.members) == 2
+    with pytest.raises(InputError, match="miner 'nobody' is not an expert"):
+        train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="nobody", progress=False)
+
+
+def test_recipe_pseudo_fields_are_checked() -> None:
+    raw = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    raw["bonds"][1]["pseudo"] = [{"seed": "text", "partners": ["audio"], "miner": "audio_txt"}, {"seed": "audio", "k": 0}]
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(raw)
+    msg = str(info.value)
+    assert "bonds.1.pseudo.1.k" in msg and "bonds.1.pseudo.0.miner: 'audio_txt'" in msg
+    raw["bonds"][1]["pseudo"] = [{"seed": "text", "partners": ["audio"]}, {"seed": "audio", "partners": ["text"]}]
+    with pytest.raises(RecipeError, match="one member each"):  # the demo's mixture is 3
+        validate_recipe(raw)
+    raw["bonds"][1].pop("mixture")
+    assert len(validate_recipe(raw).bonds[1].pseudo) == 2
+
+
+def test_pseudo_needs_mlp_projectors(spaces, small_world) -> None:
+    unified, audio_text, caches = spaces
+    with pytest.raises(InputError, match="projector 'procrustes' takes none"):
+        train_head(audio_text, unified, caches, small_world, projector="procrustes",
+                   pseudo=[PseudoDataset(seed="text", partners=["audio"])], progress=False)

@@ -1,0 +1,94 @@
+"""Embedding caches: float16 shards, resume without recompute, refusal of another expert's cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from tiny_datasets import tiny_dataset
+from toy_experts import multi_expert
+
+from spacebind.cache.store import EmbeddingCache, embed_dataset
+from spacebind.errors import CacheError
+from spacebind.space import Expert, ExpertSpec
+
+
+class Counting:
+    """Wraps an encoder and counts the items it encodes; can fail on the k-th call."""
+
+    def __init__(self, fn, fail_on: int | None = None) -> None:
+        self.fn, self.fail_on, self.items, self.calls = fn, fail_on, 0, 0
+
+    def __call__(self, xs):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt("killed")
+        self.items += len(xs)
+        return self.fn(xs)
+
+
+def expert_with(counters: dict[str, Counting], sha: str = "abc") -> Expert:
+    spec = ExpertSpec(source="toy", checkpoint="toy.bin", sha256=sha)
+    return Expert("toy", 8, dict(counters), spec=spec, batch_size=4)
+
+
+def test_cache_contents_bad_items_and_chunks(tmp_path: Path) -> None:
+    data = tiny_dataset(tmp_path / "data")
+    toy = multi_expert("toy", 8, ("image", "text"), 0)
+    cache = embed_dataset(toy, data, tmp_path / "cache", shard_size=5, progress=False)
+    assert cache.modalities == ("text", "image") and cache.dim == 8 and cache.expert == "toy"
+    ids = cache.ids("image")
+    assert len(ids) == 22 and "item5" not in ids
+    assert cache.bad("image")[0]["id"] == "item5" and "not a readable image" in cache.bad("image")[0]["reason"]
+    direct = toy.encode("image", [data.by_id()[i].fields["image"] for i in ids])
+    torch.testing.assert_close(cache.embeddings("image"), direct, atol=2e-3, rtol=0)
+    with safe_open(str(tmp_path / "cache" / "image" / "shard-00000.safetensors"), framework="pt") as fh:
+        assert fh.get_slice("embeddings").get_dtype() == "F16"
+    picked = ["item7", "item1", "item20"]
+    torch.testing.assert_close(cache.embeddings("image", picked), direct[[ids.index(i) for i in picked]], atol=2e-3, rtol=0)
+    chunks = list(cache.iter_chunks("image", chunk_size=4))
+    assert [len(c[0]) for c in chunks] == [4, 4, 4, 4, 4, 2]
+    torch.testing.assert_close(torch.cat([c[1] for c in chunks]), cache.embeddings("image"))
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    with pytest.raises(CacheError, match="no image embeddings for ids"):
+        cache.embeddings("image", ["item5"])
+    with pytest.raises(CacheError, match="has no 'audio' embeddings"):
+        cache.ids("audio")
+
+
+def test_interrupted_embed_resumes_without_recomputing(tmp_path: Path) -> None:
+    data = tiny_dataset(tmp_path / "data", corrupt=None)
+    fn = multi_expert("toy", 8, ("text",), 0).encoders["text"]
+    dying = Counting(fn, fail_on=5)  # batches of 4: shards 0 and 1 take calls 1-4
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(expert_with({"text": dying}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert dying.items == 10  # two shards of five finished before the kill
+    resumed = Counting(fn)
+    cache = embed_dataset(expert_with({"text": resumed}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert resumed.items == 13 and len(cache.ids("text")) == 23
+    again = Counting(fn)
+    embed_dataset(expert_with({"text": again}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert again.items == 0
+    shard = tmp_path / "cache" / "text" / "shard-00001.safetensors"
+    shard.write_bytes(b"damaged")
+    repair = Counting(fn)
+    embed_dataset(expert_with({"text": repair}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert repair.items == 5
+    full = EmbeddingCache.open(tmp_path / "cache").embeddings("text")
+    torch.testing.assert_close(full, multi_expert("toy", 8, ("text",), 0).encode("text", [it.fields["text"] for it in data.items]), atol=2e-3, rtol=0)
+
+
+def test_cache_of_another_expert_or_checkpoint_is_refused(tmp_path: Path) -> None:
+    data = tiny_dataset(tmp_path / "data", corrupt=None)
+    fn = multi_expert("toy", 8, ("text",), 0).encoders["text"]
+    embed_dataset(expert_with({"text": Counting(fn)}), data, tmp_path / "cache", progress=False)
+    with pytest.raises(CacheError, match="sha256='abc'.*not 'def'"):
+        embed_dataset(expert_with({"text": Counting(fn)}, sha="def"), data, tmp_path / "cache", progress=False)
+    other = Expert("other", 8, {"text": fn}, spec=ExpertSpec(source="other"))
+    with pytest.raises(CacheError, match="expert 'toy' vs 'other'"):
+        embed_dataset(other, data, tmp_path / "cache", progress=False)
+    with pytest.raises(CacheError, match="shard_size"):
+        embed_dataset(expert_with({"text": Counting(fn)}), data, tmp_path / "cache", shard_size=7, progress=False)
+    with pytest.raises(CacheError, match="not an embedding cache"):
+        EmbeddingCache.open(tmp_path / "data")

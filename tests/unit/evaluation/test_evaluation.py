@@ -1,0 +1,99 @@
+"""Metrics against hand-computed values; evaluation records; tables and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spacebind.evaluation.evaluate import evaluate, read_records, write_records
+from spacebind.evaluation.metrics import class_embeddings, retrieval_recall, zeroshot_classification
+from spacebind.evaluation.report import plot_recall_curves, records_markdown, records_table
+from spacebind.io.datasets import ClassInfo, Dataset, Item
+from spacebind.retrieval.topk import topk_indices
+
+
+def test_topk_chunked_equals_full_matmul_and_breaks_ties_low() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(37, 8, generator=g), torch.randn(53, 8, generator=g)
+    full = torch.topk(q @ gal.T, 7, dim=1).indices
+    for chunk in (1, 5, 64):
+        torch.testing.assert_close(topk_indices(q, gal, 7, chunk_size=chunk), full)
+    tie = topk_indices(torch.ones(1, 2), torch.ones(4, 2), 3)
+    assert tie.tolist() == [[0, 1, 2]]
+    assert topk_indices(q, gal[:3], 10).shape == (37, 3)  # k larger than the gallery
+
+
+def test_topk_with_many_ties_equals_a_stable_full_sort() -> None:
+    # small integer vectors: most scores tie, inside the top k and across its boundary
+    g = torch.Generator().manual_seed(1)
+    q, gal = torch.randint(0, 3, (50, 4), generator=g).float(), torch.randint(0, 3, (80, 4), generator=g).float()
+    stable = torch.sort(q @ gal.T, dim=1, descending=True, stable=True).indices[:, :7]
+    assert torch.equal(topk_indices(q, gal, 7, chunk_size=13), stable)
+    assert topk_indices(q, gal, 0).shape == (50, 0)
+
+
+def test_retrieval_recall_by_hand() -> None:
+    gallery = torch.eye(4)
+    queries = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.5, 0, 0], [0, 0, 0.2, 1.0], [0, 0, 0, 1.0]])
+    # ranks of the correct item (diagonal): q0 → 0, q1 → 1, q2 → 1, q3 → 0
+    r = retrieval_recall(queries, gallery, [0, 1, 2, 3], ks=(1, 2))
+    assert r == {1: 0.5, 2: 1.0}
+    multi = retrieval_recall(queries, gallery, [0, [0, 1], 2, [3]], ks=(1,))
+    assert multi == {1: 0.75}  # q1 also accepts item 0
+
+
+def test_zeroshot_metrics_by_hand() -> None:
+    classes = torch.eye(3)
+    feats = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0, 1.0, 0], [0, 0.1, 1.0]])
+    labels = torch.tensor([0, 1, 1, 2])
+    m = zeroshot_classification(feats, labels, classes)
+    assert m["acc1"] == 0.75 and m["acc5"] == 1.0
+    assert m["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    prompts = F.normalize(torch.tensor([[1.0, 0], [1.0, 1.0], [0, 1.0], [0, 2.0]]), dim=-1)
+    centres = class_embeddings(prompts, 2)
+    torch.testing.assert_close(centres[1], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(centres[0], F.normalize(prompts[0] + prompts[1], dim=-1))
+
+
+def tiny_dataset() -> Dataset:
+    items = [Item(f"i{k}", "test", f"c{k % 2}", {"image": f"img{k}", "text": f"t{k}"}) for k in range(4)]
+    return Dataset(Path("tiny"), items, [ClassInfo("c0"), ClassInfo("c1")], ["a {}"])
+
+
+def test_evaluate_names_directions_like_clip_benchmark() -> None:
+    # images are perfect one-hots; texts 2 and 3 are swapped, so text→image misses them
+    image = torch.eye(4)
+    text = torch.eye(4)[[0, 1, 3, 2]] * 0.6 + torch.eye(4) * 0.5
+    embed = lambda m, ids: (image if m == "image" else text)[[int(i[1]) for i in ids]]  # noqa: E731
+    encode_text = lambda prompts: torch.tensor([[1.0, 0, 1, 0], [0, 1.0, 0, 1]])  # noqa: E731
+    records = evaluate(model="toy", role="fused", dataset=tiny_dataset(), split="test", modalities=["image", "text"],
+                       embed_items=embed, encode_text=encode_text, ks=(1,))
+    retrieval, zeroshot = records
+    assert retrieval["modalities"] == ["text", "image"] and retrieval["dataset"] == "tiny-test"
+    assert retrieval["metrics"]["image_retrieval_recall@1"] == 0.5  # text queries → images
+    assert retrieval["metrics"]["text_retrieval_recall@1"] == 0.5
+    assert zeroshot["task"] == "zeroshot_classification" and zeroshot["modalities"] == ["image", "text"]
+    assert zeroshot["metrics"]["acc1"] == 1.0 and zeroshot["metrics"]["n"] == 4
+    with pytest.raises(ValueError, match="role"):
+        evaluate(model="x", role="other", dataset=tiny_dataset(), split="test", modalities=[], embed_items=embed)
+
+
+def test_records_round_trip_tables_and_plot(tmp_path: Path) -> None:
+    records = [
+        {"model": "base", "role": "base", "dataset": "w-test", "task": "retrieval", "modalities": ["text", "audio"],
+         "metrics": {"audio_retrieval_recall@1": 0.05, "audio_retrieval_recall@5": 0.2, "text_retrieval_recall@1": 0.04,
+                     "text_retrieval_recall@5": 0.18, "n": 10}},
+        {"model": "fused", "role": "fused", "dataset": "w-test", "task": "retrieval", "modalities": ["text", "audio"],
+         "metrics": {"audio_retrieval_recall@1": 0.3, "audio_retrieval_recall@5": 0.6, "text_retrieval_recall@1": 0.25,
+                     "text_retrieval_recall@5": 0.55, "n": 10}},
+    ]
+    write_records(tmp_path / "m.json", records)
+    assert read_records(tmp_path / "m.json") == records
+    md = records_markdown(records)
+    assert "| metric | base (base) | fused (fused) |" in md
+    assert "| text→audio R@1 | 5.0 | 30.0 |" in md and "| audio→text R@1 | 4.0 | 25.0 |" in md
+    assert records_table(records).row_count == 2
+    png = plot_recall_curves(records, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

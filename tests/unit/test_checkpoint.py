@@ -1,0 +1,135 @@
+"""Fused checkpoints: save → load gives identical embeddings; loading is strict."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from toy_experts import multi_expert
+
+import spacebind
+from spacebind.bonds.bind import BoundSpace
+from spacebind.bonds.mixture import ProjectorMixture
+from spacebind.bonds.projector import MLPProjector
+from spacebind.errors import CheckpointError
+from spacebind.experts import build_expert
+
+TEXTS = ["a small red cube", "a huge blue cone", "tiny green torus"]
+
+
+def trained_like(head: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give BatchNorm non-trivial running statistics so a lost buffer would show."""
+    torch.manual_seed(seed)
+    head.train()
+    with torch.no_grad():
+        for _ in range(3):
+            head(torch.randn(32, head.members[0].in_dim if hasattr(head, "members") else head.in_dim))
+    return head.eval()
+
+
+def composed_space() -> BoundSpace:
+    u = multi_expert("U", 8, ("text", "image"), 0)
+    e1 = multi_expert("E1", 6, ("text", "image"), 1)
+    e2 = multi_expert("E2", 5, ("text", "point"), 2)
+    e3 = multi_expert("E3", 4, ("text",), 3)
+    d = BoundSpace(u, [e1], "displacement", {"E1": trained_like(MLPProjector(8, 6, hidden=16), 0)}, lambdas={"text": 0.2})
+    heads = {
+        "E2": trained_like(ProjectorMixture([MLPProjector(5, 6, hidden=16) for _ in range(2)]), 1),
+        "E3": trained_like(ProjectorMixture([MLPProjector(4, 6, hidden=16) for _ in range(3)]), 2),
+    }
+    return BoundSpace(d, [e2, e3], "combination", heads, lambdas={"text": 0.4, "point": 0.7}, name="fused")
+
+
+def test_save_load_round_trip_gives_identical_embeddings(tmp_path: Path) -> None:
+    space = composed_space()
+    records = [{"model": "fused", "role": "fused", "dataset": "toy", "task": "retrieval",
+                "modalities": ["image", "text"], "metrics": {"image_retrieval_recall@1": 0.5, "text_retrieval_recall@1": 0.25}}]
+    out = space.save(tmp_path / "ckpt", recipe_text="name: toy\n", metrics=records)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml"]
+    leaves = {e.name: e for e in space.leaves()}
+    loaded = spacebind.load(out, experts=leaves)
+    assert loaded.formula() == "(U + d(E1)) + c(E2 ∥ E3)" == space.formula()
+    for modality, inputs in [("text", TEXTS), ("image", [torch.rand(8, 8, 3).numpy()]), ("point", [torch.rand(20, 3).numpy()])]:
+        torch.testing.assert_close(loaded.encode(modality, inputs), space.encode(modality, inputs), rtol=0, atol=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["space"]["bond"] == "combination" and config["space"]["lambdas"] == {"text": 0.4, "point": 0.7}
+    assert config["spacebind_version"] == spacebind.__version__
+    assert json.loads((out / "metrics.json").read_text()) == records
+    card = (out / "README.md").read_text()
+    assert "(U + d(E1)) + c(E2 ∥ E3)" in card and "mixture of 3" in card and "50.0" in card
+
+
+def test_loading_is_strict(tmp_path: Path) -> None:
+    space = composed_space()
+    out = space.save(tmp_path / "ckpt")
+    leaves = {e.name: e for e in space.leaves()}
+    with pytest.raises(CheckpointError, match="built in memory"):
+        spacebind.load(out)
+    tensors = load_file(str(out / "model.safetensors"))
+    key = next(k for k in tensors if k.startswith("bonds.1.E3.members.2"))
+    save_file({**tensors, "bonds.1.E3.extra": torch.zeros(1)}, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['bonds.1.E3.extra'\]"):
+        spacebind.load(out, experts=leaves)
+    del tensors[key]
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"missing keys.*{key}"):
+        spacebind.load(out, experts=leaves)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        spacebind.load(tmp_path)
+
+
+def test_import_path_experts_reload_and_checksums_are_verified(tmp_path: Path) -> None:
+    u = build_expert("toy_experts:text_expert", {"name": "U", "dim": 6, "seed": 0}, name="U")
+    e = build_expert("toy_experts:text_expert", {"name": "E", "dim": 4, "seed": 1}, name="E")
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(4, 6, hidden=8).eval()}, lambdas={"text": 0.5})
+    out = space.save(tmp_path / "ckpt")
+    torch.testing.assert_close(spacebind.load(out).encode("text", TEXTS), space.encode("text", TEXTS))
+    config = json.loads((out / "config.json").read_text())
+    config["space"]["base"]["sha256"] = "0" * 64
+    config["space"]["base"]["kwargs"]["dim"] = 7
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="now has dim 7"):
+        spacebind.load(out)
+
+
+def test_expert_checkpoint_with_another_checksum_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    weights = tmp_path / "weights.npy"
+    np.save(weights, np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32))
+    u = build_expert("toy_experts:file_expert", {"path": str(weights)}, name="U")
+    e = build_expert("toy_experts:text_expert", {"name": "E", "dim": 4}, name="E")
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(4, 6, hidden=8).eval()})
+    out = space.save(tmp_path / "ckpt")
+    assert json.loads((out / "config.json").read_text())["space"]["base"]["sha256"] == u.spec.sha256
+    np.save(weights, np.ones((16, 6), dtype=np.float32))  # the user swapped the expert's weights
+    with pytest.raises(CheckpointError, match="expert 'U' checkpoint .*weights.npy has sha256"):
+        spacebind.load(out)
+    assert spacebind.load(out, verify=False).dim == 6
+
+
+def test_a_bond_on_a_routed_space_saves_and_loads(tmp_path: Path) -> None:
+    """Any bond kind may sit under any other: `bonds()` walks every bond node, routed ones too."""
+    from spacebind.bonds.route import ROUTER_PREFIX, RoutedSpace
+    from spacebind.bonds.router import Router
+
+    t = multi_expert("T", 6, ("text", "image"), 0)
+    a = multi_expert("A", 5, ("text", "image"), 1)
+    b = multi_expert("B", 4, ("text",), 2)
+    router = trained_like(Router(6 + 5 + 4, 3, hidden=(8, 4)), 3)
+    with torch.no_grad():
+        router.net[-1].weight.normal_()
+    routed = RoutedSpace(t, [a, b], {"A": trained_like(MLPProjector(5, 6, hidden=8), 4),
+                                     "B": trained_like(MLPProjector(4, 6, hidden=8), 5),
+                                     f"{ROUTER_PREFIX}text": router})
+    c = multi_expert("C", 3, ("text", "point"), 6)
+    space = BoundSpace(routed, [c], "combination", {"C": trained_like(MLPProjector(3, 6, hidden=8), 7)},
+                       lambdas={"text": 0.3})
+    assert [type(n).__name__ for n in space.bonds()] == ["RoutedSpace", "BoundSpace"]
+    out = space.save(tmp_path / "ckpt")
+    loaded = spacebind.load(out, experts={e.name: e for e in space.leaves()})
+    assert loaded.formula() == space.formula()
+    for modality, inputs in [("text", TEXTS), ("image", [torch.rand(8, 8, 3).numpy()]), ("point", [torch.rand(20, 3).numpy()])]:
+        torch.testing.assert_close(loaded.encode(modality, inputs), space.encode(modality, inputs), rtol=0, atol=0)

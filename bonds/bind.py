@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spacebind.bonds.fit import train_head
+from spacebind.bonds.lambdas import choose_lambdas
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
 from spacebind.errors import InputError
@@ -29,11 +30,12 @@ from spacebind.modalities import check_modality
 from spacebind.space import Space
 
 
-def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor]) -> torch.Tensor:
-    """Average the unit outputs of every member of every head (a parallel bond pools them all)."""
+def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
+    """Average the unit outputs of every member of every head (a parallel bond pools them all)
+    that was trained on inputs of `modality`."""
     outs = []
     for head, x in zip(heads, inputs):
-        members = getattr(head, "members", None) or [head]
+        members = head.members_for(modality) if hasattr(head, "members_for") else [head]
         outs.extend(member(x) for member in members)
     return torch.stack(outs).mean(dim=0)
 
@@ -52,6 +54,7 @@ class BoundSpace(BondNode):
         lambdas: Mapping[str, float] | None = None,
         name: str | None = None,
         presets: Mapping[str, Mapping[str, float]] | None = None,
+        choices: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in ("combination", "displacement"):
             raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
@@ -63,6 +66,14 @@ class BoundSpace(BondNode):
         self.presets = {name: _checked(values) for name, values in (presets or {}).items()}
         self.dim = base.dim if kind == "combination" else experts[0].dim
         self.name = name or self.formula()
+        self.choices = dict(choices or {})  # what training chose and why: targets per member, λ
+
+    def tunable_modalities(self) -> list[str]:
+        """The modalities whose λ mixes two sides: covered by the base and by a member."""
+        return [m for m in self.modalities if m in self.base.modalities and any(m in e.modalities for e in self.experts)]
+
+    def kind_config(self) -> dict[str, Any]:
+        return {"choices": self.choices} if self.choices else {}
 
     def formula(self) -> str:
         """FreeBind notation, e.g. `(world_unified + d(world_image_text)) + c(world_audio_text)`."""
@@ -83,13 +94,13 @@ class BoundSpace(BondNode):
                 raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: {known}")
             lambdas = self.presets[lambdas]
         return BoundSpace(self.base, self.experts, self.kind, self.heads, lambdas={**self.lambdas, **lambdas},
-                          name=self.name, presets=self.presets)
+                          name=self.name, presets=self.presets, choices=self.choices)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
                     heads: dict[str, nn.Module]) -> "BoundSpace":
         return cls(base, experts, config["bond"], heads, lambdas=config["lambdas"], name=config["name"],
-                   presets=config.get("presets"))
+                   presets=config.get("presets"), choices=config.get("choices"))
 
     @classmethod
     def train(cls, base: Space, experts: list[Space], kind: str, caches: CacheSet, dataset: Dataset,
@@ -107,14 +118,14 @@ class BoundSpace(BondNode):
         if self.kind == "combination":
             if not covering:
                 return u
-            projected = _members_mean([self.heads[e.name] for e in covering], xs)
+            projected = _members_mean([self.heads[e.name] for e in covering], xs, modality)
             if u is None:
                 return F.normalize(projected, dim=-1)
             return F.normalize((1.0 - lam) * u + lam * projected, dim=-1)
         head = self.heads[self.experts[0].name]
         if u is None:
             return xs[0]
-        projected = _members_mean([head], [u])
+        projected = _members_mean([head], [u], modality)
         if not covering:
             return F.normalize(projected, dim=-1)
         return F.normalize(lam * projected + (1.0 - lam) * xs[0], dim=-1)
@@ -139,18 +150,28 @@ def train_bond(
     work_dir: Path | None = None,
     name: str | None = None,
     presets: Mapping[str, Mapping[str, float]] | None = None,
+    tune: bool = True,
     **head_kwargs: Any,
 ) -> BoundSpace:
-    """Train the projectors a bond needs and return the bound space."""
+    """Train the projectors a bond needs and return the bound space. With `tune`, the λ of the
+    modalities both sides cover are then chosen on the val split, starting from `lambdas` and
+    keeping them unless another λ is better beyond the noise (`spacebind.bonds.lambdas`)."""
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
-    heads = {}
+    heads, targets = {}, {}
     for expert in experts:
         src, tgt = (expert, base) if kind == "combination" else (base, expert)
         ckpt = work_dir / expert.name if work_dir is not None else None
         kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or expert.name}
-        heads[expert.name] = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **kwargs)
-    return BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name, presets=presets)
+        heads[expert.name], chosen = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **kwargs)
+        targets[expert.name] = chosen.to_json()
+    space = BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name, presets=presets,
+                       choices={"targets": targets})
+    choice = choose_lambdas(space, [base, *experts], caches, dataset) if tune and dataset.select("val") else None
+    if choice is None:
+        return space
+    return BoundSpace(base, list(experts), kind, heads, lambdas={**space.lambdas, **choice.lambdas}, name=name,
+                      presets=presets, choices={"targets": targets, "lambdas": choice.to_json()})
 
 
 def bind(
@@ -175,7 +196,8 @@ def bind(
         lambdas: per-modality λ (weight of the projected side).
         cache_dir: where leaf embedding caches live (default `$SPACEBIND_HOME/caches/<dataset key>`).
         work_dir: where resumable projector checkpoints go (default: none, train in memory).
-        head_kwargs: `projector` ("mlp", "linear", "procrustes", "relative"), `mixture`, `train` (TrainConfig).
+        head_kwargs: `tune` (choose λ on val, default True), and `train_head`'s: `projector`
+            ("mlp", "linear", "procrustes", "relative"), `pairing`, `mixture`, `pseudo`, `train` (TrainConfig).
     """
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     experts = [expert] if isinstance(expert, Space) else list(expert)

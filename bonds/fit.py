@@ -1,11 +1,12 @@
 """Fitting a projector head between two spaces on cached leaf embeddings.
 
 Pairs come from the same dataset item seen by two spaces: for a combination `U + c(E)` the pairs
-are (x^E_m(item), u_m(item)) for every modality m both cover; for a displacement `U + d(E)` they
-are (u_m(item), x^E_m(item)); `pairing: all` pairs every modality of an item with every other, and
-pseudo datasets pair items mined from unpaired pools. U may itself be a bound space: its
-embeddings come from `combine` over the leaf caches, so a later bond targets the space built so far
-and no expert ever re-encodes the data.
+are (x^E_a(item), u_b(item)); for a displacement `U + d(E)` they are (u_a(item), x^E_b(item)).
+Which target modalities b each source modality a learns from is the bond's `pairing`
+(`spacebind.bonds.targets`: `auto`, `same`, `cross`, `all`). Pseudo datasets pair items mined
+from unpaired pools instead. U may itself be a bound space: its embeddings come from `combine`
+over the leaf caches, so a later bond targets the space built so far and no expert ever
+re-encodes the data.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from spacebind.bonds.curation import curate_ids
 from spacebind.bonds.heads import HEADS, projector_types
 from spacebind.bonds.mixture import train_mixture
+from spacebind.bonds.targets import Targets, choose_targets
 from spacebind.cache.cache_set import CacheSet
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
@@ -25,33 +27,28 @@ from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Space
 from spacebind.training.trainer import TrainConfig
 
-PAIRINGS: tuple[str, ...] = ("same", "all")
+Pairs = tuple[torch.Tensor, torch.Tensor, list[str]]
 
 
-def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str,
-           pairing: str = "same", keep: set[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training pairs for a projector src → tgt from the items of a split.
-
-    `same`: (src_m(item), tgt_m(item)) for every modality m both spaces cover (FreeBind).
-    `all`: every (src_m(item), tgt_m'(item)) of paired items, m from the source's modalities and
-    m' from the target's: a modality the target embeds poorly is anchored on the item's other
-    modalities there, and a modality only the source covers (e.g. point in a displacement) gets
-    training pairs at all. `keep` restricts the items (a curated subset)."""
-    if pairing == "same":
-        combos = [(m, m) for m in src.modalities if m in tgt.modalities]
-    else:
-        combos = [(a, b) for a in src.modalities for b in tgt.modalities]
-    xs, ys = [], []
+def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
+           keep: set[str] | None = None) -> Pairs:
+    """Training pairs for a projector src → tgt from the paired items of a split, and the source
+    modalities they hold: (src_a(item), tgt_b(item)) for every a of the source and every b of the
+    target that `targets` admits. A modality only the source covers (point in a displacement) is
+    anchored on the item's other modalities; `keep` restricts the items (a curated subset)."""
+    combos = [(a, b) for a in src.modalities for b in tgt.modalities if targets.admits(a, b)]
+    xs, ys, sources = [], [], []
     for a, b in combos:
         ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields
                and (keep is None or it.id in keep)]
-        ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids))
+        ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids)) if ids else []
         if ids:
             xs.append(caches.embeddings(src, a, ids))
             ys.append(caches.embeddings(tgt, b, ids))
+            sources += [a] if a not in sources else []
     if not xs:
-        return torch.empty(0, src.dim), torch.empty(0, tgt.dim)
-    return torch.cat(xs), torch.cat(ys)
+        return torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
+    return torch.cat(xs), torch.cat(ys), sources
 
 
 def train_head(
@@ -62,7 +59,7 @@ def train_head(
     *,
     projector: str = "mlp",
     mixture: int = 1,
-    pairing: str = "same",
+    pairing: str = "auto",
     pseudo: Sequence[PseudoDataset] = (),
     miner: str | None = None,
     curate: int | None = None,
@@ -70,55 +67,60 @@ def train_head(
     train: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
-) -> nn.Module:
-    """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s.
+) -> tuple[nn.Module, Targets]:
+    """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s;
+    returns it with the target modalities `pairing` kept (see `spacebind.bonds.targets`).
 
     With `pseudo` datasets, the mixture has one member per pseudo dataset, each trained on that
-    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond).
+    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond), and
+    applied only to the source modalities it trained on.
     With `curate`, training uses only the concept-balanced pair set: per class, the `curate` train
     items whose text is nearest to the class prompts in the target's text side (the source's if
     the target has none); see `bonds.curation`. `relative`: `anchors`, `k`, `power` of the
     relative-representation projector."""
     if projector not in projector_types():
         raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(projector_types())}")
-    if pairing not in PAIRINGS:
-        raise InputError(f"unknown pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
+    targets = choose_targets(pairing, tgt, caches, dataset)
     subsets = None
     if pseudo:
         if projector != "mlp":
             raise InputError(f"pseudo datasets train one MLP mixture member each; projector {projector!r} takes none")
         if curate is not None:
             raise InputError("curation selects paired items; a bond with pseudo datasets has none to select")
-        x, y, subsets, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", checkpoint_dir)
+        x, y, subsets, sources, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", targets,
+                                                      checkpoint_dir)
         mixture = len(pseudo)
     else:
         keep = None
         if curate is not None:
             judge = tgt if "text" in tgt.modalities else src
             keep = set(curate_ids(judge, caches, dataset, [it.id for it in dataset.select("train")], curate))
-        x, y = _pairs(src, tgt, caches, dataset, "train", pairing, keep)
+        x, y, seen = _pairs(src, tgt, caches, dataset, "train", targets, keep)
         if len(x) == 0:
             raise InputError(
                 f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
                 f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
-                f"(pairing {pairing!r})"
+                f"(pairing {pairing!r}, target modalities kept: {targets.kept})"
             )
         if projector != "mlp":  # a closed-form head type
             options = {**dict(relative or {}), "seed": (train or TrainConfig()).seed}
-            return HEADS.entry(projector).factory.fit_pairs(projector, x, y, options)
-        vx, vy = _pairs(src, tgt, caches, dataset, "val", pairing)
-    return train_mixture(
-        x, y, n=mixture, config=train or TrainConfig(), subsets=subsets,
+            return HEADS.entry(projector).factory.fit_pairs(projector, x, y, options), targets
+        vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
+        sources = [seen] * mixture
+    head = train_mixture(
+        x, y, n=mixture, config=train or TrainConfig(), subsets=subsets, sources=sources,
         val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
         checkpoint_dir=checkpoint_dir, progress=progress,
     )
+    return head, targets
 
 
 def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,
-                 default_miner: str, work: Path | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+                 default_miner: str, targets: Targets, work: Path | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[list[str]], torch.Tensor, torch.Tensor]:
     """All pseudo datasets' training pairs with one row subset per dataset (one mixture member
-    each), and their validation pairs pooled for early stopping."""
-    xs, ys, subsets, vxs, vys = [], [], [], [], []
+    each) and the source modalities of each, and their validation pairs pooled for early stopping."""
+    xs, ys, subsets, sources, vxs, vys = [], [], [], [], [], []
     start = 0
     for spec in pseudo:
         miner = spec.miner or default_miner
@@ -126,12 +128,14 @@ def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches
             raise InputError(f"pseudo dataset {spec.label!r}: miner {miner!r} is not an expert of this space "
                              f"(experts: {', '.join(caches.caches)})")
         out = work / "pseudo" if work is not None else None
-        x, y = pseudo_pairs(spec, src, tgt, caches, dataset, "train", miner, out)
+        x, y, seen = pseudo_pairs(spec, src, tgt, caches, dataset, "train", miner, targets.admits, out)
         if len(x) == 0:
-            raise InputError(f"pseudo dataset {spec.label!r} gave no training pairs in {dataset.root}")
-        vx, vy = pseudo_pairs(spec, src, tgt, caches, dataset, "val", miner, out)
+            raise InputError(f"pseudo dataset {spec.label!r} gave no training pairs in {dataset.root} "
+                             f"(pairing {targets.pairing!r}, target modalities kept: {targets.kept})")
+        vx, vy, _ = pseudo_pairs(spec, src, tgt, caches, dataset, "val", miner, targets.admits, out)
         for bucket, part in ((xs, x), (ys, y), (vxs, vx), (vys, vy)):
             bucket.append(part)
         subsets.append(torch.arange(start, start + len(x)))
+        sources.append(seen)
         start += len(x)
-    return torch.cat(xs), torch.cat(ys), subsets, torch.cat(vxs), torch.cat(vys)
+    return torch.cat(xs), torch.cat(ys), subsets, sources, torch.cat(vxs), torch.cat(vys)

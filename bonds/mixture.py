@@ -17,20 +17,33 @@ class ProjectorMixture(nn.Module):
     """P̄(x) = mean of the members' unit outputs. Not renormalised here: the bond formulas
     normalise after mixing with the other side."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], sources: list[list[str]] | None = None) -> None:
         super().__init__()
         if not members:
             raise InputError("a projector mixture needs at least one member, got none")
+        if sources is not None and len(sources) != len(members):
+            raise InputError(f"a projector mixture got {len(sources)} source lists for {len(members)} members")
         self.members = nn.ModuleList(members)
+        self.sources = [list(s) for s in sources] if sources is not None else None
+
+    def members_for(self, modality: str) -> list[nn.Module]:
+        """The members trained on inputs of `modality` (all members when none or no record says so)."""
+        if self.sources is None:
+            return list(self.members)
+        seen = [m for m, s in zip(self.members, self.sources) if modality in s]
+        return seen or list(self.members)
 
     @property
     def config(self) -> dict[str, Any]:
         """This head described as JSON (see `spacebind.bonds.heads`)."""
-        return {"type": "mixture", "members": [m.config for m in self.members]}
+        config: dict[str, Any] = {"type": "mixture", "members": [m.config for m in self.members]}
+        if self.sources is not None:
+            config["sources"] = self.sources
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ProjectorMixture":
-        return cls([head_from_config(c) for c in config["members"]])
+        return cls([head_from_config(c) for c in config["members"]], config.get("sources"))
 
     @staticmethod
     def summary(config: dict[str, Any]) -> str:
@@ -52,6 +65,7 @@ def train_mixture(
     val_tgt: torch.Tensor | None = None,
     checkpoint_dir: Path | None = None,
     subsets: list[torch.Tensor] | None = None,
+    sources: list[list[str]] | None = None,
     progress: bool = True,
 ) -> ProjectorMixture:
     """Train `n` MLP projectors and average them (FreeBind's mixture of projectors).
@@ -59,7 +73,8 @@ def train_mixture(
     Member i uses seed `config.seed + i` and, if `subsets` is given, only the rows `subsets[i]`
     (one pseudo dataset each); otherwise all rows, so members differ by initialisation and batch
     order (all rows rather than bootstrap resamples: see docs/decisions.md).
-    Member i checkpoints under `checkpoint_dir / f"member{i}"`.
+    `sources[i]` records the source modalities member i trained on: the bonds apply a member only
+    to those (see `ProjectorMixture.members_for`). Member i checkpoints under `checkpoint_dir / f"member{i}"`.
 
     Raises:
         InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
@@ -75,4 +90,4 @@ def train_mixture(
             checkpoint_dir=checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None,
         )
         members.append(result.head)
-    return ProjectorMixture(members).eval()
+    return ProjectorMixture(members, sources).eval()

@@ -329,8 +329,8 @@ def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Da
     for member in members:
         ckpt = work_dir / member.name if work_dir is not None else None
         kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or member.name}
-        heads[member.name] = train_head(member, target, caches, dataset, checkpoint_dir=ckpt, progress=progress,
-                                        **kwargs)
+        heads[member.name], _ = train_head(member, target, caches, dataset, checkpoint_dir=ckpt, progress=progress,
+                                           **kwargs)
     return RoutedSpace(target, list(members), heads, scales=scales, inputs=inputs, name=name)
 
 

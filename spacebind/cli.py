@@ -243,6 +243,7 @@ def sweep(
     grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ values."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ (repeatable; at most two for the heatmap)."),
     save: bool = typer.Option(True, help="Store the best λ per task as presets `best:<task>` in the checkpoint."),
+    held_out: str = typer.Option("test", help="Also score the current and best λ on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
 ) -> None:
     """Fine λ tuning: evaluate a λ grid of the last bond, pick the best per task, draw heatmaps.
@@ -256,14 +257,17 @@ def sweep(
 
     values = [float(v) for v in grid.split(",") if v.strip()]
     result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
-                                           save=save, cache_dir=cache_dir))
+                                           save=save, held_out=held_out or None, cache_dir=cache_dir))
     from rich.table import Table
 
-    table = Table("task", "now", "best", "best λ", "preset", title=f"λ sweep on {split} (%)")
+    other = result.held_out_split
+    columns = ["task", "now", "best", *([f"now ({other})", f"best ({other})"] if other else []), "best λ", "preset"]
+    table = Table(*columns, title=f"λ sweep on {split} (%)")
     for task, best in result.best.items():
-        score = max(result.scores[task])
+        score = max(result.scores[task] + [result.baseline[task]])
         lam = ", ".join(f"{m} {v:g}" for m, v in best.items())
-        table.add_row(task, f"{100 * result.baseline[task]:.1f}", f"{100 * score:.1f}", lam, preset_name(task))
+        held = [f"{100 * result.held_out[task][k]:.1f}" for k in ("now", "best")] if other else []
+        table.add_row(task, f"{100 * result.baseline[task]:.1f}", f"{100 * score:.1f}", *held, lam, preset_name(task))
     console.print(table)
 
 

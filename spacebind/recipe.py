@@ -134,7 +134,9 @@ class BondConfig(Strict):
     lambdas: dict[str, float] = Field(default_factory=dict)
     projector: str = "mlp"
     mixture: int = Field(1, ge=1)
-    pairing: Literal["same", "all"] = "same"
+    pairing: Literal["auto", "same", "cross", "all"] = Field(
+        "auto", description="target modalities each projector learns from (auto: the target's reliable ones)")
+    tune: bool = Field(True, description="choose λ on the val split, keeping `lambdas` unless beaten beyond the noise")
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     relative: RelativeConfig = Field(default_factory=RelativeConfig)
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -192,7 +194,7 @@ class RoutedConfig(Strict):
     experts: list[str] = Field(min_length=1)
     projector: str = "mlp"
     mixture: int = Field(1, ge=1)
-    pairing: Literal["same", "all"] = "all"
+    pairing: Literal["auto", "same", "cross", "all"] = "all"
     pseudo: list[PseudoDataset] = Field(default_factory=list)
     scales: dict[str, float] = Field(default_factory=dict, description="router scale s per modality (default: text 10, else 1)")
     inputs: dict[str, list[str]] = Field(default_factory=dict, description="router-input experts per modality (default: all covering it)")

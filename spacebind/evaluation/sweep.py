@@ -29,11 +29,14 @@ class SweepResult:
     points: list[dict[str, float]]
     scores: dict[str, list[float]]  # task → score at each point
     baseline: dict[str, float]  # task → score at the space's current λ
-    best: dict[str, dict[str, float]] = field(default_factory=dict)
+    best: dict[str, dict[str, float]] = field(default_factory=dict)  # the current λ where nothing beats it
+    held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # task → {"now", "best"} on another split
+    held_out_split: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"modalities": self.modalities, "grid": self.grid, "points": self.points, "scores": self.scores,
-                "baseline": self.baseline, "best": self.best}
+                "baseline": self.baseline, "best": self.best, "held_out": self.held_out,
+                "held_out_split": self.held_out_split}
 
 
 def preset_name(task: str) -> str:
@@ -47,12 +50,7 @@ def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
     """The space with one preset per task, `best:<task>`, holding the λ that scored best."""
     presets = {**space.presets, **{preset_name(t): lam for t, lam in result.best.items()}}
     return BoundSpace(space.base, space.experts, space.kind, space.heads, lambdas=space.lambdas,
-                      name=space.name, presets=presets)
-
-
-def swept_modalities(space: BoundSpace) -> list[str]:
-    """The modalities whose λ matters: those both sides of the bond cover."""
-    return [m for m in space.base.modalities if any(m in e.modalities for e in space.experts)]
+                      name=space.name, presets=presets, choices=space.choices)
 
 
 def sweep(
@@ -65,11 +63,12 @@ def sweep(
     modalities: Sequence[str] | None = None,
     progress: bool = True,
 ) -> SweepResult:
-    """Evaluate every λ combination of the grid over `modalities` (default: all that matter)."""
-    mods = list(modalities or swept_modalities(space))
-    unknown = [m for m in mods if m not in swept_modalities(space)]
+    """Evaluate every λ combination of the grid over `modalities` (default: all that matter). A
+    task's best λ is the current one unless a grid point scores strictly higher."""
+    mods = list(modalities or space.tunable_modalities())
+    unknown = [m for m in mods if m not in space.tunable_modalities()]
     if unknown or not mods:
-        raise InputError(f"cannot sweep λ of {unknown or mods}; the bond mixes {swept_modalities(space)}")
+        raise InputError(f"cannot sweep λ of {unknown or mods}; the bond mixes {space.tunable_modalities()}")
     if not dataset.select(split):
         raise InputError(f"dataset {dataset.root} has no {split!r} items to sweep on")
     points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
@@ -79,8 +78,22 @@ def sweep(
         got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
         for task in scores:
             scores[task].append(got[task])
-    best = {task: points[max(range(len(points)), key=lambda i: values[i])] for task, values in scores.items()}
+    current = {m: space.lambda_for(m) for m in mods}
+    best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
+            for task, values in scores.items()}
     return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best)
+
+
+def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
+    """Fill `result.held_out`: each task's score on `split` at the current λ and at its best λ."""
+    now = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
+    found: dict[tuple, dict[str, float]] = {}
+    for task, lam in result.best.items():
+        key = tuple(sorted(lam.items()))
+        if key not in found:
+            found[key] = task_scores(evaluate_space(space.with_lambdas(lam), "fused", caches, dataset, split, [1]))
+        result.held_out[task] = {"now": now[task], "best": found[key][task]}
+    result.held_out_split = split
 
 
 def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
@@ -116,11 +129,12 @@ def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | Non
 
 
 def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val", grid: Sequence[float] = DEFAULT_GRID,
-                     modalities: Sequence[str] | None = None, save: bool = True,
+                     modalities: Sequence[str] | None = None, save: bool = True, held_out: str | None = "test",
                      cache_dir: str | Path | None = None) -> SweepResult:
     """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split; writes
     FUSED/sweep.json and (for at most two swept λ) FUSED/sweep.png; with `save`, the best λ per task
-    become presets `best:<task>` in the checkpoint."""
+    become presets `best:<task>` in the checkpoint. With `held_out`, each task's current and best λ
+    are also scored on that split (reported beside the tuning split, never used to choose)."""
     fused = Path(fused)
     space = load(fused)
     if not isinstance(space, BoundSpace):
@@ -129,6 +143,8 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)
     result = sweep(space, caches, dataset, split=split, grid=list(grid), modalities=modalities or None)
+    if held_out and held_out != split and dataset.select(held_out):
+        score_held_out(space, result, caches, dataset, held_out)
     write_json(fused / "sweep.json", result.to_json())
     if len(result.modalities) <= 2:
         plot_sweep(result, fused / "sweep.png")

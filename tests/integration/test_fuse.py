@@ -83,11 +83,14 @@ def test_cli_eval_and_encode_on_the_export(fused_run, tmp_path: Path) -> None:
 
 
 def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
-    """Coarse presets from the recipe load by name; the sweep stores the best λ per task."""
+    """Coarse presets from the recipe load by name; the bond's own λ were chosen on val from the
+    recipe's; the sweep stores the best λ per task."""
     result, world = fused_run
     expertise = spacebind.load(result.out, preset="audio_text_expertise")
     assert expertise.lambdas == {"audio": 0.8, "text": 0.5}
-    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas
+    assert spacebind.load(result.out, preset="versatile").lambdas == {"audio": 0.5, "text": 0.1}
+    choice = result.space.choices["lambdas"]
+    assert choice["coarse"] == {"text": 0.1, "audio": 0.5} and choice["lambdas"] == result.space.lambdas
     with pytest.raises(spacebind.InputError, match="no λ preset 'nope'"):
         spacebind.load(result.out, preset="nope")
     runner = CliRunner()
@@ -100,4 +103,5 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     assert report["scores"]["text→audio R@1"][report["points"].index(best)] == max(report["scores"]["text→audio R@1"])
     tuned = spacebind.load(result.out, preset="best:text-audio")
     assert tuned.lambdas == {**result.space.lambdas, **best}
-    assert spacebind.load(result.out, preset="versatile").lambdas == result.space.lambdas  # coarse presets kept
+    assert spacebind.load(result.out, preset="versatile").lambdas == {"audio": 0.5, "text": 0.1}  # coarse presets kept
+    assert spacebind.load(result.out).choices == result.space.choices  # the sweep keeps what training chose

@@ -29,16 +29,24 @@ def spaces(small_world, tmp_path_factory):
 def test_pairs_hold_the_seed_and_its_mined_partner(spaces, small_world, tmp_path: Path) -> None:
     unified, audio_text, caches = spaces
     spec = PseudoDataset(seed="text", partners=["audio"], k=3, mode="top1")
-    x, y = pseudo_pairs(spec, audio_text, unified, caches, small_world, "val", "world_audio_text", tmp_path)
+    x, y, sources = pseudo_pairs(spec, audio_text, unified, caches, small_world, "val", "world_audio_text", out=tmp_path)
     seeds = [it.id for it in small_world.select("val", "text")]
-    assert x.shape == (2 * len(seeds), audio_text.dim) and y.shape == (2 * len(seeds), unified.dim)
-    torch.testing.assert_close(y[:len(seeds)], caches.embeddings(unified, "text", seeds))  # own-modality pairs
+    n = len(seeds)
+    assert x.shape == (3 * n, audio_text.dim) and y.shape == (3 * n, unified.dim) and sources == ["text", "audio"]
+    torch.testing.assert_close(y[:n], caches.embeddings(unified, "text", seeds))  # own-modality pairs
     at = caches.caches["world_audio_text"]
     pool = [it.id for it in small_world.select("val", "audio")]
     best = (at.embeddings("text", seeds) @ at.embeddings("audio", pool).T).argmax(dim=1)
-    want = F.normalize(caches.embeddings(unified, "audio", [pool[i] for i in best.tolist()]), dim=-1)
-    torch.testing.assert_close(y[len(seeds):], want, atol=1e-5, rtol=0)  # top-1 partner in U's space
+    top = [pool[i] for i in best.tolist()]
+    want = F.normalize(caches.embeddings(unified, "audio", top), dim=-1)
+    torch.testing.assert_close(y[n:2 * n], want, atol=1e-5, rtol=0)  # top-1 partner in U's space
+    # the mirror pairs: the partner seen by the source → the seed in the target, so audio is seen too
+    torch.testing.assert_close(x[2 * n:], caches.embeddings(audio_text, "audio", top))
+    torch.testing.assert_close(y[2 * n:], caches.embeddings(unified, "text", seeds))
     assert list((tmp_path).iterdir())  # the mining was stored
+    only_text = pseudo_pairs(spec, audio_text, unified, caches, small_world, "val", "world_audio_text",
+                             admits=lambda source, target: target == "text")
+    assert len(only_text[0]) == 2 * n and only_text[2] == ["text", "audio"]
     with pytest.raises(InputError, match="does not cover 'point'"):
         pseudo_pairs(PseudoDataset(seed="point"), audio_text, unified, caches, small_world, "val", "world_audio_text")
 
@@ -46,9 +54,14 @@ def test_pairs_hold_the_seed_and_its_mined_partner(spaces, small_world, tmp_path
 def test_one_mixture_member_per_pseudo_dataset(spaces, small_world) -> None:
     unified, audio_text, caches = spaces
     pseudo = [PseudoDataset(seed="text", partners=["audio"]), PseudoDataset(seed="audio", partners=["text"])]
-    head = train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="world_audio_text",
-                      train=TrainConfig(epochs=2, hidden=32), progress=False)
-    assert len(head.members) == 2
+    head, targets = train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="world_audio_text",
+                               pairing="all", train=TrainConfig(epochs=2, hidden=32), progress=False)
+    assert len(head.members) == 2 and targets.kept == list(unified.modalities)
+    assert head.sources == [["text", "audio"], ["audio", "text"]]  # every member sees what it projects
+    auto, targets = train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="world_audio_text",
+                               train=TrainConfig(epochs=2, hidden=32), progress=False)
+    assert "audio" not in targets.kept and targets.reliability["audio"] < targets.reliability["text"] / 2
+    assert auto.sources == [["text", "audio"], ["audio"]]  # the audio seeds' mirror pairs would target U's audio
     with pytest.raises(InputError, match="miner 'nobody' is not an expert"):
         train_head(audio_text, unified, caches, small_world, pseudo=pseudo, miner="nobody", progress=False)
 

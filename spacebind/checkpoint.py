@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from spacebind.bonds import BONDS, BondNode, head_from_config
 from spacebind.errors import CheckpointError, UnknownNameError
-from spacebind.experts import build_expert
+from spacebind.experts import build_expert, is_import_path
 from spacebind.io.files import save_tensors, write_json, write_text
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
@@ -78,19 +78,31 @@ def save_space(
 
 
 def load(
-    directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True, preset: str | None = None
+    directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True, preset: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Space:
     """Load a fused checkpoint. `experts` overrides experts by name (e.g. ones built in memory);
     with `verify`, an expert checkpoint whose sha256 differs from the recorded one is refused;
-    `preset` selects a named λ preset of the outermost bond (coarse-to-fine inference)."""
+    `preset` selects a named λ preset of the outermost bond (coarse-to-fine inference).
+
+    Loading runs no code from the checkpoint unless the caller opts in: an expert named by an
+    import path (user code) or carrying `trust_remote_code` (code shipped in a model snapshot) is
+    refused, before anything is imported, unless `trust_remote_code=True` or the caller passes
+    that expert in `experts`. Registry experts and the heads (safetensors) run no stored code."""
     root = Path(directory)
     config_path = root / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{root} is not a fused checkpoint: no config.json")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path}: format {config.get('format')!r}, this spacebind reads {FORMAT}")
-    tensors = load_file(str(root / "model.safetensors")) if (root / "model.safetensors").is_file() else {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise CheckpointError(f"{config_path}: format {found!r}, this spacebind reads {FORMAT}")
+    if not trust_remote_code:
+        _refuse_code(config["space"], set(experts or {}), config_path)
+    tensors = _read_tensors(root / "model.safetensors")
     used: set[str] = set()
     space = _build(config["space"], tensors, used, dict(experts or {}), verify, config_path)
     unexpected = sorted(set(tensors) - used)
@@ -101,6 +113,44 @@ def load(
             raise CheckpointError(f"{root}: preset {preset!r} asked for, but the space has no bond")
         space = space.with_lambdas(preset)
     return space
+
+
+def _refuse_code(node: dict[str, Any], given: set[str], where: Path) -> None:
+    """A named error for every expert of the tree whose loading would run stored code."""
+    problems = []
+
+    def walk(n: dict[str, Any]) -> None:
+        if n.get("type") != "expert":
+            for child in [n.get("base", {}), *n.get("experts", [])]:
+                walk(child)
+            return
+        name, source, kwargs = n.get("name"), str(n.get("source", "")), n.get("kwargs") or {}
+        if name in given or source.startswith("<in-memory"):  # in-memory experts must be given anyway
+            return
+        if is_import_path(source):
+            problems.append(f"expert {name!r} is user code ({source!r}): loading it imports and runs that code")
+        elif isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
+            problems.append(f"expert {name!r} ({source}) runs the code shipped in its model snapshot (trust_remote_code)")
+
+    walk(node)
+    if problems:
+        raise CheckpointError(f"{where}: refused to load; " + "; ".join(problems) + ". If you trust this checkpoint, "
+                              "load it with trust_remote_code=True (CLI: --trust-remote-code), or pass those experts "
+                              "yourself: load(..., experts={name: space})")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The heads' tensors, each checked finite; a damaged file is a named error."""
+    if not path.is_file():
+        return {}
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"{path}: tensors with NaN or infinite values: {bad}")
+    return tensors
 
 
 def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, where: Path) -> Space:
@@ -126,6 +176,11 @@ def _build(node: dict, tensors: dict, used: set, overrides: dict, verify: bool, 
         missing = sorted(set(head.state_dict()) - set(state))
         if missing:
             raise CheckpointError(f"{where.parent / 'model.safetensors'}: missing keys {[prefix + k for k in missing]}")
+        shapes = {k: (tuple(v.shape), tuple(state[k].shape)) for k, v in head.state_dict().items()
+                  if tuple(v.shape) != tuple(state[k].shape)}
+        if shapes:
+            raise CheckpointError(f"{where.parent / 'model.safetensors'}: misshaped keys (expected, found): "
+                                  + ", ".join(f"{prefix + k} {e} vs {f}" for k, (e, f) in shapes.items()))
         head.load_state_dict(state, strict=True)
         heads[name] = head
     try:

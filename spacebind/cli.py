@@ -192,6 +192,7 @@ def evaluate_cmd(
     split: str = typer.Option("test", help="Split to evaluate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write records as JSON here."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
     """Evaluate a fused checkpoint: retrieval between every modality pair and zero-shot classification
     (with UniBind's class centres too when the checkpoint has them).
@@ -202,7 +203,7 @@ def evaluate_cmd(
     from spacebind.evaluation.evaluate import evaluate_checkpoint
     from spacebind.evaluation.report import records_table
 
-    records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir))
+    records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir, trust_remote_code=trust_remote_code))
     console.print(records_table(records))
     if out:
         write_records(out, records)
@@ -245,6 +246,7 @@ def sweep(
     save: bool = typer.Option(True, help="Store the best λ per task as presets `best:<task>` in the checkpoint."),
     held_out: str = typer.Option("test", help="Also score the current and best λ on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
     """Fine λ tuning: evaluate a λ grid of the last bond, pick the best per task, draw heatmaps.
 
@@ -257,7 +259,8 @@ def sweep(
 
     values = [float(v) for v in grid.split(",") if v.strip()]
     result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
-                                           save=save, held_out=held_out or None, cache_dir=cache_dir))
+                                           save=save, held_out=held_out or None, cache_dir=cache_dir,
+                                           trust_remote_code=trust_remote_code))
     from rich.table import Table
 
     other = result.held_out_split
@@ -277,6 +280,7 @@ def encode(
     modality: str = typer.Argument(..., help="text, image, audio, point, ..."),
     inputs: list[str] = typer.Argument(..., help="Files, or strings for text."),
     out: Path = typer.Option(..., "--out", help="Output .npy file [N, dim]."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
     """Encode inputs with a fused space and write the embeddings as .npy.
 
@@ -289,7 +293,7 @@ def encode(
     from spacebind.io.files import atomic_path
 
     def job() -> Any:
-        space = load(fused) if fused.is_dir() else build_expert(str(fused))
+        space = load(fused, trust_remote_code=trust_remote_code) if fused.is_dir() else build_expert(str(fused))
         emb = space.encode(modality, list(inputs)).numpy()
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
@@ -313,6 +317,7 @@ def index_cmd(
     nprobe: int = typer.Option(16, help="IVF lists probed per query."),
     chunk_size: int = typer.Option(4096, help="Items embedded and added per step (bounds memory)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
     """Build a FAISS index of a collection embedded by a fused space, one index per modality.
 
@@ -322,7 +327,7 @@ def index_cmd(
     from spacebind.search import build_index
 
     def job() -> Any:
-        return build_index(load(fused), data, out, modalities=modality or None, split=split, kind=index,  # type: ignore[arg-type]
+        return build_index(load(fused, trust_remote_code=trust_remote_code), data, out, modalities=modality or None, split=split, kind=index,  # type: ignore[arg-type]
                            nlist=nlist, nprobe=nprobe, chunk_size=chunk_size, cache_dir=cache_dir, fused=fused)
 
     built = _run(job)
@@ -343,6 +348,7 @@ def search_cmd(
                                           "text, image, audio, point, then other --query modalities (default: all 1)."),
     k: int = typer.Option(10, "-k", "--k", help="Items to show."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Only items of these modalities (repeatable)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
     """Search an index with one or several queries of any modalities, composed as the weighted sum
     of their unit embeddings, renormalised.
@@ -369,7 +375,7 @@ def search_cmd(
             w = [float(v) for v in weights.split(",")] if weights else None
         except ValueError:
             raise InputError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 1,0.5") from None
-        space = load(fused)
+        space = load(fused, trust_remote_code=trust_remote_code)
         idx = load_index(index, space)
         return query_labels(queries), w, search(idx, compose_query(space, queries, w), k, target or None)
 
@@ -382,7 +388,10 @@ def search_cmd(
 
 
 @app.command()
-def info(fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name).")) -> None:
+def info(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+) -> None:
     """Cost accounting: experts and their frozen parameters, trained parameters per stage, and the
     formula and embedding dimension of every stage.
 
@@ -392,6 +401,7 @@ def info(fused: Path = typer.Argument(..., help="Fused checkpoint directory (or 
     from spacebind.evaluation.cost import describe, info_tables
     from spacebind.experts import build_expert
 
-    result = _run(lambda: describe(load(fused) if fused.is_dir() else build_expert(str(fused))))
+    result = _run(lambda: describe(load(fused, trust_remote_code=trust_remote_code) if fused.is_dir()
+                                   else build_expert(str(fused))))
     for table in info_tables(result):
         console.print(table)

@@ -90,14 +90,15 @@ def evaluate_space(
 
 
 def evaluate_checkpoint(fused: str | Path, data: str | Path, split: str = "test", ks: Sequence[int] = (1, 5, 10),
-                        cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                        cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """`spacebind eval`: evaluate a fused checkpoint on a dataset split (retrieval between every
-    modality pair, zero-shot), plus zero-shot with UniBind's class centres when the export has them."""
+    modality pair, zero-shot), plus zero-shot with UniBind's class centres when the export has them.
+    `trust_remote_code`: see `spacebind.checkpoint.load`."""
     from spacebind.cache import ensure_caches
     from spacebind.checkpoint import load  # the checkpoint reader builds on the bonds, which use these metrics
 
     fused = Path(fused)
-    space = load(fused)
+    space = load(fused, trust_remote_code=trust_remote_code)
     dataset = Dataset.load(data)
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)

@@ -130,13 +130,13 @@ def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | Non
 
 def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val", grid: Sequence[float] = DEFAULT_GRID,
                      modalities: Sequence[str] | None = None, save: bool = True, held_out: str | None = "test",
-                     cache_dir: str | Path | None = None) -> SweepResult:
+                     cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> SweepResult:
     """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split; writes
     FUSED/sweep.json and (for at most two swept λ) FUSED/sweep.png; with `save`, the best λ per task
     become presets `best:<task>` in the checkpoint. With `held_out`, each task's current and best λ
     are also scored on that split (reported beside the tuning split, never used to choose)."""
     fused = Path(fused)
-    space = load(fused)
+    space = load(fused, trust_remote_code=trust_remote_code)
     if not isinstance(space, BoundSpace):
         raise InputError(f"{fused} holds no bond with λ: nothing to sweep")
     dataset = Dataset.load(data)

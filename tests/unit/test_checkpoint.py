@@ -85,13 +85,14 @@ def test_import_path_experts_reload_and_checksums_are_verified(tmp_path: Path) -
     e = build_expert("toy_experts:text_expert", {"name": "E", "dim": 4, "seed": 1}, name="E")
     space = BoundSpace(u, [e], "combination", {"E": MLPProjector(4, 6, hidden=8).eval()}, lambdas={"text": 0.5})
     out = space.save(tmp_path / "ckpt")
-    torch.testing.assert_close(spacebind.load(out).encode("text", TEXTS), space.encode("text", TEXTS))
+    trusted = spacebind.load(out, trust_remote_code=True)  # user code: the caller opts in
+    torch.testing.assert_close(trusted.encode("text", TEXTS), space.encode("text", TEXTS))
     config = json.loads((out / "config.json").read_text())
     config["space"]["base"]["sha256"] = "0" * 64
     config["space"]["base"]["kwargs"]["dim"] = 7
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="now has dim 7"):
-        spacebind.load(out)
+        spacebind.load(out, trust_remote_code=True)
 
 
 def test_expert_checkpoint_with_another_checksum_is_refused(tmp_path: Path) -> None:
@@ -106,8 +107,8 @@ def test_expert_checkpoint_with_another_checksum_is_refused(tmp_path: Path) -> N
     assert json.loads((out / "config.json").read_text())["space"]["base"]["sha256"] == u.spec.sha256
     np.save(weights, np.ones((16, 6), dtype=np.float32))  # the user swapped the expert's weights
     with pytest.raises(CheckpointError, match="expert 'U' checkpoint .*weights.npy has sha256"):
-        spacebind.load(out)
-    assert spacebind.load(out, verify=False).dim == 6
+        spacebind.load(out, trust_remote_code=True)
+    assert spacebind.load(out, verify=False, trust_remote_code=True).dim == 6
 
 
 def test_a_bond_on_a_routed_space_saves_and_loads(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""Loading a fused checkpoint runs no stored code unless the caller opts in, and a tampered
+`model.safetensors` or `config.json` is a named error, never a silently wrong space."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from toy_experts import multi_expert
+from typer.testing import CliRunner
+
+import spacebind
+from spacebind.bonds.bind import BoundSpace
+from spacebind.bonds.projector import MLPProjector
+from spacebind.cli import app
+from spacebind.errors import CheckpointError
+from spacebind.experts import build_expert
+
+
+def saved(tmp_path: Path, user_code: bool = False) -> Path:
+    if user_code:
+        u = build_expert("toy_experts:text_expert", {"name": "U", "dim": 6}, name="U")
+        e = build_expert("toy_experts:text_expert", {"name": "E", "dim": 4, "seed": 1}, name="E")
+    else:
+        u, e = multi_expert("U", 6, ("text",), 0), multi_expert("E", 4, ("text",), 1)
+    return BoundSpace(u, [e], "combination", {"E": MLPProjector(4, 6, hidden=8).eval()}).save(tmp_path / "ckpt")
+
+
+def rewrite(path: Path, change) -> None:
+    config = json.loads(path.read_text())
+    change(config["space"])
+    path.write_text(json.dumps(config))
+
+
+def test_a_crafted_import_path_runs_nothing_without_the_opt_in(tmp_path: Path) -> None:
+    out = saved(tmp_path, user_code=True)
+    marker = tmp_path / "ran"
+
+    def shell(node: dict) -> None:
+        node["base"].update(source="subprocess:run", kwargs={"args": f"echo X > {marker}", "shell": True})
+
+    rewrite(out / "config.json", shell)
+    with pytest.raises(CheckpointError, match=r"expert 'U' is user code \('subprocess:run'\).*trust_remote_code=True"):
+        spacebind.load(out)
+    result = CliRunner().invoke(app, ["info", str(out)])
+    assert result.exit_code == 2 and "--trust-remote-code" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_user_code_loads_with_the_opt_in_or_when_given(tmp_path: Path) -> None:
+    out = saved(tmp_path, user_code=True)
+    with pytest.raises(CheckpointError, match="expert 'E' is user code"):
+        spacebind.load(out)
+    trusted = spacebind.load(out, trust_remote_code=True)
+    torch.testing.assert_close(trusted.encode("text", ["a b"]).norm(dim=-1), torch.ones(1))
+    given = {leaf.name: leaf for leaf in trusted.leaves()}
+    torch.testing.assert_close(spacebind.load(out, experts=given).encode("text", ["a b"]), trusted.encode("text", ["a b"]))
+
+
+def test_stored_remote_code_flag_is_refused(tmp_path: Path) -> None:
+    out = saved(tmp_path)
+
+    def remote(node: dict) -> None:
+        node["experts"][0].update(source="internvl_c", kwargs={"checkpoint": "/nowhere", "trust_remote_code": True})
+
+    rewrite(out / "config.json", remote)
+    with pytest.raises(CheckpointError, match=r"expert 'E' \(internvl_c\) runs the code shipped in its model snapshot"):
+        spacebind.load(out, experts={"U": multi_expert("U", 6, ("text",), 0)})
+
+
+def first_weight(tensors: dict[str, torch.Tensor]) -> str:
+    return next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim == 2)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.update({first_weight(t): torch.full_like(t[first_weight(t)], float("nan"))}), "NaN or infinite"),
+    (lambda t: t.update({first_weight(t): t[first_weight(t)][:1]}), "misshaped keys"),
+    (lambda t: t.pop(first_weight(t)), "missing keys"),
+    (lambda t: t.update({"bonds.0.E.extra": torch.zeros(1)}), "unexpected keys"),
+])
+def test_tampered_weights_are_named_errors(tmp_path: Path, damage, message: str) -> None:
+    out = saved(tmp_path)
+    tensors = load_file(str(out / "model.safetensors"))
+    damage(tensors)
+    save_file(tensors, str(out / "model.safetensors"))
+    experts = {"U": multi_expert("U", 6, ("text",), 0), "E": multi_expert("E", 4, ("text",), 1)}
+    with pytest.raises(CheckpointError, match=message):
+        spacebind.load(out, experts=experts)
+
+
+def test_truncated_files_are_named_errors(tmp_path: Path) -> None:
+    out = saved(tmp_path)
+    experts = {"U": multi_expert("U", 6, ("text",), 0), "E": multi_expert("E", 4, ("text",), 1)}
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        spacebind.load(out, experts=experts)
+    (out / "config.json").write_text('{"format": 1, "space": ')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        spacebind.load(out, experts=experts)

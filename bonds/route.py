@@ -185,13 +185,13 @@ class RouterConfig(BaseModel):
                               description="widths of the router MLP's two hidden layers (OmniBind: 512, 100)")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup: float = Field(0.05, ge=0, lt=1)
-    temperature: float = Field(0.05, gt=0, description="fixed InfoNCE temperature")
-    decoupling: float = Field(1.0, ge=0, description="weight of the language-representation decoupling loss; 0: off")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    warmup: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False)
+    temperature: float = Field(0.05, gt=0, allow_inf_nan=False, description="fixed InfoNCE temperature")
+    decoupling: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight of the language-representation decoupling loss; 0: off")
     patience: int = Field(5, ge=1, description="epochs without a val mean R@1 gain before stopping")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
 
 
 @dataclass

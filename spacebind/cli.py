@@ -119,6 +119,11 @@ def embed(
     from spacebind.experts import build_expert
     from spacebind.io.datasets import Dataset
 
+    for option, value, least in [("--shard-size", shard_size, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)]:
+        if value is not None and value < least:
+            err_console.print(f"[bold red]error:[/] {option} must be at least {least}, got {value}", markup=True, highlight=False)
+            raise typer.Exit(2)
+
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
         return embed_dataset(space, Dataset.load(data), out, modalities=modality or None,

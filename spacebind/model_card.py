@@ -1,7 +1,11 @@
 """The model card (README.md) written into every fused checkpoint."""
 from __future__ import annotations
 
+import math
+from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
+
+import yaml
 
 from spacebind.bonds import BONDS
 from spacebind.bonds.heads import head_summary
@@ -16,6 +20,94 @@ def _expert_rows(node: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
     _expert_rows(node["base"], rows)
     for child in node["experts"]:
         _expert_rows(child, rows)
+
+
+# Hugging Face Hub ids of experts, by registry name (the expert's `source`), only where the
+# weights are certainly that repository. World experts and experts read from local copies of
+# unknown origin have none.
+HUB_IDS: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+# spacebind's task names → the task types the Hub's model-index uses.
+TASK_TYPES: dict[str, str] = {
+    "retrieval": "zero-shot-retrieval",
+    "zeroshot_classification": "zero-shot-classification",
+}
+
+
+def _file_name(path: str) -> str:
+    """Only the file name of a checkpoint path (POSIX or Windows), never the machine's directories."""
+    return PureWindowsPath(path).name if "\\" in path else PurePosixPath(path).name
+
+
+def _dataset_name(name: str) -> str:
+    """A dataset as the card names it: a local path is cut to its last component."""
+    is_path = PurePath(name).is_absolute() or name.startswith(("~", ".", "\\")) or "\\" in name or name.count("/") > 1
+    return _file_name(name.rstrip("/\\")) if is_path else name
+
+
+def _bond_kinds(node: dict[str, Any], out: list[str]) -> None:
+    if node["type"] != "bond":
+        return
+    _bond_kinds(node["base"], out)
+    for child in node["experts"]:
+        _bond_kinds(child, out)
+    if node["bond"] not in out:
+        out.append(node["bond"])
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def model_index(name: str, metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Hub's `model-index` from CLIP_benchmark-shaped records: one result per record of the fused model."""
+    results = []
+    for r in metrics:
+        if r.get("role") != "fused":
+            continue
+        values = [{"type": k, "value": v} for k, v in r["metrics"].items() if _number(v) and k != "n"]  # n: item count
+        if not values:
+            continue
+        task, mods = r["task"], list(r.get("modalities") or [])
+        dataset = _dataset_name(str(r.get("dataset") or "unknown"))
+        results.append({
+            "task": {"type": TASK_TYPES.get(task, task.replace("_", "-")), "name": f"{task} ({', '.join(mods)})" if mods else task},
+            "dataset": {"type": dataset, "name": dataset},
+            "metrics": values,
+        })
+    return [{"name": name, "results": results}] if results else []
+
+
+def front_matter(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
+    """The card's YAML metadata block (between `---` lines), as `huggingface_hub.ModelCard` reads it."""
+    experts: dict[str, dict[str, Any]] = {}
+    _expert_rows(config["space"], experts)
+    kinds: list[str] = []
+    _bond_kinds(config["space"], kinds)
+    tags = ["spacebind", "multimodal", "embeddings"]
+    tags += [t for t in [*kinds, *space.modalities] if t not in tags]
+    base = []
+    for e in experts.values():
+        hub = HUB_IDS.get(str(e.get("source") or "")) or HUB_IDS.get(e["name"])
+        if hub and hub not in base:
+            base.append(hub)
+    datasets = []
+    for r in metrics:
+        d = r.get("dataset")
+        if d and _dataset_name(str(d)) not in datasets:
+            datasets.append(_dataset_name(str(d)))
+    meta: dict[str, Any] = {"library_name": "spacebind", "license": "other", "tags": tags}
+    if base:
+        meta["base_model"] = base
+    if datasets:
+        meta["datasets"] = datasets
+    index = model_index(space.name, metrics)
+    if index:
+        meta["model-index"] = index
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
 
 
 def _bond_rows(node: dict[str, Any], out: list[str], fitted: list[str]) -> None:
@@ -58,6 +150,7 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
     fitted: list[str] = []
     _bond_rows(config["space"], bonds, fitted)
     lines = [
+        front_matter(space, config, metrics), "",
         f"# {space.name}", "",
         f"A fused embedding space made with spacebind {config['spacebind_version']}: "
         f"`{space.formula()}`, {space.dim}-d, modalities {', '.join(space.modalities)}.", "",
@@ -66,7 +159,7 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
     ]
     for e in experts.values():
         sha = (e.get("sha256") or "")[:16]
-        lines.append(f"| {e['name']} | {e['source']} | {e['dim']} | {', '.join(e['modalities'])} | {e.get('checkpoint') or '–'} | {sha} |")
+        lines.append(f"| {e['name']} | {e['source']} | {e['dim']} | {', '.join(e['modalities'])} | {_file_name(e['checkpoint']) if e.get('checkpoint') else '–'} | {sha} |")
     if bonds:
         lines += ["", "## Bonds (applied in this order)", "",
                   "| # | bond | space | dim | λ (weight of the projected side) | projectors |",

@@ -6,11 +6,12 @@ suggests the nearest name for an unknown field, expert or bond.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from spacebind.bonds import bond_kinds
 from spacebind.bonds.heads import projector_types
@@ -21,6 +22,9 @@ from spacebind.modalities import MODALITIES
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.training.trainer import TrainConfig
 
+MAX_SEED = 2**63  # seeds are non-negative and fit a signed 64-bit integer (torch, numpy)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,11 +33,11 @@ class Strict(BaseModel):
 class WorldData(Strict):
     """Generate the procedural world (see `spacebind world generate`)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     train: int = Field(2000, ge=1)
     val: int = Field(300, ge=1)
     test: int = Field(500, ge=1)
-    concepts_seed: int = 0
+    concepts_seed: int = Field(0, ge=0, lt=MAX_SEED)
     num_concepts: int = Field(24, ge=2)
     sensors: list[Literal["video", "thermal", "event"]] = Field(
         default_factory=list, description="optional world modalities to generate as well")
@@ -114,7 +118,7 @@ class RelativeConfig(Strict):
 
     anchors: int = Field(512, ge=1, description="paired training items used as anchors")
     k: int = Field(32, ge=1, description="anchor similarities kept per item")
-    power: float = Field(8.0, gt=0, description="exponent on the kept similarities")
+    power: float = Field(8.0, gt=0, allow_inf_nan=False, description="exponent on the kept similarities")
 
 
 def _known(name: str, known: list[str], what: str) -> str:
@@ -196,7 +200,7 @@ class RoutedConfig(Strict):
     mixture: int = Field(1, ge=1)
     pairing: Literal["auto", "same", "cross", "all"] = "all"
     pseudo: list[PseudoDataset] = Field(default_factory=list)
-    scales: dict[str, float] = Field(default_factory=dict, description="router scale s per modality (default: text 10, else 1)")
+    scales: dict[str, FiniteFloat] = Field(default_factory=dict, description="router scale s per modality (default: text 10, else 1)")
     inputs: dict[str, list[str]] = Field(default_factory=dict, description="router-input experts per modality (default: all covering it)")
     router: RouterConfig = Field(default_factory=RouterConfig)
 
@@ -213,7 +217,18 @@ class RoutedConfig(Strict):
 
 class EvalConfig(Strict):
     split: Literal["train", "val", "test"] = "test"
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1, description="recall@k cut-offs: each at least 1, no repeats")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_unique(cls, ks: list[int]) -> list[int]:
+        bad = [k for k in ks if k < 1]
+        if bad:
+            raise ValueError(f"each k must be at least 1; got {bad}")
+        repeated = sorted({k for k in ks if ks.count(k) > 1})
+        if repeated:
+            raise ValueError(f"k listed more than once: {repeated}")
+        return ks
 
 
 class ExportConfig(Strict):
@@ -226,9 +241,9 @@ class UniBindConfig(Strict):
     knowledge: str = Field("world", description="a JSON/JSONL file (class → descriptions), or 'world'")
     generator: Path | None = Field(None, description="a local text-generation model directory to write the knowledge base")
     descriptions: int = Field(8, ge=1, description="descriptions nearest each class's items that form its centre")
-    mix: float = Field(0.5, ge=0, le=1, description="weight of the plain class-name prompt in a centre")
+    mix: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="weight of the plain class-name prompt in a centre")
     align: bool = True
-    vote_weight: float = Field(0.0, ge=0, description="weight of retrieval-augmented knowledge votes")
+    vote_weight: float = Field(0.0, ge=0, allow_inf_nan=False, description="weight of retrieval-augmented knowledge votes")
     k: int = Field(10, ge=1, description="descriptions each item retrieves for voting")
     epochs: int = Field(20, ge=1)
 
@@ -247,44 +262,60 @@ class Recipe(Strict):
     unibind: UniBindConfig | None = None
     routed: RoutedConfig | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if len(name) > 255 or not SAFE_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} names the work and export directories: use letters, digits, '.', '_' "
+                             "and '-', not starting with '.'")
+        return name
+
 
 def _reference_errors(raw: dict[str, Any]) -> list[str]:
     """Cross-field checks that work on the raw mapping, so they are reported with schema errors."""
     experts = raw.get("experts")
     if not isinstance(experts, dict):
         return []
-    names = list(experts)
+    names = [name for name in experts if isinstance(name, str)]  # other keys are schema errors
     errors = []
 
     def check(loc: str, ref: Any) -> None:
+        # only strings are looked up: other types are reported by the schema with their path
         if isinstance(ref, str) and ref not in experts:
             near = difflib.get_close_matches(ref, names, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             errors.append(f"{loc}: {ref!r} is not one of the recipe's experts ({', '.join(names)}).{hint}")
 
-    check("base", raw.get("base"))
-    used = {raw.get("base")}
-    for i, bond in enumerate(raw.get("bonds") or []):
+    def as_list(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    base = raw.get("base")
+    check("base", base)
+    used = {base} if isinstance(base, str) else set()
+    for i, bond in enumerate(as_list(raw.get("bonds"))):
         if not isinstance(bond, dict):
             continue
         refs = bond.get("experts", [bond.get("expert")] if "expert" in bond else [])
         for j, ref in enumerate(refs if isinstance(refs, list) else [refs]):
+            if not isinstance(ref, str):
+                continue
             check(f"bonds.{i}.experts.{j}", ref)
             if ref in used:
                 errors.append(f"bonds.{i}.experts.{j}: expert {ref!r} is already part of the space")
             used.add(ref)
-        for j, spec in enumerate(bond.get("pseudo") or []):
+        for j, spec in enumerate(as_list(bond.get("pseudo"))):
             if isinstance(spec, dict) and spec.get("miner") is not None:
                 check(f"bonds.{i}.pseudo.{j}.miner", spec["miner"])
     routed = raw.get("routed")
     if isinstance(routed, dict):
-        members = routed.get("experts") or []
-        for j, ref in enumerate(members if isinstance(members, list) else []):
+        members = as_list(routed.get("experts"))
+        for j, ref in enumerate(members):
             check(f"routed.experts.{j}", ref)  # may repeat a target expert: OmniBind remaps ImageBind too
             if isinstance(ref, str) and ref in members[:j]:
                 errors.append(f"routed.experts.{j}: expert {ref!r} is listed twice")
-        for m, refs in (routed.get("inputs") or {}).items():
-            for j, ref in enumerate(refs if isinstance(refs, list) else []):
+        inputs = routed.get("inputs")
+        for m, refs in (inputs.items() if isinstance(inputs, dict) else []):
+            for j, ref in enumerate(as_list(refs)):
                 check(f"routed.inputs.{m}.{j}", ref)
     return errors
 
@@ -324,6 +355,39 @@ def validate_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, but a key given twice in one mapping is an error (SafeLoader keeps the
+    last silently) and an integer too long for Python's int-string limit is a YAML error with its
+    line, not a ValueError."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<:` merges may be overridden by the mapping's own keys
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer too long to read ({len(str(node.value))} characters)", node.start_mark) from None
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", RecipeLoader.construct_yaml_int)
+
+
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     """Read and validate a YAML recipe; returns the recipe and its text (exported verbatim)."""
     path = Path(path)
@@ -331,10 +395,15 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "save the recipe as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: not a usable recipe: its YAML is nested too deeply") from None
     return validate_recipe(raw, str(path)), text

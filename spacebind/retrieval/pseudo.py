@@ -35,7 +35,7 @@ class PseudoDataset(BaseModel):
     miner: str | None = Field(None, description="expert that retrieves partners (default: the bond's expert)")
     k: int = Field(5, ge=1)
     mode: Literal["softmax", "top1"] = "softmax"
-    temperature: float = Field(0.05, gt=0)
+    temperature: float = Field(0.05, gt=0, allow_inf_nan=False)
 
     @property
     def label(self) -> str:

@@ -40,13 +40,13 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW decay of weight matrices (not biases, norms, temperature)")
-    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of all steps with linear warmup")
-    temperature: float = Field(0.05, ge=1.0 / MAX_LOGIT_SCALE, description="initial softmax temperature")
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="peak AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False, description="AdamW decay of weight matrices (not biases, norms, temperature)")
+    warmup: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False, description="fraction of all steps with linear warmup")
+    temperature: float = Field(0.05, ge=1.0 / MAX_LOGIT_SCALE, allow_inf_nan=False, description="initial softmax temperature")
     learnable_temperature: bool = True
     patience: int = Field(5, ge=1, description="epochs without a val recall@1 gain before stopping")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     hidden: int = Field(2048, ge=1, description="projector hidden width")
     max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps (the schedule spans the cap)")
 

@@ -1,0 +1,78 @@
+"""The model card: YAML front matter the Hub reads, model-index from metrics.json, no machine paths."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard
+from toy_experts import multi_expert
+
+from spacebind.bonds.bind import BoundSpace
+from spacebind.bonds.projector import MLPProjector
+from spacebind.space import Expert, ExpertSpec
+
+CHECKPOINT = "/home/someone/private/checkpoints/minilm/model.safetensors"
+RECORDS = [
+    {"model": "fused", "role": "fused", "dataset": "world-test", "task": "retrieval", "modalities": ["image", "text"],
+     "metrics": {"image_retrieval_recall@1": 0.5, "text_retrieval_recall@1": 0.25, "n": 40}},
+    {"model": "fused", "role": "fused", "dataset": "world-test", "task": "zeroshot_classification",
+     "modalities": ["image", "text"], "metrics": {"acc1": 0.625, "acc5": 0.875}},
+    {"model": "U", "role": "base", "dataset": "world-test", "task": "retrieval", "modalities": ["image", "text"],
+     "metrics": {"image_retrieval_recall@1": 0.125, "text_retrieval_recall@1": 0.125}},
+]
+
+
+def card_space() -> BoundSpace:
+    u = multi_expert("U", 8, ("text", "image"), 0)
+    toy = multi_expert("E", 6, ("text",), 1)
+    e = Expert("E", 6, {"text": lambda xs: toy.encode("text", xs)},
+               spec=ExpertSpec(source="minilm", kwargs={"path": str(Path(CHECKPOINT).parent)},
+                               checkpoint=CHECKPOINT, sha256="ab" * 32))
+    torch.manual_seed(0)
+    return BoundSpace(u, [e], "combination", {"E": MLPProjector(6, 8, hidden=16).eval()}, lambdas={"text": 0.3}, name="fused")
+
+
+def test_card_front_matter_is_read_by_huggingface_hub(tmp_path: Path) -> None:
+    out = card_space().save(tmp_path / "ckpt", metrics=RECORDS)
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert card.data.library_name == "spacebind"
+    assert data["license"] == "other"
+    assert {"spacebind", "multimodal", "embeddings", "combination", "text", "image"} <= set(data["tags"])
+    assert data["base_model"] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert data["datasets"] == ["world-test"]
+    # model-index: one result per fused record, values exactly those of metrics.json
+    metrics = json.loads((out / "metrics.json").read_text())
+    fused = [r for r in metrics if r["role"] == "fused"]
+    (index,) = data["model-index"]
+    assert index["name"] == "fused"
+    assert len(index["results"]) == len(fused) == 2
+    for result, record in zip(index["results"], fused):
+        assert result["dataset"]["name"] == record["dataset"]
+        want = {k: v for k, v in record["metrics"].items() if k != "n"}  # the item count is no metric
+        assert {m["type"]: m["value"] for m in result["metrics"]} == want
+    assert [r["task"]["type"] for r in index["results"]] == ["zero-shot-retrieval", "zero-shot-classification"]
+    # huggingface_hub's own parse of the model-index agrees
+    parsed = {(e.task_type, e.metric_type): e.metric_value for e in card.data.eval_results}
+    assert parsed[("zero-shot-retrieval", "image_retrieval_recall@1")] == 0.5
+    assert parsed[("zero-shot-classification", "acc1")] == 0.625
+    assert 0.125 not in parsed.values()  # the base model's record is not the fused model's result
+    # the rest of the card is still there
+    assert "# fused" in card.text and "## Experts" in card.text and "## Metrics" in card.text and "## Use" in card.text
+
+
+def test_card_has_no_machine_paths(tmp_path: Path) -> None:
+    out = card_space().save(tmp_path / "ckpt", metrics=RECORDS)
+    text = (out / "README.md").read_text()
+    assert "model.safetensors" in text
+    assert "/home/someone" not in text and "private" not in text and str(tmp_path) not in text
+
+
+def test_card_without_metrics_or_known_experts_omits_optional_fields(tmp_path: Path) -> None:
+    u = multi_expert("U", 8, ("text", "image"), 0)
+    e = multi_expert("E", 6, ("text",), 1)
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(6, 8, hidden=16).eval()}, lambdas={"text": 0.3})
+    data = ModelCard.load(space.save(tmp_path / "ckpt") / "README.md").data.to_dict()
+    assert data["library_name"] == "spacebind"
+    assert "base_model" not in data and "datasets" not in data and "model-index" not in data

@@ -39,7 +39,7 @@ class Router(ConfigFromArgs, nn.Module):
 def routing_weights(router: nn.Module | None, router_input: torch.Tensor, candidates: int, scale: float) -> torch.Tensor:
     """w = softmax(s·g(r)) per input row, [N, candidates]; uniform (1/K) without a router."""
     if router is None:
-        return torch.full((len(router_input), candidates), 1.0 / candidates)
+        return router_input.new_full((router_input.shape[0], candidates), 1.0 / candidates)
     return torch.softmax(scale * router(router_input), dim=-1)
 
 

@@ -392,6 +392,30 @@ def search_cmd(
     console.print(table)
 
 
+@app.command("export")
+def export_cmd(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
+    out: Path = typer.Option(..., "--out", help="Directory for one module per modality and export.json."),
+    format: str = typer.Option("pt2", "--format", help="pt2: torch.export programs (the only format so far)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+) -> None:
+    """Export the trained part of a fused space: per modality, a torch.export program from the leaf
+    experts' embeddings to the fused embedding (heads and λ baked in), for stacks that run the experts.
+
+    Example: spacebind export runs/demo --out runs/demo-export
+    """
+    from spacebind.bonds.export import export_programs
+    from spacebind.checkpoint import load
+    from spacebind.errors import InputError
+
+    def job() -> Any:
+        if format != "pt2":
+            raise InputError(f"--format {format!r}: only 'pt2' (torch.export) is supported")
+        return export_programs(load(fused, trust_remote_code=trust_remote_code), out)
+
+    console.print(f"[green]exported[/] {_run(job)}")
+
+
 @app.command()
 def info(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name)."),

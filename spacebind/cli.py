@@ -43,6 +43,17 @@ def _kwargs(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def expand_directories(modality: str, inputs: list[str]) -> list[str]:
+    """File inputs with each directory replaced by its files (sorted, hidden ones left out); text is kept."""
+    if modality == "text":
+        return list(inputs)
+    out = []
+    for item in inputs:
+        path = Path(item)
+        out += sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [item]
+    return out
+
+
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
     """Check a recipe and report every error at once, before any work.
@@ -63,10 +74,17 @@ def experts(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'worl
     """
     from rich.table import Table
 
+    from spacebind.errors import InputError
     from spacebind.experts.registry import EXPERTS
 
+    def matching() -> list[str]:
+        names = EXPERTS.list(pattern)
+        if not names:
+            raise InputError(f"no registered expert matches {pattern!r}; known: {', '.join(EXPERTS.list())}")
+        return names
+
     table = Table("name", "modalities", "dim", "description")
-    for name in EXPERTS.list(pattern):
+    for name in _run(matching):
         e = EXPERTS.entry(name)
         table.add_row(name, ", ".join(e.modalities), str(e.dim or "?"), e.description)
     console.print(table)
@@ -283,7 +301,7 @@ def sweep(
 def encode(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name)."),
     modality: str = typer.Argument(..., help="text, image, audio, point, ..."),
-    inputs: list[str] = typer.Argument(..., help="Files, or strings for text."),
+    inputs: list[str] = typer.Argument(..., help="Files or directories of files, or strings for text."),
     out: Path = typer.Option(..., "--out", help="Output .npy file [N, dim]."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
@@ -299,7 +317,7 @@ def encode(
 
     def job() -> Any:
         space = load(fused, trust_remote_code=trust_remote_code) if fused.is_dir() else build_expert(str(fused))
-        emb = space.encode(modality, list(inputs)).numpy()
+        emb = space.encode(modality, expand_directories(modality, inputs)).numpy()
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, emb)

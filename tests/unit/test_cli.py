@@ -45,6 +45,7 @@ def test_experts_wildcard() -> None:
     (["encode", "no_such_expert", "text", "hello", "--out", "x.npy"], "unknown expert 'no_such_expert'"),
     (["eval", "not-a-checkpoint", "nowhere"], "not a fused checkpoint"),
     (["world", "generate", "out", "--sensors", "smell"], "unknown sensor modality(ies) ['smell']"),
+    (["experts", "nomatch*"], "no registered expert matches 'nomatch*'; known: "),
 ])
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
@@ -80,3 +81,24 @@ def test_recipe_can_name_user_code_by_import_path(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["validate", str(recipe)])
     assert result.exit_code == 0, result.output
+
+
+def test_encode_expands_a_directory_of_files(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from spacebind.cli import expand_directories
+
+    folder = tmp_path / "clouds"
+    folder.mkdir()
+    for name in ("b.npy", "a.npy", ".hidden"):
+        (folder / name).write_bytes(b"")
+    assert expand_directories("point", [str(folder), "x.npy"]) == [str(folder / "a.npy"), str(folder / "b.npy"), "x.npy"]
+    assert expand_directories("text", [str(folder)]) == [str(folder)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(images / name)
+    result = runner.invoke(app, ["encode", "toy_experts:logged_expert", "image", str(images), "--out", str(tmp_path / "e.npy")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "e.npy").shape == (2, 8)

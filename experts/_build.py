@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from spacebind.errors import InputError
 from spacebind.space import Expert, Space
@@ -72,3 +74,64 @@ def missing_expert_files(experts: dict[str, tuple[str, dict[str, Any]]]) -> list
                 problems.append(f"experts.{alias}.kwargs.{key}: no file or directory {value!r} (from "
                                 f"{Path.cwd()})" + (f"; {source} expects {expects}" if expects else ""))
     return problems
+
+
+def portable_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`kwargs` with every local file or directory argument reduced to its name, and those names by
+    argument: a fused checkpoint records no machine paths, and `resolve_files` finds them again."""
+    out, files = dict(kwargs), {}
+    for key in FILE_KWARGS:
+        value = kwargs.get(key)
+        if isinstance(value, str) and value:
+            files[key] = Path(value).name
+            out[key] = files[key]
+    return out, files
+
+
+def _known_files_path() -> Path:
+    from spacebind.io.files import home_dir
+
+    return home_dir() / "expert_files.json"
+
+
+def remember_files(source: str, kwargs: dict[str, Any]) -> None:
+    """Note on this machine (`$SPACEBIND_HOME/expert_files.json`, never in an export) where an
+    expert's files are, so its fused checkpoints load here without naming a directory."""
+    from spacebind.io.files import write_json
+
+    entries = {f"{source}:{key}:{Path(value).name}": str(Path(value).resolve())
+               for key in FILE_KWARGS if isinstance((value := kwargs.get(key)), str) and value and Path(value).exists()}
+    if not entries:
+        return
+    path = _known_files_path()
+    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if any(known.get(k) != v for k, v in entries.items()):
+        write_json(path, {**known, **entries})
+
+
+def checkpoint_search_path(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where recorded expert files are looked for: `extra`, then `$SPACEBIND_CHECKPOINTS`
+    (directories separated by the OS path separator)."""
+    env = [Path(p) for p in os.environ.get("SPACEBIND_CHECKPOINTS", "").split(os.pathsep) if p]
+    return [*(Path(p) for p in extra), *env]
+
+
+def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any],
+                  search: Sequence[Path]) -> tuple[dict[str, Any], list[str]]:
+    """`kwargs` with each recorded file name replaced by its first match in `search` (directories,
+    in order), else where this machine last saw it (`remember_files`); and one line per file found
+    nowhere, naming the argument, the file and where it looked."""
+    path = _known_files_path()
+    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    out, missing = dict(kwargs), []
+    for key, name in files.items():
+        found = next((d / name for d in search if (d / name).exists()), None)
+        last = known.get(f"{source}:{key}:{name}")
+        if found is None and last and Path(last).exists():
+            found = Path(last)
+        if found is None:
+            looked = ", ".join(str(d) for d in search) or "nowhere (no directory given)"
+            missing.append(f"{key} {name!r} (looked in: {looked}, and where this machine last saw it)")
+        else:
+            out[key] = str(found)
+    return out, missing

@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file
 
 from spacebind.bonds import BONDS, BondNode, head_from_config
 from spacebind.errors import CheckpointError, UnknownNameError
-from spacebind.experts import build_expert, is_import_path
+from spacebind.experts import (
+    build_expert,
+    checkpoint_search_path,
+    is_import_path,
+    portable_kwargs,
+    remember_files,
+    resolve_files,
+)
 from spacebind.io.files import save_tensors, write_json, write_text
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
@@ -37,12 +44,22 @@ def space_config(space: Space) -> dict[str, Any]:
 
     def node(s: Space) -> dict[str, Any]:
         if isinstance(s, Expert):
-            return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **s.spec.to_json()}
+            return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **_portable(s)}
         if isinstance(s, BondNode):
             return s.to_config(index[id(s)], node)
         raise CheckpointError(f"cannot save a {type(s).__name__}; only experts and bond nodes ({', '.join(BONDS.list())})")
 
     return node(space)
+
+
+def _portable(expert: Expert) -> dict[str, Any]:
+    """The expert's spec with file arguments by name only (`files`), so the export moves with them."""
+    spec = expert.spec.to_json()
+    remember_files(spec["source"], spec["kwargs"])
+    spec["kwargs"], files = portable_kwargs(spec["kwargs"])
+    if spec["checkpoint"]:
+        spec["checkpoint"] = Path(spec["checkpoint"]).name
+    return {**spec, **({"files": files} if files else {})}
 
 
 def head_tensors(space: Space) -> dict[str, torch.Tensor]:
@@ -79,7 +96,7 @@ def save_space(
 
 def load(
     directory: str | Path, experts: Mapping[str, Space] | None = None, *, verify: bool = True, preset: str | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, checkpoint_dir: str | Path | Sequence[str | Path] | None = None,
 ) -> Space:
     """Load a fused checkpoint. `experts` overrides experts by name (e.g. ones built in memory);
     with `verify`, an expert checkpoint whose sha256 differs from the recorded one is refused;
@@ -88,7 +105,11 @@ def load(
     Loading runs no code from the checkpoint unless the caller opts in: an expert named by an
     import path (user code) or carrying `trust_remote_code` (code shipped in a model snapshot) is
     refused, before anything is imported, unless `trust_remote_code=True` or the caller passes
-    that expert in `experts`. Registry experts and the heads (safetensors) run no stored code."""
+    that expert in `experts`. Registry experts and the heads (safetensors) run no stored code.
+
+    Expert files (checkpoints, tokenizers) are recorded by name and sha256 and looked for in
+    `checkpoint_dir` (one directory or several), then `$SPACEBIND_CHECKPOINTS`, then the export
+    directory; a file found nowhere is one error listing every expert, file and place looked in."""
     root = Path(directory)
     config_path = root / "config.json"
     if not config_path.is_file():
@@ -102,6 +123,8 @@ def load(
         raise CheckpointError(f"{config_path}: format {found!r}, this spacebind reads {FORMAT}")
     if not trust_remote_code:
         _refuse_code(config["space"], set(experts or {}), config_path)
+    dirs = [checkpoint_dir] if isinstance(checkpoint_dir, (str, Path)) else list(checkpoint_dir or [])
+    _locate_files(config["space"], set(experts or {}), [*checkpoint_search_path(dirs), root], config_path)
     tensors = _read_tensors(root / "model.safetensors")
     used: set[str] = set()
     space = _build(config["space"], tensors, used, dict(experts or {}), verify, config_path)
@@ -115,28 +138,43 @@ def load(
     return space
 
 
+def _stored_experts(node: dict[str, Any], given: set[str]) -> Iterator[dict[str, Any]]:
+    """The expert nodes of a config tree that loading would build (not those the caller gives)."""
+    if node.get("type") != "expert":
+        for child in [node.get("base", {}), *node.get("experts", [])]:
+            yield from _stored_experts(child, given)
+    elif node.get("name") not in given:
+        yield node
+
+
 def _refuse_code(node: dict[str, Any], given: set[str], where: Path) -> None:
     """A named error for every expert of the tree whose loading would run stored code."""
     problems = []
-
-    def walk(n: dict[str, Any]) -> None:
-        if n.get("type") != "expert":
-            for child in [n.get("base", {}), *n.get("experts", [])]:
-                walk(child)
-            return
+    for n in _stored_experts(node, given):
         name, source, kwargs = n.get("name"), str(n.get("source", "")), n.get("kwargs") or {}
-        if name in given or source.startswith("<in-memory"):  # in-memory experts must be given anyway
-            return
+        if source.startswith("<in-memory"):  # in-memory experts must be given anyway
+            continue
         if is_import_path(source):
             problems.append(f"expert {name!r} is user code ({source!r}): loading it imports and runs that code")
         elif isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
             problems.append(f"expert {name!r} ({source}) runs the code shipped in its model snapshot (trust_remote_code)")
-
-    walk(node)
     if problems:
         raise CheckpointError(f"{where}: refused to load; " + "; ".join(problems) + ". If you trust this checkpoint, "
                               "load it with trust_remote_code=True (CLI: --trust-remote-code), or pass those experts "
                               "yourself: load(..., experts={name: space})")
+
+
+def _locate_files(node: dict[str, Any], given: set[str], search: list[Path], where: Path) -> None:
+    """Point every expert's recorded file names (`files`) at the files found in `search`, in place."""
+    missing = []
+    for n in _stored_experts(node, given):
+        if n.get("files"):
+            n["kwargs"], lost = resolve_files(str(n.get("source")), n["files"], n.get("kwargs") or {}, search)
+            missing.extend(f"expert {n['name']!r} ({n.get('source')}) needs {line}" for line in lost)
+    if missing:
+        raise CheckpointError(f"{where}: expert files not found:\n  " + "\n  ".join(missing)
+                              + "\nput them in one of those directories, or name one with checkpoint_dir= "
+                              "(or $SPACEBIND_CHECKPOINTS)")
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -100,3 +100,35 @@ def test_truncated_files_are_named_errors(tmp_path: Path) -> None:
     (out / "config.json").write_text('{"format": 1, "space": ')
     with pytest.raises(CheckpointError, match="not valid JSON"):
         spacebind.load(out, experts=experts)
+
+
+def test_an_export_moved_with_its_expert_files_loads_bit_identically(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import numpy as np
+
+    monkeypatch.setenv("SPACEBIND_HOME", str(tmp_path / "home"))  # where this machine notes expert files
+    weights = tmp_path / "models" / "weights.npy"
+    weights.parent.mkdir()
+    np.save(weights, np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32))
+    u = build_expert("toy_experts:file_expert", {"path": str(weights)}, name="U")
+    e = multi_expert("E", 4, ("text",), 1)
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(4, 6, hidden=8).eval()}, lambdas={"text": 0.4})
+    out = space.save(tmp_path / "export")
+    text = (out / "config.json").read_text()
+    assert str(tmp_path) not in text and json.loads(text)["space"]["base"]["files"] == {"path": "weights.npy"}
+    want = space.encode("text", ["a red cube", "a blue cone"])
+    given = {"E": e}
+    torch.testing.assert_close(spacebind.load(out, experts=given, trust_remote_code=True).encode("text", ["a red cube", "a blue cone"]),
+                               want, rtol=0, atol=0)  # same machine: found where it was saved from
+    moved, shelf = tmp_path / "elsewhere" / "export", tmp_path / "shelf"
+    shutil.move(str(out), str(moved))
+    shelf.mkdir()
+    shutil.move(str(weights), str(shelf / "weights.npy"))
+    with pytest.raises(CheckpointError, match=r"expert 'U' \(toy_experts:file_expert\) needs path 'weights.npy' \(looked in: "):
+        spacebind.load(moved, experts=given, trust_remote_code=True)
+    loaded = spacebind.load(moved, experts=given, trust_remote_code=True, checkpoint_dir=shelf)
+    torch.testing.assert_close(loaded.encode("text", ["a red cube", "a blue cone"]), want, rtol=0, atol=0)
+    monkeypatch.setenv("SPACEBIND_CHECKPOINTS", str(shelf))
+    loaded = spacebind.load(moved, experts=given, trust_remote_code=True)
+    torch.testing.assert_close(loaded.encode("text", ["a red cube", "a blue cone"]), want, rtol=0, atol=0)

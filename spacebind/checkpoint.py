@@ -27,7 +27,7 @@ from spacebind.experts import (
     remember_files,
     resolve_files,
 )
-from spacebind.io.files import save_tensors, write_json, write_text
+from spacebind.io.files import save_tensors, sha256_file, write_json, write_text
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
 
@@ -85,7 +85,9 @@ def save_space(
     out.mkdir(parents=True, exist_ok=True)
     tensors = head_tensors(space)
     save_tensors(out / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
-    config = {"format": FORMAT, "spacebind_version": spacebind_version(), "space": space_config(space)}
+    # the config names the weights it belongs with: an export cut short between the two files is refused on load
+    config = {"format": FORMAT, "spacebind_version": spacebind_version(),
+              "weights_sha256": sha256_file(out / "model.safetensors"), "space": space_config(space)}
     write_json(out / "config.json", config)
     if recipe_text is not None:
         write_text(out / "recipe.yaml", recipe_text)
@@ -125,7 +127,11 @@ def load(
         _refuse_code(config["space"], set(experts or {}), config_path)
     dirs = [checkpoint_dir] if isinstance(checkpoint_dir, (str, Path)) else list(checkpoint_dir or [])
     _locate_files(config["space"], set(experts or {}), [*checkpoint_search_path(dirs), root], config_path)
-    tensors = _read_tensors(root / "model.safetensors")
+    weights = root / "model.safetensors"
+    if config.get("weights_sha256") and (not weights.is_file() or sha256_file(weights) != config["weights_sha256"]):
+        raise CheckpointError(f"{weights} does not belong with {config_path}: the config was written with other "
+                              "weights (an interrupted or mixed export); export the space again")
+    tensors = _read_tensors(weights)
     used: set[str] = set()
     space = _build(config["space"], tensors, used, dict(experts or {}), verify, config_path)
     unexpected = sorted(set(tensors) - used)

@@ -133,6 +133,7 @@ def test_save_load_round_trip_gives_identical_outputs(fused, small_world, tmp_pa
         assert torch.equal(loaded.encode(m, inputs), result.space.encode(m, inputs))
         assert torch.equal(loaded.route_weights(m, inputs), result.space.route_weights(m, inputs))
     # strict: a checkpoint without the text router's weights is refused, naming the keys
+    from exports import reseal
     from safetensors.torch import load_file, save_file
 
     copy = tmp_path / "copy"
@@ -141,6 +142,9 @@ def test_save_load_round_trip_gives_identical_outputs(fused, small_world, tmp_pa
         (copy / f).write_text((result.out / f).read_text())
     tensors = {k: v for k, v in load_file(str(result.out / "model.safetensors")).items() if ".router.text." not in k}
     save_file(tensors, str(copy / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="does not belong with"):  # not the weights the config was saved with
+        spacebind.load(copy)
+    reseal(copy)
     with pytest.raises(CheckpointError, match=r"missing keys \[.*router\.text\.net"):
         spacebind.load(copy)
 

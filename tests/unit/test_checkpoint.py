@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from exports import reseal
 from safetensors.torch import load_file, save_file
 from toy_experts import multi_expert
 
@@ -70,10 +71,14 @@ def test_loading_is_strict(tmp_path: Path) -> None:
     tensors = load_file(str(out / "model.safetensors"))
     key = next(k for k in tensors if k.startswith("bonds.1.E3.members.2"))
     save_file({**tensors, "bonds.1.E3.extra": torch.zeros(1)}, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="does not belong with"):  # not the weights the config was saved with
+        spacebind.load(out, experts=leaves)
+    reseal(out)
     with pytest.raises(CheckpointError, match=r"unexpected keys \['bonds.1.E3.extra'\]"):
         spacebind.load(out, experts=leaves)
     del tensors[key]
     save_file(tensors, str(out / "model.safetensors"))
+    reseal(out)
     with pytest.raises(CheckpointError, match=f"missing keys.*{key}"):
         spacebind.load(out, experts=leaves)
     with pytest.raises(CheckpointError, match="no config.json"):

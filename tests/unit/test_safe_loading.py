@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from exports import reseal
 from safetensors.torch import load_file, save_file
 from toy_experts import multi_expert
 from typer.testing import CliRunner
@@ -86,6 +87,9 @@ def test_tampered_weights_are_named_errors(tmp_path: Path, damage, message: str)
     damage(tensors)
     save_file(tensors, str(out / "model.safetensors"))
     experts = {"U": multi_expert("U", 6, ("text",), 0), "E": multi_expert("E", 4, ("text",), 1)}
+    with pytest.raises(CheckpointError, match="does not belong with .*config.json"):
+        spacebind.load(out, experts=experts)  # weights that are not the ones the config was written with
+    reseal(out)
     with pytest.raises(CheckpointError, match=message):
         spacebind.load(out, experts=experts)
 
@@ -95,6 +99,7 @@ def test_truncated_files_are_named_errors(tmp_path: Path) -> None:
     experts = {"U": multi_expert("U", 6, ("text",), 0), "E": multi_expert("E", 4, ("text",), 1)}
     data = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    reseal(out)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         spacebind.load(out, experts=experts)
     (out / "config.json").write_text('{"format": 1, "space": ')

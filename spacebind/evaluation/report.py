@@ -68,8 +68,10 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Lay out, write as PNG (creating the folder) and close a figure."""
-    fig.tight_layout()
+    """Lay out (unless the figure has its own layout engine), write as PNG (creating the folder) and
+    close a figure."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -32,11 +32,13 @@ class SweepResult:
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # the current λ where nothing beats it
     held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # task → {"now", "best"} on another split
     held_out_split: str | None = None
+    split: str = "val"
+    current: dict[str, float] = field(default_factory=dict)  # the space's λ when swept
 
     def to_json(self) -> dict[str, Any]:
         return {"modalities": self.modalities, "grid": self.grid, "points": self.points, "scores": self.scores,
                 "baseline": self.baseline, "best": self.best, "held_out": self.held_out,
-                "held_out_split": self.held_out_split}
+                "held_out_split": self.held_out_split, "split": self.split, "current": self.current}
 
 
 def preset_name(task: str) -> str:
@@ -81,7 +83,7 @@ def sweep(
     current = {m: space.lambda_for(m) for m in mods}
     best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
             for task, values in scores.items()}
-    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best)
+    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current)
 
 
 def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
@@ -96,36 +98,60 @@ def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dat
     result.held_out_split = split
 
 
-def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
-    """Change of each task's score (points, vs the current λ) over the grid: heatmaps for two swept
-    modalities, curves for one."""
+def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any:
+    """The change of each task's score (points, vs the current λ) over the grid, one panel per task:
+    heatmaps for two swept modalities, curves for one. One colour scale (or y range) for every
+    panel, the current λ marked with a square and each task's best with a star, values in the cells
+    of small grids, ticks at the grid's own values."""
     import numpy as np
 
     plt = pyplot()
-
     tasks = list(tasks or result.scores)
     n = len(result.grid)
+    deltas = {t: 100 * (np.array(result.scores[t]) - result.baseline[t]) for t in tasks}
+    limit = max(max(float(abs(d).max()) for d in deltas.values()), 1e-6)
     cols = min(4, len(tasks))
     rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1, 3.0 * rows + 0.4), squeeze=False, layout="constrained")
+    index = {round(v, 6): i for i, v in enumerate(result.grid)}
+    where = [index.get(round(result.current.get(m, float("nan")), 6)) for m in result.modalities]
+    image = None
     for ax, task in zip(axes.flat, tasks):
-        delta = 100 * (np.array(result.scores[task]) - result.baseline[task])
+        best = [index.get(round(result.best[task][m], 6)) for m in result.modalities]
         if len(result.modalities) == 1:
-            ax.plot(result.grid, delta, marker="o")
-            ax.set_xlabel(f"λ {result.modalities[0]}")
+            ax.plot(range(n), deltas[task], marker="o")
+            ax.set_ylim(-1.1 * limit, 1.1 * limit)
             ax.set_ylabel("Δ (points)")
+            if where[0] is not None:
+                ax.axvline(where[0], color="black", linewidth=1, label="current λ")
+            if best[0] is not None:
+                ax.plot(best[0], deltas[task][best[0]], marker="*", markersize=14, color="gold", markeredgecolor="black")
         else:
-            grid = delta.reshape(n, n)  # rows: first modality, columns: second
-            limit = max(abs(grid).max(), 1e-6)
-            image = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-limit, vmax=limit,
-                              extent=(-0.05, 1.05, -0.05, 1.05), aspect="auto")
-            ax.set_xlabel(f"λ {result.modalities[1]}")
+            grid = deltas[task].reshape(n, n)  # rows: first modality, columns: second
+            image = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+            ax.set_yticks(range(n), [f"{v:g}" for v in result.grid])
             ax.set_ylabel(f"λ {result.modalities[0]}")
-            fig.colorbar(image, ax=ax, label="Δ (points)")
+            if n <= 6:
+                for (y, x), v in np.ndenumerate(grid):
+                    ax.text(x, y, f"{v:+.1f}", ha="center", va="center", fontsize=7)
+            if None not in where:
+                ax.plot(where[1], where[0], marker="s", markersize=12, fillstyle="none", color="black")
+            if None not in best:
+                ax.plot(best[1], best[0], marker="*", markersize=14, color="gold", markeredgecolor="black")
+        ax.set_xticks(range(n), [f"{v:g}" for v in result.grid])
+        ax.set_xlabel(f"λ {result.modalities[-1]}")
         ax.set_title(task, fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    return save_figure(fig, path)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), label="Δ vs current λ (points)")
+    fig.suptitle(f"λ sweep on the {result.split} split: □ current λ, ★ best", fontsize=10)
+    return fig
+
+
+def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
+    """`sweep_figure` written as a PNG to `path`."""
+    return save_figure(sweep_figure(result, tasks), path)
 
 
 def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val", grid: Sequence[float] = DEFAULT_GRID,

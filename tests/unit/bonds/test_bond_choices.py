@@ -143,3 +143,24 @@ def test_unknown_pairing_is_named(pairing: str) -> None:
     t, _, caches, dataset = world()
     with pytest.raises(ValueError, match="unknown pairing 'nope'"):
         choose_targets(pairing, t, caches, dataset)
+
+
+def test_sweep_figure_shares_one_scale_and_marks_current_and_best(tmp_path: Path) -> None:
+    from spacebind.evaluation.sweep import SweepResult, plot_sweep, sweep_figure
+
+    grid = [0.2, 0.4, 0.6]
+    points = [{"text": a, "audio": b} for a in grid for b in grid]
+    scores = {"text→audio R@1": [0.1 * i for i in range(9)], "image zero-shot acc1": [0.5] * 9}
+    result = SweepResult(["text", "audio"], grid, points, scores, baseline={"text→audio R@1": 0.4, "image zero-shot acc1": 0.5},
+                         best={"text→audio R@1": points[8], "image zero-shot acc1": {"text": 0.4, "audio": 0.2}},
+                         split="val", current={"text": 0.4, "audio": 0.2})
+    fig = sweep_figure(result)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(scores)
+    limits = {tuple(ax.images[0].get_clim()) for ax in panels}
+    assert limits == {(-40.0, 40.0)}  # one colour scale for all panels: the largest change is 0.8 − 0.4
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0.2", "0.4", "0.6"]  # the grid's own values
+    assert len(panels[0].texts) == 9 and panels[1].texts[0].get_text() == "+0.0"
+    assert sum(len(ax.lines) for ax in panels) == 4  # current (□) and best (★) on each panel
+    assert "val split" in fig._suptitle.get_text()
+    assert plot_sweep(result, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -66,8 +66,9 @@ class _Tasks:
             self.fused[m] = {lam: caches.embeddings(space.with_lambdas({m: lam}), m, self.ids[m]) for lam in values}
         self.prompts = self._prompts(dataset)
         self.fused_classes: dict[float, torch.Tensor] = {}
+        self.prompt_leaves: dict[str, torch.Tensor] = {}  # each leaf encodes the prompts once, for fused and parts
         if self.prompts is not None and "text" in space.modalities:
-            leaf = space.leaf_embeddings("text", self.prompts[0])
+            leaf = self.prompt_leaves = space.leaf_embeddings("text", self.prompts[0])
             values = grid if "text" in self.tuned else [space.lambda_for("text")]
             for lam in values:
                 self.fused_classes[lam] = class_embeddings(space.with_lambdas({"text": lam}).combine("text", leaf),
@@ -137,7 +138,7 @@ class _Tasks:
             emb = {m: self.caches.embeddings(part, m, self.ids[m]) for m in covered}
             classes = None
             if self.prompts is not None and "text" in part.modalities:
-                classes = class_embeddings(part.encode("text", self.prompts[0]), self.prompts[1])
+                classes = class_embeddings(part.combine("text", self.prompt_leaves), self.prompts[1])
             for task in self.names:
                 label, a, b = task
                 if a not in emb or (b == "classes" and classes is None) or (b != "classes" and b not in emb):

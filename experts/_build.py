@@ -125,6 +125,9 @@ def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any],
     known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     out, missing = dict(kwargs), []
     for key, name in files.items():
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            missing.append(f"{key} {name!r} (not a bare file name: refused)")
+            continue
         found = next((d / name for d in search if (d / name).exists()), None)
         last = known.get(f"{source}:{key}:{name}")
         if found is None and last and Path(last).exists():

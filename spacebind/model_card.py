@@ -27,7 +27,6 @@ def _expert_rows(node: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
 # unknown origin have none.
 HUB_IDS: dict[str, str] = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 
 # spacebind's task names → the task types the Hub's model-index uses.
@@ -91,7 +90,7 @@ def front_matter(space: Space, config: dict[str, Any], metrics: list[dict[str, A
     tags += [t for t in [*kinds, *space.modalities] if t not in tags]
     base = []
     for e in experts.values():
-        hub = HUB_IDS.get(str(e.get("source") or "")) or HUB_IDS.get(e["name"])
+        hub = HUB_IDS.get(str(e.get("source") or ""))
         if hub and hub not in base:
             base.append(hub)
     datasets = []

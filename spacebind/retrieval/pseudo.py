@@ -68,7 +68,8 @@ def pseudo_pairs(
     def add(source: str, src_rows: torch.Tensor, tgt_rows: torch.Tensor) -> None:
         xs.append(src_rows)
         ys.append(tgt_rows)
-        sources.append(source) if source not in sources else None
+        if source not in sources:
+            sources.append(source)
 
     own = caches.usable_ids(tgt, spec.seed, seeds) if spec.seed in tgt.modalities else []
     if own and admits(spec.seed, spec.seed):

@@ -137,3 +137,15 @@ def test_an_export_moved_with_its_expert_files_loads_bit_identically(tmp_path: P
     monkeypatch.setenv("SPACEBIND_CHECKPOINTS", str(shelf))
     loaded = spacebind.load(moved, experts=given, trust_remote_code=True)
     torch.testing.assert_close(loaded.encode("text", ["a red cube", "a blue cone"]), want, rtol=0, atol=0)
+
+
+def test_a_recorded_file_name_cannot_leave_the_searched_directories(tmp_path: Path) -> None:
+    out = saved(tmp_path)
+    (tmp_path / "secret.npy").write_bytes(b"")
+
+    def escape(node: dict) -> None:
+        node["base"].update(source="dinov2", kwargs={"path": "x"}, files={"path": "../secret.npy"})
+
+    rewrite(out / "config.json", escape)
+    with pytest.raises(CheckpointError, match=r"expert 'U' \(dinov2\) needs path '\.\./secret\.npy' \(not a bare file name"):
+        spacebind.load(out, experts={"E": multi_expert("E", 4, ("text",), 1)}, checkpoint_dir=out)

@@ -3,7 +3,9 @@ expert alone, the target (anchor) space, the uniform mixture of all remapped spa
 space trained without and with language-representation decoupling. R@1 both ways on every
 modality pair (audio↔point included: no single expert but the unified one covers it), the mean
 over all pairs (a pair a space lacks counts 0), averaged over seeds; then the mean router weight
-per candidate space and modality on the test split. Run: python -m benchmarks.omnibind [--seeds 11 12]"""
+per candidate space and modality on the test split. `--recipe omnibind_world_pools` runs OmniBind as
+published: unimodal train pools, pseudo pairs and pseudo tuples (recipes/omnibind_world_pools.yaml).
+Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
 from __future__ import annotations
 
 import argparse
@@ -36,10 +38,11 @@ def with_mean(scores: dict[str, float]) -> dict[str, float]:
     return {**{k: scores.get(k, 0.0) for k in keys}, MEAN: sum(scores.get(k, 0.0) for k in keys) / len(keys)}
 
 
-def run_seed(seed: int, root: Path, sizes: dict[str, int]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibind_world"
+             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Scores per column, and mean router weights per `modality: candidate` per routed column."""
-    raw = yaml.safe_load((ROOT / "recipes" / "omnibind_world.yaml").read_text())
-    raw["data"] = {"world": {"seed": seed, **sizes}}
+    raw = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    raw["data"] = {"world": {**raw["data"]["world"], "seed": seed, **sizes}}
     work = root / f"work-{seed}"
     result = fuse(validate_recipe(raw), work=work, out=root / f"out-{seed}", progress=False)
     dataset = Dataset.load(next((work / "data").iterdir()))
@@ -84,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
     parser.add_argument("--sizes", type=int, nargs=3, default=[2000, 300, 500], metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--recipe", default="omnibind_world", choices=["omnibind_world", "omnibind_world_pools"],
+                        help="paired train items, or unimodal pools (pseudo pairs and tuples)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     sizes = dict(zip(("train", "val", "test"), args.sizes))
@@ -92,14 +97,14 @@ def main() -> None:
     per_seed = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            columns, routed = run_seed(seed, Path(tmp), sizes)
+            columns, routed = run_seed(seed, Path(tmp), sizes, args.recipe)
             per_seed[seed] = {c: v[MEAN] for c, v in columns.items()}
             for target, source in ((scores, columns), (weights, routed)):
                 for column, values in source.items():
                     for key, value in values.items():
                         target[column][key] += value / len(args.seeds)
     console = Console(width=240)
-    console.print(_table(f"OmniBind on the procedural world, test R@1, mean over seeds {args.seeds} (%)", scores, 100))
+    console.print(_table(f"{args.recipe}, test R@1, mean over seeds {args.seeds} (%)", scores, 100))
     console.print(_table("mean router weight per candidate on the test split (%)", weights, 100))
     for seed, means in per_seed.items():
         console.print(f"seed {seed}: " + ", ".join(f"{c} {100 * v:.2f}" for c, v in means.items()))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks import realdata_world as world
+from spacebind.extras import require
 
 EXPERT_VERSION = 4  # bump when towers or their training change (part of the cached weights' name)
 N_MELS, N_FRAMES = 40, 32
@@ -273,7 +274,7 @@ class Experts(nn.Module):
 
 def train_experts(seed: int, data: Path, text: MiniLM, work: Path, log: Callable[[str], None]) -> Experts:
     """Train (or load) U's and AT's towers for `seed` on the dataset's expert-training material."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "benchmarks", "the real-data benchmark's digit images").load_digits
 
     extra = json.loads((data / "extra.json").read_text())
     rng = random.Random(2000 + seed)

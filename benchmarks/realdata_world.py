@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spacebind.extras import require
+
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 # espeak-ng voice variants by the gender their files declare (robot / whisper / creature variants left out)
@@ -219,7 +221,7 @@ def build(seed: int, work: Path) -> Path:
     `extra.json` beside it holds what the experts train on outside spacebind: the training clips
     with their speaker attributes, the train image indices, the U audio-tower clips."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "benchmarks", "the real-data benchmark's digit images").load_digits
 
     out = work / f"data-v{FORMAT}-s{seed}"
     if (out / "manifest.jsonl").is_file():

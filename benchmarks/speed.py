@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import mining, speed_embed, speed_encode, speed_retrieval, speed_train
+from benchmarks import mining, speed_embed, speed_encode, speed_mixture, speed_retrieval, speed_train
 
 
 def _benchmarks(args: argparse.Namespace) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
@@ -29,13 +29,15 @@ def _benchmarks(args: argparse.Namespace) -> dict[str, tuple[Callable[[], Any], 
                             "rows": mining.measure_all(args.mining_n, args.mining_naive_n, 512, 10, 4096)},
                    lambda r: mining.report(r["rows"], r["dim"], r["k"])),
         "encode": (lambda: speed_encode.measure(args.items // 2, 512, args.seed, 5), speed_encode.report),
+        "mixture": (lambda: speed_mixture.measure(args.mixture_members, 1, 4096, 2, 4096, 1, repeats=1),
+                    speed_mixture.report),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path, default=None, help="results file (default benchmarks/results/speed-<time>.json)")
-    parser.add_argument("--only", nargs="+", choices=["train", "embed", "retrieval", "mining", "encode"], default=None)
+    parser.add_argument("--only", nargs="+", choices=["train", "embed", "retrieval", "mining", "encode", "mixture"], default=None)
     parser.add_argument("--train-pairs", type=int, default=25_000)
     parser.add_argument("--train-batch", type=int, default=1024)
     parser.add_argument("--items", type=int, default=2000, help="world items to embed (half of them to encode)")
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--retrieval-chunk", type=int, default=2048)
     parser.add_argument("--mining-n", type=int, default=30_000)
     parser.add_argument("--mining-naive-n", type=int, default=10_000)
+    parser.add_argument("--mixture-members", type=int, default=7, help="mixture members (trained at one thread)")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = args.json or Path(__file__).parent / "results" / f"speed-{stamp}.json"

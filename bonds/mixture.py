@@ -9,6 +9,8 @@ from torch import nn
 
 from spacebind.bonds.heads import head_from_config, register_head
 from spacebind.errors import InputError
+from spacebind.training import distributed
+from spacebind.training.batched import train_projectors
 from spacebind.training.trainer import TrainConfig, train_projector
 
 
@@ -67,6 +69,7 @@ def train_mixture(
     subsets: list[torch.Tensor] | None = None,
     sources: list[list[str]] | None = None,
     progress: bool = True,
+    batched: bool = True,
 ) -> ProjectorMixture:
     """Train `n` MLP projectors and average them (FreeBind's mixture of projectors).
 
@@ -76,18 +79,22 @@ def train_mixture(
     `sources[i]` records the source modalities member i trained on: the bonds apply a member only
     to those (see `ProjectorMixture.members_for`). Member i checkpoints under `checkpoint_dir / f"member{i}"`.
 
+    With `batched` (the default; not under torchrun) the members train together as stacked weights
+    (`spacebind.training.batched`), the same members as one by one up to float rounding, with the
+    same state files; `batched=False` trains them one by one.
+
     Raises:
         InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
     """
     if subsets is not None and len(subsets) != n:
         raise InputError(f"got {len(subsets)} subsets for {n} mixture members; expected one per member")
-    members = []
-    for i in range(n):
-        rows = subsets[i] if subsets is not None else slice(None)
-        result = train_projector(
-            src[rows], tgt[rows], config=config.model_copy(update={"seed": config.seed + i}),
-            val_src=val_src, val_tgt=val_tgt, progress=progress,
-            checkpoint_dir=checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None,
-        )
-        members.append(result.head)
-    return ProjectorMixture(members, sources).eval()
+    rows = list(subsets) if subsets is not None else [slice(None)] * n
+    configs = [config.model_copy(update={"seed": config.seed + i}) for i in range(n)]
+    dirs = [checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None for i in range(n)]
+    if batched and not distributed.is_distributed():
+        results = train_projectors(src, tgt, configs=configs, rows=rows, val_src=val_src, val_tgt=val_tgt,
+                                   checkpoint_dirs=dirs, progress=progress)
+    else:
+        results = [train_projector(src[r], tgt[r], config=c, val_src=val_src, val_tgt=val_tgt, progress=progress,
+                                   checkpoint_dir=d) for r, c, d in zip(rows, configs, dirs)]
+    return ProjectorMixture([result.head for result in results], sources).eval()

@@ -15,7 +15,8 @@ the uniform mixture. Trained by `spacebind.bonds.route`.
 Training on cached embeddings: Training OmniBind's routed space on cached embeddings: remap every member space into the target
 with a frozen projector (mixture), then train one router per modality; nothing re-encodes data.
 
-Router losses, on tuples (dataset items carrying two or more of the space's modalities):
+Router losses, on tuples (dataset items carrying two or more of the space's modalities, and
+pseudo tuples mined for unimodal items, see `route_data`):
 
 1. cross-modal overall alignment: the mean of symmetric InfoNCE over every modality pair present
    in the batch's tuples, on the routed embeddings of both sides.
@@ -52,6 +53,8 @@ from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.io.datasets import Dataset
 from spacebind.io.progress import track
 from spacebind.modalities import check_modality, modality_pairs
+from spacebind.retrieval.mining import build_index, search
+from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
 from spacebind.training.trainer import TrainConfig, adamw, warmup_cosine
@@ -192,36 +195,92 @@ class RouterConfig(BaseModel):
     decoupling: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight of the language-representation decoupling loss; 0: off")
     patience: int = Field(5, ge=1, description="epochs without a val mean R@1 gain before stopping")
     seed: int = Field(0, ge=0, lt=2**63)
+    miners: dict[str, str] = Field(default_factory=dict, description=(
+        "expert that mines each modality pair's pseudo tuples from unimodal items, e.g. {audio-text: audio_text}; "
+        "default: the expert covering both with the fewest modalities"))
 
 
 @dataclass
 class RouteData:
-    """Cached candidates and router inputs of one split's tuples. `rows[m][i]` is item i's row in
-    `candidates[m]` / `inputs[m]`, or -1 when the item lacks m."""
+    """Cached candidates and router inputs of one split's tuples. `rows[m][i]` is tuple i's row in
+    `candidates[m]` / `inputs[m]`, or -1 when the tuple lacks m."""
 
     ids: list[str]
     candidates: dict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
+    mined: int = 0  # how many tuples (the last ones) were mined from unimodal items
 
 
 @torch.no_grad()
-def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str) -> RouteData:
-    """The tuples of a split (items with at least two of the space's modalities), from the caches."""
+def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str,
+               miners: Mapping[str, str] | None = None) -> RouteData:
+    """The tuples of a split, from the caches: every item carrying two or more of the space's
+    modalities, then one pseudo tuple per unimodal item (OmniBind's unpaired pools): the item with
+    its nearest item of every other modality, found by exact FAISS search over the split's items
+    in the pair's miner (see `tuple_miner`)."""
     mods = list(space.modalities)
-    items = [it for it in dataset.select(split) if sum(m in it.fields for m in mods) >= 2]
-    ids = [it.id for it in items]
-    position = {i: p for p, i in enumerate(ids)}
-    candidates, inputs, rows = {}, {}, {}
+    items = [it for it in dataset.select(split) if any(m in it.fields for m in mods)]
+    candidates, inputs, pool = {}, {}, {}
     for m in mods:
         have = caches.usable_ids(space, m, [it.id for it in items if m in it.fields])
         if not have:
             continue
         leaf = {e.name: caches.caches[e.name].embeddings(m, have) for e in space.leaves_for(m)}
-        candidates[m], inputs[m] = space.candidates(m, leaf), space.router_input(m, leaf)
-        rows[m] = torch.full((len(ids),), -1, dtype=torch.long)
-        rows[m][torch.tensor([position[i] for i in have])] = torch.arange(len(have))
-    return RouteData(ids, candidates, inputs, rows)
+        candidates[m], inputs[m], pool[m] = space.candidates(m, leaf), space.router_input(m, leaf), have
+    row_of = {m: {i: r for r, i in enumerate(ids)} for m, ids in pool.items()}
+    paired = [it.id for it in items if sum(it.id in row_of[m] for m in row_of) >= 2]
+    seeds = {m: [it.id for it in items if it.id in row_of[m] and sum(it.id in row_of[o] for o in row_of) == 1]
+             for m in row_of}
+    ids = paired + [i for m in row_of for i in seeds[m]]
+    rows = {m: torch.full((len(ids),), -1, dtype=torch.long) for m in row_of}
+    for m in row_of:
+        rows[m][: len(paired)] = torch.tensor([row_of[m].get(i, -1) for i in paired], dtype=torch.long)
+    uniform = {m: mix(c, c.new_full(c.shape[:2], 1.0 / c.shape[1])) for m, c in candidates.items()}
+    start = len(paired)
+    for m, seed_ids in seeds.items():
+        if not seed_ids:
+            continue
+        own = torch.tensor([row_of[m][i] for i in seed_ids])
+        span = slice(start, start + len(own))
+        rows[m][span] = own
+        for other in row_of:
+            if other == m:
+                continue
+            miner = tuple_miner(space, m, other, miners or {})
+            if miner is None:
+                rows[other][span] = _nearest(uniform[m][own], uniform[other])
+            else:
+                cache = caches.caches[miner]
+                rows[other][span] = _nearest(F.normalize(cache.embeddings(m, seed_ids), dim=-1),
+                                             F.normalize(cache.embeddings(other, pool[other]), dim=-1))
+        start += len(own)
+    return RouteData(ids, candidates, inputs, rows, mined=len(ids) - len(paired))
+
+
+def tuple_miner(space: RoutedSpace, a: str, b: str, miners: Mapping[str, str]) -> str | None:
+    """The expert whose space mines a's partners in b for router tuples: `miners["a-b"]` (or
+    `"b-a"`) when given, else the leaf covering both with the fewest modalities (the pair's
+    specialist, e.g. an audio-text expert for audio↔text); None (the uniform mixture) when no leaf
+    covers both."""
+    leaves = [leaf for leaf in space.leaves() if a in leaf.modalities and b in leaf.modalities]
+    named = miners.get(f"{a}-{b}") or miners.get(f"{b}-{a}")
+    if named is not None:
+        if named not in {leaf.name for leaf in leaves}:
+            raise InputError(f"router miners: {named!r} for {a}-{b} is not an expert of the space covering both "
+                             f"({', '.join(leaf.name for leaf in leaves) or 'none does'})")
+        return named
+    return min(leaves, key=lambda leaf: len(leaf.modalities)).name if leaves else None
+
+
+def _nearest(queries: torch.Tensor, gallery: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+    """Row of each query's nearest gallery item (inner product), through a flat FAISS index."""
+    def chunks(x: torch.Tensor):
+        return ((list(range(i, min(i + chunk, len(x)))), x[i:i + chunk]) for i in range(0, len(x), chunk))
+
+    index, _ = build_index(chunks(gallery), gallery.shape[1])
+    _, _, found = search(index, chunks(queries), 1)
+    return found[:, 0]
 
 
 def _routed(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData, m: str,
@@ -283,10 +342,11 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     """Train one router per modality with two or more candidates (projectors frozen); returns the
     routed space with them (`space`'s own routers, if any, are replaced)."""
     config = config or RouterConfig()
-    train, val = route_data(space, caches, dataset, "train"), route_data(space, caches, dataset, "val")
+    train, val = (route_data(space, caches, dataset, split, config.miners) for split in ("train", "val"))
     if len(train.ids) < 2:
         raise InputError(f"router training: the train split of {dataset.root} has {len(train.ids)} tuples "
-                         f"(items with two or more of {list(space.modalities)}); need at least 2")
+                         f"(items with two or more of {list(space.modalities)}, or unimodal items to mine "
+                         f"partners for); need at least 2")
     routed_mods = [m for m in train.candidates if train.candidates[m].shape[1] > 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -324,14 +384,38 @@ def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Da
           work_dir: Path | None = None, name: str | None = None, progress: bool = True,
           **head_kwargs) -> RoutedSpace:
     """Remap every member into `target` with a projector each (`head_kwargs` as `train_head`:
-    `projector`, `mixture`, `pairing`, `pseudo`, `train`, …); the uniform routed space (no routers)."""
+    `projector`, `mixture`, `pairing`, `pseudo`, `train`, …); the uniform routed space (no routers).
+    Each member trains on the `pseudo` datasets it can use (see `member_pseudo`)."""
     heads = {}
+    leaves = {leaf.name: leaf for space in (target, *members) for leaf in space.leaves()}
     for member in members:
         ckpt = work_dir / member.name if work_dir is not None else None
-        kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or member.name}
+        miner = head_kwargs.get("miner") or member.name
+        kwargs = {**head_kwargs, "miner": miner}
+        if head_kwargs.get("pseudo"):
+            kwargs["pseudo"] = member_pseudo(head_kwargs["pseudo"], member, target, leaves)
         heads[member.name], _ = train_head(member, target, caches, dataset, checkpoint_dir=ckpt, progress=progress,
                                            **kwargs)
     return RoutedSpace(target, list(members), heads, scales=scales, inputs=inputs, name=name)
+
+
+def member_pseudo(pseudo: Sequence[PseudoDataset], member: Space, target: Space,
+                  leaves: Mapping[str, Space]) -> list[PseudoDataset]:
+    """The routed stage's pseudo datasets restricted to what one member can learn from: those whose
+    seed the member covers, with the partners its miner (default: the member) and the target cover.
+    A dataset left with no partners is kept only when the target covers its seed (same-item pairs)."""
+    kept = []
+    for spec in pseudo:
+        miner = leaves.get(spec.miner or member.name, member)
+        if spec.seed not in member.modalities or spec.seed not in miner.modalities:
+            continue
+        partners = [p for p in spec.partners if p in miner.modalities and p in target.modalities]
+        if partners or spec.seed in target.modalities:
+            kept.append(spec.model_copy(update={"partners": partners}))
+    if not kept:
+        raise InputError(f"routed stage: none of the pseudo datasets {[s.label for s in pseudo]} applies to "
+                         f"{member.name!r} {list(member.modalities)}")
+    return kept
 
 
 def train_routed(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,

@@ -19,6 +19,7 @@ from spacebind.experts import (  # noqa: F401 - each family registers its expert
 from spacebind.experts._build import (
     build_expert,
     checkpoint_search_path,
+    hub_files,
     is_import_path,
     missing_expert_files,
     portable_kwargs,
@@ -29,5 +30,5 @@ from spacebind.experts.registry import EXPERTS, create_expert, list_experts
 from spacebind.world import experts as _world_experts  # noqa: F401
 from spacebind.world import unimodal as _world_unimodal  # noqa: F401
 
-__all__ = ["EXPERTS", "build_expert", "checkpoint_search_path", "create_expert", "is_import_path", "list_experts",
-           "missing_expert_files", "portable_kwargs", "remember_files", "resolve_files"]
+__all__ = ["EXPERTS", "build_expert", "checkpoint_search_path", "create_expert", "hub_files", "is_import_path",
+           "list_experts", "missing_expert_files", "portable_kwargs", "remember_files", "resolve_files"]

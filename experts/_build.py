@@ -4,9 +4,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
 
 from spacebind.errors import InputError
 from spacebind.space import Expert, Space
@@ -88,6 +89,57 @@ def portable_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     return out, files
 
 
+# A Hugging Face cache snapshot: `…/models--org--name/snapshots/<commit>/<path>`.
+_HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_files(kwargs: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The hub origin `{"repo", "revision", "path"}` of every file argument that lies in a Hugging
+    Face cache snapshot (`…/models--org--name/snapshots/<commit>/<path>`, symlinks not followed;
+    `path` is "" for the snapshot directory itself), by argument: no machine path, so an export may
+    record it beside the bare name and `resolve_files` finds the file in this machine's cache."""
+    origins = {}
+    for key in FILE_KWARGS:
+        value = kwargs.get(key)
+        if not (isinstance(value, str) and value):
+            continue
+        parts = Path(os.path.abspath(value)).parts
+        for i in range(len(parts) - 2, 0, -1):
+            if parts[i] == "snapshots" and parts[i - 1].startswith("models--") and _COMMIT.match(parts[i + 1]):
+                repo = parts[i - 1].removeprefix("models--").replace("--", "/")
+                origin = {"repo": repo, "revision": parts[i + 1], "path": "/".join(parts[i + 2:])}
+                if _hub_record_ok(origin):
+                    origins[key] = origin
+                break
+    return origins
+
+
+def _hub_record_ok(origin: Any) -> bool:
+    """Whether a recorded hub origin is a repo id, a full commit hash and a relative path inside."""
+    if not isinstance(origin, dict) or not all(isinstance(origin.get(k), str) for k in ("repo", "revision", "path")):
+        return False
+    path = origin["path"]
+    return (bool(_HUB_REPO.match(origin["repo"])) and bool(_COMMIT.match(origin["revision"])) and "\\" not in path
+            and not path.startswith("/") and ".." not in PurePosixPath(path).parts)
+
+
+def _hub_cached(origin: dict[str, str]) -> Path | None:
+    """The file or directory of a (checked) hub origin in this machine's Hugging Face cache
+    (`$HF_HUB_CACHE`), at the recorded commit; None when it is not there. Never downloads."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshot = (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=origin["repo"], repo_type="model")
+                / "snapshots" / origin["revision"])
+    found = snapshot / origin["path"]  # the snapshot itself when the path is ""
+    return found if found.exists() else None
+
+
+def _hub_place(origin: dict[str, str]) -> str:
+    return f"the Hugging Face cache ({origin['repo']} at {origin['revision'][:12]}, {origin['path'] or '.'})"
+
+
 def _known_files_path() -> Path:
     from spacebind.io.files import home_dir
 
@@ -116,24 +168,35 @@ def checkpoint_search_path(extra: Sequence[str | Path] = ()) -> list[Path]:
     return [*(Path(p) for p in extra), *env]
 
 
-def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any],
-                  search: Sequence[Path]) -> tuple[dict[str, Any], list[str]]:
+def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], search: Sequence[Path],
+                  hub: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """`kwargs` with each recorded file name replaced by its first match in `search` (directories,
-    in order), else where this machine last saw it (`remember_files`); and one line per file found
-    nowhere, naming the argument, the file and where it looked."""
+    in order), else in this machine's Hugging Face cache when `hub` records the file's origin
+    (`hub_files`), else where this machine last saw it (`remember_files`); and one line per file
+    found nowhere, naming the argument, the file and where it looked. Checksums are checked later,
+    when the expert is built, wherever the file was found."""
     path = _known_files_path()
     known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    hub = hub or {}
     out, missing = dict(kwargs), []
     for key, name in files.items():
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
             missing.append(f"{key} {name!r} (not a bare file name: refused)")
             continue
+        origin = hub.get(key)
+        if origin is not None and not _hub_record_ok(origin):
+            missing.append(f"{key} {name!r} (hub origin {origin!r} is not a repo id, commit hash and relative "
+                           "path: refused)")
+            continue
         found = next((d / name for d in search if (d / name).exists()), None)
+        if found is None and origin is not None:
+            found = _hub_cached(origin)
         last = known.get(f"{source}:{key}:{name}")
         if found is None and last and Path(last).exists():
             found = Path(last)
         if found is None:
-            looked = ", ".join(str(d) for d in search) or "nowhere (no directory given)"
+            places = [str(d) for d in search] + ([_hub_place(origin)] if origin is not None else [])
+            looked = ", ".join(places) or "nowhere (no directory given)"
             missing.append(f"{key} {name!r} (looked in: {looked}, and where this machine last saw it)")
         else:
             out[key] = str(found)

@@ -6,7 +6,9 @@ its model calls `RobertaModel.from_pretrained('roberta-base')`. The architecture
 checked, since an offline load that finds no files silently yields a 5-token tokenizer.
 
 Audio, as the official `CLAP_Module.get_audio_embedding_from_*` (except that nothing is random):
-mono, resampled to 48 kHz, quantised to int16 and back, then 10 s (480,000 samples):
+mono, resampled to 48 kHz as `librosa.load(path, sr=48000)` does (soxr HQ, length rounded up from a
+float ratio, so a 5 s clip at 44.1 kHz becomes 240,001 samples), quantised to int16 and back, then 10 s
+(480,000 samples):
 - shorter clips: repeated whole, then zero-padded (`repeatpad`);
 - longer clips, non-fusion models: the first 10 s are kept (the official code crops at random);
 - longer clips, fusion models: a global view (the whole clip's mel squeezed to 10 s, bilinear) plus
@@ -29,13 +31,15 @@ from spacebind.experts._checkpoint_io import load_strict, read_checkpoint
 from spacebind.experts._clap_model import CLAP, HTSAT_BASE, HTSAT_TINY, ROBERTA_BASE, HTSATConfig
 from spacebind.experts.registry import EXPERTS
 from spacebind.io.files import sha256_file
-from spacebind.io.inputs import Audio, resample
+from spacebind.io.inputs import Audio
 from spacebind.space import Expert, ExpertSpec
 
 CONTEXT_LENGTH = 77
 # Official training scripts set the optimiser's lr from numpy (a cosine schedule), so the files
-# pickle numpy scalars next to the weights; these globals are allowed, nothing else.
-_SAFE_GLOBALS: list[Any] = [np.core.multiarray.scalar, np.dtype,  # type: ignore[attr-defined]
+# pickle numpy scalars next to the weights; these globals are allowed, nothing else. The files were
+# written by numpy 1 (`numpy.core`), which numpy 2 calls `numpy._core`: both names are allowed.
+_SCALAR = np.dtype("float64").type(0).__reduce__()[0]  # numpy's scalar reconstructor, wherever it lives
+_SAFE_GLOBALS: list[Any] = [_SCALAR, (_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
                             *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64))]
 
 
@@ -67,6 +71,16 @@ def checked_tokenizer(cls: Any, directory: str | Path | None, vocab_size: int, f
 
 
 # ---- audio preprocessing ----
+
+def librosa_resample(audio: Audio, rate: int) -> np.ndarray:
+    """The official loader's resampling (`librosa.load(path, sr=rate)`, librosa >= 0.10): soxr 'HQ',
+    then the length fixed to ceil(samples × (rate / sample_rate)) with a float ratio, zero-padded."""
+    if audio.sample_rate == rate:
+        return audio.samples
+    import librosa
+
+    return librosa.resample(audio.samples, orig_sr=audio.sample_rate, target_sr=rate, res_type="soxr_hq")
+
 
 def quantize_int16(x: np.ndarray) -> np.ndarray:
     """The official int16 round trip (clip to [-1, 1], scale by 32767, truncate)."""
@@ -117,7 +131,7 @@ def fusion_input(wave: np.ndarray, cfg: HTSATConfig) -> tuple[torch.Tensor, bool
 
 def clip_waveform(audio: Audio, cfg: HTSATConfig) -> np.ndarray:
     """Mono, resampled, quantised, first 10 s kept, shorter clips repeat-padded."""
-    wave = quantize_int16(resample(audio, cfg.sample_rate).samples)
+    wave = quantize_int16(librosa_resample(audio, cfg.sample_rate))
     return repeat_pad(wave[:cfg.clip_samples], cfg.clip_samples)
 
 
@@ -145,7 +159,7 @@ def clap_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audio: 
         if not audio.fusion:
             waves = torch.from_numpy(np.stack([clip_waveform(a, audio) for a in clips])).to(device)
             return model.encode_audio(model.audio_branch.log_mel(waves))
-        inputs = [fusion_input(quantize_int16(resample(a, audio.sample_rate).samples), audio) for a in clips]
+        inputs = [fusion_input(quantize_int16(librosa_resample(a, audio.sample_rate)), audio) for a in clips]
         mel = torch.stack([m for m, _ in inputs]).to(device)
         return model.encode_audio(mel, torch.tensor([longer for _, longer in inputs], device=device))
 

@@ -1,7 +1,9 @@
-"""Sentence encoders from a local Hugging Face directory: mean pooling over the attention mask,
-L2-normalised (the sentence-transformers recipe). Nothing is downloaded."""
+"""Sentence encoders from a local directory, run by sentence-transformers: the directory's modules.json
+(pooling, dense layers, normalisation) is honoured; a plain Hugging Face model gets mean pooling.
+Nothing is downloaded and no code named by the directory is run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,28 +29,49 @@ def check_tokenizer(tokenizer: object, vocab_size: int | None, path: Path) -> No
         )
 
 
+def _transformer_weights(name: str, path: Path) -> Path:
+    """The transformer's model.safetensors; refuses pickled module weights (pytorch_model.bin)."""
+    dirs = [("Transformer", path)]
+    if (path / "modules.json").is_file():
+        try:
+            dirs = [(m["type"], path / m["path"]) for m in json.loads((path / "modules.json").read_text("utf-8"))]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"sentence encoder {name!r}: unreadable {path / 'modules.json'} ({exc})") from None
+    for _, folder in dirs:
+        if (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"sentence encoder {name!r}: {folder} holds pickled weights (pytorch_model.bin); "
+                                  f"convert them to model.safetensors")
+    folder = next((f for t, f in dirs if t.endswith("Transformer")), path)
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"sentence encoder {name!r}: no model.safetensors in {folder}")
+    return folder / "model.safetensors"
+
+
 def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batch_size: int = 64,
                      device: str = "cpu", source: str | None = None,
                      spec_kwargs: dict[str, object] | None = None) -> Expert:
-    """A text expert from a local sentence-encoder directory (config, weights, tokenizer)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    """A text expert from a local sentence-encoder directory (config, weights, tokenizer, modules.json)."""
+    from sentence_transformers import SentenceTransformer
 
     path = Path(path)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"sentence encoder {name!r}: no model.safetensors in {path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    check_tokenizer(tokenizer, AutoConfig.from_pretrained(str(path), local_files_only=True).vocab_size, path)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    weights = _transformer_weights(name, path)
+    try:
+        model = SentenceTransformer(str(path), device=device, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"sentence encoder {name!r}: cannot load {path} ({exc})") from None
+    if model.tokenizer is None:
+        raise CheckpointError(f"{path}: no text tokenizer loaded; check that the directory holds the tokenizer files")
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    check_tokenizer(model.tokenizer, getattr(config, "vocab_size", None), path)
+    model.max_seq_length = max_length
+    dim = model.get_embedding_dimension()
+    if dim is None:
+        raise CheckpointError(f"sentence encoder {name!r}: {path} declares no embedding dimension")
 
-    @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return model.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
 
     kwargs = {"path": str(path)} if spec_kwargs is None else dict(spec_kwargs)
     kwargs["max_length"] = max_length  # it changes the embeddings of long texts, so the spec records it
     spec = ExpertSpec(source=source or name, kwargs=kwargs, checkpoint=str(weights), sha256=sha256_file(weights))
-    return Expert(name, model.config.hidden_size, {"text": encode}, spec=spec, batch_size=batch_size)
+    return Expert(name, dim, {"text": encode}, spec=spec, batch_size=batch_size)

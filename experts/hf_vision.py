@@ -51,7 +51,8 @@ def dinov2(path: str, pooling: Pooling = "cls", device: str = "cpu", batch_size:
 
 
 @EXPERTS.register("sentence_encoder", modalities=("text",),
-                  description="any sentence encoder (mean pooling) from a local directory, e.g. all-roberta-large-v1")
+                  description="any sentence-transformers model from a local directory (its pooling; mean for plain "
+                              "Hugging Face encoders), e.g. all-roberta-large-v1")
 def sentence_encoder_any(path: str, max_length: int = 256, device: str = "cpu", batch_size: int = 64) -> Expert:
     """`spacebind.create_expert("sentence_encoder", path="models/all-roberta-large-v1")`."""
     from spacebind.experts.hf_text import sentence_encoder

@@ -13,9 +13,11 @@ Preprocessing, as the official `imagebind/data.py` does:
   `video_clips`). The official code decodes with decord; ours takes decoded frames and fps.
 - text: CLIP BPE, 77 tokens, end-of-text kept at the end when truncating (open_clip's
   `SimpleTokenizer` ships the same vocabulary file and gives identical ids).
-- audio: mono at 16 kHz; three 2 s clips starting at 0, m/2 and m with m = max(duration − 2 s, 0)
+- audio: at 16 kHz; three 2 s clips starting at 0, m/2 and m with m = max(duration − 2 s, 0)
   (pytorchvideo's ConstantClipsPerVideoSampler at the commit ImageBind pins; older releases
-  divided by 3, not 2); each clip minus its mean, Kaldi fbank (128 bins,
+  divided by 3, not 2); each clip minus its mean over all channels (in place, so overlapping clips
+  cascade), Kaldi fbank of channel 0 only (`torchaudio.load` keeps a file's channels and the fbank
+  reads the first; mono sources are their own channel 0) (128 bins,
   25 ms / 10 ms, hanning, no dither), zero-padded or cut to 204 frames, (x + 4.268) / 9.138; the
   embedding is the mean of the clips' embeddings. One difference: resampling to 16 kHz uses
   spacebind's polyphase filter, not torchaudio's windowed-sinc one.
@@ -76,8 +78,10 @@ def clip_bounds(num_samples: int, rate: int = SAMPLE_RATE) -> list[tuple[int, in
 
 
 def audio_clips(audio: Audio) -> torch.Tensor:
-    """A waveform → normalised fbank clips [3, 1, 128, 204]."""
-    wave = torch.tensor(resample(audio, SAMPLE_RATE).samples, dtype=torch.float32)
+    """A waveform → normalised fbank clips [3, 1, 128, 204] (of channel 0 for multichannel sources)."""
+    mix = torch.tensor(resample(audio, SAMPLE_RATE).samples, dtype=torch.float32)
+    wave = mix if audio.channels is None else \
+        torch.tensor(resample(Audio(audio.channels[0], audio.sample_rate), SAMPLE_RATE).samples, dtype=torch.float32)
     window = frame_sizes(SAMPLE_RATE, 25.0, 10.0)[0]
     if wave.numel() < window:
         raise InputError(f"audio of {wave.numel()} samples at {SAMPLE_RATE} Hz is shorter than one 25 ms fbank "
@@ -86,9 +90,12 @@ def audio_clips(audio: Audio) -> torch.Tensor:
     clips = []
     for start, end in clip_bounds(wave.numel()):
         clip = wave[start:end]
-        # In place on a view, as the official code does: a later overlapping clip starts from
-        # samples an earlier clip already centred.
-        clip -= clip.mean()
+        # In place on views, as the official code does: a later overlapping clip starts from
+        # samples an earlier clip already centred. The mean is over all channels (that of the mix).
+        centre = mix[start:end].mean()
+        clip -= centre
+        if audio.channels is not None:
+            mix[start:end] -= centre
         feats = fbank(clip, SAMPLE_RATE, num_mel_bins=bins).T
         clips.append(F.pad(feats, (0, max(0, frames - feats.shape[1])))[:, :frames])
     return ((torch.stack(clips) - FBANK_MEAN) / FBANK_STD).unsqueeze(1)

@@ -26,7 +26,9 @@ PAD_ID = 0
 
 
 def text_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
-    """[N, 80] ids: bos, the tokens of `summarize:` + text (truncated), eos, then pad id 0."""
+    """[N, 80] ids: bos, the tokens of `summarize:` + text (truncated), eos, then pad id 0 on the
+    right, whatever the tokenizer's `padding_side` (transformers 5 pads LLaMA on the left, and
+    `encode_text` reads the last non-pad position)."""
     rows = []
     for text in texts:
         body = tokenizer(TEXT_PREFIX + text, add_special_tokens=False)["input_ids"][:MAX_LENGTH - 2]

@@ -2,12 +2,16 @@
 
 Weights load through `open_clip.create_model_and_transforms(name, pretrained=<local file>)`,
 which loads strictly with `weights_only=True`. Models whose text tower uses a Hugging Face
-tokenizer (SigLIP) need its files in a local directory (`tokenizer=`); nothing is downloaded."""
+tokenizer (SigLIP) need its files in a local directory (`tokenizer=`); nothing is downloaded.
+
+Texts longer than the context are cut as open_clip does (`truncation="eot"`: end-of-text forced
+into the last position, where the text towers pool); `truncation="official"` cuts as Uni3D's and
+ULIP's evaluation tokenizers (`utils/tokenizer.py`), without re-inserting end-of-text."""
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,15 +21,39 @@ from spacebind.experts.registry import EXPERTS
 from spacebind.io.files import sha256_file
 from spacebind.space import Expert, ExpertSpec
 
+Truncation = Literal["eot", "official"]
+TRUNCATIONS = ("eot", "official")
 
-def _tokenizer(model_name: str, tokenizer: str | Path | None) -> Any:
+
+def check_truncation(truncation: str) -> None:
+    """Refuse an unknown `truncation` (before any weights load)."""
+    if truncation not in TRUNCATIONS:
+        raise InputError(f"truncation {truncation!r}; expected 'eot' or 'official'")
+
+
+def cut_ids(bpe: Any, texts: list[str]) -> torch.Tensor:
+    """[N, context] ids as Uni3D's / ULIP's `utils/tokenizer.py`: [sot] + BPE + [eot] cut at the
+    context length, end-of-text not re-inserted, zero-padded."""
+    rows = [[bpe.sot_token_id, *bpe.encode(text), bpe.eot_token_id][:bpe.context_length] for text in texts]
+    ids = torch.zeros(len(rows), bpe.context_length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+    return ids
+
+
+def _tokenizer(model_name: str, tokenizer: str | Path | None, truncation: Truncation = "eot") -> Any:
+    """`texts -> ids` for `model_name`; `truncation="official"` only for the CLIP BPE tokenizer."""
     import open_clip
     from open_clip.tokenizer import HFTokenizer
 
+    check_truncation(truncation)
     text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
     hf_name = text_cfg.get("hf_tokenizer_name")
     if not hf_name:
-        return open_clip.get_tokenizer(model_name)  # CLIP BPE: ships inside open_clip
+        bpe = open_clip.get_tokenizer(model_name)  # CLIP BPE: ships inside open_clip
+        return bpe if truncation == "eot" else partial(cut_ids, bpe)
+    if truncation != "eot":
+        raise InputError(f"truncation='official' needs the CLIP BPE tokenizer; {model_name!r} uses {hf_name!r}")
     if tokenizer is None or not Path(tokenizer).is_dir():
         raise CheckpointError(
             f"open_clip model {model_name!r} uses the Hugging Face tokenizer {hf_name!r}: download its files "
@@ -44,8 +72,10 @@ def open_clip_expert(
     device: str = "cpu",
     batch_size: int = 64,
     source: str = "open_clip",
+    truncation: Truncation = "eot",
 ) -> Expert:
-    """An image-text expert from an open_clip architecture name and a local weights file."""
+    """An image-text expert from an open_clip architecture name and a local weights file; texts
+    over the context are cut as `truncation` says (see the module docstring)."""
     import open_clip
 
     path = Path(checkpoint)
@@ -54,12 +84,12 @@ def open_clip_expert(
                               f"architecture, e.g. open_clip_pytorch_model.bin, and give its path)")
     if model not in open_clip.list_models():
         raise InputError(f"open_clip has no model config {model!r}; see open_clip.list_models()")
+    tokenize = _tokenizer(model, tokenizer, truncation)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=str(path), device=device)
     except RuntimeError as exc:  # strict loading: missing / unexpected keys
         raise CheckpointError(f"{path}: does not match open_clip {model!r}: {exc}") from None
     net.eval()
-    tokenize = _tokenizer(model, tokenizer)
 
     def encode_image(images: list[np.ndarray]) -> torch.Tensor:
         from PIL import Image

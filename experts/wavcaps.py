@@ -5,8 +5,10 @@ Architecture as the official `retrieval/models/ase_model.py` (XinhaoMei/WavCaps)
 pooler, [CLS] token → Linear-ReLU-Linear to 1024. Checkpoints are `torch.load(f)['model']`.
 
 Audio as the official zero-shot scripts (and OmniBind): mono, resampled to 32 kHz, the first 10 s
-kept, shorter clips zero-padded to 10 s. Text as the official retrieval data: lower-cased and
-stripped of punctuation, then BERT-tokenised (longest padding, at most 30 tokens).
+kept, shorter clips zero-padded to 10 s. Text as the official zero-shot classification script
+encodes class names and prompts: as given, BERT-tokenised (longest padding, at most 30 tokens);
+`preprocess_text=True` first applies the retrieval training data's caption normalisation
+(`text_preprocess`: lower case, punctuation → spaces).
 """
 from __future__ import annotations
 
@@ -98,10 +100,10 @@ def zero_padded_clip(audio: Audio, cfg: HTSATConfig) -> np.ndarray:
 
 
 def wavcaps_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audio: HTSATConfig = WAVCAPS_HTSAT,
-                   text: dict[str, Any] | None = None, name: str = "wavcaps", device: str = "cpu",
-                   batch_size: int = 16) -> Expert:
+                   text: dict[str, Any] | None = None, name: str = "wavcaps", preprocess_text: bool = False,
+                   device: str = "cpu", batch_size: int = 16) -> Expert:
     """A WavCaps HTSAT-BERT expert from an official `.pt` file and a local bert-base-uncased
-    tokenizer directory (vocab.txt)."""
+    tokenizer directory (vocab.txt); `preprocess_text` normalises texts as training captions."""
     from transformers import BertConfig, BertTokenizer
 
     path = Path(checkpoint)
@@ -121,12 +123,14 @@ def wavcaps_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audi
 
     @torch.no_grad()
     def encode_text(texts: list[str]) -> torch.Tensor:
-        batch = tokenize([text_preprocess(t) for t in texts], padding="longest", truncation=True,
-                         max_length=MAX_TOKENS, return_tensors="pt")
+        texts = [text_preprocess(t) for t in texts] if preprocess_text else list(texts)
+        batch = tokenize(texts, padding="longest", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         return model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
-    spec = ExpertSpec(source=name, kwargs={"checkpoint": str(path), "tokenizer": str(tokenizer)},
-                      checkpoint=str(path), sha256=sha256_file(path))
+    kwargs: dict[str, Any] = {"checkpoint": str(path), "tokenizer": str(tokenizer)}
+    if preprocess_text:
+        kwargs["preprocess_text"] = True
+    spec = ExpertSpec(source=name, kwargs=kwargs, checkpoint=str(path), sha256=sha256_file(path))
     return Expert(name, model.audio_proj[-1].out_features, {"audio": encode_audio, "text": encode_text},
                   spec=spec, batch_size=batch_size)
 
@@ -135,7 +139,10 @@ def wavcaps_expert(checkpoint: str | Path, tokenizer: str | Path | None, *, audi
                   checkpoint="HTSAT-BERT-PT.pt (or HTSAT-BERT-FT-AudioCaps.pt / HTSAT-BERT-FT-Clotho.pt); "
                              "tokenizer= a directory with bert-base-uncased's vocab.txt",
                   description="WavCaps HTSAT-BERT audio-text retrieval model (32 kHz, 1024-d)")
-def wavcaps(checkpoint: str, tokenizer: str | None = None, device: str = "cpu", batch_size: int = 16) -> Expert:
-    """`spacebind.create_expert("wavcaps", checkpoint="HTSAT-BERT-PT.pt", tokenizer="bert-base-uncased/")`."""
-    return wavcaps_expert(checkpoint, tokenizer, audio=WAVCAPS_HTSAT, text=BERT_BASE_UNCASED, device=device,
-                          batch_size=batch_size)
+def wavcaps(checkpoint: str, tokenizer: str | None = None, preprocess_text: bool = False, device: str = "cpu",
+            batch_size: int = 16) -> Expert:
+    """`spacebind.create_expert("wavcaps", checkpoint="HTSAT-BERT-PT.pt", tokenizer="bert-base-uncased/")`;
+    `preprocess_text=True`: normalise texts as the retrieval training captions (the default encodes
+    them as given, as the official zero-shot classification does)."""
+    return wavcaps_expert(checkpoint, tokenizer, audio=WAVCAPS_HTSAT, text=BERT_BASE_UNCASED,
+                          preprocess_text=preprocess_text, device=device, batch_size=batch_size)

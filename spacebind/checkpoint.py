@@ -6,28 +6,46 @@ metrics and a model card. Experts are referenced by source, checkpoint path and 
     OUT/recipe.yaml         the recipe, verbatim (when given)
     OUT/metrics.json        evaluation records (a JSON list)
     OUT/README.md           model card
+    OUT/history.json        per-epoch training history of every trained projector (when given)
+    OUT/history.png         its loss and val recall@1 curves, linked from the model card
+
+An export is built in a hidden sibling directory and put in place as a unit (the previous export
+stays whole until the new one is complete, see `spacebind.io.files.replace_dir`); config.json,
+written last, records the sha256 of every other file it was written with (`weights_sha256`,
+`files_sha256`), and loading refuses files that do not belong together.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file
 
 from spacebind.bonds import BONDS, BondNode, head_from_config
-from spacebind.errors import CheckpointError, UnknownNameError
+from spacebind.errors import CheckpointError, StorageError, UnknownNameError
 from spacebind.experts import (
     build_expert,
     checkpoint_search_path,
+    hub_files,
     is_import_path,
     portable_kwargs,
     remember_files,
     resolve_files,
 )
-from spacebind.io.files import save_tensors, sha256_file, write_json, write_text
+from spacebind.io.files import (
+    replace_dir,
+    save_tensors,
+    sha256_file,
+    staging_dir,
+    storage_errors,
+    write_json,
+    write_text,
+)
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
 
@@ -53,13 +71,15 @@ def space_config(space: Space) -> dict[str, Any]:
 
 
 def _portable(expert: Expert) -> dict[str, Any]:
-    """The expert's spec with file arguments by name only (`files`), so the export moves with them."""
+    """The expert's spec with file arguments by name only (`files`), so the export moves with them,
+    and, for files inside a Hugging Face cache snapshot, their hub origin (`hub_files`)."""
     spec = expert.spec.to_json()
     remember_files(spec["source"], spec["kwargs"])
+    hub = hub_files(spec["kwargs"])
     spec["kwargs"], files = portable_kwargs(spec["kwargs"])
     if spec["checkpoint"]:
         spec["checkpoint"] = Path(spec["checkpoint"]).name
-    return {**spec, **({"files": files} if files else {})}
+    return {**spec, **({"files": files} if files else {}), **({"hub_files": hub} if hub else {})}
 
 
 def head_tensors(space: Space) -> dict[str, torch.Tensor]:
@@ -79,21 +99,70 @@ def save_space(
     *,
     recipe_text: str | None = None,
     metrics: list[dict[str, Any]] | None = None,
+    extra: Callable[[Path], object] | None = None,
+    history: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
-    """Write `space` as a fused checkpoint directory; returns the directory."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write `space` as a fused checkpoint directory, replacing a previous export as a unit;
+    returns the directory. `extra(dir)` may add files of the same export (e.g. `UniBind.save`);
+    `history` (member key → per-epoch rows) becomes history.json and history.png.
+
+    Files of the previous export that this one does not write (put there by hand) are kept, but
+    not checked on load. A directory that is not empty and not an export is refused.
+    """
+    out = Path(directory).resolve()  # an export reached through a symlink is replaced where it lies
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise CheckpointError(f"{out} is not empty and not a fused checkpoint: export into a new or empty directory")
     tensors = head_tensors(space)
-    save_tensors(out / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
-    # the config names the weights it belongs with: an export cut short between the two files is refused on load
-    config = {"format": FORMAT, "spacebind_version": spacebind_version(),
-              "weights_sha256": sha256_file(out / "model.safetensors"), "space": space_config(space)}
-    write_json(out / "config.json", config)
-    if recipe_text is not None:
-        write_text(out / "recipe.yaml", recipe_text)
-    write_json(out / "metrics.json", metrics or [])
-    write_text(out / "README.md", model_card(space, config, metrics or []))
-    return out
+    stage = staging_dir(out)
+    try:
+        save_tensors(stage / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
+        config = {"format": FORMAT, "spacebind_version": spacebind_version(),
+                  "weights_sha256": sha256_file(stage / "model.safetensors"), "space": space_config(space)}
+        if recipe_text is not None:
+            write_text(stage / "recipe.yaml", recipe_text)
+        write_json(stage / "metrics.json", metrics or [])
+        if history:
+            from spacebind.training.history import plot_histories
+
+            write_json(stage / "history.json", history)
+            plot_histories(history, stage / "history.png")
+        write_text(stage / "README.md", model_card(space, config, metrics or [], history))
+        if extra is not None:
+            extra(stage)
+        config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
+                                  if p.is_file() and p.name != "model.safetensors"}
+        write_json(stage / "config.json", config)
+        _keep_other_files(out, stage)
+    except StorageError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        error = StorageError(str(exc).replace(str(stage), str(out)))  # name the file the user asked for
+        error.errno = exc.errno
+        raise error from exc
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    replace_dir(stage, out)
+    return Path(directory)
+
+
+def _keep_other_files(old: Path, new: Path) -> None:
+    """Hard-link (or copy) into `new` what `old` holds beyond the files `new` has."""
+    if not old.is_dir():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for path in old.iterdir():
+        if not (new / path.name).exists():
+            with storage_errors(new / path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.copytree(path, new / path.name, symlinks=True, copy_function=link)
+                else:
+                    link(str(path), str(new / path.name))
 
 
 def load(
@@ -111,27 +180,23 @@ def load(
 
     Expert files (checkpoints, tokenizers) are recorded by name and sha256 and looked for in
     `checkpoint_dir` (one directory or several), then `$SPACEBIND_CHECKPOINTS`, then the export
-    directory; a file found nowhere is one error listing every expert, file and place looked in."""
-    root = Path(directory)
+    directory, then (for files saved from a Hugging Face cache snapshot, which records their repo,
+    commit and path) this machine's Hugging Face cache, then where this machine last saw them; a
+    file found nowhere is one error listing every expert, file and place looked in.
+
+    `directory` may also be a hub id `org/name[@revision]` (when no such local directory exists):
+    its snapshot is fetched into the Hugging Face cache, or only read from there with
+    `HF_HUB_OFFLINE=1`, and loaded by the same rules (see `spacebind.interop.hub`)."""
+    from spacebind.interop.hub import checkpoint_directory
+
+    root = checkpoint_directory(directory)
     config_path = root / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{root} is not a fused checkpoint: no config.json")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        found = config.get("format") if isinstance(config, dict) else None
-        raise CheckpointError(f"{config_path}: format {found!r}, this spacebind reads {FORMAT}")
+    config = read_config(root)
     if not trust_remote_code:
         _refuse_code(config["space"], set(experts or {}), config_path)
     dirs = [checkpoint_dir] if isinstance(checkpoint_dir, (str, Path)) else list(checkpoint_dir or [])
     _locate_files(config["space"], set(experts or {}), [*checkpoint_search_path(dirs), root], config_path)
-    weights = root / "model.safetensors"
-    if config.get("weights_sha256") and (not weights.is_file() or sha256_file(weights) != config["weights_sha256"]):
-        raise CheckpointError(f"{weights} does not belong with {config_path}: the config was written with other "
-                              "weights (an interrupted or mixed export); export the space again")
-    tensors = _read_tensors(weights)
+    tensors = _read_tensors(root / "model.safetensors")
     used: set[str] = set()
     space = _build(config["space"], tensors, used, dict(experts or {}), verify, config_path)
     unexpected = sorted(set(tensors) - used)
@@ -142,6 +207,31 @@ def load(
             raise CheckpointError(f"{root}: preset {preset!r} asked for, but the space has no bond")
         space = space.with_lambdas(preset)
     return space
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    """The `config.json` of fused checkpoint directory `root`, checked: valid JSON of this format,
+    written with the `model.safetensors` beside it (`weights_sha256`)."""
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{root} is not a fused checkpoint: no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise CheckpointError(f"{config_path}: format {found!r}, this spacebind reads {FORMAT}")
+    weights = root / "model.safetensors"
+    if config.get("weights_sha256") and (not weights.is_file() or sha256_file(weights) != config["weights_sha256"]):
+        raise CheckpointError(f"{weights} does not belong with {config_path}: the config was written with other "
+                              "weights (an interrupted or mixed export); export the space again")
+    for name, digest in (config.get("files_sha256") or {}).items():
+        path = root / Path(name).name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise CheckpointError(f"{path} does not belong with {config_path}: missing, or from another "
+                                  "export (a mixed export directory); export the space again")
+    return config
 
 
 def _stored_experts(node: dict[str, Any], given: set[str]) -> Iterator[dict[str, Any]]:
@@ -175,7 +265,8 @@ def _locate_files(node: dict[str, Any], given: set[str], search: list[Path], whe
     missing = []
     for n in _stored_experts(node, given):
         if n.get("files"):
-            n["kwargs"], lost = resolve_files(str(n.get("source")), n["files"], n.get("kwargs") or {}, search)
+            n["kwargs"], lost = resolve_files(str(n.get("source")), n["files"], n.get("kwargs") or {}, search,
+                                              n.get("hub_files"))
             missing.extend(f"expert {n['name']!r} ({n.get('source')}) needs {line}" for line in lost)
     if missing:
         raise CheckpointError(f"{where}: expert files not found:\n  " + "\n  ".join(missing)

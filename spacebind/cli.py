@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 world_app = typer.Typer(help="The procedural world: a multimodal test bed with known ground truth.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
+data_app = typer.Typer(help="Datasets: import common layouts into a spacebind dataset directory.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs get a wide table
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -31,6 +33,35 @@ def _run(job: Callable[[], Any]) -> Any:
     except SpacebindError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _print_json(data: Any) -> None:
+    """Machine-readable output: JSON on stdout, nothing else there (dataclasses as objects)."""
+    import dataclasses
+    import json
+
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        return str(obj)
+
+    print(json.dumps(data, indent=2, default=plain))
+
+
+JSON_HELP = "Print the result as JSON on stdout (nothing else there)."
+QUIET_HELP = "No progress lines on stderr (errors and the result only)."
+VERBOSE_HELP = "Progress lines at every 10 % of each step, however fast."
+
+
+def _verbosity(quiet: bool, verbose: bool) -> Any:
+    """The progress verbosity that `--quiet` / `--verbose` ask for (neither: as configured)."""
+    from contextlib import nullcontext
+
+    from spacebind.io.progress import QUIET, VERBOSE, verbosity
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    return verbosity(QUIET) if quiet else verbosity(VERBOSE) if verbose else nullcontext()
 
 
 def _kwargs(pairs: list[str] | None) -> dict[str, Any]:
@@ -55,19 +86,27 @@ def expand_directories(modality: str, inputs: list[str]) -> list[str]:
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    check_files: bool = typer.Option(False, "--check-files", help="Also check that the experts' checkpoint files "
+                                     "and the dataset's media files exist (all missing ones reported at once)."),
+) -> None:
     """Check a recipe and report every error at once, before any work.
 
-    Example: spacebind validate recipes/demo.yaml
+    Example: spacebind validate recipes/demo.yaml --check-files
     """
-    from spacebind.recipe import load_recipe
+    from spacebind.fuse import check_recipe
 
-    parsed, _ = _run(lambda: load_recipe(recipe))
-    console.print(f"[green]ok[/] {recipe}: {len(parsed.experts)} experts, {len(parsed.bonds)} bonds")
+    parsed = _run(lambda: check_recipe(recipe, check_files=check_files))
+    console.print(f"[green]ok[/] {recipe}: {len(parsed.experts)} experts, {len(parsed.bonds)} bonds"
+                  + (", all files present" if check_files else ""))
 
 
 @app.command()
-def experts(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'world_*'.")) -> None:
+def experts(
+    pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'world_*'."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List registered experts.
 
     Example: spacebind experts 'world_*'
@@ -83,10 +122,14 @@ def experts(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'worl
             raise InputError(f"no registered expert matches {pattern!r}; known: {', '.join(EXPERTS.list())}")
         return names
 
+    entries = [EXPERTS.entry(name) for name in _run(matching)]
+    if as_json:
+        _print_json([{"name": e.name, "modalities": list(e.modalities), "dim": e.dim, "description": e.description}
+                     for e in entries])
+        return
     table = Table("name", "modalities", "dim", "description")
-    for name in _run(matching):
-        e = EXPERTS.entry(name)
-        table.add_row(name, ", ".join(e.modalities), str(e.dim or "?"), e.description)
+    for e in entries:
+        table.add_row(e.name, ", ".join(e.modalities), str(e.dim or "?"), e.description)
     console.print(table)
 
 
@@ -100,6 +143,7 @@ def world_generate(
     concepts_seed: int = typer.Option(0, help="Seed of the concept set (the world itself)."),
     num_concepts: int = typer.Option(24, help="Number of concepts (classes)."),
     sensors: str = typer.Option("", help="Optional modalities to add, comma-separated: video,thermal,event."),
+    unpaired: bool = typer.Option(False, help="Write the train split as unimodal pools (one modality per item)."),
 ) -> None:
     """Write a procedural-world dataset: PNG, WAV, NPY files, manifest.jsonl and classes.json.
 
@@ -111,8 +155,50 @@ def world_generate(
     path = _run(lambda: generate_world(
         out, seed=seed, sizes={"train": train, "val": val, "test": test},
         concepts_seed=concepts_seed, num_concepts=num_concepts, sensors=[m for m in sensors.split(",") if m],
+        unpaired=unpaired,
     ))
     console.print(f"[green]wrote[/] {path}")
+
+
+@data_app.command("import")
+def data_import(
+    format: str = typer.Argument(..., help="Source format: folder, points, csv, coco, webdataset, hf."),
+    source: Path = typer.Argument(..., help="Folder, CSV/TSV file, COCO JSON, tar shard(s), or parquet / save_to_disk folder."),
+    out: Path = typer.Argument(..., help="Dataset directory to write (manifest.jsonl, classes.json)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy media into OUT/media (default: manifest points at them in place)."),
+    append: bool = typer.Option(False, "--append", help="Add to the dataset already in OUT (e.g. a second unimodal pool)."),
+    split: Optional[str] = typer.Option(None, help="Put every item in this split (train, val or test)."),
+    split_ratio: Optional[str] = typer.Option(None, help="Seeded train,val,test ratio, e.g. 0.8,0.1,0.1 (overrides source splits)."),
+    seed: int = typer.Option(0, help="Seed of --split-ratio."),
+    id_prefix: str = typer.Option("", help="Prefix for item ids (keeps two sources with the same file names apart)."),
+    modality: Optional[str] = typer.Option(None, help="Modality of every media file (default: by extension)."),
+    media_root: Optional[Path] = typer.Option(None, help="csv, coco, hf: folder the paths are relative to (default: the source's folder)."),
+    path_column: Optional[str] = typer.Option(None, help="csv: column of media paths (default: 'path' if present)."),
+    text_column: Optional[str] = typer.Option(None, help="csv, hf: caption column (default: 'caption' or 'text' if present)."),
+    label_column: Optional[str] = typer.Option(None, help="csv, hf: class label column."),
+    split_column: Optional[str] = typer.Option(None, help="csv, hf: split column (train / val / validation / test)."),
+    id_column: Optional[str] = typer.Option(None, help="csv: item id column (default: the path without extension)."),
+    delimiter: Optional[str] = typer.Option(None, help="csv: field separator (default: tab for .tsv, else comma)."),
+    captions: Optional[str] = typer.Option(None, help="coco: 'first' (one item per image, default) or 'each' (one per caption)."),
+    image_column: Optional[str] = typer.Option(None, help="hf: image column (default: 'image' if present)."),
+    audio_column: Optional[str] = typer.Option(None, help="hf: audio column (default: 'audio' if present)."),
+) -> None:
+    """Import a dataset from a common layout: manifest and classes written, media left in place
+    unless --copy. Bad rows are reported with their line or member name and skipped.
+
+    Example: spacebind data import folder ~/ESC-50/audio data/esc50 --split-ratio 0.8,0.1,0.1
+    Example: spacebind data import csv clotho_captions.csv data/clotho --path-column file_name --text-column caption_1 --media-root clotho/audio
+    Example: spacebind data import csv sentences.csv data/pools --text-column sentence --append
+    """
+    from spacebind.io.importers import format_report, import_data
+
+    options = dict(media_root=media_root, path_column=path_column, text_column=text_column, label_column=label_column,
+                   split_column=split_column, id_column=id_column, delimiter=delimiter, captions=captions,
+                   image_column=image_column, audio_column=audio_column)
+    report = _run(lambda: import_data(format, source, out, copy=copy, append=append, split=split, split_ratio=split_ratio,
+                                      seed=seed, id_prefix=id_prefix, modality=modality, **options))
+    for line in format_report(report):
+        console.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -122,9 +208,9 @@ def embed(
     out: Path = typer.Option(..., "--out", help="Cache directory (resumes if it exists)."),
     kwarg: Optional[list[str]] = typer.Option(None, "--kwarg", help="Expert argument KEY=VALUE (repeatable)."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable)."),
-    shard_size: int = typer.Option(1024, help="Items per shard."),
-    batch_size: Optional[int] = typer.Option(None, help="Encoder batch size (halved automatically on out-of-memory)."),
-    workers: int = typer.Option(0, help="DataLoader processes decoding files while the expert runs."),
+    shard_size: int = typer.Option(1024, min=1, help="Items per shard."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Encoder batch size (halved automatically on out-of-memory)."),
+    workers: int = typer.Option(0, min=0, help="DataLoader processes decoding files while the expert runs."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 autocast on CUDA (no effect on CPU)."),
 ) -> None:
     """Embed a dataset with one expert into a sharded float16 cache. Runs unchanged under torchrun
@@ -136,11 +222,6 @@ def embed(
     from spacebind.cache.store import embed_dataset
     from spacebind.experts import build_expert
     from spacebind.io.datasets import Dataset
-
-    for option, value, least in [("--shard-size", shard_size, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)]:
-        if value is not None and value < least:
-            err_console.print(f"[bold red]error:[/] {option} must be at least {least}, got {value}", markup=True, highlight=False)
-            raise typer.Exit(2)
 
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
@@ -159,11 +240,17 @@ def mine_cmd(
     cache: Path = typer.Argument(..., help="Embedding cache of an expert covering both modalities."),
     seed: str = typer.Option(..., "--seed", help="Modality of the seed items (the queries)."),
     target: str = typer.Option(..., "--target", help="Modality of the pool they retrieve from."),
-    k: int = typer.Option(5, help="Neighbours per seed."),
-    index: str = typer.Option("flat", help="flat (exact) or ivf (approximate, for large pools)."),
-    nlist: int = typer.Option(256, help="IVF lists."),
-    nprobe: int = typer.Option(16, help="IVF lists probed per query."),
-    chunk_size: int = typer.Option(4096, help="Vectors per streamed chunk (bounds memory)."),
+    k: int = typer.Option(5, min=1, help="Neighbours per seed."),
+    index: str = typer.Option("flat", help="flat (exact), or approximate for large pools: ivf, hnsw, pq, ivfpq."),
+    nlist: int = typer.Option(256, min=1, help="IVF lists (index ivf, ivfpq)."),
+    nprobe: int = typer.Option(16, min=1, help="IVF lists probed per query (index ivf, ivfpq)."),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", min=1, help="HNSW links per node (index hnsw)."),
+    ef_construction: int = typer.Option(40, "--ef-construction", min=1, help="HNSW build candidate list (index hnsw)."),
+    ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search candidate list (index hnsw)."),
+    pq_m: int = typer.Option(32, "--pq-m", min=1, help="PQ sub-quantizers, dividing the dimension (index pq, ivfpq)."),
+    pq_bits: int = typer.Option(8, "--pq-bits", min=1, help="Bits per PQ code (index pq, ivfpq)."),
+    train_size: int = typer.Option(65536, "--train-size", min=1, help="Vectors trained on (index ivf, pq, ivfpq)."),
+    chunk_size: int = typer.Option(4096, min=1, help="Vectors per streamed chunk (bounds memory)."),
     out: Path = typer.Option(..., "--out", help="Directory for neighbours.safetensors (reused if it matches)."),
 ) -> None:
     """Mine pseudo pairs: each seed item retrieves its k nearest items of another modality.
@@ -171,11 +258,14 @@ def mine_cmd(
     Example: spacebind mine caches/audio_text --seed text --target audio --k 5 --out pseudo/text2audio
     """
     from spacebind.cache.store import EmbeddingCache
-    from spacebind.retrieval.mining import mine
+    from spacebind.retrieval.mining import IndexOptions, mine
+
+    options = IndexOptions(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+                           pq_m=pq_m, pq_bits=pq_bits, train_size=train_size)
 
     def job() -> Any:
         return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index, nlist=nlist, nprobe=nprobe,  # type: ignore[arg-type]
-                    chunk_size=chunk_size, out=out)
+                    chunk_size=chunk_size, out=out, options=None if index in ("flat", "ivf") and train_size == 65536 else options)
 
     result = _run(job)
     console.print(f"[green]mined[/] {len(result.seed_ids)} {seed} seeds × {result.indices.shape[1]} {target} neighbours → {out}")
@@ -186,23 +276,37 @@ def fuse(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: the recipe's export.out or runs/NAME)."),
     work: Optional[Path] = typer.Option(None, "--work", help="Work directory for data, caches, checkpoints."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device for every expert that takes one (cpu, cuda, cuda:1)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (overrides the recipe's train.seed)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, check every file and print the plan; write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Run a recipe end to end: data, embed, train bonds, evaluate, export. Runs unchanged under
     torchrun (embedding and training split over ranks; rank 0 evaluates and exports).
 
     Example: spacebind fuse recipes/demo.yaml --out runs/demo
+    Example: spacebind fuse recipes/demo.yaml --dry-run
     Example: torchrun --nproc-per-node 8 -m spacebind fuse recipes/demo.yaml --out runs/demo
     """
     from spacebind.evaluation.report import records_table
     from spacebind.fuse import fuse as run_fuse
+    from spacebind.fuse import plan_fuse
     from spacebind.recipe import load_recipe
 
     def job() -> Any:
         parsed, text = load_recipe(recipe)
-        return run_fuse(parsed, recipe_text=text, base_dir=recipe.parent, out=out, work=work)
+        if dry_run:
+            return plan_fuse(parsed, base_dir=recipe.parent, out=out, work=work, seed=seed, device=device)
+        return run_fuse(parsed, recipe_text=text, base_dir=recipe.parent, out=out, work=work, seed=seed, device=device)
 
-    result = _run(job)
+    with _verbosity(quiet, verbose):
+        result = _run(job)
     if not is_main():
+        return
+    if dry_run:
+        for line in result.lines():
+            console.print(line, markup=False, highlight=False)
         return
     console.print(records_table(result.records))
     console.print(f"[green]exported[/] {result.out}")
@@ -213,23 +317,52 @@ def evaluate_cmd(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
     data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl."),
     split: str = typer.Option("test", help="Split to evaluate."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write records as JSON here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write records as JSON here (a directory with --format clip_benchmark)."),
+    format: str = typer.Option("json", "--format", help="json (one list of records) or clip_benchmark (one file per task, for `clip_benchmark build`)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Evaluate a fused checkpoint: retrieval between every modality pair and zero-shot classification
-    (with UniBind's class centres too when the checkpoint has them).
+    """Evaluate a fused checkpoint (a directory or hub id org/name[@revision]): retrieval between
+    every modality pair and zero-shot classification (with UniBind's class centres too when the
+    checkpoint has them).
 
     Example: spacebind eval runs/demo data/world --split test --out metrics.json
     """
     from spacebind.evaluation import write_records
     from spacebind.evaluation.evaluate import evaluate_checkpoint
-    from spacebind.evaluation.report import records_table
+    from spacebind.evaluation.report import records_table, write_clip_benchmark
 
+    if format not in ("json", "clip_benchmark"):
+        raise typer.BadParameter(f"--format {format!r}: expected json or clip_benchmark")
     records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir, trust_remote_code=trust_remote_code))
-    console.print(records_table(records))
-    if out:
+    if as_json:
+        _print_json(records)
+    else:
+        console.print(records_table(records))
+    if out and format == "clip_benchmark":
+        written = len(write_clip_benchmark(out, records, pretrained=str(fused)))
+        (err_console if as_json else console).print(f"wrote {written} files to {out}")
+    elif out:
         write_records(out, records)
+
+
+@app.command()
+def push(
+    fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
+    repo: str = typer.Argument(..., help="Hub model repo org/name, or org/name@branch."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (if it does not exist)."),
+    message: Optional[str] = typer.Option(None, "--message", help="Commit message."),
+) -> None:
+    """Upload a fused checkpoint (config, weights, recipe, metrics, model card) to the Hugging Face
+    Hub; the token comes from `hf auth login` or $HF_TOKEN. Load it back with spacebind.load("org/name").
+
+    Example: spacebind push runs/demo my-org/demo-space
+    """
+    from spacebind.interop.hub import push_directory
+
+    url = _run(lambda: push_directory(fused, repo, private=private or None, commit_message=message))
+    console.print(f"pushed {fused} → {url}")
 
 
 @app.command()
@@ -237,9 +370,10 @@ def similarity(
     encoders: list[str] = typer.Argument(..., help="Two or more EXPERT:MODALITY encoders."),
     data: Path = typer.Option(..., "--data", help="Probe dataset directory (items with paired modalities)."),
     split: str = typer.Option("test", help="Split of the probe dataset."),
-    k: int = typer.Option(10, help="Neighbours for mutual k-NN."),
+    k: int = typer.Option(10, min=1, help="Neighbours for mutual k-NN."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache root (default $SPACEBIND_HOME/caches/<data>)."),
     plot: Optional[Path] = typer.Option(None, help="Also draw the mutual k-NN scores as a heatmap PNG."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Rank candidate encoder pairs (every pair of different modalities) by mutual k-NN
     alignment and linear CKA on a probe set, to choose encoders to bind.
@@ -251,6 +385,11 @@ def similarity(
     from spacebind.evaluation.similarity import heatmap, rank_similarity
 
     rows = _run(lambda: rank_similarity(encoders, data, split, k, cache))
+    if as_json:
+        _print_json(rows)
+        if plot is not None:
+            err_console.print(f"wrote {heatmap(rows, plot)}", highlight=False)
+        return
     table = Table("rank", "encoder A", "encoder B", f"mutual {k}-NN", "linear CKA", "probe items")
     for i, r in enumerate(rows, 1):
         table.add_row(str(i), str(r["a"]), str(r["b"]), f"{r['mutual_knn']:.3f}", f"{r['cka']:.3f}", str(r["n"]))
@@ -335,10 +474,16 @@ def index_cmd(
     out: Path = typer.Option(..., "--out", help="Index directory."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable; default: all)."),
     split: Optional[str] = typer.Option(None, help="Only items of this split (default: all)."),
-    index: str = typer.Option("flat", help="flat (exact inner product) or ivf (approximate, for large collections)."),
-    nlist: int = typer.Option(256, help="IVF lists."),
-    nprobe: int = typer.Option(16, help="IVF lists probed per query."),
-    chunk_size: int = typer.Option(4096, help="Items embedded and added per step (bounds memory)."),
+    index: str = typer.Option("flat", help="flat (exact inner product), or approximate for large collections: ivf, hnsw, pq, ivfpq."),
+    nlist: int = typer.Option(256, min=1, help="IVF lists (index ivf, ivfpq)."),
+    nprobe: int = typer.Option(16, min=1, help="IVF lists probed per query (index ivf, ivfpq)."),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", min=1, help="HNSW links per node (index hnsw)."),
+    ef_construction: int = typer.Option(40, "--ef-construction", min=1, help="HNSW build candidate list (index hnsw)."),
+    ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search candidate list (index hnsw)."),
+    pq_m: int = typer.Option(32, "--pq-m", min=1, help="PQ sub-quantizers, dividing the dimension (index pq, ivfpq)."),
+    pq_bits: int = typer.Option(8, "--pq-bits", min=1, help="Bits per PQ code (index pq, ivfpq)."),
+    train_size: int = typer.Option(65536, "--train-size", min=1, help="Vectors trained on (index ivf, pq, ivfpq)."),
+    chunk_size: int = typer.Option(4096, min=1, help="Items embedded and added per step (bounds memory)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
 ) -> None:
@@ -347,11 +492,15 @@ def index_cmd(
     Example: spacebind index runs/demo data/world --out runs/demo-index --modality point --split test
     """
     from spacebind.checkpoint import load
+    from spacebind.retrieval.mining import IndexOptions
     from spacebind.search import build_index
+
+    options = IndexOptions(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+                           pq_m=pq_m, pq_bits=pq_bits, train_size=train_size)
 
     def job() -> Any:
         return build_index(load(fused, trust_remote_code=trust_remote_code), data, out, modalities=modality or None, split=split, kind=index,  # type: ignore[arg-type]
-                           nlist=nlist, nprobe=nprobe, chunk_size=chunk_size, cache_dir=cache_dir, fused=fused)
+                           chunk_size=chunk_size, cache_dir=cache_dir, fused=fused, options=options)
 
     built = _run(job)
     counts = ", ".join(f"{m} {len(items)}" for m, items in built.items.items())
@@ -369,9 +518,10 @@ def search_cmd(
     query: Optional[list[str]] = typer.Option(None, "--query", help="MODALITY=INPUT for other modalities (repeatable)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per query, in the order "
                                           "text, image, audio, point, then other --query modalities (default: all 1)."),
-    k: int = typer.Option(10, "-k", "--k", help="Items to show."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Items to show."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Only items of these modalities (repeatable)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Search an index with one or several queries of any modalities, composed as the weighted sum
     of their unit embeddings, renormalised.
@@ -403,6 +553,9 @@ def search_cmd(
         return query_labels(queries), w, search(idx, compose_query(space, queries, w), k, target or None)
 
     labels, w, hits = _run(job)
+    if as_json:
+        _print_json(hits)
+        return
     shown = ", ".join(f"{q} ×{1.0 if w is None else w[i]:g}" for i, q in enumerate(labels))
     table = Table("rank", "id", "modality", "label", "score", "input", title=f"top {k} for {shown}")
     for h in hits:
@@ -438,6 +591,7 @@ def export_cmd(
 def info(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory (or a registered expert name)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cost accounting: experts and their frozen parameters, trained parameters per stage, and the
     formula and embedding dimension of every stage.
@@ -450,5 +604,8 @@ def info(
 
     result = _run(lambda: describe(load(fused, trust_remote_code=trust_remote_code) if fused.is_dir()
                                    else build_expert(str(fused))))
+    if as_json:
+        _print_json(result)
+        return
     for table in info_tables(result):
         console.print(table)

@@ -27,3 +27,11 @@ class UnknownNameError(SpacebindError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0]) if self.args else ""
+
+
+class StorageError(SpacebindError, OSError):
+    """A file that could not be written (disk full, permissions, I/O error); names the file and the cause."""
+
+
+class LockError(SpacebindError):
+    """A directory another job is working in (embedding cache, work directory); names the holder."""

@@ -10,22 +10,25 @@ evaluates and exports while the others wait.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spacebind.bonds import BONDS
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.checkpoint import save_space
-from spacebind.errors import CheckpointError
+from spacebind.errors import CheckpointError, InputError
 from spacebind.evaluation.evaluate import evaluate_space
-from spacebind.experts import build_expert, missing_expert_files
+from spacebind.experts import EXPERTS, build_expert, is_import_path, missing_expert_files
 from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir
-from spacebind.io.progress import note
-from spacebind.recipe import DataConfig, Recipe
+from spacebind.io.locks import job_lock
+from spacebind.io.progress import note, stage
+from spacebind.recipe import DataConfig, Recipe, load_recipe
 from spacebind.space import Space
 from spacebind.training import distributed
+from spacebind.training.history import collect_histories
 
 
 @dataclass
@@ -36,22 +39,57 @@ class FuseResult:
     work: Path
 
 
-def prepare_data(data: DataConfig, base_dir: Path, work: Path) -> Dataset:
-    """Load the recipe's dataset, generating the procedural world first if asked (once)."""
+def prepare_data(data: DataConfig, base_dir: Path, work: Path, progress: bool = True) -> Dataset:
+    """Load the recipe's dataset, generating the procedural world or importing the sources first if asked (once)."""
     if data.path is not None:
         path = data.path if data.path.is_absolute() else base_dir / data.path
         return Dataset.load(path)
+    if data.imports:
+        return _import_once(data, base_dir, work, progress)
     from spacebind.world.generate import generate_world
 
     w = data.world
     assert w is not None
     sensors = "".join(f"-{m}" for m in w.sensors)
-    target = work / "data" / f"world-c{w.concepts_seed}-n{w.num_concepts}-s{w.seed}-{w.train}-{w.val}-{w.test}{sensors}"
+    pools = "-unpaired" if w.unpaired else ""
+    target = work / "data" / f"world-c{w.concepts_seed}-n{w.num_concepts}-s{w.seed}-{w.train}-{w.val}-{w.test}{sensors}{pools}"
     if not (target / "manifest.jsonl").is_file() and distributed.is_main():
         generate_world(
             target, seed=w.seed, sizes={"train": w.train, "val": w.val, "test": w.test},
-            concepts_seed=w.concepts_seed, num_concepts=w.num_concepts, sensors=w.sensors,
+            concepts_seed=w.concepts_seed, num_concepts=w.num_concepts, sensors=w.sensors, unpaired=w.unpaired,
         )
+    distributed.barrier()
+    return Dataset.load(target)
+
+
+def _import_once(data: DataConfig, base_dir: Path, work: Path, progress: bool) -> Dataset:
+    """Import the recipe's sources (in order, into one dataset) under `work/data/import-<hash>`,
+    once: the hash covers the import settings with their resolved paths."""
+    import hashlib
+    import json
+
+    from spacebind.io.files import replace_dir, staging_dir
+    from spacebind.io.importers import format_report, import_data
+
+    def resolve(p: Any) -> str:
+        return str(Path(p) if Path(p).is_absolute() else (base_dir / p).resolve())
+
+    specs = []
+    for spec in data.imports:
+        options = dict(spec.model_extra or {})
+        if "media_root" in options:
+            options["media_root"] = resolve(options["media_root"])
+        specs.append({**spec.model_dump(exclude=set(options)), **options, "source": resolve(spec.source)})
+    key = hashlib.sha256(json.dumps(specs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    target = work / "data" / f"import-{key}"
+    if not (target / "manifest.jsonl").is_file() and distributed.is_main():
+        staging = staging_dir(target)
+        for i, spec in enumerate(specs):
+            spec = dict(spec)
+            report = import_data(spec.pop("format"), spec.pop("source"), staging, copy=spec.pop("copy_media"),
+                                 append=i > 0, **spec)
+            note("\n".join(format_report(report)).replace(str(staging), str(target)), progress)
+        replace_dir(staging, target)
     distributed.barrier()
     return Dataset.load(target)
 
@@ -64,70 +102,212 @@ def fuse(
     out: Path | None = None,
     work: Path | None = None,
     progress: bool = True,
+    seed: int | None = None,
+    device: str | None = None,
 ) -> FuseResult:
-    """Run a recipe end to end and export the fused checkpoint; returns the space and its metrics."""
+    """Run a recipe end to end and export the fused checkpoint; returns the space and its metrics.
+    `seed` and `device` override the recipe (see `override`).
+
+    Raises:
+        LockError: another job is using the work directory.
+    """
+    recipe = override(recipe, seed=seed, device=device)
     out = out or recipe.export.out or Path("runs") / recipe.name
     work = work or home_dir() / "runs" / recipe.name
     note(f"recipe {recipe.name!r}: work directory {work}", progress)
-    missing = missing_expert_files({alias: (cfg.source, cfg.kwargs) for alias, cfg in recipe.experts.items()})
-    if recipe.unibind is not None and recipe.unibind.generator is None and recipe.unibind.knowledge != "world":
-        kb_path = Path(recipe.unibind.knowledge)
-        if not (kb_path if kb_path.is_absolute() else base_dir / kb_path).is_file():
-            missing.append(f"unibind.knowledge: no file {recipe.unibind.knowledge!r} (class → descriptions, JSON or JSONL)")
+    with job_lock(work, "work directory"):
+        return _fuse(recipe, recipe_text, base_dir, Path(out), work, progress)
+
+
+def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, work: Path, progress: bool) -> FuseResult:
+    """`fuse` once its job holds the work directory's lock."""
+    missing = missing_files(recipe, base_dir)
     if missing:
         raise CheckpointError(f"recipe {recipe.name!r} names files that are not there:\n  " + "\n  ".join(missing))
-    dataset = prepare_data(recipe.data, base_dir, work)
-    note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
+    with stage("data", progress):
+        dataset = prepare_data(recipe.data, base_dir, work, progress)
+        note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
     experts = {}
     for alias, cfg in recipe.experts.items():
-        note(f"expert {alias!r} ({cfg.source})", progress)
-        experts[alias] = build_expert(cfg.source, cfg.kwargs, name=alias)
-    caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
+        with stage(f"expert {alias!r} ({cfg.source})", progress):
+            experts[alias] = build_expert(cfg.source, cfg.kwargs, name=alias)
+    with stage("embedding caches", progress):
+        caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
     space: Space = experts[recipe.base]
     for i, bond in enumerate(recipe.bonds):
         last = i == len(recipe.bonds) - 1 and recipe.routed is None
-        note(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress)
-        space = BONDS.entry(bond.type).factory.train(
-            space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
-            lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
-            name=recipe.name if last else None,
-            projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, pseudo=bond.pseudo, curate=bond.curate,
-            relative=bond.relative.model_dump(),
-            train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
-        )
+        with stage(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress):
+            space = BONDS.entry(bond.type).factory.train(
+                space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
+                lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
+                name=recipe.name if last else None,
+                projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, pseudo=bond.pseudo, curate=bond.curate,
+                relative=bond.relative.model_dump(),
+                train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
+            )
     if recipe.routed is not None:
         from spacebind.bonds.route import train_routed
 
         r = recipe.routed
-        note(f"routed: {', '.join(r.experts)} remapped into {space.name}, routers trained", progress)
-        space = train_routed(
-            space, [experts[n] for n in r.experts], caches, dataset, router=r.router, scales=r.scales,
-            inputs=r.inputs or None, work_dir=work / "heads" / "routed", name=recipe.name,
-            projector=r.projector, mixture=r.mixture, pairing=r.pairing, pseudo=r.pseudo,
-            train=recipe.train.model_copy(update={"seed": recipe.train.seed + len(recipe.bonds)}), progress=progress,
-        )
+        with stage(f"routed: {', '.join(r.experts)} remapped into {space.name}, routers trained", progress):
+            space = train_routed(
+                space, [experts[n] for n in r.experts], caches, dataset, router=r.router, scales=r.scales,
+                inputs=r.inputs or None, work_dir=work / "heads" / "routed", name=recipe.name,
+                projector=r.projector, mixture=r.mixture, pairing=r.pairing, pseudo=r.pseudo,
+                train=recipe.train.model_copy(update={"seed": recipe.train.seed + len(recipe.bonds)}), progress=progress,
+            )
     if not distributed.is_main():  # rank 0 evaluates and exports (below); the others wait for it
         distributed.barrier()
         return FuseResult(space=space, records=[], out=Path(out), work=work)
     split, ks = recipe.evaluate.split, recipe.evaluate.ks
-    note(f"evaluating on the {split} split", progress)
-    records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
-    for name in [n for bond in recipe.bonds for n in bond.experts] + (recipe.routed.experts if recipe.routed else []):
-        records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
-    if recipe.bonds or recipe.routed:
-        records += evaluate_space(space, "fused", caches, dataset, split, ks)
+    with stage(f"evaluating on the {split} split", progress):
+        records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
+        for name in [n for bond in recipe.bonds for n in bond.experts] + (recipe.routed.experts if recipe.routed else []):
+            records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
+        if recipe.bonds or recipe.routed:
+            records += evaluate_space(space, "fused", caches, dataset, split, ks)
     unibind = None
     if recipe.unibind is not None:
         from spacebind.unibind.model import evaluate_unibind, fit_unibind, recipe_knowledge
 
         u = recipe.unibind
-        note("UniBind: knowledge-base class centres", progress)
-        kb = recipe_knowledge(u.knowledge, u.generator, dataset, base_dir)
-        unibind = fit_unibind(space, caches, dataset, kb, n=u.descriptions, mix=u.mix, align=u.align,
-                              vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
-        records += evaluate_unibind(unibind, caches, dataset, split)
-    save_space(space, out, recipe_text=recipe_text, metrics=records)
-    if unibind is not None:
-        unibind.save(out)
+        with stage("UniBind: knowledge-base class centres", progress):
+            kb = recipe_knowledge(u.knowledge, u.generator, dataset, base_dir)
+            unibind = fit_unibind(space, caches, dataset, kb, n=u.descriptions, mix=u.mix, align=u.align,
+                                  vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
+            records += evaluate_unibind(unibind, caches, dataset, split)
+    with stage(f"export to {out}", progress):
+        history = collect_histories(work / "heads", trained_members(recipe))
+        save_space(space, out, recipe_text=recipe_text, metrics=records, extra=unibind.save if unibind is not None else None,
+                   history=history)
     distributed.barrier()
     return FuseResult(space=space, records=records, out=Path(out), work=work)
+
+
+def trained_members(recipe: Recipe) -> dict[str, int]:
+    """`bond<i>/<expert>` (or `routed/<expert>`) → the number of projectors trained for it (one per
+    pseudo dataset, else the mixture size); their checkpoints lie under `work/heads/<key>/member<j>`."""
+    out = {f"bond{i}/{e}": len(b.pseudo) or b.mixture for i, b in enumerate(recipe.bonds) for e in b.experts}
+    if recipe.routed is not None:
+        r = recipe.routed
+        out |= {f"routed/{e}": len(r.pseudo) or r.mixture for e in r.experts}
+    return out
+
+
+def override(recipe: Recipe, *, seed: int | None = None, device: str | None = None) -> Recipe:
+    """The recipe with `train.seed` set to `seed`, and `device` passed to every expert whose factory
+    takes a `device` argument (the others compute where they always do)."""
+    if seed is not None:
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
+    if device is not None:
+        experts = {alias: cfg.model_copy(update={"kwargs": {**cfg.kwargs, "device": device}})
+                   if _takes_device(cfg.source) else cfg for alias, cfg in recipe.experts.items()}
+        recipe = recipe.model_copy(update={"experts": experts})
+    return recipe
+
+
+def _takes_device(source: str) -> bool:
+    from spacebind.experts._build import import_object
+
+    factory = import_object(source) if is_import_path(source) else EXPERTS.entry(source).factory
+    try:
+        return "device" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # not a callable (a ready-made space) or no signature
+        return False
+
+
+def missing_files(recipe: Recipe, base_dir: Path = Path("."), media: bool = False) -> list[str]:
+    """One line per file the recipe needs that is not there: expert checkpoints, the UniBind
+    knowledge file and, with `media`, the dataset's manifest and every media file it names."""
+    missing = missing_expert_files({alias: (cfg.source, cfg.kwargs) for alias, cfg in recipe.experts.items()})
+    if recipe.unibind is not None and recipe.unibind.generator is None and recipe.unibind.knowledge != "world":
+        kb_path = Path(recipe.unibind.knowledge)
+        if not (kb_path if kb_path.is_absolute() else base_dir / kb_path).is_file():
+            missing.append(f"unibind.knowledge: no file {recipe.unibind.knowledge!r} (class → descriptions, JSON or JSONL)")
+    if media and recipe.data.path is not None:
+        try:
+            missing += _dataset(recipe.data, base_dir).missing_files()
+        except InputError as exc:
+            missing.append(f"data.path: {exc}")
+    return missing
+
+
+def _dataset(data: DataConfig, base_dir: Path) -> Dataset:
+    assert data.path is not None
+    return Dataset.load(data.path if data.path.is_absolute() else base_dir / data.path)
+
+
+@dataclass
+class FusePlan:
+    """What `fuse` would do: where it writes, the data per split and modality, what it embeds and trains."""
+
+    recipe: str
+    out: Path
+    work: Path
+    data: str
+    counts: dict[str, dict[str, int]]
+    embed: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The plan as text, one fact a line."""
+        lines = [f"recipe {self.recipe!r}: export to {self.out}, work directory {self.work}", f"data: {self.data}"]
+        lines += [f"  {split}: " + ", ".join(f"{m} {n}" for m, n in mods.items()) for split, mods in self.counts.items()]
+        lines += ["embed:", *(f"  {e}" for e in self.embed), "train:", *(f"  {t}" for t in self.train or ["nothing"])]
+        return lines
+
+
+def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = None, work: Path | None = None,
+              seed: int | None = None, device: str | None = None) -> FusePlan:
+    """A dry run of `fuse`: check every file the recipe needs and describe the work, writing nothing.
+
+    Raises:
+        CheckpointError: files are missing (all of them named).
+    """
+    recipe = override(recipe, seed=seed, device=device)
+    missing = missing_files(recipe, base_dir, media=True)
+    if missing:
+        raise CheckpointError(f"recipe {recipe.name!r} names {len(missing)} file(s) that are not there:\n  "
+                              + "\n  ".join(missing))
+    counts: dict[str, dict[str, int]] = {}
+    if recipe.data.path is not None:
+        dataset = _dataset(recipe.data, base_dir)
+        described = f"{len(dataset.items)} items in {dataset.root}"
+        for it in dataset.items:
+            for m in it.modalities:
+                counts.setdefault(it.split, {}).setdefault(m, 0)
+                counts[it.split][m] += 1
+        modalities = set(dataset.modalities())
+    else:
+        from spacebind.world.generate import POOL_MODALITIES
+
+        w = recipe.data.world
+        assert w is not None
+        modalities = {*POOL_MODALITIES, *w.sensors}
+        described = f"procedural world to generate (seed {w.seed}, {w.num_concepts} concepts)"
+        counts = {split: {m: n for m in sorted(modalities)} for split, n in (("train", w.train), ("val", w.val), ("test", w.test))}
+    embed = [f"{alias} ({cfg.source})" + (f": {', '.join(m for m in EXPERTS.entry(cfg.source).modalities if m in modalities)}"
+                                          if cfg.source in EXPERTS.list() else "")
+             for alias, cfg in recipe.experts.items()]
+    train = [f"{key}: {n} projector(s)" for key, n in trained_members(recipe).items()]
+    if recipe.unibind is not None:
+        train.append("UniBind class centres")
+    return FusePlan(recipe=recipe.name, out=Path(out or recipe.export.out or Path("runs") / recipe.name),
+                    work=work or home_dir() / "runs" / recipe.name, data=described, counts=counts,
+                    embed=embed, train=train)
+
+
+def check_recipe(path: Path, check_files: bool = False) -> Recipe:
+    """`spacebind validate`: load and validate a recipe and, with `check_files`, check that every
+    file it needs exists (expert checkpoints, the dataset's manifest and media).
+
+    Raises:
+        RecipeError: the recipe is invalid (every error named).
+        CheckpointError: files are missing (every one named).
+    """
+    recipe, _ = load_recipe(path)
+    missing = missing_files(recipe, path.parent, media=True) if check_files else []
+    if missing:
+        raise CheckpointError(f"recipe {recipe.name!r} names {len(missing)} file(s) that are not there:\n  "
+                              + "\n  ".join(missing))
+    return recipe

@@ -141,8 +141,10 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
-    """Markdown describing the fused space, its experts, bonds, metrics and how to load it."""
+def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]],
+               history: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """Markdown describing the fused space, its experts, bonds, metrics, training history (linked
+    history.json / history.png, when given) and how to load it."""
     experts: dict[str, dict[str, Any]] = {}
     _expert_rows(config["space"], experts)
     bonds: list[str] = []
@@ -166,6 +168,10 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
     if fitted:
         lines += ["", "## How the bonds were fitted", "", *fitted]
     lines += ["", "## Metrics", "", records_markdown(metrics) if metrics else "No evaluation was run.", ""]
+    if history:
+        lines += ["## Training history", "",
+                  f"{len(history)} trained projector(s); per epoch in [history.json](history.json).", "",
+                  "![training loss and validation recall@1 per epoch](history.png)", ""]
     lines += [
         "## Use", "", "```python", "import spacebind", "",
         'space = spacebind.load("path/to/this/directory")',

@@ -41,19 +41,69 @@ class WorldData(Strict):
     num_concepts: int = Field(24, ge=2)
     sensors: list[Literal["video", "thermal", "event"]] = Field(
         default_factory=list, description="optional world modalities to generate as well")
+    unpaired: bool = Field(False, description="train split as unimodal pools (one modality per item); val and test stay paired")
+
+
+class ImportData(BaseModel):
+    """Import a source in a common layout (see `spacebind data import`); other keys are the format's
+    options (`path_column`, `captions`, `media_root`, …), checked against it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    source: Path
+    copy_media: bool = Field(False, alias="copy", description="copy media into the imported dataset")
+    split: Literal["train", "val", "test"] | None = None
+    split_ratio: list[float] | None = Field(None, description="train, val, test fractions (seeded permutation)")
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
+    id_prefix: str = ""
+    modality: str | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, fmt: str) -> str:
+        from spacebind.io.importers import FORMATS
+
+        return _known(fmt, FORMATS.list(), "import format")
+
+    @model_validator(mode="after")
+    def _format_options(self) -> "ImportData":
+        from spacebind.io.importers import check_options, parse_ratio
+
+        check_options(self.format, self.model_extra or {})
+        if self.split_ratio is not None:
+            parse_ratio(self.split_ratio)
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {self.modality!r}; expected one of {', '.join(MODALITIES)}")
+        return self
 
 
 class DataConfig(Strict):
-    """Exactly one of `path` (a dataset directory or manifest) or `world`."""
+    """Exactly one of `path` (a dataset directory or manifest), `world`, or `import` (one source or
+    a list, imported in order into one dataset)."""
 
     path: Path | None = None
     world: WorldData | None = None
+    import_: list[ImportData] | None = Field(None, alias="import", min_length=1)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("import_", mode="before")
+    @classmethod
+    def _one_import(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
-        if (self.path is None) == (self.world is None):
-            raise ValueError("give exactly one of 'path' (a dataset) or 'world' (generate the procedural world)")
+        if sum(x is not None for x in (self.path, self.world, self.import_)) != 1:
+            raise ValueError("give exactly one of 'path' (a dataset), 'world' (generate the procedural world) "
+                             "or 'import' (a source in a common layout)")
         return self
+
+    @property
+    def imports(self) -> list[ImportData]:
+        """The import sources in order (empty unless `import` is given)."""
+        return self.import_ or []
 
 
 class ExpertConfig(Strict):
@@ -107,9 +157,11 @@ def _check_modality_keys(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_lambdas(lambdas: dict[str, float]) -> dict[str, float]:
-    for m, v in _check_modality_keys(lambdas).items():
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+    """`lambdas` if every key is a modality and every value in [0, 1]; else one ValueError naming every bad λ."""
+    bad = [f"unknown modality {m!r}" for m in lambdas if m not in MODALITIES]
+    bad += [f"lambda for {m!r} is {v}" for m, v in lambdas.items() if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"{'; '.join(bad)}; expected modalities among {', '.join(MODALITIES)} and values in [0, 1]")
     return lambdas
 
 
@@ -321,7 +373,7 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
 
 
 def _all_field_names() -> list[str]:
-    models = [Recipe, DataConfig, WorldData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
+    models = [Recipe, DataConfig, WorldData, ImportData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
               UniBindConfig, RelativeConfig, RoutedConfig, RouterConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 

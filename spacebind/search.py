@@ -29,7 +29,7 @@ from spacebind.io.datasets import Dataset
 from spacebind.io.files import atomic_path, home_dir, sha256_file, write_json
 from spacebind.io.progress import track
 from spacebind.modalities import check_modality
-from spacebind.retrieval.mining import IndexKind
+from spacebind.retrieval.mining import IndexKind, IndexOptions
 from spacebind.retrieval.mining import build_index as build_faiss_index
 from spacebind.space import Space
 from spacebind.training.state import fingerprint
@@ -119,6 +119,7 @@ def build_index(
     cache_dir: str | Path | None = None,
     fused: str | Path | None = None,
     progress: bool = True,
+    options: IndexOptions | None = None,
 ) -> SearchIndex:
     """Index a collection's items in `space`: one FAISS index per modality.
 
@@ -128,7 +129,12 @@ def build_index(
         out: the index directory (replaced modality by modality; manifest written last).
         modalities: which modalities to index (default: every one the space covers and the data has).
         split: only items of this split (default: all).
-        kind: `flat` (exact inner product) or `ivf` (approximate; trains on the first chunk).
+        kind: `flat` (exact inner product), or approximate: `ivf` (inverted lists), `hnsw` (graph),
+            `pq` (product-quantized codes, exhaustive) or `ivfpq` (both); trained kinds train on
+            the first `options.train_size` items.
+        nlist, nprobe: IVF lists and lists probed per query (when `options` is not given).
+        options: every index parameter (`IndexOptions`: HNSW M / efConstruction / efSearch,
+            PQ m / bits, IVF nlist / nprobe, training size); recorded in the manifest.
         chunk_size: items embedded and added per step (bounds memory).
         cache_dir: leaf embedding caches (default `$SPACEBIND_HOME/caches/<dataset key>`).
         fused: the fused checkpoint directory the space came from, recorded in the manifest.
@@ -145,6 +151,7 @@ def build_index(
     root = Path(cache_dir) if cache_dir is not None else home_dir() / "caches" / dataset_key(data)
     caches = ensure_caches([space], data, root, progress=progress)
     out = Path(out)
+    options = options if options is not None else IndexOptions(nlist=nlist, nprobe=nprobe)
     by_id = data.by_id()
     entries: dict[str, dict[str, Any]] = {}
     for m in wanted:
@@ -152,7 +159,7 @@ def build_index(
         if not ids:
             raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
         chunks = _chunks(lambda part, m=m: caches.embeddings(space, m, part), ids, chunk_size, f"indexing {m}", progress)
-        index, order = build_faiss_index(chunks, space.dim, kind, nlist, nprobe)
+        index, order = build_faiss_index(chunks, space.dim, kind, options=options)
         _write_faiss(index, out / f"{m}.faiss")
         items = [{"id": i, "split": by_id[i].split, "label": by_id[i].label, "input": by_id[i].fields[m]} for i in order]
         write_json(out / f"{m}.items.json", items)
@@ -162,7 +169,8 @@ def build_index(
         "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
                   "fingerprint": space_fingerprint(space), "fused": str(Path(fused).resolve()) if fused else None},
         "dataset": str(data.root), "dataset_sha256": sha256_file(data.root / "manifest.jsonl"), "split": split,
-        "kind": kind, "nlist": nlist if kind == "ivf" else None, "nprobe": nprobe if kind == "ivf" else None,
+        "kind": kind, "nlist": options.nlist if "nlist" in options.for_kind(kind) else None,
+        "nprobe": options.nprobe if "nprobe" in options.for_kind(kind) else None, "options": options.for_kind(kind),
         "modalities": entries,
     }
     write_json(out / MANIFEST, manifest)
@@ -262,18 +270,25 @@ def search(index: SearchIndex, query: torch.Tensor, k: int = 10, modalities: Seq
     merged by score (inner product of unit vectors: cosine similarity)."""
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    q = query.detach().float().reshape(-1)
-    if q.numel() != index.dim:
-        raise InputError(f"query has dim {q.numel()}, the index at {index.root} holds dim {index.dim}")
+    # numpy, not torch ops: the per-query overhead counts against fast (HNSW) indexes
+    if isinstance(query, torch.Tensor):
+        query = query.detach().cpu()
+        q = (query if query.dtype == torch.float32 else query.float()).numpy().reshape(-1)
+    else:
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+    if q.size != index.dim:
+        raise InputError(f"query has dim {q.size}, the index at {index.root} holds dim {index.dim}")
     wanted = list(modalities) if modalities else list(index.modalities)
-    for m in wanted:
-        check_modality(m, index.modalities, owner=f"index {index.root}")
-    x = np.ascontiguousarray(q.numpy()[None, :], dtype=np.float32)
+    if modalities:
+        for m in wanted:
+            check_modality(m, index.modalities, owner=f"index {index.root}")
+    x = np.ascontiguousarray(q[None, :], dtype=np.float32)
     found = []
     for m in wanted:
         scores, rows = index.indexes[m].search(x, min(k, len(index.items[m])))
-        found += [(float(s), m, int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
-    found.sort(key=lambda t: -t[0])
+        found += [(s, m, r) for s, r in zip(scores[0].tolist(), rows[0].tolist()) if r >= 0]
+    if len(wanted) > 1:  # one modality: FAISS already ranked it
+        found.sort(key=lambda t: -t[0])
     hits = []
     for rank, (score, m, r) in enumerate(found[:k], 1):
         item = index.items[m][r]

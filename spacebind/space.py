@@ -28,6 +28,10 @@ class Space:
     name: str
     modalities: tuple[str, ...]
     dim: int
+    device: torch.device = torch.device("cpu")
+    """Where `encode` returns embeddings and the heads run (set by `to`)."""
+    dtype: torch.dtype = torch.float32
+    """The floating type of the heads and of what `encode` returns (set by `to`)."""
 
     def leaves(self) -> list["Expert"]:
         """The distinct experts this space reads, in a stable order."""
@@ -47,8 +51,37 @@ class Space:
 
     @torch.no_grad()
     def encode(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
-        """Encode raw inputs (paths, arrays, strings) of `modality` → Tensor[N, dim], unit-norm."""
-        return self.combine(modality, self.leaf_embeddings(modality, inputs, batch_size))
+        """Encode raw inputs (paths, arrays, strings) of `modality` → Tensor[N, dim], unit-norm,
+        on `self.device` in `self.dtype`."""
+        leaves = self.leaf_embeddings(modality, inputs, batch_size)
+        return self.combine(modality, {k: v.to(self.device, self.dtype) for k, v in leaves.items()})
+
+    def to(self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None) -> "Space":
+        """Move the space in place and return it, like `nn.Module.to`: `to("cuda")`, `to(torch.float64)`,
+        `to("cuda", torch.float16)`. The device applies to the heads and the experts (see
+        `Expert.move`); the dtype (floating only) to the heads and to what `encode` returns. Experts
+        keep their own precision (their `dtype=` argument); their outputs are cast."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None and not dtype.is_floating_point:
+            raise InputError(f"Space.to: dtype must be a floating type, got {dtype}")
+        place = torch.device(device) if device is not None else None
+        for leaf in self.leaves():
+            if place is not None:
+                leaf.move(place)
+        for node in [*getattr(self, "bonds", lambda: [])(), self]:
+            for head in getattr(node, "heads", {}).values():
+                head.to(place, dtype)
+            node.device = place or node.device
+            node.dtype = dtype or node.dtype
+        return self
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Save this space and upload the export to hub repo `repo_id` (`org/name[@revision]`);
+        returns the commit URL (see `spacebind.interop.hub.push_space` for the keyword arguments)."""
+        from spacebind.interop.hub import push_space
+
+        return push_space(self, repo_id, **kwargs)
 
     @torch.no_grad()
     def leaf_embeddings(self, modality: str, inputs: Any, batch_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -124,6 +157,27 @@ class Expert(Space):
 
     def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return leaf_embeddings[self.name]
+
+    def move(self, device: torch.device) -> None:
+        """Run this expert on `device`, in place. A registry expert whose factory takes `device=`
+        is rebuilt there from its spec (weights read again, the spec kept device-free so exports
+        stay portable); otherwise encoders that are `nn.Module`s are moved, and plain callables
+        keep running where they were built. Embeddings leave `embed_loaded` on the CPU either way."""
+        if device == self.device:
+            return
+        import inspect
+
+        from spacebind.experts.registry import EXPERTS
+
+        source = self.spec.source
+        if source in EXPERTS and "device" in inspect.signature(EXPERTS.entry(source).factory).parameters:
+            rebuilt = EXPERTS.create(source, **{**self.spec.kwargs, "device": str(device)})
+            self.encoders = rebuilt.encoders
+        else:
+            for encoder in self.encoders.values():
+                if isinstance(encoder, torch.nn.Module):
+                    encoder.to(device)
+        self.device = device
 
     def renamed(self, name: str) -> "Expert":
         """The same expert under another name (recipes give experts local names)."""

@@ -54,29 +54,52 @@ class AdaptiveBatch:
                 note(f"out of memory: batch size lowered to {self.size}")
 
 
-class _ShardInputs(torch.utils.data.Dataset):
-    """Shard i → (shard index, its items' inputs loaded leniently)."""
+class _GroupInputs(torch.utils.data.Dataset):
+    """Group i → (shard index, its inputs loaded leniently, whether it ends the shard); a group is at
+    most `group` consecutive items of one shard."""
 
-    def __init__(self, modality: str, shards: Sequence[tuple[int, list[Item]]]) -> None:
-        self.modality, self.shards = modality, list(shards)
+    def __init__(self, modality: str, shards: Sequence[tuple[int, list[Item]]], group: int) -> None:
+        self.modality = modality
+        self.groups = [(k, chunk[i:i + group], i + group >= len(chunk))
+                       for k, chunk in shards for i in range(0, len(chunk), group)]
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return len(self.groups)
 
-    def __getitem__(self, i: int) -> tuple[int, LoadResult]:
-        k, chunk = self.shards[i]
-        return k, load_inputs_lenient(self.modality, [it.fields[self.modality] for it in chunk])
+    def __getitem__(self, i: int) -> tuple[int, LoadResult, bool]:
+        k, items, last = self.groups[i]
+        return k, load_inputs_lenient(self.modality, [it.fields[self.modality] for it in items]), last
 
 
 def _as_is(sample: Any) -> Any:
     return sample
 
 
-def loaded_shards(modality: str, shards: Sequence[tuple[int, list[Item]]], workers: int = 0) -> Iterator[tuple[int, LoadResult]]:
-    """(shard index, loaded inputs) in order; with `workers` > 0 that many processes decode the
-    next shards while the caller encodes the current one."""
+def loaded_shards(modality: str, shards: Sequence[tuple[int, list[Item]]], group: int,
+                  workers: int = 0) -> Iterator[tuple[int, Iterator[LoadResult]]]:
+    """(shard index, its loaded inputs as consecutive groups of at most `group` items) in order.
+
+    Decoding streams: a group is decoded when the caller asks for it, so with `workers` = 0 at most
+    one group's decoded inputs are alive at a time (if the caller drops each group before the next),
+    whatever the shard size; `workers` > 0 processes decode ahead, holding up to 2 × `workers` more
+    groups (DataLoader prefetch). A shard's group iterator must be exhausted before the next shard's.
+    """
     if workers < 0:
         raise InputError(f"workers must be 0 or more, got {workers}")
-    loader = torch.utils.data.DataLoader(_ShardInputs(modality, shards), batch_size=None, shuffle=False,
+    if group < 1:
+        raise InputError(f"group must be at least 1, got {group}")
+    loader = torch.utils.data.DataLoader(_GroupInputs(modality, shards, group), batch_size=None, shuffle=False,
                                          num_workers=workers, collate_fn=_as_is)
-    yield from loader
+    flat = iter(loader)
+    for k, _ in shards:
+        yield k, _shard_groups(flat)
+
+
+def _shard_groups(flat: Iterator[tuple[int, LoadResult, bool]]) -> Iterator[LoadResult]:
+    """The groups of one shard from the flat group stream, holding none of them while the next decodes."""
+    while True:
+        _, result, last = next(flat)
+        yield result
+        del result
+        if last:
+            return

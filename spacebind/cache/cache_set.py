@@ -25,6 +25,8 @@ class CacheSet:
         """The ids every leaf of `space` covering `modality` has embedded (bad items dropped)."""
         keep = list(ids)
         for leaf in space.leaves_for(modality):
+            if not keep:  # the dataset has none: a cache may hold no entry for the modality at all
+                break
             have = set(self.caches[leaf.name].ids(modality))
             keep = [i for i in keep if i in have]
         return keep

@@ -8,6 +8,12 @@ resumes without recomputing finished shards; the manifest lists them once a moda
 cache made by another expert, checkpoint, dataset or shard layout is refused. Bad items are
 recorded with their reasons and skipped.
 
+Each shard carries a sha256 of its data and metadata (`sha256` in its metadata, repeated in the
+manifest). Embedding checks it before trusting a finished shard and recomputes a shard that does
+not match (with a warning naming it); reading checks it too and refuses the cache. A verified
+shard is not hashed again in the same process while its size and mtime stay the same.
+One job at a time embeds into a cache directory (`spacebind.io.locks`).
+
 Under torchrun, shard k is embedded by rank k % world size (each rank writes its own shard
 files) and rank 0 writes the manifest after all ranks finished the modality; a rank that dies
 loses only the shard it was writing.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,11 +35,12 @@ from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Item
 from spacebind.io.files import save_tensors, sha256_file, write_json
 from spacebind.io.inputs import LoadResult
+from spacebind.io.locks import job_lock
 from spacebind.io.progress import track
 from spacebind.space import Expert
 from spacebind.training import distributed
 
-FORMAT = 1
+FORMAT = 2  # 2: shards carry a sha256 of their content
 _IDENTITY = ("expert", "source", "kwargs", "sha256", "dim", "dataset_sha256", "shard_size", "splits")
 
 
@@ -73,17 +81,56 @@ def _encode_lenient(expert: Expert, modality: str, loaded: list[Any], batch: Ada
         return (torch.cat(rows) if rows else torch.empty(0, expert.dim)), keep, bad
 
 
-def _shard_ok(path: Path, planned: str) -> dict[str, Any] | None:
-    """The shard's metadata if it exists, is readable and holds the planned items."""
-    if not path.is_file():
-        return None
+def _content_sha256(emb: torch.Tensor, meta: dict[str, str]) -> str:
+    """sha256 of a shard's float16 data and of its metadata (ids, plan, bad items), `sha256` aside."""
+    h = hashlib.sha256(emb.contiguous().view(-1).view(torch.uint8).numpy())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# path → (inode, size, mtime_ns, sha256) of the shards checked in this process
+_VERIFIED: dict[str, tuple[int, int, int, str]] = {}
+
+
+def _stamp(path: Path, sha256: str | None) -> tuple[int, int, int, str | None]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, sha256
+
+
+def _verified_shard(path: Path) -> tuple[dict[str, str], torch.Tensor | None]:
+    """A shard's metadata and float16 data (None when verified earlier in this process).
+
+    Raises:
+        CacheError: unreadable, no checksum, or data and metadata that do not match it.
+    """
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            rows = fh.get_slice("embeddings").get_shape()[0]
-    except Exception:  # a damaged shard is recomputed
+            stamp = _stamp(path, meta.get("sha256"))
+            if _VERIFIED.get(str(path)) == stamp:
+                return meta, None
+            emb = fh.get_tensor("embeddings")
+    except Exception as exc:  # safetensors raises its own types for damaged files
+        raise CacheError(f"{path}: unreadable shard ({exc})") from None
+    if "sha256" not in meta:
+        raise CacheError(f"{path}: shard has no checksum (written by an older spacebind)")
+    if _content_sha256(emb, meta) != meta["sha256"]:
+        raise CacheError(f"{path}: shard data do not match their checksum (the file was changed or damaged)")
+    _VERIFIED[str(path)] = stamp
+    return meta, emb
+
+
+def _shard_ok(path: Path, planned: str) -> dict[str, str] | None:
+    """The shard's metadata if it exists, is intact (checksum) and holds the planned items; a damaged
+    shard is reported and recomputed."""
+    if not path.is_file():
         return None
-    if meta.get("planned") != planned or rows != len(json.loads(meta.get("ids", "[]"))):
+    try:
+        meta, _ = _verified_shard(path)
+    except CacheError as exc:
+        warnings.warn(f"{exc}; recomputing it", stacklevel=3)
+        return None
+    if meta.get("planned") != planned:
         return None
     return meta
 
@@ -106,14 +153,30 @@ def embed_dataset(
     Args:
         modalities, splits: only these (default: every modality both cover, all splits).
         shard_size: items per shard file (part of the cache's identity).
-        batch_size: encoder batch size (default: the expert's); halved on out-of-memory.
+        batch_size: encoder batch size (default: the expert's); halved on out-of-memory. Inputs are
+            decoded in groups of this size within a shard, so memory does not grow with `shard_size`.
         workers: DataLoader processes decoding the next shards' files while the expert runs.
         precision: `fp32`, or `bf16` / `fp16` autocast on CUDA (no effect on CPU).
         progress: show a progress bar.
 
     Under torchrun, every rank calls this; see the module docstring.
+
+    Raises:
+        InputError: `shard_size` below 1.
+        LockError: another job is embedding into `out` (`$SPACEBIND_LOCK_WAIT` seconds to wait).
     """
+    if shard_size < 1:
+        raise InputError(f"shard_size must be at least 1, got {shard_size}")
     out = Path(out)
+    with job_lock(out, "embedding cache"):
+        return _embed_locked(expert, dataset, out, modalities, splits, shard_size, batch_size, workers, precision,
+                             progress)
+
+
+def _embed_locked(expert: Expert, dataset: Dataset, out: Path, modalities: Sequence[str] | None,
+                  splits: Sequence[str] | None, shard_size: int, batch_size: int | None, workers: int,
+                  precision: str, progress: bool) -> "EmbeddingCache":
+    """`embed_dataset` once its job holds the cache's lock."""
     header = _header(expert, dataset, shard_size, splits)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
@@ -135,9 +198,9 @@ def embed_dataset(
         paths = [out / m / f"shard-{k:05d}.safetensors" for k in range(len(chunks))]
         todo = [(k, chunks[k]) for k in range(rank, len(chunks), world) if _shard_ok(paths[k], plans[k]) is None]
         with autocast(precision):
-            for k, loaded in track(loaded_shards(m, todo, workers), f"embedding {m} with {expert.name}",
+            for k, groups in track(loaded_shards(m, todo, batch.size, workers), f"embedding {m} with {expert.name}",
                                    total=len(todo), show=progress):
-                _embed_shard(expert, m, chunks[k], loaded, paths[k], plans[k], batch)
+                _embed_shard(expert, m, chunks[k], groups, paths[k], plans[k], batch)
         distributed.barrier()
         if distributed.is_main():
             header["modalities"][m] = _entry(m, paths, plans)
@@ -146,14 +209,26 @@ def embed_dataset(
     return EmbeddingCache.open(out)
 
 
-def _embed_shard(expert: Expert, modality: str, chunk: list[Item], result: LoadResult, path: Path, planned: str,
-                 batch: AdaptiveBatch) -> None:
-    emb, keep, enc_bad = _encode_lenient(expert, modality, result.loaded, batch)
-    ids = [chunk[result.indices[i]].id for i in keep]
-    bad = [{"id": chunk[i].id, "reason": r} for i, r in result.bad]
-    bad += [{"id": chunk[result.indices[i]].id, "reason": r} for i, r in enc_bad]
+def _embed_shard(expert: Expert, modality: str, chunk: list[Item], groups: Iterator[LoadResult], path: Path,
+                 planned: str, batch: AdaptiveBatch) -> None:
+    """Encode a shard group by group (each group's decoded inputs dropped before the next decodes), then write it."""
+    rows: list[torch.Tensor] = []
+    ids: list[str] = []
+    bad: list[dict[str, str]] = []
+    offset = 0
+    for result in groups:
+        emb, keep, enc_bad = _encode_lenient(expert, modality, result.loaded, batch)
+        rows.append(emb.to(torch.float16))
+        ids += [chunk[offset + result.indices[i]].id for i in keep]
+        bad += [{"id": chunk[offset + i].id, "reason": r} for i, r in result.bad]
+        bad += [{"id": chunk[offset + result.indices[i]].id, "reason": r} for i, r in enc_bad]
+        offset += len(result.indices) + len(result.bad)
+        del result
+    data = torch.cat(rows) if rows else torch.empty(0, expert.dim, dtype=torch.float16)
     meta = {"ids": json.dumps(ids), "planned": planned, "bad": json.dumps(bad)}
-    save_tensors(path, {"embeddings": emb.to(torch.float16)}, metadata=meta)
+    meta["sha256"] = _content_sha256(data, meta)
+    save_tensors(path, {"embeddings": data}, metadata=meta)
+    _VERIFIED[str(path)] = _stamp(path, meta["sha256"])  # written here: no need to hash it again
 
 
 def _entry(modality: str, paths: list[Path], plans: list[str]) -> dict[str, Any]:
@@ -163,15 +238,19 @@ def _entry(modality: str, paths: list[Path], plans: list[str]) -> dict[str, Any]
         meta = _shard_ok(path, planned)
         if meta is None:
             raise CacheError(f"{path}: shard missing or damaged after embedding {modality}; rerun to recompute it")
-        entry["shards"].append({"file": f"{modality}/{path.name}", "ids": json.loads(meta["ids"])})
+        entry["shards"].append({"file": f"{modality}/{path.name}", "ids": json.loads(meta["ids"]), "sha256": meta["sha256"]})
         entry["bad"].extend(json.loads(meta["bad"]))
     return entry
 
 
 @lru_cache(maxsize=16)
-def _read_shard(path: str, mtime: float) -> torch.Tensor:
-    with safe_open(path, framework="pt") as fh:
-        return fh.get_tensor("embeddings").float()
+def _read_shard(path: str, mtime_ns: int) -> tuple[dict[str, str], torch.Tensor]:
+    """A shard's metadata and data as float32, checked against its checksum."""
+    meta, emb = _verified_shard(Path(path))
+    if emb is None:
+        with safe_open(path, framework="pt") as fh:
+            emb = fh.get_tensor("embeddings")
+    return meta, emb.float()
 
 
 class EmbeddingCache:
@@ -190,7 +269,8 @@ class EmbeddingCache:
         except (OSError, json.JSONDecodeError) as exc:
             raise CacheError(f"{root} is not an embedding cache: cannot read manifest.json ({exc})") from None
         if manifest.get("format") != FORMAT:
-            raise CacheError(f"{root}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT}")
+            raise CacheError(f"{root}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT}; rerun "
+                             "`spacebind embed` (or fuse) on it to bring it up to date")
         return cls(root, manifest)
 
     @property
@@ -218,8 +298,15 @@ class EmbeddingCache:
         return list(self._entry(modality)["bad"])
 
     def _shard(self, modality: str, k: int) -> torch.Tensor:
-        path = self.root / self._entry(modality)["shards"][k]["file"]
-        return _read_shard(str(path), path.stat().st_mtime)
+        shard = self._entry(modality)["shards"][k]
+        path = self.root / shard["file"]
+        try:
+            meta, emb = _read_shard(str(path), path.stat().st_mtime_ns)
+            if meta["sha256"] != shard["sha256"] or json.loads(meta["ids"]) != shard["ids"]:
+                raise CacheError(f"{path}: shard is not the one {self.root / 'manifest.json'} lists (other checksum or ids)")
+        except (OSError, CacheError) as exc:
+            raise CacheError(f"{exc}; rerun `spacebind embed` (or fuse) on this cache to recompute it") from None
+        return emb
 
     def embeddings(self, modality: str, ids: Sequence[str] | None = None) -> torch.Tensor:
         """Float32 embeddings in the order of `ids` (all, in cache order, when None)."""

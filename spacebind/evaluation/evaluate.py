@@ -93,11 +93,13 @@ def evaluate_checkpoint(fused: str | Path, data: str | Path, split: str = "test"
                         cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """`spacebind eval`: evaluate a fused checkpoint on a dataset split (retrieval between every
     modality pair, zero-shot), plus zero-shot with UniBind's class centres when the export has them.
+    `fused` is a directory or a hub id (`org/name[@revision]`, see `spacebind.interop.hub`);
     `trust_remote_code`: see `spacebind.checkpoint.load`."""
     from spacebind.cache import ensure_caches
     from spacebind.checkpoint import load  # the checkpoint reader builds on the bonds, which use these metrics
+    from spacebind.interop.hub import checkpoint_directory
 
-    fused = Path(fused)
+    fused = checkpoint_directory(fused)  # a hub id's snapshot, so UniBind's files are found beside the export
     space = load(fused, trust_remote_code=trust_remote_code)
     dataset = Dataset.load(data)
     dataset.check_split(split)

@@ -1,6 +1,8 @@
-"""Metric tables for the terminal (rich) and model cards (Markdown), and recall-curve plots."""
+"""Metric tables for the terminal (rich) and model cards (Markdown), recall-curve plots, and
+CLIP_benchmark result files."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,40 @@ def records_markdown(records: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+CLIP_BENCHMARK_TASKS = {"retrieval": "zeroshot_retrieval", "zeroshot_classification": "zeroshot_classification"}
+
+
+def clip_benchmark_result(record: dict[str, Any], pretrained: str, language: str = "en") -> dict[str, Any]:
+    """One record as the JSON `clip_benchmark eval` writes and `clip_benchmark build` reads:
+    `dataset`, `model` (the space's name), `pretrained` (the checkpoint as given), `task` (its name
+    there), `metrics` (fractions, same keys: `image_retrieval_recall@k` is text→image), `language`;
+    plus `modalities` and `role`, which tell apart the modality pairs of one dataset (`build` keeps
+    extra fields as columns)."""
+    return {"dataset": record["dataset"], "model": record["model"], "pretrained": pretrained,
+            "task": CLIP_BENCHMARK_TASKS.get(record["task"], record["task"]), "metrics": record["metrics"],
+            "language": language, "modalities": list(record["modalities"]), "role": record["role"]}
+
+
+def write_clip_benchmark(directory: str | Path, records: list[dict[str, Any]], pretrained: str,
+                         language: str = "en") -> list[Path]:
+    """Write one CLIP_benchmark JSON per record into `directory` (`clip_benchmark build DIR` reads
+    them all), named like its default output `{dataset}_{pretrained}_{model}_{language}_{task}`
+    plus role and modalities; returns the paths."""
+    from spacebind.io.files import write_json
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for record in records:
+        result = clip_benchmark_result(record, pretrained, language)
+        stem = "_".join([result["dataset"], pretrained, result["model"], language, result["task"], result["role"],
+                         "-".join(result["modalities"])])
+        path = out / (re.sub(r"[^A-Za-z0-9@.+-]+", "_", stem) + ".json")
+        write_json(path, result)
+        paths.append(path)
+    return paths
 
 
 def pyplot() -> Any:

@@ -34,11 +34,13 @@ class SweepResult:
     held_out_split: str | None = None
     split: str = "val"
     current: dict[str, float] = field(default_factory=dict)  # the space's λ when swept
+    n_items: int | None = None  # items of the split swept on
 
     def to_json(self) -> dict[str, Any]:
         return {"modalities": self.modalities, "grid": self.grid, "points": self.points, "scores": self.scores,
                 "baseline": self.baseline, "best": self.best, "held_out": self.held_out,
-                "held_out_split": self.held_out_split, "split": self.split, "current": self.current}
+                "held_out_split": self.held_out_split, "split": self.split, "current": self.current,
+                "n_items": self.n_items}
 
 
 def preset_name(task: str) -> str:
@@ -83,7 +85,8 @@ def sweep(
     current = {m: space.lambda_for(m) for m in mods}
     best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
             for task, values in scores.items()}
-    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current)
+    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current,
+                       n_items=len(dataset.select(split)))
 
 
 def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
@@ -145,7 +148,8 @@ def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=list(axes.flat), label="Δ vs current λ (points)")
-    fig.suptitle(f"λ sweep on the {result.split} split: □ current λ, ★ best", fontsize=10)
+    items = f", n = {result.n_items} items" if result.n_items is not None else ""
+    fig.suptitle(f"λ sweep on the {result.split} split{items}: □ current λ, ★ best", fontsize=10)
     return fig
 
 

@@ -5,9 +5,12 @@ One line per item:
      "image": "image/000017.png", "audio": "audio/000017.wav", "point": "point/000017.npy",
      "text": "a small red kettle", "attributes": {"size": 0.31}}
 Modality fields hold a path relative to the manifest (or absolute), or the text itself.
+Paths must stay inside the dataset directory unless `classes.json` opts out with
+`"allow_outside_root": true` (symlinks are followed before the check).
 An item may carry any subset of modalities: paired data has several, unimodal pools one.
 A `classes.json` beside the manifest lists class names, synonyms and prompt templates:
     {"templates": ["a {}"], "classes": [{"name": "kettle", "synonyms": ["teapot"]}]}
+An empty or blank `text` is kept, so that batch jobs record it as a bad item and go on.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from spacebind.modalities import MODALITIES
 
 MANIFEST = "manifest.jsonl"
 CLASSES = "classes.json"
+OUTSIDE_ROOT = "allow_outside_root"  # classes.json field: let manifest paths leave the dataset directory
 SPLITS = ("train", "val", "test")
 
 
@@ -66,8 +70,9 @@ class Dataset:
         if not manifest.is_file():
             raise InputError(f"no dataset manifest at {manifest} (expected a {MANIFEST} file)")
         root = manifest.parent
-        items = list(_read_items(manifest))
-        classes, templates = _read_classes(root / CLASSES, items)
+        info = _read_info(root / CLASSES)
+        items = list(_read_items(manifest, bool(info.get(OUTSIDE_ROOT, False))))
+        classes, templates = _classes(root / CLASSES, info, items)
         return cls(root=root, items=items, classes=classes, templates=templates)
 
     def check_split(self, split: str) -> str:
@@ -84,6 +89,11 @@ class Dataset:
             if (split is None or it.split == split) and (modality is None or modality in it.fields)
         ]
 
+    def missing_files(self) -> list[str]:
+        """One line per media file (every modality but text) that an item names and that is not there."""
+        return [f"{self.root / MANIFEST}: item {it.id!r} {m}: no file {path}"
+                for it in self.items for m, path in it.fields.items() if m != "text" and not Path(path).exists()]
+
     def modalities(self) -> tuple[str, ...]:
         present = {m for it in self.items for m in it.fields}
         return tuple(m for m in MODALITIES if m in present)
@@ -96,7 +106,9 @@ class Dataset:
         return {it.id: it for it in self.items}
 
 
-def _read_items(manifest: Path) -> Iterable[Item]:
+def _read_items(manifest: Path, outside_root: bool = False) -> Iterable[Item]:
+    """The manifest's items; paths resolved, and confined to its directory unless `outside_root`."""
+    root = manifest.parent.resolve()
     seen: set[str] = set()
     with manifest.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -109,6 +121,8 @@ def _read_items(manifest: Path) -> Iterable[Item]:
                 raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise InputError(f"{where}: each line must be an object with an 'id' field")
+            if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or rec["id"] == "":
+                raise InputError(f"{where}: field 'id' is {rec['id']!r}; expected a non-empty string or an integer")
             item_id = str(rec["id"])
             if item_id in seen:
                 raise InputError(f"{where}: duplicate item id {item_id!r}")
@@ -121,34 +135,61 @@ def _read_items(manifest: Path) -> Iterable[Item]:
                 raise InputError(
                     f"{where}: unknown field(s) {sorted(unknown)}; modality fields are {', '.join(MODALITIES)}"
                 )
-            fields = {}
-            for m in MODALITIES:
-                if m not in rec:
-                    continue
-                value = rec[m]
-                if m == "text":
-                    if not isinstance(value, str) or not value.strip():
-                        raise InputError(f"{where}: field 'text' must be a non-empty string")
-                    fields[m] = value
-                else:
-                    if not isinstance(value, str):
-                        raise InputError(f"{where}: field {m!r} must be a file path")
-                    fields[m] = str((manifest.parent / value).resolve())
+            attributes = rec.get("attributes")
+            if attributes is not None and not isinstance(attributes, dict):
+                raise InputError(f"{where}: field 'attributes' is {type(attributes).__name__}; expected an object")
             label = rec.get("label")
-            yield Item(item_id, split, None if label is None else str(label), fields, dict(rec.get("attributes") or {}))
+            if isinstance(label, (dict, list)):
+                raise InputError(f"{where}: field 'label' is {type(label).__name__}; expected a string")
+            fields = {m: _field(rec[m], m, where, root, outside_root) for m in MODALITIES if m in rec}
+            yield Item(item_id, split, None if label is None else str(label), fields, dict(attributes or {}))
 
 
-def _read_classes(path: Path, items: list[Item]) -> tuple[list[ClassInfo], list[str]]:
+def _field(value: Any, modality: str, where: str, root: Path, outside_root: bool) -> str:
+    """A modality field's value: text as is (blank text is a bad item later, not a bad manifest), a path
+    resolved against `root` and, unless `outside_root`, inside it."""
+    if modality == "text":
+        if not isinstance(value, str):
+            raise InputError(f"{where}: field 'text' is {type(value).__name__}; expected a string")
+        return value
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise InputError(f"{where}: field {modality!r} must be a file path")
+    try:
+        path = (root / value).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise InputError(f"{where}: field {modality!r}: cannot resolve the path ({type(exc).__name__})") from None
+    if not outside_root and not path.is_relative_to(root):
+        raise InputError(f"{where}: field {modality!r} path {value!r} leaves the dataset directory {root}; "
+                         f'set "{OUTSIDE_ROOT}": true in {CLASSES} to allow paths outside it')
+    return str(path)
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    """`classes.json` as an object ({} when absent)."""
     if not path.is_file():
-        names = sorted({it.label for it in items if it.label is not None})
-        return [ClassInfo(n) for n in names], ["{}"]
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        classes = [ClassInfo(c["name"], tuple(c.get("synonyms", ()))) for c in data["classes"]]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected an object {{'classes': [...], 'templates': [...]}}")
+    if not isinstance(data.get(OUTSIDE_ROOT, False), bool):
+        raise InputError(f"{path}: field {OUTSIDE_ROOT!r} is {data[OUTSIDE_ROOT]!r}; expected true or false")
+    return data
+
+
+def _classes(path: Path, data: dict[str, Any], items: list[Item]) -> tuple[list[ClassInfo], list[str]]:
+    """Class names and templates from `classes.json` (`data`); without a class list, the items' labels."""
+    try:
+        if "classes" in data:
+            classes = [ClassInfo(c["name"], tuple(c.get("synonyms", ()))) for c in data["classes"]]
+        else:
+            classes = [ClassInfo(n) for n in sorted({it.label for it in items if it.label is not None})]
         templates = list(data.get("templates") or ["{}"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: expected {{'classes': [{{'name': ...}}], 'templates': [...]}} ({exc})") from None
     for t in templates:
-        if "{}" not in t:
+        if not isinstance(t, str) or "{}" not in t:
             raise InputError(f"{path}: template {t!r} has no '{{}}' placeholder for the class name")
     return classes, templates

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from spacebind.errors import InputError
+from spacebind.extras import require
 
 FIELDS = ("x", "y", "t", "p")
 
@@ -117,7 +118,7 @@ def _scalar(value: Any) -> int | None:
 
 
 def _read_h5(path: Path, name: str) -> Events:
-    import h5py
+    h5py = require("h5py", "events", f"{name}: reading HDF5 event files")
 
     with h5py.File(path, "r") as fh:
         group = fh["events"] if "events" in fh and isinstance(fh["events"], h5py.Group) else fh

@@ -1,9 +1,17 @@
-"""Atomic writes, checksums and the spacebind home directory."""
+"""Atomic writes (files and whole directories), checksums and the spacebind home directory.
+
+Every writer here turns a failed write (disk full, permissions, an I/O error) into one
+`StorageError` that names the file and the cause, and leaves no partial file behind.
+"""
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -11,7 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
+
+from spacebind.errors import InputError, StorageError
 
 
 def home_dir() -> Path:
@@ -19,6 +30,20 @@ def home_dir() -> Path:
     path = Path(os.environ.get("SPACEBIND_HOME", Path.home() / ".cache" / "spacebind")).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def positive_int_env(name: str, default: int, unit: str = "") -> int:
+    """`$name` as a positive integer, else `default`.
+
+    Raises:
+        InputError: the variable is set to anything but a positive integer.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"${name} is {raw!r}; expected a positive integer{f' ({unit})' if unit else ''}")
+    return int(raw)
 
 
 _UMASK_LOCK = threading.Lock()
@@ -40,6 +65,21 @@ def current_umask() -> int:
 
 
 @contextmanager
+def storage_errors(target: str | Path) -> Iterator[None]:
+    """Turn an OSError or SafetensorError raised inside into a one-line `StorageError` naming `target`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, SafetensorError) as exc:
+        code = getattr(exc, "errno", None)
+        cause = f"{os.strerror(code)} (errno {code})" if code else str(exc) or type(exc).__name__
+        error = StorageError(f"{target}: cannot write: {cause}")
+        error.errno = code
+        raise error from exc
+
+
+@contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto `target` on success.
 
@@ -48,15 +88,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     replace the temporary file rather than write into it).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = ""
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
+        with storage_errors(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -77,8 +119,67 @@ def save_tensors(target: str | Path, tensors: dict[str, torch.Tensor], metadata:
 
 def save_torch(target: str | Path, obj: Any) -> None:
     """Atomically `torch.save` (for optimizer state in resumable training)."""
+    buf = io.BytesIO()  # torch.save to a path reports a full disk as a RuntimeError; a plain write as OSError
+    torch.save(obj, buf)
     with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getbuffer())
+
+
+def staging_dir(target: str | Path) -> Path:
+    """A new empty hidden sibling directory of `target` to build its replacement in (see `replace_dir`)."""
+    target = Path(target)
+    with storage_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the OS or file system cannot."""
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_dir(staging: Path, target: str | Path) -> None:
+    """Put the finished directory `staging` at `target` as a unit, then delete the old `target`.
+
+    The old directory stays whole until the new one is in place. On Linux the two are swapped
+    atomically (renameat2 RENAME_EXCHANGE); elsewhere the old one is first renamed to a hidden
+    `.<name>.old-*` sibling, so a crash between the two renames leaves no `target` but both
+    complete directories beside it. A failure removes `staging` and keeps the old `target`.
+    """
+    target = Path(target)
+    old = None
+    try:
+        with storage_errors(target):
+            os.chmod(staging, (target.stat().st_mode & 0o7777) if target.is_dir() else 0o777 & ~current_umask())
+            if not (target.is_dir() and any(target.iterdir())):
+                os.replace(staging, target)  # onto a missing or empty directory
+            elif _exchange(staging, target):
+                old = staging
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, old)
+                try:
+                    os.replace(staging, target)
+                except BaseException:
+                    os.replace(old, target)
+                    raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

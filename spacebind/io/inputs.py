@@ -13,6 +13,8 @@ Loaded forms (what expert encoders receive, as a list):
 """
 from __future__ import annotations
 
+import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import gcd
@@ -23,16 +25,19 @@ import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.io.events import Events, events_array, read_events
-from spacebind.io.video import DEFAULT_FPS, Video, read_video, video_array
+from spacebind.io.files import positive_int_env
+from spacebind.io.video import DEFAULT_FPS, ContainerFrames, Video, read_video, video_array
 from spacebind.modalities import check_modality
 
 
 @dataclass(frozen=True)
 class Audio:
-    """A mono waveform."""
+    """A mono waveform (the mean of the source's channels); `channels` keeps a multichannel source's
+    own channels, for experts whose official loaders read them (ImageBind's reads channel 0)."""
 
     samples: np.ndarray  # float32 [T]
     sample_rate: int
+    channels: np.ndarray | None = None  # float32 [C, T], C > 1; None for mono sources
 
 
 @dataclass
@@ -55,6 +60,67 @@ def resample(audio: Audio, rate: int) -> Audio:
     return Audio(samples, rate)
 
 
+MAX_IMAGE_PIXELS_ENV = "SPACEBIND_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own error threshold (2 × its warning threshold)
+
+
+def max_image_pixels() -> int:
+    """The largest image (width × height) loaded: `$SPACEBIND_MAX_IMAGE_PIXELS`, else 178,956,970.
+
+    Raises:
+        InputError: the variable is not a positive integer.
+    """
+    return positive_int_env(MAX_IMAGE_PIXELS_ENV, DEFAULT_MAX_IMAGE_PIXELS, "pixels")
+
+
+def _open_image(path: Path, name: str, what: str = "image") -> Any:
+    """`PIL.Image.open(path)`, refusing images over `max_image_pixels()` before decoding them."""
+    from PIL import Image, UnidentifiedImageError
+
+    cap = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below decides
+            Image.MAX_IMAGE_PIXELS = max(cap, DEFAULT_MAX_IMAGE_PIXELS) // 2  # Pillow refuses above twice this
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise InputError(f"{name}: image larger than {cap:,} pixels (a decompression bomb?); "
+                         f"set ${MAX_IMAGE_PIXELS_ENV} to allow larger images") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"{name}: not a readable {what} ({exc})") from None
+    width, height = img.size
+    if width * height > cap:
+        img.close()
+        raise InputError(f"{name}: image of {width}x{height} = {width * height:,} pixels, over the cap of {cap:,} "
+                         f"(a decompression bomb?); set ${MAX_IMAGE_PIXELS_ENV} to allow larger images")
+    return img
+
+
+def _real(arr: Any, name: str) -> np.ndarray:
+    """`arr` as a numpy array, refusing complex values (a cast to real would drop them silently)."""
+    a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+    if np.iscomplexobj(a):
+        raise InputError(f"{name}: complex values ({a.dtype}); expected real numbers")
+    return a
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    """A .npy file's array; the reason of a failure never quotes the file's bytes."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise InputError(f"{name}: not a readable .npy array (bad header, truncated data or object dtype)") from None
+
+
+def _load_text_table(path: Path, name: str, what: str, delimiter: str | None = None) -> np.ndarray:
+    """Rows of numbers from a text file; the reason of a failure never quotes the file's text."""
+    try:
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError):
+        sep = "comma" if delimiter == "," else "whitespace"
+        raise InputError(f"{name}: not a readable {what} (expected rows of {sep}-separated numbers)") from None
+
+
 def _finite(arr: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise InputError(f"{name}: contains NaN or infinite values")
@@ -62,7 +128,7 @@ def _finite(arr: np.ndarray, name: str) -> np.ndarray:
 
 
 def _image_array(arr: Any, name: str) -> np.ndarray:
-    a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+    a = _real(arr, name)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
         a = np.moveaxis(a, 0, -1)  # CHW → HWC
     if a.ndim == 2:
@@ -80,10 +146,10 @@ def _image_array(arr: Any, name: str) -> np.ndarray:
 
 
 def _image_file(path: Path, name: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _open_image(path, name) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float32)
@@ -100,22 +166,57 @@ def _audio_file(path: Path, name: str) -> Audio:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:  # type: ignore[attr-defined]
         raise InputError(f"{name}: not a readable audio file ({exc})") from None
-    return _audio_array(samples.mean(axis=1), rate, name)
+    declared = _wav_frames(path)
+    if declared is not None and len(samples) < declared:
+        raise InputError(f"{name}: truncated audio: {len(samples)} of the {declared} frames its header declares")
+    return _audio_array(samples.mean(axis=1), rate, name, samples.T if samples.shape[1] > 1 else None)
 
 
-def _audio_array(samples: Any, rate: int, name: str) -> Audio:
-    a = np.asarray(samples, dtype=np.float32)
+def _wav_frames(path: Path) -> int | None:
+    """The frame count a RIFF/WAVE header declares (data chunk size / block align); None for other
+    formats and for streamed WAVs whose header leaves the size open (0 or 0xFFFFFFFF)."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = fh.read(size)
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                fh.seek(size % 2, 1)
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                fh.seek(size + size % 2, 1)
+
+
+def _audio_array(samples: Any, rate: int, name: str, channels: Any = None) -> Audio:
+    a = _real(samples, name).astype(np.float32)
     if a.ndim == 2:
-        a = a.mean(axis=1) if a.shape[1] <= 8 else a.mean(axis=0)
+        frames_first = a.shape[1] <= 8
+        if a.shape[1 if frames_first else 0] > 1:
+            channels = a.T if frames_first else a
+        a = a.mean(axis=1) if frames_first else a.mean(axis=0)
     if a.ndim != 1 or a.size == 0:
         raise InputError(f"{name}: audio of shape {np.asarray(samples).shape}; expected a non-empty 1-D waveform")
     if int(rate) <= 0:
         raise InputError(f"{name}: sample rate {rate}; expected a positive integer")
-    return Audio(_finite(a, name), int(rate))
+    if channels is not None:
+        channels = np.ascontiguousarray(channels, dtype=np.float32)
+        if channels.ndim != 2 or channels.shape[1] != a.size:
+            raise InputError(f"{name}: channels of shape {channels.shape}; expected [C, {a.size}]")
+    return Audio(_finite(a, name), int(rate), channels)
 
 
 def _points_array(arr: Any, name: str) -> np.ndarray:
-    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float32)
+    a = _real(arr, name).astype(np.float32)
     if a.ndim != 2 or a.shape[1] not in (3, 6):
         raise InputError(f"{name}: point cloud of shape {a.shape}; expected [N, 3] (xyz) or [N, 6] (xyz + rgb)")
     if a.shape[0] == 0:
@@ -127,20 +228,25 @@ def _points_file(path: Path, name: str) -> np.ndarray:
     from spacebind.io.pointfiles import read_ply, read_xyz
 
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return _points_array(np.load(path, allow_pickle=False), name)
-        if suffix == ".ply":
-            return _points_array(read_ply(path), name)
-        if suffix == ".xyz":
-            return _points_array(read_xyz(path), name)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{name}: not a readable point cloud ({exc})") from None
+    if suffix == ".npy":
+        return _points_array(_load_npy(path, name), name)
+    if suffix == ".ply":
+        try:
+            points = read_ply(path)
+        except (ValueError, OSError, EOFError) as exc:  # our parser's reasons name places, not contents
+            raise InputError(f"{name}: not a readable point cloud ({exc})") from None
+        return _points_array(points, name)
+    if suffix == ".xyz":
+        try:
+            points = read_xyz(path)
+        except (ValueError, OSError, EOFError, UnicodeDecodeError):
+            raise InputError(f"{name}: not a readable point cloud (expected rows of 3 or 6 numbers)") from None
+        return _points_array(points, name)
     raise InputError(f"{name}: unsupported point cloud extension {suffix!r}; expected .npy, .ply or .xyz")
 
 
 def _map_array(arr: Any, name: str, modality: str) -> np.ndarray:
-    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+    a = _real(arr, name)
     if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
         a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
     if a.ndim != 2 or min(a.shape) < 1:
@@ -152,19 +258,17 @@ def _map_array(arr: Any, name: str, modality: str) -> np.ndarray:
 
 def _map_file(modality: str) -> Callable[[Path, str], np.ndarray]:
     def load(path: Path, name: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         if path.suffix.lower() == ".npy":
-            try:
-                return _map_array(np.load(path, allow_pickle=False), name, modality)
-            except (ValueError, OSError, EOFError) as exc:
-                raise InputError(f"{name}: not a readable .npy array ({exc})") from None
+            return _map_array(_load_npy(path, name), name, modality)
+        what = f"{modality} image or .npy array"
         try:
-            with Image.open(path) as img:
+            with _open_image(path, name, what) as img:
                 img.load()
                 arr = np.asarray(img)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise InputError(f"{name}: not a readable {modality} image or .npy array ({exc})") from None
+            raise InputError(f"{name}: not a readable {what} ({exc})") from None
         if arr.ndim == 3:
             raise InputError(f"{name}: {modality} image has {arr.shape[2]} channels; expected a single-channel image")
         if arr.dtype == np.int32:  # PIL's mode "I" holds 16-bit PNGs
@@ -175,7 +279,7 @@ def _map_file(modality: str) -> Callable[[Path, str], np.ndarray]:
 
 
 def _imu_array(arr: Any, name: str) -> np.ndarray:
-    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float32)
+    a = _real(arr, name).astype(np.float32)
     if a.ndim == 2 and a.shape[0] == 6 and a.shape[1] != 6:
         a = a.T  # [6, T] → [T, 6]
     if a.ndim != 2 or a.shape[1] != 6 or a.shape[0] == 0:
@@ -185,13 +289,10 @@ def _imu_array(arr: Any, name: str) -> np.ndarray:
 
 def _imu_file(path: Path, name: str) -> np.ndarray:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return _imu_array(np.load(path, allow_pickle=False), name)
-        if suffix in (".csv", ".txt"):
-            return _imu_array(np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2), name)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{name}: not a readable IMU series ({exc})") from None
+    if suffix == ".npy":
+        return _imu_array(_load_npy(path, name), name)
+    if suffix in (".csv", ".txt"):
+        return _imu_array(_load_text_table(path, name, "IMU series", "," if suffix == ".csv" else None), name)
     raise InputError(f"{name}: unsupported IMU extension {suffix!r}; expected .npy, .csv or .txt")
 
 
@@ -226,11 +327,13 @@ def load_input(modality: str, x: Any, *, name: str | None = None) -> Any:
     if modality == "imu":
         return _imu_array(x, name)
     if modality == "video":
-        return video_array(x.frames, x.fps, name) if isinstance(x, Video) else video_array(x, DEFAULT_FPS, name)
+        if isinstance(x, Video):
+            return x if isinstance(x.frames, ContainerFrames) else video_array(x.frames, x.fps, name)
+        return video_array(x, DEFAULT_FPS, name)
     if modality == "event":
         return events_array(x, name)
     if isinstance(x, Audio):  # the one modality left: audio
-        return _audio_array(x.samples, x.sample_rate, name)
+        return _audio_array(x.samples, x.sample_rate, name, x.channels)
     if isinstance(x, tuple) and len(x) == 2:
         return _audio_array(x[0], x[1], name)
     raise InputError(f"{name}: a bare array has no sample rate; pass Audio(samples, rate) or (samples, rate)")

@@ -4,6 +4,9 @@ One file per run, rewritten atomically after every epoch. It carries a fingerpri
 (config, head shape, data); a file with another fingerprint belongs to another run and is
 ignored with a warning (the new run overwrites it after its first epoch). The batch order of
 epoch e is drawn from a generator seeded by (seed, e), so no global RNG state needs saving.
+
+The file also carries a sha256 of its content (`checksum`): a file whose content no longer
+matches it (a flipped bit) is refused with a named error, never used.
 """
 from __future__ import annotations
 
@@ -37,11 +40,33 @@ def fingerprint(config: dict[str, Any], head_config: Any, tensors: Sequence[torc
     return h.hexdigest()
 
 
+def _content_sha256(obj: Any, h: Any = None) -> str:
+    """sha256 of a nested state (dicts, lists, tensors, numbers, strings): tensors by dtype, shape
+    and bytes, everything else by type and repr, dict items in key order."""
+    h = h or hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _content_sha256(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _content_sha256(v, h)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    return h.hexdigest()
+
+
 def load_state(path: Path, key: str) -> dict[str, Any] | None:
     """The saved state of this run (same fingerprint `key`), or None if there is none.
 
     Raises:
-        CheckpointError: the file exists but cannot be read.
+        CheckpointError: the file exists but cannot be read, or its content does not match its checksum.
     """
     if not path.is_file():
         return None
@@ -49,6 +74,10 @@ def load_state(path: Path, key: str) -> dict[str, Any] | None:
         saved = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several unrelated types for damaged files
         raise CheckpointError(f"{path}: unreadable training state ({exc}); delete it to train from scratch") from exc
+    checksum = saved.pop("checksum", None) if isinstance(saved, dict) else None
+    if checksum != _content_sha256(saved):
+        why = "has no checksum (written by an older spacebind)" if checksum is None else "does not match its checksum (damaged)"
+        raise CheckpointError(f"{path}: training state {why}; delete it to train this run from scratch")
     if not isinstance(saved, dict) or saved.get("fingerprint") != key:
         warnings.warn(f"{path} was written by a run with another config or other data; training starts over "
                       "and will overwrite it", stacklevel=3)
@@ -57,5 +86,6 @@ def load_state(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def save_state(path: Path, key: str, state: dict[str, Any]) -> None:
-    """Atomically write `state` (tensors, dicts, lists, numbers) tagged with the run's `key`."""
-    save_torch(path, {**state, "fingerprint": key})
+    """Atomically write `state` (tensors, dicts, lists, numbers) tagged with the run's `key` and checksummed."""
+    tagged = {**state, "fingerprint": key}
+    save_torch(path, {**tagged, "checksum": _content_sha256(tagged)})

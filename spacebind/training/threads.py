@@ -6,6 +6,11 @@ from typing import Iterator
 
 import torch
 
+from spacebind.io.files import positive_int_env
+
+TRAIN_THREADS_ENV = "SPACEBIND_TRAIN_THREADS"
+TRAIN_THREADS = 2  # float sums, so trained weights, depend on the thread count (docs/decisions.md "Threads")
+
 
 @contextmanager
 def cpu_threads(count: int) -> Iterator[None]:
@@ -16,3 +21,12 @@ def cpu_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def train_threads() -> int:
+    """Intra-op threads of CPU projector training: `$SPACEBIND_TRAIN_THREADS`, else 2.
+
+    Raises:
+        InputError: the variable is not a positive integer.
+    """
+    return positive_int_env(TRAIN_THREADS_ENV, TRAIN_THREADS)

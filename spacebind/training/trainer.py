@@ -3,7 +3,8 @@
 AdamW (weight decay on weight matrices only), linear warmup then cosine decay per step, a fixed or
 learnable temperature, early stopping on validation recall@1, and resumable by epoch (see
 `spacebind.training.state`). The target space is frozen: targets are fixed unit vectors. Training
-runs on the device of `src`.
+runs on the device of `src`; on the CPU with a pinned intra-op thread count (`$SPACEBIND_TRAIN_THREADS`,
+default 2), so the weights do not depend on the caller's `torch.set_num_threads`.
 
 Under torchrun the head trains with DistributedDataParallel (see `spacebind.training.ddp`): every rank
 holds all pairs, takes its equal slice of each global batch (same order and size as a single
@@ -13,6 +14,7 @@ the resumable state.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from spacebind.training import distributed
 from spacebind.training.ddp import average_gradients, distributed_head
 from spacebind.training.losses import info_nce
 from spacebind.training.state import STATE_FILE, fingerprint, load_state, save_state
+from spacebind.training.threads import cpu_threads, train_threads
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: the temperature never drops below 0.01
 
@@ -121,8 +124,106 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The (seed, epoch)-determined order of `n` training rows in one epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def _scale(log_scale: torch.Tensor) -> torch.Tensor:
     return log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+
+@dataclass
+class _Run:
+    """One projector's training run: its head, temperature, optimiser, schedule and resumable state."""
+
+    head: nn.Module
+    log_scale: torch.Tensor
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+    path: Path | None
+    key: str
+    state: dict[str, Any]
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Optimiser steps in `epoch` (the last one may be cut short by `max_steps`)."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def result(self) -> TrainResult:
+        """The best weights (eval mode) and the history."""
+        self.head.load_state_dict(self.state["best"])
+        return TrainResult(self.head.eval(), self.state["history"], self.state["best_epoch"], self.state["best_val"])
+
+
+def _checked_val(val_src: torch.Tensor | None, val_tgt: torch.Tensor | None, src: torch.Tensor,
+                 tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The validation pairs, checked against the training pairs' widths, or None without any."""
+    if val_src is None or val_tgt is None or len(val_src) == 0:
+        return None
+    val = _checked("validation pairs", val_src.to(src.device), val_tgt, min_rows=1)
+    if val[0].shape[1] != src.shape[1] or val[1].shape[1] != tgt.shape[1]:
+        raise InputError(f"validation pairs have widths {val[0].shape[1]}/{val[1].shape[1]}, "
+                         f"training pairs {src.shape[1]}/{tgt.shape[1]}")
+    return val
+
+
+def _start_run(src: torch.Tensor, tgt: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None,
+               config: TrainConfig, checkpoint_dir: Path | None, head: nn.Module | None) -> _Run:
+    """A run set up from scratch, or from its saved state in `checkpoint_dir`."""
+    if head is None:
+        from spacebind.bonds.projector import MLPProjector  # bonds build on this trainer: a top-level import cycles
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            head = MLPProjector(src.shape[1], tgt.shape[1], config.hidden)
+    head = head.to(src.device)
+    log_scale = torch.tensor(math.log(1.0 / config.temperature), device=src.device)
+    log_scale.requires_grad_(config.learnable_temperature)
+    optimizer = adamw([*head.parameters(), log_scale], config.lr, config.weight_decay)
+    steps_per_epoch = max(1, len(src) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = warmup_cosine(optimizer, total_steps, config.warmup)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
+
+    path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+    # the fingerprint hashes all the data (about a second per GB): only a resumable run needs it
+    key = (fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
+           if path is not None else "")
+    saved = load_state(path, key) if path is not None else None
+    if saved is not None:
+        head.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        with torch.no_grad():
+            log_scale.copy_(saved["log_scale"])
+        state = saved["state"]
+    return _Run(head, log_scale, optimizer, scheduler, steps_per_epoch, total_steps, n_epochs, path, key, state)
+
+
+def _end_epoch(run: _Run, epoch: int, loss: float, val: tuple[torch.Tensor, torch.Tensor] | None,
+               val_groups: tuple[torch.Tensor, torch.Tensor] | None, patience: int) -> bool:
+    """Validate, record and save epoch `epoch` of `run`; whether the run is done."""
+    state = run.state
+    # every rank holds the same weights, so each computes the same recall and stopping decision
+    recall = recall_at_1(run.head, *val, groups=val_groups) if val is not None else float("nan")
+    state["history"].append({"epoch": epoch, "loss": loss, "val_recall@1": recall, "lr": run.scheduler.get_last_lr()[0],
+                             "temperature": float(1.0 / _scale(run.log_scale.detach()))})
+    if val is None or recall > state["best_val"]:
+        state.update(best_val=recall, best_epoch=epoch,
+                     best={k: v.detach().clone() for k, v in run.head.state_dict().items()})
+    state["epoch"] = epoch + 1
+    state["done"] = epoch + 1 == run.n_epochs or epoch - state["best_epoch"] >= patience
+    if run.path is not None and distributed.is_main():
+        save_state(run.path, run.key, {"model": run.head.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                       "scheduler": run.scheduler.state_dict(), "log_scale": run.log_scale.detach(),
+                                       "state": state})
+    return state["done"]
 
 
 def train_projector(
@@ -160,65 +261,18 @@ def train_projector(
     if min(config.batch_size, len(src)) % world:
         raise InputError(f"train.batch_size: a global batch of {min(config.batch_size, len(src))} pairs does not "
                          f"split evenly over {world} ranks; use a multiple of {world}")
-    val = None
-    if val_src is not None and val_tgt is not None and len(val_src) > 0:
-        val = _checked("validation pairs", val_src.to(src.device), val_tgt, min_rows=1)
-        if val[0].shape[1] != src.shape[1] or val[1].shape[1] != tgt.shape[1]:
-            raise InputError(f"validation pairs have widths {val[0].shape[1]}/{val[1].shape[1]}, "
-                             f"training pairs {src.shape[1]}/{tgt.shape[1]}")
+    val = _checked_val(val_src, val_tgt, src, tgt)
     val_groups = pair_groups(*val) if val is not None else None
-    if head is None:
-        from spacebind.bonds.projector import MLPProjector  # bonds build on this trainer: a top-level import cycles
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            head = MLPProjector(src.shape[1], tgt.shape[1], config.hidden)
-    head = head.to(src.device)
-    log_scale = torch.tensor(math.log(1.0 / config.temperature), device=src.device)
-    log_scale.requires_grad_(config.learnable_temperature)
-    optimizer = adamw([*head.parameters(), log_scale], config.lr, config.weight_decay)
-    steps_per_epoch = max(1, len(src) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = warmup_cosine(optimizer, total_steps, config.warmup)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
-
-    path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-    # the fingerprint hashes all the data (about a second per GB): only a resumable run needs it
-    key = (fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
-           if path is not None else "")
-    saved = load_state(path, key) if path is not None else None
-    if saved is not None:
-        head.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        with torch.no_grad():
-            log_scale.copy_(saved["log_scale"])
-        state = saved["state"]
-
-    epochs = range(state["epoch"], n_epochs) if not state["done"] else range(0)
-    with distributed_head(head) as model:
+    run = _start_run(src, tgt, val, config, checkpoint_dir, head)
+    epochs = range(run.state["epoch"], run.n_epochs) if not run.state["done"] else range(0)
+    pinned = cpu_threads(train_threads()) if src.device.type == "cpu" else contextlib.nullcontext()
+    with pinned, distributed_head(run.head) as model:
         for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
-            steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-            loss = _train_epoch(model, log_scale, optimizer, scheduler, src, tgt, config, epoch, steps)
-            # every rank holds the same weights, so each computes the same recall and stopping decision
-            recall = recall_at_1(head, *val, groups=val_groups) if val is not None else float("nan")
-            state["history"].append({"epoch": epoch, "loss": loss, "val_recall@1": recall, "lr": scheduler.get_last_lr()[0],
-                                     "temperature": float(1.0 / _scale(log_scale.detach()))})
-            if val is None or recall > state["best_val"]:
-                state.update(best_val=recall, best_epoch=epoch,
-                             best={k: v.detach().clone() for k, v in head.state_dict().items()})
-            state["epoch"] = epoch + 1
-            state["done"] = epoch + 1 == n_epochs or epoch - state["best_epoch"] >= config.patience
-            if path is not None and distributed.is_main():
-                save_state(path, key, {"model": head.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict(), "log_scale": log_scale.detach(), "state": state})
-            if state["done"]:
+            loss = _train_epoch(model, run.log_scale, run.optimizer, run.scheduler, src, tgt, config, epoch,
+                                run.epoch_steps(epoch))
+            if _end_epoch(run, epoch, loss, val, val_groups, config.patience):
                 break
-    head.load_state_dict(state["best"])
-    return TrainResult(head.eval(), state["history"], state["best_epoch"], state["best_val"])
+    return run.result()
 
 
 def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -227,8 +281,7 @@ def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.opti
     """One epoch of `steps` full batches in a (seed, epoch)-determined order; the mean loss.
     Under torchrun each rank takes its slice of every global batch (see `info_nce(gather=True)`)."""
     head.train()
-    order = torch.randperm(len(src), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    order = order.to(src.device)
+    order = epoch_order(len(src), config.seed, epoch).to(src.device)
     world, rank = distributed.world_size(), distributed.rank()
     total = torch.zeros((), device=src.device)
     for step in range(steps):

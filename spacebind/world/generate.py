@@ -1,15 +1,23 @@
-"""Write a procedural-world dataset to disk: PNG, WAV and NPY files, manifest.jsonl, classes.json."""
+"""Write a procedural-world dataset to disk: PNG, WAV and NPY files, manifest.jsonl, classes.json.
+
+A world is generated in a hidden sibling directory (`.<name>.partial`, one job at a time) and
+renamed into place whole, replacing a world that was there: the target is always absent, the
+previous world or the complete new one, never a manifest over a mix of old and new files. A
+target that holds anything but a world is refused.
+"""
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.io.events import Events
-from spacebind.io.files import atomic_path, write_json, write_text
+from spacebind.io.files import atomic_path, replace_dir, storage_errors, write_json, write_text
+from spacebind.io.locks import file_lock
 from spacebind.io.progress import track
 from spacebind.io.video import Video
 from spacebind.world.concepts import Concept, Instance, make_concepts, sample_instances
@@ -37,8 +45,10 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 def _write_wav(path: Path, wave: np.ndarray) -> None:
     import soundfile as sf
 
+    buf = io.BytesIO()  # soundfile reports a failed file write as its own error; a plain write raises OSError
+    sf.write(buf, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        tmp.write_bytes(buf.getvalue())
 
 
 def _write_npy(path: Path, points: np.ndarray) -> None:
@@ -81,6 +91,14 @@ def _write_sensors(out: Path, stem: str, inst: Instance, sensors: tuple[str, ...
     return fields
 
 
+POOL_MODALITIES = ("image", "audio", "point", "text")
+
+
+def _one_modality(row: dict, keep: str) -> dict:
+    """A manifest row reduced to one modality's field (a unimodal pool item); files stay on disk."""
+    return {k: v for k, v in row.items() if k == keep or k not in (*POOL_MODALITIES, *SENSORS)}
+
+
 def generate_world(
     out: str | Path,
     seed: int = 0,
@@ -89,12 +107,19 @@ def generate_world(
     num_concepts: int = 24,
     progress: bool = True,
     sensors: tuple[str, ...] | list[str] = (),
+    unpaired: bool = False,
 ) -> Path:
-    """Generate a dataset of real files; the manifest is written last, so its presence means done.
+    """Generate a dataset of real files at `out`, replacing a world there as a unit (module docstring).
 
     `sensors` adds any of the optional modalities video (animated PNG), thermal (16-bit PNG) and
-    event (.npz of x, y, t, p); the other modalities' files are the same with or without them."""
-    out = Path(out)
+    event (.npz of x, y, t, p); the other modalities' files are the same with or without them.
+    `unpaired` lists each train item with one modality only (image, audio, point, text in turn).
+
+    Raises:
+        InputError: bad sizes or sensors, or `out` holds files that are not a world.
+        LockError: another job is generating this world.
+    """
+    root = Path(out).resolve()
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(_SPLIT_OFFSET)
     if unknown:
@@ -103,6 +128,25 @@ def generate_world(
     if bad:
         raise InputError(f"--sensors / sensors: unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
     sensors = tuple(m for m in SENSORS if m in sensors)
+    with file_lock(root.parent / f".{root.name}.lock", "world being generated"):
+        if root.is_dir() and any(root.iterdir()) and not (root / "classes.json").is_file():
+            raise InputError(f"{root} is not empty and not a generated world; generate into a new or empty directory")
+        partial = root.parent / f".{root.name}.partial"
+        with storage_errors(partial):
+            shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
+            partial.mkdir()
+        try:
+            _generate(partial, seed, sizes, concepts_seed, num_concepts, progress, sensors, unpaired)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        replace_dir(partial, root)
+    return Path(out)
+
+
+def _generate(out: Path, seed: int, sizes: dict[str, int], concepts_seed: int, num_concepts: int, progress: bool,
+              sensors: tuple[str, ...], unpaired: bool) -> None:
+    """Write the world's files into `out`."""
     concepts = make_concepts(concepts_seed, num_concepts)
     lines = []
     rows = [(split, i, inst) for split, insts in split_instances(concepts, sizes, seed).items() for i, inst in enumerate(insts)]
@@ -111,20 +155,22 @@ def generate_world(
         _write_png(out / "image" / f"{stem}.png", render_image(inst))
         _write_wav(out / "audio" / f"{stem}.wav", render_audio(inst))
         _write_npy(out / "point" / f"{stem}.npy", render_points(inst))
-        lines.append(json.dumps({
+        row = {
             "id": f"s{seed}-{stem}", "split": split, "label": inst.concept.name,
             "image": f"image/{stem}.png", "audio": f"audio/{stem}.wav", "point": f"point/{stem}.npy",
             **_write_sensors(out, stem, inst, sensors),
             "text": render_caption(inst),
             "attributes": {"size": round(inst.size, 4), "size_word": inst.size_word,
                            "intensity": round(inst.intensity, 4), "intensity_word": inst.intensity_word},
-        }))
+        }
+        if unpaired and split == "train":
+            row = _one_modality(row, POOL_MODALITIES[i % len(POOL_MODALITIES)])
+        lines.append(json.dumps(row))
     write_json(out / "classes.json", {
         "templates": list(CLASS_TEMPLATES),
         "classes": [{"name": c.name, "synonyms": [*c.synonyms, *c.heldout_synonyms],
                      "heldout_synonyms": list(c.heldout_synonyms)} for c in concepts],
         "world": {"concepts_seed": concepts_seed, "num_concepts": num_concepts, "seed": seed,
-                  **({"sensors": list(sensors)} if sensors else {})},
+                  **({"sensors": list(sensors)} if sensors else {}), **({"unpaired": True} if unpaired else {})},
     })
     write_text(out / "manifest.jsonl", "\n".join(lines) + "\n")
-    return out

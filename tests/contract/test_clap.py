@@ -32,6 +32,8 @@ from spacebind.experts.clap import (
     clip_waveform,
     fusion_input,
     htk_log_mel,
+    quantize_int16,
+    repeat_pad,
 )
 from spacebind.experts.registry import EXPERTS, list_experts
 from spacebind.experts.wavcaps import (
@@ -40,12 +42,15 @@ from spacebind.experts.wavcaps import (
     text_preprocess,
     zero_padded_clip,
 )
-from spacebind.io.inputs import Audio, load_input
+from spacebind.io.inputs import Audio, load_input, resample
 
 DATA = Path(__file__).parent / "data"
 TINY_AUDIO = HTSATConfig(embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=4, spec_size=64, num_classes=5,
                          sample_rate=8000, n_fft=256, hop_length=80, mel_bins=16, fmin=50.0, fmax=3800.0,
                          clip_samples=16000)
+# The official front end (48 kHz, 10 s, 64 mels) on the tiny trunk: for the official loading paths.
+TINY_48K = replace(TINY_AUDIO, sample_rate=48000, n_fft=1024, hop_length=480, mel_bins=64, fmax=14000.0,
+                   clip_samples=480000, spec_size=256)
 TINY_ROBERTA = dict(vocab_size=261, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                     max_position_embeddings=80, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
                     bos_token_id=0, eos_token_id=2, initializer_range=0.5)
@@ -226,6 +231,42 @@ def test_clap_waveform_repeat_pads_and_keeps_the_start(tmp_path: Path) -> None:
     torch.testing.assert_close(spec[0, 0], ref.T, rtol=1e-3, atol=1e-2)
 
 
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def test_44k1_clips_are_loaded_as_the_official_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    librosa = pytest.importorskip("librosa")
+    official = pytest.importorskip("laion_clap.training.data")  # LAION-CLAP's own preprocessing
+    from transformers import RobertaConfig
+
+    t = np.arange(5 * 44100) / 44100  # 5.000 s at 44.1 kHz, 16-bit PCM: as every ESC-50 clip
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 0.7 * t) + 0.05 * np.random.default_rng(0).normal(size=t.size)
+    sf.write(tmp_path / "esc.wav", wave, 44100, subtype="PCM_16")
+    # CLAP_Module.get_audio_embedding_from_filelist, step by step
+    y, _ = librosa.load(tmp_path / "esc.wav", sr=48000)
+    sample = official.get_audio_features({}, torch.from_numpy(official.int16_to_float32(official.float32_to_int16(y))),
+                                         480000, data_truncating="rand_trunc", data_filling="repeatpad", audio_cfg={})
+    want_wave = sample["waveform"]
+    assert y.shape == (240001,) and not want_wave[240001:].any()  # one repeat, then silence
+    ours = clip_waveform(load_input("audio", tmp_path / "esc.wav"), TINY_48K)
+    np.testing.assert_allclose(ours, want_wave.numpy(), atol=1e-6, rtol=0)
+
+    torch.manual_seed(0)
+    model = CLAP(TINY_48K, RobertaConfig(**TINY_ROBERTA)).eval()
+    _randomise_norm_stats(model)
+    monkeypatch.setitem(VARIANTS, "clap_general.nofusion", (TINY_48K, TINY_ROBERTA, "630k-audioset-best.pt"))
+    expert = EXPERTS.create("clap_general.nofusion", checkpoint=str(write_clap_checkpoint(tmp_path / "c.pt", model)),
+                            tokenizer=str(roberta_tokenizer_dir(tmp_path / "tok")))
+    got = expert.encode("audio", [tmp_path / "esc.wav"])
+    with torch.no_grad():
+        want = model.encode_audio(model.audio_branch.log_mel(want_wave[None]))
+        # exactly 240,000 samples (polyphase), so two repeats: what the official path does not compute
+        exact = repeat_pad(quantize_int16(resample(load_input("audio", tmp_path / "esc.wav"), 48000).samples), 480000)
+        other = model.encode_audio(model.audio_branch.log_mel(torch.from_numpy(exact)[None]))
+    assert _cos(got, want) >= 0.9999 and _cos(other, want) < 0.9999
+
+
 def test_fusion_input_global_view_and_three_chunks(tmp_path: Path) -> None:
     cfg = VARIANTS["clap_general.fusion"][0]
     short, long_ = (load_input("audio", p) for p in _wavs(tmp_path, 48000, (4.0, 12.0)))
@@ -240,6 +281,20 @@ def test_fusion_input_global_view_and_three_chunks(tmp_path: Path) -> None:
     for chunk, start in zip(mel[1:], starts):
         torch.testing.assert_close(chunk, full[start:start + 1001])
     assert torch.equal(fusion_input(long_.samples, cfg)[0], mel)  # deterministic
+
+
+def test_fusion_global_view_is_resized_without_antialiasing(tmp_path: Path) -> None:
+    transforms = pytest.importorskip("torchvision.transforms")
+    cfg = VARIANTS["clap_general.fusion"][0]
+    (clip,) = (load_input("audio", p) for p in _wavs(tmp_path, 48000, (30.0,)))
+    mel, longer = fusion_input(clip.samples, cfg)
+    full = htk_log_mel(clip.samples, cfg)
+    assert longer and full.shape == (3001, 64)
+    # The official get_audio_features squeezes with torchvision.transforms.Resize([1001, 64])(mel[None]); the
+    # pinned torchvision 0.13.1 does not antialias tensors, torchvision >= 0.17 does by default.
+    torch.testing.assert_close(mel[0], transforms.Resize([1001, 64], antialias=False)(full[None])[0])
+    antialiased = transforms.Resize([1001, 64], antialias=True)(full[None])[0]
+    assert (mel[0] - antialiased).abs().max() > 1.0  # dB: the two defaults differ on this clip
 
 
 # ---- tiny LAION-CLAP through the registry, from disk ----
@@ -347,11 +402,33 @@ def test_wavcaps_from_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     clip = zero_padded_clip(Audio(np.ones(4000, np.float32), 8000), TINY_AUDIO)
     assert clip.shape == (16000,) and clip[:4000].all() and not clip[4000:].any()  # zeros, not repeats
     torch.testing.assert_close(torch.cat([audio, text]).norm(dim=-1), torch.ones(6), atol=1e-5, rtol=0)
-    torch.testing.assert_close(expert.encode("text", ["A dog, barks!"]), text[:1], atol=1e-6, rtol=0)
     assert text_preprocess('Rain: heavy , then (a "cat")!') == "rain heavy then a cat  "  # as the official
     torch.testing.assert_close(torch.cat([expert.encode("text", [t]) for t in TEXTS]), text, atol=1e-5, rtol=0)
     torch.testing.assert_close(audio[:, :3], torch.tensor(GOLDEN_WAVCAPS_AUDIO), atol=1e-4, rtol=0)
     torch.testing.assert_close(text[:, :3], torch.tensor(GOLDEN_WAVCAPS_TEXT), atol=1e-4, rtol=0)
+
+
+def test_wavcaps_text_as_given_by_default_captions_normalised_on_request(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import BertTokenizer
+
+    kwargs = wavcaps_builder(tmp_path, monkeypatch)
+    names = ["dog, barking!", "rain (heavy)"]  # punctuation: the two behaviours tokenise differently
+    model = tiny_wavcaps()
+    tokenizer = BertTokenizer.from_pretrained(kwargs["tokenizer"], local_files_only=True)
+
+    def official(texts: list[str]) -> torch.Tensor:  # ASE.encode_text: the tokenizer on the texts as given
+        batch = tokenizer(texts, padding="longest", truncation=True, max_length=30, return_tensors="pt")
+        with torch.no_grad():
+            return model.encode_text(batch["input_ids"], batch["attention_mask"])
+
+    default = EXPERTS.create("wavcaps", **kwargs)
+    captions = EXPERTS.create("wavcaps", **kwargs, preprocess_text=True)
+    torch.testing.assert_close(default.encode("text", names), official(names), atol=1e-6, rtol=0)
+    torch.testing.assert_close(captions.encode("text", names), official([text_preprocess(n) for n in names]),
+                               atol=1e-6, rtol=0)
+    assert (default.encode("text", names) * captions.encode("text", names)).sum(-1).max() < 0.9999
+    assert captions.spec.kwargs["preprocess_text"] is True and "preprocess_text" not in default.spec.kwargs
 
 
 def test_wavcaps_strict_keys_and_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -393,3 +470,15 @@ GOLDEN_WAVCAPS_TEXT = [
     [-0.027108, -0.005494, -0.043761],
     [-0.033996, 0.017419, -0.039413],
 ]
+
+
+def test_official_files_written_by_numpy_1_load_under_any_numpy() -> None:
+    """Official CLAP files pickle a numpy-1 scalar (`numpy.core.multiarray.scalar`) beside the
+    weights; numpy 2 renamed the module to `numpy._core`, and weights-only loading must allow both
+    spellings of that one global (the fixture was written with numpy 1.26)."""
+    from spacebind.experts._checkpoint_io import read_checkpoint
+    from spacebind.experts.clap import _SAFE_GLOBALS
+
+    fixture = Path(__file__).parent / "data" / "numpy1_scalar_checkpoint.pt"
+    state = read_checkpoint(fixture, "state_dict", "a CLAP checkpoint", _SAFE_GLOBALS)
+    torch.testing.assert_close(state["w"], torch.arange(3.0))

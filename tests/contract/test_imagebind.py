@@ -165,6 +165,33 @@ def test_audio_clips_follow_the_official_sampler_and_normalisation(tmp_path: Pat
         audio_clips(Audio(np.zeros(399, dtype=np.float32), 16000))
 
 
+def test_stereo_files_use_channel_0_centred_by_the_mean_of_all_channels(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from spacebind.io.inputs import load_input
+
+    rng = np.random.default_rng(3)
+    t = np.arange(16000 * 3) / 16000  # 3 s: the three clips overlap
+    left = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.2 * rng.standard_normal(t.size) + 0.3  # other content and a DC offset
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1).astype(np.float32), 16000, subtype="FLOAT")
+    audio = load_input("audio", tmp_path / "stereo.wav")
+    assert audio.channels is not None and audio.channels.shape == (2, 48000)
+    # The official load_and_transform_audio_data: torchaudio.load → [2, T]; per clip, `waveform -= waveform.mean()`
+    # in place on the [2, n] view, then kaldi fbank with its default channel=-1, i.e. channel 0.
+    waveform = torch.tensor(np.stack([left, right]), dtype=torch.float32)
+    want = []
+    for start, end in clip_bounds(waveform.shape[1]):
+        clip = waveform[:, start:end]
+        clip -= clip.mean()
+        feats = fbank(clip[0], 16000, num_mel_bins=128).T
+        want.append((torch.nn.functional.pad(feats, (0, 204 - feats.shape[1])) - FBANK_MEAN) / FBANK_STD)
+    got = audio_clips(audio)
+    torch.testing.assert_close(got, torch.stack(want).unsqueeze(1), atol=1e-4, rtol=0)
+    mixed = audio_clips(Audio(audio.samples, 16000))  # the channel average: not what the official code encodes
+    assert (got - mixed).abs().max() > 0.1
+
+
 def test_text_tokens_are_clip_bpe() -> None:
     from open_clip.tokenizer import SimpleTokenizer
 

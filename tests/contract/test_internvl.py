@@ -4,6 +4,7 @@ the wrapper. The tiny model code follows the official interface: `encode_image(p
 and `encode_text(ids)` reading the position before the padding (pad id 0)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,38 @@ def test_strict_weights_and_broken_tokenizer(snapshot: Path, tmp_path: Path) -> 
     broken = internvl_snapshot(tmp_path / "broken_snapshot", broken_tokenizer=True)
     with pytest.raises(CheckpointError, match="tokenizer loaded broken"):
         EXPERTS.create("internvl_c", checkpoint=str(broken), trust_remote_code=True)
+
+
+def test_text_ids_are_right_padded_whatever_the_tokenizer_pads(snapshot: Path, tmp_path: Path) -> None:
+    """`encode_text` reads position `(ids > 0).sum(1) - 1`, so ids must be right-padded; transformers
+    5 loads LLaMA tokenizers padding on the left, and the wrapper builds the ids itself."""
+    from transformers import AutoModel
+
+    left = tmp_path / "left_padding"
+    left.mkdir()
+    for f in snapshot.iterdir():
+        if f.is_file():
+            (left / f.name).write_bytes(f.read_bytes())
+    config = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    tokenizer = expert_tokenizer(left)  # what the expert loads from `left`
+    assert tokenizer.padding_side == "left"
+
+    texts = ["the cat", "a photo of a red panda", "dog"]
+    ids = text_ids(tokenizer, texts)
+    lengths = (ids > 0).sum(1)
+    assert lengths.tolist() == [6, 10, 5]  # bos, "summarize", ":", the words, eos
+    for row, n in zip(ids, lengths.tolist()):
+        assert (row[:n] > 0).all() and not row[n:].any() and row[n - 1] == tokenizer.eos_token_id
+
+    expert = EXPERTS.create("internvl_c", checkpoint=str(left), trust_remote_code=True)
+    batch = expert.encode("text", texts)
+    alone = torch.cat([expert.encode("text", [t]) for t in texts])
+    torch.testing.assert_close(batch, alone, rtol=0, atol=1e-6)
+
+    # the same ids padded on the left read the wrong position: the check above would catch it
+    model = AutoModel.from_pretrained(str(left), trust_remote_code=True, local_files_only=True).eval()
+    left_ids = torch.stack([row.roll(MAX_LENGTH - n) for row, n in zip(ids, lengths.tolist())])
+    with torch.no_grad():
+        wrong = F.normalize(model.encode_text(left_ids), dim=-1)
+    assert not torch.allclose(wrong, alone, atol=1e-3)

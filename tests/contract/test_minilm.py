@@ -62,8 +62,8 @@ def test_matches_sentence_transformers(minilm: Expert, no_sockets: None) -> None
     st = pytest.importorskip("sentence_transformers")
     reference = st.SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True)
     assert reference.max_seq_length == 256  # the factory's default max_length mirrors this
-    want = torch.as_tensor(reference.encode(SENTENCES, convert_to_numpy=True))
-    assert (F.cosine_similarity(minilm.encode("text", SENTENCES), want) > 0.999).all()
+    want = F.normalize(reference.encode(SENTENCES, convert_to_tensor=True), dim=-1)
+    torch.testing.assert_close(minilm.encode("text", SENTENCES), want, atol=1e-6, rtol=0)
 
 
 class _SameIds:
@@ -77,10 +77,13 @@ class _SameIds:
 
 
 def test_broken_tokenizer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_sockets: None) -> None:
-    import transformers
+    from sentence_transformers import SentenceTransformer
 
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _SameIds())
+    monkeypatch.setattr(SentenceTransformer, "tokenizer", property(lambda self: _SameIds()))
     with pytest.raises(CheckpointError, match=f"{re.escape(str(minilm_path()))}: the tokenizer loaded broken"):
+        EXPERTS.create("minilm")
+    monkeypatch.setattr(SentenceTransformer, "tokenizer", property(lambda self: None))
+    with pytest.raises(CheckpointError, match="no text tokenizer loaded"):
         EXPERTS.create("minilm")
     with pytest.raises(CheckpointError, match="vocabulary 5, config says 30522"):
         check_tokenizer(type("Tiny", (_SameIds,), {"__len__": lambda self: 5})(), 30522, tmp_path)

@@ -8,6 +8,7 @@ import argparse
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,13 +54,14 @@ def ulip2_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     return ulip2_checkpoint(tmp_path_factory.mktemp("ulip2"))
 
 
-def _uni3d(path: Path, clip: Path):
-    return EXPERTS.create("uni3d_tiny", checkpoint=str(path), clip_checkpoint=str(clip), clip_model=CLIP, config=UNI3D_TINY)
+def _uni3d(path: Path, clip: Path, **kwargs: Any):
+    return EXPERTS.create("uni3d_tiny", checkpoint=str(path), clip_checkpoint=str(clip), clip_model=CLIP,
+                          config=UNI3D_TINY, **kwargs)
 
 
-def _ulip2(path: Path, clip: Path):
+def _ulip2(path: Path, clip: Path, **kwargs: Any):
     return EXPERTS.create("ulip2_pointbert", checkpoint=str(path), clip_checkpoint=str(clip), clip_model=CLIP,
-                          config=ULIP2_TINY)
+                          config=ULIP2_TINY, **kwargs)
 
 
 # First three numbers of the first cloud's unit embedding, printed once from these tiny seeded
@@ -167,3 +169,64 @@ def test_registered_variants() -> None:
                                                 encoder_dim=256, npoints=10_000)
     assert Uni3DConfig(trunk="t") == Uni3DConfig(trunk="t", embed_dim=1024, encoder_dim=512, num_group=512,
                                                  group_size=64, npoints=10_000)  # scripts/inference.sh
+
+
+LONG_TEXT = " ".join(["a wooden chair with four legs and a red cushion"] * 10)  # 100 BPE tokens
+
+
+@pytest.mark.parametrize("family", ["uni3d", "ulip2"])
+def test_long_texts_keep_end_of_text_when_cut(family: str, uni3d_file, ulip2_file, clip_checkpoint: Path) -> None:
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    path, _ = uni3d_file if family == "uni3d" else ulip2_file
+    expert = (_uni3d if family == "uni3d" else _ulip2)(path, clip_checkpoint)
+    assert "truncation" not in expert.spec.kwargs
+    net = open_clip.create_model(CLIP, pretrained=str(clip_checkpoint)).eval()
+    bpe = SimpleTokenizer()
+    ids = [bpe.sot_token_id, *bpe.encode(LONG_TEXT), bpe.eot_token_id]
+    assert len(ids) > 77
+    forced = torch.tensor([ids[:76] + [bpe.eot_token_id]])  # open_clip's tokenize (and EVA-CLIP's, as OmniBind uses)
+    cut = torch.tensor([ids[:77]])  # Uni3D / ULIP utils/tokenizer.py: cut, no end-of-text
+    got = expert.encode("text", [LONG_TEXT])
+    with torch.no_grad():
+        want, official = (torch.nn.functional.normalize(net.encode_text(t), dim=-1) for t in (forced, cut))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert float((got * official).sum()) < 0.9999  # the argmax pooling reads another token without end-of-text
+
+
+@pytest.mark.parametrize("family", ["uni3d", "ulip2"])
+def test_official_truncation_cuts_without_end_of_text(family: str, uni3d_file, ulip2_file, clip_checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from spacebind.errors import InputError
+    from spacebind.experts.open_clip_family import _tokenizer
+
+    path, _ = uni3d_file if family == "uni3d" else ulip2_file
+    build = _uni3d if family == "uni3d" else _ulip2
+    expert = build(path, clip_checkpoint, truncation="official")
+    assert expert.spec.kwargs["truncation"] == "official"
+    bpe = SimpleTokenizer()
+    ids = [bpe.sot_token_id, *bpe.encode(LONG_TEXT), bpe.eot_token_id]
+    assert len(ids) == 102
+    official_ids = _tokenizer(CLIP, None, "official")([LONG_TEXT])
+    assert official_ids.tolist() == [ids[:77]] and bpe.eot_token_id not in official_ids.tolist()[0]
+    net = open_clip.create_model(CLIP, pretrained=str(clip_checkpoint)).eval()
+    got = expert.encode("text", [LONG_TEXT])
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(net.encode_text(official_ids), dim=-1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    default = build(path, clip_checkpoint)
+    assert float((got * default.encode("text", [LONG_TEXT])).sum()) < 0.9999
+    rebuilt = EXPERTS.create(expert.spec.source, **expert.spec.kwargs)  # what an export reproduces
+    torch.testing.assert_close(rebuilt.encode("text", [LONG_TEXT]), got, rtol=0, atol=0)
+
+    short = ["a point cloud model of a chair.", "an airplane"]
+    assert _tokenizer(CLIP, None, "official")(short).tolist() == _tokenizer(CLIP, None, "eot")(short).tolist()
+    torch.testing.assert_close(expert.encode("text", short), default.encode("text", short), rtol=0, atol=0)
+    with pytest.raises(InputError, match="truncation 'cut'; expected 'eot' or 'official'"):
+        build(tmp_path / "absent.pt", clip_checkpoint, truncation="cut")  # refused before any file is read
+    with pytest.raises(InputError, match="needs the CLIP BPE tokenizer"):
+        _tokenizer("ViT-SO400M-14-SigLIP-384", None, "official")

@@ -35,7 +35,8 @@ def fused_run(small_world, tmp_path_factory):
 def test_export_holds_everything(fused_run) -> None:
     result, _ = fused_run
     names = sorted(p.name for p in result.out.iterdir())
-    assert names == ["README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml"]
+    assert names == ["README.md", "config.json", "history.json", "history.png", "metrics.json", "model.safetensors",
+                     "recipe.yaml"]
     records = json.loads((result.out / "metrics.json").read_text())
     assert {r["role"] for r in records} == {"base", "expert", "fused"}
     assert {r["model"] for r in records} == {"unified", "image_text", "audio_text", "demo"}

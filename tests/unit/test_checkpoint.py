@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,102 @@ def test_a_bond_on_a_routed_space_saves_and_loads(tmp_path: Path) -> None:
     assert loaded.formula() == space.formula()
     for modality, inputs in [("text", TEXTS), ("image", [torch.rand(8, 8, 3).numpy()]), ("point", [torch.rand(20, 3).numpy()])]:
         torch.testing.assert_close(loaded.encode(modality, inputs), space.encode(modality, inputs), rtol=0, atol=0)
+
+
+def small_space(seed: int) -> BoundSpace:
+    u, e = multi_expert("U", 8, ("text",), 0), multi_expert("E", 6, ("text",), 1)
+    torch.manual_seed(seed)
+    return BoundSpace(u, [e], "combination", {"E": MLPProjector(6, 8, hidden=16).eval()}, lambdas={"text": 0.3})
+
+
+def record(model: str) -> dict:
+    return {"model": model, "role": "fused", "dataset": "toy", "task": "retrieval", "modalities": ["image", "text"],
+            "metrics": {"text_retrieval_recall@1": 0.5}}
+
+
+def export_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("crash", ["after_weights", "before_swap", "between_renames"])
+def test_an_interrupted_export_leaves_the_old_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str) -> None:
+    from spacebind import checkpoint
+    from spacebind.io import files
+
+    old_space, new_space = small_space(0), small_space(1)
+    out = old_space.save(tmp_path / "ckpt", recipe_text="name: old\n", metrics=[record("old")])
+    before = export_files(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    if crash == "after_weights":  # model.safetensors written, config not yet
+        monkeypatch.setattr(checkpoint, "write_json", killed)
+    elif crash == "before_swap":
+        monkeypatch.setattr(checkpoint, "replace_dir", killed)
+    else:  # no atomic exchange: old renamed aside, then the new one's rename fails
+        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+        real, calls = os.replace, []
+
+        def second_fails(src, dst):
+            calls.append(src)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
+            real(src, dst)
+
+        monkeypatch.setattr(files.os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        new_space.save(out, recipe_text="name: new\n", metrics=[record("new")])
+    monkeypatch.undo()
+    # an exception cleans up; a kill before the swap (simulated here) leaves the hidden staging directory
+    assert [p.name.startswith(".ckpt.new-") for p in tmp_path.iterdir() if p.name != "ckpt"] == \
+        ([True] if crash == "before_swap" else [])
+    assert export_files(out) == before
+    loaded = spacebind.load(out, experts={e.name: e for e in old_space.leaves()})
+    torch.testing.assert_close(loaded.encode("text", TEXTS), old_space.encode("text", TEXTS), rtol=0, atol=0)
+    new_space.save(out)  # and the next export replaces it whole
+    loaded = spacebind.load(out, experts={e.name: e for e in new_space.leaves()})
+    torch.testing.assert_close(loaded.encode("text", TEXTS), new_space.encode("text", TEXTS), rtol=0, atol=0)
+    assert sorted(export_files(out)) == ["README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml"]
+    assert (out / "recipe.yaml").read_text() == "name: old\n"  # not written by this export: kept, unchecked
+
+
+@pytest.mark.parametrize("name", ["README.md", "metrics.json", "recipe.yaml"])
+def test_files_from_another_export_are_refused(tmp_path: Path, name: str) -> None:
+    a = small_space(0).save(tmp_path / "a", recipe_text="name: a\n", metrics=[record("a")])
+    b = small_space(1).save(tmp_path / "b", recipe_text="name: b\n", metrics=[record("b")])
+    (a / name).write_bytes((b / name).read_bytes())
+    with pytest.raises(CheckpointError, match=f"{a / name} does not belong with {a / 'config.json'}"):
+        spacebind.load(a, experts={e.name: e for e in small_space(0).leaves()})
+    assert set(json.loads((b / "config.json").read_text())["files_sha256"]) == {"README.md", "metrics.json", "recipe.yaml"}
+
+
+def test_a_full_disk_is_one_named_error_and_the_old_export_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import SafetensorError
+
+    from spacebind.errors import StorageError
+    from spacebind.io import files
+
+    out = small_space(0).save(tmp_path / "ckpt")
+    before = export_files(out)
+    for error in [OSError(28, "No space left on device"), SafetensorError("I/O error: No space left on device")]:
+        def full(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(files, "save_file", full)
+        with pytest.raises(StorageError, match=f"^{out / 'model.safetensors'}: cannot write: .*No space left on device") as info:
+            small_space(1).save(out)
+        assert "\n" not in str(info.value)
+        assert export_files(out) == before and no_leftovers(tmp_path)
+
+
+def test_exporting_into_a_directory_that_is_not_an_export_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not empty and not a fused checkpoint"):
+        small_space(0).save(tmp_path / "mine")
+    assert export_files(tmp_path / "mine") == {"notes.txt": b"keep me"}

@@ -102,3 +102,141 @@ def test_encode_expands_a_directory_of_files(tmp_path: Path) -> None:
     result = runner.invoke(app, ["encode", "toy_experts:logged_expert", "image", str(images), "--out", str(tmp_path / "e.npy")])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "e.npy").shape == (2, 8)
+
+
+TINY_RECIPE = """name: tiny
+data:
+  world: {seed: 1, train: 24, val: 8, test: 8, num_concepts: 4}
+experts:
+  u: {import: 'toy_experts:multi_expert', kwargs: {name: U, dim: 6, modalities: [text, image], seed: 0}}
+  e: {import: 'toy_experts:multi_expert', kwargs: {name: E, dim: 4, modalities: [text, image], seed: 1}}
+base: u
+bonds: [{type: combination, expert: e, mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false}]
+train: {epochs: 3, batch_size: 8, hidden: 16}
+evaluate: {split: test, ks: [1]}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_fuse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A tiny fuse through the CLI with progress on and stderr not a terminal: (export, stderr)."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(TINY_RECIPE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPACEBIND_PROGRESS", "1")
+        result = CliRunner().invoke(app, ["fuse", str(root / "tiny.yaml"), "--out", str(root / "out"), "--work", str(root / "work")])
+    assert result.exit_code == 0, result.output
+    return root / "out", result.stderr
+
+
+def test_fuse_log_is_plain_lines_with_stage_durations(tiny_fuse: tuple[Path, str]) -> None:
+    _, log = tiny_fuse
+    lines = log.splitlines()
+    assert lines and all(line.strip() for line in lines), log  # no blank lines, no bars
+    assert all(line.startswith("spacebind: ") for line in lines) and "\x1b" not in log
+    for name in ["data", "expert 'u' (toy_experts:multi_expert)", "embedding caches", "bond 0: combination with e",
+                 "evaluating on the test split"]:
+        assert any(line.startswith(f"spacebind: {name}: done in ") for line in lines), name
+    assert any(line.startswith("spacebind: training ") and ": done, " in line for line in lines)  # projector training
+
+
+def test_fuse_export_holds_training_history(tiny_fuse: tuple[Path, str]) -> None:
+    import json
+
+    out, _ = tiny_fuse
+    history = json.loads((out / "history.json").read_text())
+    assert sorted(history) == ["bond0/e/member0", "bond0/e/member1"]
+    assert all(len(rows) == 3 and {"epoch", "loss", "val_recall@1"} <= set(rows[0]) for rows in history.values())
+    assert (out / "history.png").read_bytes().startswith(b"\x89PNG")
+    assert "](history.png)" in (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert {"history.json", "history.png"} <= set(config["files_sha256"])
+    from spacebind.interop.hub import EXPORT_FILES
+
+    assert {"history.json", "history.png"} <= set(EXPORT_FILES)
+
+
+def test_fuse_quiet_and_dry_run_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    monkeypatch.setenv("SPACEBIND_PROGRESS", "1")
+    args = ["fuse", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    result = runner.invoke(app, [*args, "--dry-run", "--seed", "3", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "train: audio 24, image 24, point 24, text 24" in result.stdout and "bond0/e: 2 projector(s)" in result.stdout
+    assert result.stderr == ""
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+    both = runner.invoke(app, [*args, "--quiet", "--verbose"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_progress_lines_when_not_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from spacebind.io import progress
+
+    monkeypatch.setenv("SPACEBIND_PROGRESS", "1")
+    with progress.verbosity(progress.VERBOSE):
+        assert sum(1 for _ in progress.track(range(20), "counting")) == 20
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "spacebind: counting: 20 items" and len(lines) == 12  # start, each 10 %, done
+    assert lines[1].startswith("spacebind: counting: 2/20 (10 %), ") and "ETA" in lines[1]
+    assert lines[-1].startswith("spacebind: counting: done, 20 items in ")
+    with progress.verbosity(progress.QUIET):
+        list(progress.track(range(3), "silent"))
+        progress.note("silent")
+    assert capsys.readouterr().err == ""
+    assert progress.duration(125) == "2 min 05 s" and progress.duration(3.21) == "3.2 s"
+
+
+def test_every_bad_lambda_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_RECIPE.replace("lambdas: {text: 0.5, image: 0.5}", "lambdas: {text: 1.5, image: -1, smell: 0.2}"))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    for part in ["unknown modality 'smell'", "lambda for 'text' is 1.5", "lambda for 'image' is -1"]:
+        assert part in result.output, part
+
+
+def test_validate_check_files_reports_every_missing_file(tmp_path: Path) -> None:
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [{"id": f"i{k}", "split": "train", "image": f"{k}.png", "text": "t"} for k in range(3)]
+    (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    (data / "1.png").write_bytes(b"")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_RECIPE.replace("world: {seed: 1, train: 24, val: 8, test: 8, num_concepts: 4}", "path: data"))
+    assert runner.invoke(app, ["validate", str(recipe)]).exit_code == 0
+    result = runner.invoke(app, ["validate", str(recipe), "--check-files"])
+    assert result.exit_code == 2 and "2 file(s) that are not there" in result.output
+    assert "item 'i0' image: no file" in result.output and "item 'i2' image: no file" in result.output
+
+
+def test_json_output_is_only_json(tiny_fuse: tuple[Path, str], tmp_path: Path) -> None:
+    import json
+
+    listed = runner.invoke(app, ["experts", "world_*", "--json"])
+    assert listed.exit_code == 0 and {"world_unified", "world_audio_text"} <= {e["name"] for e in json.loads(listed.stdout)}
+    out, _ = tiny_fuse
+    info = runner.invoke(app, ["info", str(out), "--json", "--trust-remote-code"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["name"] == "tiny"
+    data = next((out.parent / "work" / "data").iterdir())
+    ev = runner.invoke(app, ["eval", str(out), str(data), "--json", "--trust-remote-code", "--cache-dir", str(tmp_path / "c")])
+    assert ev.exit_code == 0, ev.output
+    assert {r["task"] for r in json.loads(ev.stdout)} >= {"retrieval"}
+
+
+@pytest.mark.parametrize("args", [
+    ["embed", "toy_experts:text_expert", "DATA", "--out", "OUT", "--shard-size", "0"],
+    ["embed", "toy_experts:text_expert", "DATA", "--out", "OUT", "--shard-size", "-5"],
+    ["embed", "toy_experts:text_expert", "DATA", "--out", "OUT", "--batch-size", "0"],
+    ["embed", "toy_experts:text_expert", "DATA", "--out", "OUT", "--workers", "-1"],
+    ["mine", "CACHE", "--seed", "text", "--target", "image", "--out", "OUT", "--k", "0"],
+    ["mine", "CACHE", "--seed", "text", "--target", "image", "--out", "OUT", "--chunk-size", "-1"],
+    ["index", "CKPT", "DATA", "--out", "OUT", "--nlist", "0"],
+    ["search", "CKPT", "INDEX", "--text", "a kettle", "--k", "0"],
+])
+def test_embed_and_retrieval_numeric_options_are_range_checked(args: list[str], tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(tmp_path / a) if a.isupper() else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert "greater than or equal to" in " ".join(result.output.split()) and not (tmp_path / "OUT").exists()

@@ -16,9 +16,12 @@ DOCUMENTED = [
     ("spacebind.search", "compose_query"), ("spacebind.search", "load_index"), ("spacebind.unibind", "UniBind"),
     ("spacebind.inputs", "load_inputs"), ("spacebind.events", "Events"), ("spacebind.bonds.bound", "BoundSpace"),
     ("spacebind.training", "TrainConfig"), ("spacebind.bonds", "BONDS"), ("spacebind.bonds", "HEADS"),
+    ("spacebind.interop.hub", "push_directory"), ("spacebind.interop.hub", "checkpoint_directory"),
+    ("spacebind.interop.adapters", "OpenCLIPModel"), ("spacebind.interop.adapters", "SentenceEncoder"),
+    ("spacebind.interop.adapters", "load_clip_benchmark"),
 ]
 LOWER_ROOMS = ["spacebind/io", "spacebind/cache", "spacebind/training", "spacebind/retrieval", "spacebind/evaluation",
-               "experts", "bonds"]
+               "spacebind/interop", "experts", "bonds"]
 PIPELINE = {"spacebind.cli", "spacebind.fuse", "spacebind.recipe"}
 
 

@@ -219,23 +219,6 @@ def test_recipe_that_is_not_utf8_is_a_named_error(tmp_path: Path) -> None:
         load_recipe(path)
 
 
-@pytest.mark.parametrize("option, value, expected", [
-    ("--shard-size", "0", "--shard-size must be at least 1, got 0"),
-    ("--shard-size", "-5", "--shard-size must be at least 1, got -5"),
-    ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
-    ("--workers", "-1", "--workers must be at least 0, got -1"),
-])
-def test_embed_rejects_bad_sizes_in_one_line(tmp_path: Path, option: str, value: str, expected: str) -> None:
-    from typer.testing import CliRunner
-
-    from spacebind.cli import app
-
-    result = CliRunner().invoke(app, ["embed", "world_unified", str(tmp_path), "--out", str(tmp_path / "c"), option, value])
-    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "c").exists()
-
-
 def test_mutated_demo_recipe_raises_only_recipe_errors() -> None:
     _mutation_property()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from memory_cache import MemoryCache
 
 from spacebind import Dataset, Space
 from spacebind.bonds.bind import BoundSpace
@@ -20,19 +21,6 @@ from spacebind.evaluation.sweep import sweep
 from spacebind.io.datasets import ClassInfo, Item
 
 CLASSES = [f"c{k}" for k in range(6)]
-
-
-class MemoryCache:
-    """Stands in for an expert's embedding cache: vectors by modality and item id."""
-
-    def __init__(self, table: dict[str, dict[str, torch.Tensor]]) -> None:
-        self.table = table
-
-    def ids(self, modality: str) -> list[str]:
-        return list(self.table.get(modality, {}))
-
-    def embeddings(self, modality: str, ids: list[str]) -> torch.Tensor:
-        return torch.stack([self.table[modality][i] for i in ids])
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -164,3 +152,13 @@ def test_sweep_figure_shares_one_scale_and_marks_current_and_best(tmp_path: Path
     assert sum(len(ax.lines) for ax in panels) == 4  # current (□) and best (★) on each panel
     assert "val split" in fig._suptitle.get_text()
     assert plot_sweep(result, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_title_names_split_and_item_count() -> None:
+    from spacebind.evaluation.sweep import SweepResult, sweep_figure
+
+    points = [{"text": 0.0}, {"text": 1.0}]
+    result = SweepResult(["text"], [0.0, 1.0], points, {"text→image R@1": [0.1, 0.2]}, {"text→image R@1": 0.1},
+                         {"text→image R@1": {"text": 1.0}}, split="val", current={"text": 0.0}, n_items=300)
+    assert "val split, n = 300 items" in sweep_figure(result)._suptitle.get_text()
+    assert result.to_json()["n_items"] == 300

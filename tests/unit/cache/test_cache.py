@@ -73,7 +73,8 @@ def test_interrupted_embed_resumes_without_recomputing(tmp_path: Path) -> None:
     shard = tmp_path / "cache" / "text" / "shard-00001.safetensors"
     shard.write_bytes(b"damaged")
     repair = Counting(fn)
-    embed_dataset(expert_with({"text": repair}), data, tmp_path / "cache", shard_size=5, progress=False)
+    with pytest.warns(UserWarning, match="shard-00001.safetensors: unreadable shard.*recomputing it"):
+        embed_dataset(expert_with({"text": repair}), data, tmp_path / "cache", shard_size=5, progress=False)
     assert repair.items == 5
     full = EmbeddingCache.open(tmp_path / "cache").embeddings("text")
     torch.testing.assert_close(full, multi_expert("toy", 8, ("text",), 0).encode("text", [it.fields["text"] for it in data.items]), atol=2e-3, rtol=0)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from PIL import Image
 
@@ -96,3 +97,70 @@ def test_heldout_synonyms_never_appear_in_captions(tmp_path: Path) -> None:
     root = generate_world(tmp_path / "w", seed=0, sizes={"test": 4}, progress=False)
     listed = json.loads((root / "classes.json").read_text())["classes"]
     assert all(set(c["heldout_synonyms"]) <= set(c["synonyms"]) for c in listed)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_generate_leaves_the_old_world_whole(tmp_path: Path, monkeypatch) -> None:
+    from spacebind.world import generate
+
+    world = generate_world(tmp_path / "w", seed=1, sizes={"train": 6, "test": 4}, progress=False)
+    before = tree(world)
+    real, calls = generate.render_caption, []
+
+    def killed_midway(inst):
+        calls.append(inst)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        return real(inst)
+
+    monkeypatch.setattr(generate, "render_caption", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        generate_world(tmp_path / "w", seed=2, sizes={"train": 6, "test": 4}, progress=False)
+    monkeypatch.undo()
+    assert tree(world) == before and sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    generate_world(tmp_path / "w", seed=2, sizes={"train": 6, "test": 4}, progress=False)
+    fresh = generate_world(tmp_path / "fresh", seed=2, sizes={"train": 6, "test": 4}, progress=False)
+    assert tree(world) == tree(fresh)  # replaced whole: no file of the old world is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "w"]
+
+
+def test_generating_into_a_directory_that_is_not_a_world_is_refused(tmp_path: Path) -> None:
+    from spacebind.errors import InputError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="mine is not empty and not a generated world"):
+        generate_world(tmp_path / "mine", seed=0, sizes={"test": 2}, progress=False)
+    assert tree(tmp_path / "mine") == {"notes.txt": b"keep me"}
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from typer.testing import CliRunner
+
+    from spacebind.cli import app
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = CliRunner().invoke(app, ["world", "generate", str(tmp_path / "w"), "--train", "2", "--val", "0", "--test", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "train-000000.wav: cannot write: No space left on device (errno 28)" in " ".join(result.output.split())
+    assert not (tmp_path / "w").exists() and not [p for p in tmp_path.iterdir() if p.name != "w"]
+
+
+def test_unpaired_world_has_unimodal_train_pools_and_paired_evaluation(tmp_path: Path) -> None:
+    root = generate_world(tmp_path / "pools", seed=3, sizes=SIZES, progress=False, unpaired=True)
+    dataset = Dataset.load(root)
+    modalities = ("image", "audio", "point", "text")
+    train = dataset.select("train")
+    assert all(sum(m in it.fields for m in modalities) == 1 for it in train)
+    assert {m: sum(m in it.fields for it in train) for m in modalities} == {m: 3 for m in modalities}
+    assert all(all(m in it.fields for m in modalities) for it in dataset.select("test"))
+    paired = Dataset.load(generate_world(tmp_path / "paired", seed=3, sizes=SIZES, progress=False))
+    assert [it.fields["text"] for it in paired.select("test")] == [it.fields["text"] for it in dataset.select("test")]

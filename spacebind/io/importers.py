@@ -1,0 +1,564 @@
+"""Importers: common dataset layouts → a spacebind dataset directory (`manifest.jsonl` + `classes.json`).
+
+Each format is one small generator in the `FORMATS` registry; it yields a `Row` per item (ids
+derived from the source path or key) or a `Bad` naming the line, member or entry it skipped.
+`import_data` checks the rows (files exist, captions not empty, ids unique), assigns splits and
+writes the dataset. Media stay where they are (manifest paths relative to the dataset directory,
+which `Dataset.load` accepts, `..` included) unless `copy=True`; tar members, in-table bytes and
+`.off` meshes are always written under `OUT/media/` because they have no readable file of their own.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from spacebind.errors import InputError
+from spacebind.extras import require
+from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS
+from spacebind.io.files import write_json, write_text
+from spacebind.modalities import MODALITIES
+from spacebind.registry import Registry
+
+MEDIA = "media"
+EXTENSIONS: dict[str, str] = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"), "image"),
+    **dict.fromkeys((".wav", ".flac", ".mp3", ".ogg"), "audio"),
+    **dict.fromkeys((".npy", ".ply", ".xyz", ".off"), "point"),
+    ".txt": "text",
+}
+SPLIT_NAMES = {"train": "train", "training": "train", "restval": "train", "val": "val", "valid": "val",
+               "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+TEXT_COLUMNS = ("caption", "text")
+
+
+@dataclass
+class Row:
+    """One item found in the source: `fields` maps modality → absolute path or text."""
+
+    id: str
+    where: str
+    fields: dict[str, str]
+    split: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A skipped line, member or entry, and why."""
+
+    where: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every format may use: the dataset's media folder (for extracted files) and a modality override."""
+
+    media: Path
+    modality: str | None = None
+
+
+@dataclass
+class ImportReport:
+    """What an import added: item counts per modality and split, and every skipped row."""
+
+    out: Path
+    added: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: list[Bad] = field(default_factory=list)
+
+
+FORMATS: Registry[Iterator[Row | Bad]] = Registry("import format")
+"""Every import format by name: `folder`, `points`, `csv`, `coco`, `webdataset`, `hf`."""
+
+
+def split_of(name: str | None) -> str | None:
+    """The spacebind split a source's split name stands for (`validation` → `val`), or None."""
+    return SPLIT_NAMES.get(str(name).strip().lower()) if name is not None else None
+
+
+def _modality(path: str, ctx: Context) -> str | None:
+    return ctx.modality or EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def _off_vertices(path: Path) -> np.ndarray:
+    """The vertices of an OFF mesh (`OFF` header, counts, then x y z lines; ModelNet's `OFF123 …` too)."""
+    tokens = path.read_text(encoding="ascii", errors="strict").split()
+    if not tokens or not tokens[0].startswith("OFF"):
+        raise ValueError("no OFF header")
+    rest = ([tokens[0][3:]] if len(tokens[0]) > 3 else []) + tokens[1:]
+    n = int(rest[0])
+    pts = np.asarray(rest[3:3 + 3 * n], dtype=np.float32).reshape(n, 3)
+    if n == 0 or not np.isfinite(pts).all():
+        raise ValueError(f"{n} vertices or non-finite values")
+    return pts
+
+
+def _media_fields(key: str, files: dict[str, Path], ctx: Context) -> dict[str, str]:
+    """Modality → path or caption for one item's files; `.off` converted to `.npy`, `.txt` read."""
+    out = {}
+    for m, p in files.items():
+        if m == "text" and not ctx.modality:
+            out[m] = p.read_text(encoding="utf-8").strip()
+        elif p.suffix.lower() == ".off":
+            target = ctx.media / "point" / f"{key}.npy"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, _off_vertices(p))
+            out[m] = str(target)
+        else:
+            out[m] = str(p)
+    return out
+
+
+@FORMATS.register("folder", description="class-per-folder tree: root/[split/]<class>/<file>, modality by extension")
+def import_folder(source: Path, ctx: Context, *, only: tuple[str, ...] = ()) -> Iterator[Row | Bad]:
+    """Files under `source`; files sharing a path stem form one item. The first directory that
+    is not a split name is the label; a directory named train/val/test (or validation…) sets the split."""
+    if not source.is_dir():
+        raise InputError(f"{source}: the folder format needs a directory")
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = path.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        m = _modality(path.name, ctx)
+        if m is None or (only and m not in only):
+            yield Bad(str(rel), f"not a {' or '.join(only) or 'known media'} file (extensions: "
+                                f"{', '.join(e for e, k in EXTENSIONS.items() if not only or k in only)})")
+            continue
+        key = rel.with_suffix("").as_posix()
+        if m in groups.setdefault(key, {}):
+            yield Bad(str(rel), f"a second {m} file for item {key!r} ({groups[key][m].name} kept)")
+            continue
+        groups[key][m] = path
+    for key, files in groups.items():
+        dirs = Path(key).parts[:-1]
+        split = next((split_of(d) for d in dirs if split_of(d)), None)
+        label = next((d for d in dirs if not split_of(d)), None)
+        try:
+            fields = _media_fields(key, files, ctx)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            yield Bad(", ".join(str(p.relative_to(source)) for p in files.values()), f"unreadable ({exc})")
+            continue
+        yield Row(key, str(next(iter(files.values())).relative_to(source)), fields, split, label)
+
+
+@FORMATS.register("points", description="point-cloud folder (.npy/.ply/.xyz/.off), laid out like `folder`")
+def import_points(source: Path, ctx: Context) -> Iterator[Row | Bad]:
+    """A folder of point clouds (ModelNet's root/<class>/<split>/x.off too); `.off` vertices become `.npy`."""
+    return import_folder(source, ctx, only=("point",))
+
+
+def _column(header: list[str], name: str | None, defaults: tuple[str, ...], what: str, where: str) -> str | None:
+    """The column `name` (an error if absent), or the first of `defaults` present (None if none)."""
+    if name is not None:
+        if name not in header:
+            raise InputError(f"{where}: no {what} column {name!r}; columns are {', '.join(header)}")
+        return name
+    return next((c for c in defaults if c in header), None)
+
+
+@FORMATS.register("csv", description="CSV/TSV with path and caption columns (AudioCaps, Clotho)")
+def import_csv(source: Path, ctx: Context, *, path_column: str | None = None, text_column: str | None = None,
+               label_column: str | None = None, split_column: str | None = None, id_column: str | None = None,
+               media_root: Path | None = None, delimiter: str | None = None) -> Iterator[Row | Bad]:
+    """Rows of a CSV (`,`) or TSV (`.tsv`: tab) file with a header. Paths are relative to
+    `media_root` (default: the file's folder), modality by extension. Without `path_column` the
+    column `path` is used if present, without `text_column` `caption` or `text`; ids are the
+    `id_column`, else the path without extension, else `<file stem>-<line>`."""
+    root = Path(media_root) if media_root is not None else source.parent
+    sep = delimiter or ("\t" if source.suffix.lower() in (".tsv", ".tab") else ",")
+    with source.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{source}: empty file; expected a header line naming the columns")
+        pc = _column(header, path_column, ("path",), "path", str(source))
+        tc = _column(header, text_column, TEXT_COLUMNS, "text", str(source))
+        if pc is None and tc is None:
+            raise InputError(f"{source}: no path or text column (give path_column / text_column); columns are {', '.join(header)}")
+        lc, sc, ic = (_column(header, c, (), what, str(source)) for c, what in
+                      ((label_column, "label"), (split_column, "split"), (id_column, "id")))
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as exc:
+                yield Bad(f"{source.name}:{reader.line_num + 1}", f"unreadable row ({exc}); the rest of the file is skipped")
+                return
+            where = f"{source.name}:{reader.line_num}"
+            if not values:
+                continue  # a blank line
+            if len(values) != len(header):
+                yield Bad(where, f"{len(values)} fields; the header has {len(header)}")
+                continue
+            row = dict(zip(header, values))
+            fields = {}
+            if pc is not None:
+                path = row[pc].strip()
+                m = _modality(path, ctx)
+                if m is None:
+                    yield Bad(where, f"cannot tell the modality of {path!r} from its extension")
+                    continue
+                fields[m] = str(root / path)
+            if tc is not None:
+                fields["text"] = row[tc]
+            item_id = row[ic] if ic else Path(row[pc].strip()).with_suffix("").as_posix() if pc else f"{source.stem}-{reader.line_num}"
+            raw_split = row[sc] if sc else None
+            if raw_split is not None and split_of(raw_split) is None:
+                yield Bad(where, f"split {raw_split!r} is not train, val or test")
+                continue
+            yield Row(item_id, where, fields, split_of(raw_split), row[lc] if lc else None)
+
+
+@FORMATS.register("coco", description="COCO caption JSON: images + annotations (image_id, caption)")
+def import_coco(source: Path, ctx: Context, *, media_root: Path | None = None, captions: str = "first") -> Iterator[Row | Bad]:
+    """Images of a COCO caption file, paths relative to `media_root` (default: the file's folder).
+    `captions="first"`: one item per image with its first caption (in annotation order);
+    `"each"`: one item per caption, ids `<image>#<annotation id>`. An image's `split` field
+    (Karpathy style, `restval` → train) sets its split."""
+    if captions not in ("first", "each"):
+        raise InputError(f"captions={captions!r}: expected 'first' or 'each'")
+    root = Path(media_root) if media_root is not None else source.parent
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        images, annotations = data["images"], data["annotations"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{source}: not a COCO caption file with 'images' and 'annotations' ({exc})") from None
+    by_image: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
+    known = {img.get("id") for img in images if isinstance(img, dict)}
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or ann.get("image_id") not in known:
+            yield Bad(f"annotations[{i}]", "no image_id of a listed image")
+            continue
+        by_image.setdefault(ann["image_id"], []).append((i, ann))
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+            yield Bad(f"images[{i}]", "no file_name")
+            continue
+        anns = by_image.get(img.get("id"), [])
+        if not anns:
+            yield Bad(f"images[{i}] ({img['file_name']})", "no caption")
+            continue
+        path = root / img.get("filepath", "") / img["file_name"]
+        stem = Path(img["file_name"]).with_suffix("").as_posix()
+        for j, ann in anns[:1] if captions == "first" else anns:
+            text = ann.get("caption")
+            yield Row(stem if captions == "first" else f"{stem}#{ann.get('id', j)}", f"annotations[{j}]",
+                      {"image": str(path), "text": text if isinstance(text, str) else ""}, split_of(img.get("split")))
+
+
+def _tar_caption(name: str, data: bytes) -> str:
+    text = data.decode("utf-8")
+    if name.endswith(".json"):
+        rec = json.loads(text)
+        value = next((rec[k] for k in TEXT_COLUMNS if isinstance(rec, dict) and k in rec), None)
+        value = value[0] if isinstance(value, list) and value else value
+        if not isinstance(value, str):
+            raise ValueError("no 'caption' or 'text' string")
+        return value
+    return text.strip()
+
+
+TAR_MODALITIES = {**{e: m for e, m in EXTENSIONS.items() if m != "text" and e not in (".off", ".xyz")},
+                  ".txt": "text", ".json": "text"}
+
+
+@FORMATS.register("webdataset", description="WebDataset tar shards: members grouped by key, modality by extension")
+def import_webdataset(source: Path, ctx: Context) -> Iterator[Row | Bad]:
+    """Samples of one `.tar` shard or a folder of them; media extracted to `media/<shard>/`.
+    `.txt` or `.json` (`caption`/`text`) is the caption, `.cls` the label; a shard or folder
+    named train/val/test (`train-000.tar`) sets the split. A sample with an unreadable member is skipped."""
+    shards = sorted(source.rglob("*.tar")) if source.is_dir() else [source]
+    if not shards:
+        raise InputError(f"{source}: no .tar shards")
+    for shard in shards:
+        rel = shard.relative_to(source) if source.is_dir() else Path(shard.name)
+        split = next((split_of(p) for p in [*rel.parts[:-1], re.split(r"[-_.]", shard.stem)[0]] if split_of(p)), None)
+        samples: dict[str, dict[str, Any]] = {}
+        bad: dict[str, Bad] = {}
+        try:
+            with tarfile.open(shard, "r:*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = member.name
+                    where = f"{shard.name}:{name}"
+                    base = name.rsplit("/", 1)[-1]
+                    key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                    ext = Path(base).suffix.lower()
+                    sample = samples.setdefault(key, {})
+                    if name.startswith("/") or ".." in Path(name).parts:
+                        bad.setdefault(key, Bad(where, "unsafe member name"))
+                        continue
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    if ext == ".cls":
+                        sample["label"] = data.decode("utf-8", "replace").strip()
+                        continue
+                    m = TAR_MODALITIES.get(ext)
+                    if m is None:
+                        continue  # other members (e.g. __key__, metadata) carry no modality
+                    if m == "text":
+                        try:
+                            sample["text"] = _tar_caption(name, data)
+                        except (UnicodeDecodeError, ValueError) as exc:
+                            bad.setdefault(key, Bad(where, f"unreadable caption ({exc})"))
+                        continue
+                    target = ctx.media / rel.with_suffix("") / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                    sample[m] = str(target)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            yield Bad(shard.name, f"unreadable tar ({exc}); samples read before the error are kept")
+        for key, sample in samples.items():
+            if key in bad:
+                yield bad[key]
+                continue
+            label = sample.pop("label", None)
+            item_id = f"{rel.with_suffix('').as_posix()}/{key}"
+            yield Row(item_id, f"{shard.name}:{key}", sample, split, label)
+
+
+def _arrow_tables(source: Path) -> Iterator[tuple[str, str | None, Iterator[dict[str, Any]]]]:
+    """(file stem, split from its name or folder, rows read batch by batch) of each parquet or
+    `save_to_disk` arrow file."""
+    ipc = require("pyarrow.ipc", "hf", "the hf import format (parquet and `save_to_disk` arrow files)")
+    pq = require("pyarrow.parquet", "hf", "the hf import format (parquet and `save_to_disk` arrow files)")
+    files = sorted(p for p in source.rglob("*") if p.suffix in (".parquet", ".arrow")) if source.is_dir() else [source]
+    if not files:
+        raise InputError(f"{source}: no .parquet or .arrow files")
+    for f in files:
+        rel = f.relative_to(source) if source.is_dir() else Path(f.name)
+        split = next((split_of(p) for p in [*rel.parts[:-1], re.split(r"[-_.]", f.stem)[0]] if split_of(p)), None)
+        yield rel.with_suffix("").as_posix(), split, _arrow_rows(f, pq, ipc)
+
+
+def _arrow_rows(f: Path, pq: Any, ipc: Any) -> Iterator[dict[str, Any]]:
+    try:
+        batches = pq.ParquetFile(f).iter_batches(batch_size=256) if f.suffix == ".parquet" else ipc.open_stream(f)
+        for batch in batches:
+            yield from batch.to_pylist()
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family
+        raise InputError(f"{f}: not a readable {f.suffix[1:]} file ({exc})") from None
+
+
+def _hf_media(value: Any, modality: str, key: str, root: Path, ctx: Context) -> str:
+    """A path for an image/audio cell: a path string, or `{bytes, path}` / `{array, sampling_rate}` written to media/."""
+    if isinstance(value, str):
+        return str(root / value)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a path or a {{bytes, path}} record, got {type(value).__name__}")
+    if value.get("bytes"):
+        suffix = Path(value.get("path") or "").suffix or (".wav" if modality == "audio" else ".png")
+        target = ctx.media / modality / f"{key}{suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(value["bytes"])
+        return str(target)
+    if value.get("array") is not None and modality == "audio":
+        import soundfile as sf
+
+        target = ctx.media / modality / f"{key}.wav"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(target), np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]))
+        return str(target)
+    if value.get("path"):
+        return str(root / value["path"])
+    raise ValueError("empty media record (no bytes, array or path)")
+
+
+@FORMATS.register("hf", description="Hugging Face datasets: save_to_disk folders or parquet files (needs pyarrow)")
+def import_hf(source: Path, ctx: Context, *, image_column: str | None = None, audio_column: str | None = None,
+              text_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
+              media_root: Path | None = None) -> Iterator[Row | Bad]:
+    """Rows of parquet files or a `save_to_disk` folder (DatasetDict splits are subfolders). Image
+    and audio cells are paths (relative to `media_root`, default the source folder) or
+    `{bytes, path}` records, written to `media/`. Columns default to `image`, `audio` and
+    `caption`/`text` when present; ids are `<file>-<row>`."""
+    root = Path(media_root) if media_root is not None else (source if source.is_dir() else source.parent)
+    for stem, file_split, rows in _arrow_tables(source):
+        for i, row in enumerate(rows):
+            where, key = f"{stem}:{i}", f"{stem}-{i:06d}"
+            fields = {}
+            for col in (image_column, audio_column, text_column, label_column, split_column):
+                if col is not None and col not in row:
+                    raise InputError(f"{stem}: no column {col!r}; columns are {', '.join(row)}")
+            try:
+                for m, col, default in (("image", image_column, "image"), ("audio", audio_column, "audio")):
+                    name = col or (default if default in row else None)
+                    if name is not None and row[name] is not None:
+                        fields[m] = _hf_media(row[name], m, key, root, ctx)
+                tc = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
+                if tc is not None:
+                    fields["text"] = str(row.get(tc) or "")
+            except (ValueError, TypeError, KeyError, OSError) as exc:
+                yield Bad(where, f"unreadable row ({exc})")
+                continue
+            raw_split = row.get(split_column) if split_column else None
+            yield Row(key, where, fields, split_of(raw_split) if raw_split is not None else file_split,
+                      None if not label_column or row.get(label_column) is None else str(row[label_column]))
+
+
+def check_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` if the format takes them all, else an InputError listing what it takes."""
+    params = [p for p in inspect.signature(FORMATS.entry(fmt).factory).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "only"]
+    unknown = sorted(set(options) - {p.name for p in params})
+    if unknown:
+        takes = ", ".join(p.name for p in params) or "no options"
+        raise InputError(f"import format {fmt!r} does not take {', '.join(unknown)}; it takes {takes}")
+    return options
+
+
+def _ratio_splits(ids: list[str], ratio: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Split assignment by a seeded permutation of the sorted ids: round(n·r) train, round(n·r) val, the rest test."""
+    order = sorted(ids)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    n_train, n_val = round(len(order) * ratio[0]), round(len(order) * ratio[1])
+    return {order[j]: "train" if k < n_train else "val" if k < n_train + n_val else "test" for k, j in enumerate(perm)}
+
+
+def parse_ratio(text: str | list[float] | tuple[float, ...]) -> tuple[float, float, float]:
+    """`"0.8,0.1,0.1"` (or three numbers) → a train/val/test ratio summing to 1."""
+    try:
+        values = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise InputError(f"split ratio {text!r}: expected three non-negative numbers summing to 1, e.g. 0.8,0.1,0.1")
+    return values  # type: ignore[return-value]
+
+
+def _manifest_path(path: str, out: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, out)).as_posix()
+    except ValueError:  # another drive on Windows
+        return path
+
+
+def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = False, append: bool = False,
+                split: str | None = None, split_ratio: str | tuple[float, float, float] | None = None, seed: int = 0,
+                id_prefix: str = "", modality: str | None = None, **options: Any) -> ImportReport:
+    """Import `source` in format `fmt` into the dataset directory `out` and report what was added.
+
+    `split` puts every item in one split; `split_ratio` (train, val, test) assigns them by a seeded
+    permutation; otherwise the source's split (column, field, folder or file name), else train.
+    `append` adds to an existing dataset (ids already there are skipped and reported); `copy`
+    copies media into `out/media/<modality>/`; `modality` overrides the extension rule.
+    Format options (`path_column`, `captions`, `media_root`, …) are listed in docs/inputs.md.
+    """
+    from spacebind.modalities import check_modality
+
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    options = check_options(fmt, {k: v for k, v in options.items() if v is not None})
+    if not source.exists():
+        raise InputError(f"import source {source} does not exist")
+    if split is not None and split not in SPLITS:
+        raise InputError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    ratio = parse_ratio(split_ratio) if split_ratio is not None else None
+    if modality is not None:
+        check_modality(modality, owner="import")
+    existing: list[dict[str, Any]] = []
+    if (out / MANIFEST).is_file():
+        if not append:
+            raise InputError(f"{out} already holds a dataset; pass append to add to it, or choose another directory")
+        with (out / MANIFEST).open(encoding="utf-8") as fh:
+            existing = [json.loads(line) for line in fh if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(media=out / MEDIA, modality=modality)
+    report = ImportReport(out=out)
+    seen = {str(rec["id"]) for rec in existing}
+    rows: list[Row] = []
+    for row in FORMATS.create(fmt, source=source, ctx=ctx, **options):
+        if isinstance(row, Bad):
+            report.skipped.append(row)
+            continue
+        row.id = id_prefix + row.id
+        why = _row_problem(row, seen)
+        if why:
+            report.skipped.append(Bad(row.where, why))
+            continue
+        seen.add(row.id)
+        rows.append(row)
+    assigned = _ratio_splits([r.id for r in rows], ratio, seed) if ratio else {}
+    records = []
+    for row in rows:
+        row.split = split or assigned.get(row.id) or row.split or "train"
+        rec: dict[str, Any] = {"id": row.id, "split": row.split}
+        if row.label is not None:
+            rec["label"] = row.label
+        for m, value in row.fields.items():
+            if m != "text" and copy and not Path(value).is_relative_to(ctx.media):
+                target = ctx.media / m / (_safe_name(row.id) + Path(value).suffix.lower())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(value, target)
+                value = str(target)
+            rec[m] = value.strip() if m == "text" else _manifest_path(value, out)
+            report.counts.setdefault(m, {}).setdefault(row.split, 0)
+            report.counts[m][row.split] += 1
+        records.append(rec)
+    report.added = len(records)
+    lines = [json.dumps(rec, ensure_ascii=False) for rec in existing + records]
+    write_text(out / MANIFEST, "".join(line + "\n" for line in lines))
+    outside = any(m in MODALITIES and m != "text" and (Path(v).is_absolute() or v.startswith("../"))
+                  for rec in records for m, v in rec.items())
+    _write_classes(out / CLASSES, {rec["label"] for rec in records if "label" in rec}, outside)
+    return report
+
+
+def _row_problem(row: Row, seen: set[str]) -> str:
+    """Why a row cannot become an item ('' if it can)."""
+    if not row.fields:
+        return "no media and no caption"
+    if row.id in seen:
+        return f"duplicate id {row.id!r} (the first one is kept)"
+    for m, value in row.fields.items():
+        if m == "text" and not value.strip():
+            return "empty caption"
+        if m != "text" and not Path(value).is_file():
+            return f"missing {m} file {value}"
+    return ""
+
+
+def _safe_name(item_id: str) -> str:
+    parts = [re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in item_id.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "item"
+
+
+def _write_classes(path: Path, labels: set[str], outside_root: bool = False) -> None:
+    """Merge `labels` into `classes.json` (keeping its templates and synonyms; template `{}` if new);
+    `outside_root` opts the dataset in to media paths outside its directory (kept once set)."""
+    data: dict[str, Any] = {"templates": ["{}"], "classes": []}
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+    known = {c["name"] for c in data["classes"]}
+    data["classes"] += [{"name": n} for n in sorted(labels - known)]
+    if outside_root:
+        data[OUTSIDE_ROOT] = True
+    write_json(path, data)
+
+
+def format_report(report: ImportReport, shown: int = 20) -> list[str]:
+    """Lines for a person: counts per modality and split, then the skipped rows (first `shown`)."""
+    lines = [f"{report.added} items added to {report.out}"]
+    for m, by_split in report.counts.items():
+        lines.append(f"  {m}: " + ", ".join(f"{s} {by_split[s]}" for s in SPLITS if s in by_split))
+    if report.skipped:
+        lines.append(f"{len(report.skipped)} skipped:")
+        lines += [f"  {b.where}: {b.why}" for b in report.skipped[:shown]]
+        if len(report.skipped) > shown:
+            lines.append(f"  … and {len(report.skipped) - shown} more")
+    return lines
+
+
+__all__ = ["FORMATS", "Bad", "ImportReport", "Row", "check_options", "format_report", "import_data", "parse_ratio", "split_of"]

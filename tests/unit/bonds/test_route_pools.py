@@ -1,0 +1,84 @@
+"""OmniBind from unpaired pools: router tuples mined for unimodal items, and each routed member's
+share of the stage's pseudo datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from memory_cache import MemoryCache
+
+from spacebind import Dataset, Space
+from spacebind.bonds.linear import LinearMap
+from spacebind.bonds.route import RoutedSpace, member_pseudo, route_data
+from spacebind.cache import CacheSet
+from spacebind.errors import InputError
+from spacebind.io.datasets import Item
+from spacebind.retrieval.pseudo import PseudoDataset
+
+
+def identity(dim: int) -> LinearMap:
+    head = LinearMap(dim, dim)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(dim))
+    return head.eval()
+
+
+def pools(n: int = 12, dim: int = 8):
+    """A text pool and an audio pool (disjoint items) plus two paired items. Audio item i and text
+    item perm[i] share a direction in both spaces, so mining must pair them."""
+    g = torch.Generator().manual_seed(0)
+    directions = F.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    perm = torch.randperm(n, generator=g).tolist()
+    items, table = [], {"text": {}, "audio": {}}
+    for i in range(n):
+        items.append(Item(f"a{i}", "train", None, {"audio": f"a{i}.wav"}, {}))
+        items.append(Item(f"t{perm[i]}", "train", None, {"text": f"text {perm[i]}"}, {}))
+        table["audio"][f"a{i}"] = directions[i]
+        table["text"][f"t{perm[i]}"] = F.normalize(directions[i] + 0.05 * torch.randn(dim, generator=g), dim=-1)
+    for j in range(2):
+        items.append(Item(f"p{j}", "train", None, {"audio": "x.wav", "text": "x"}, {}))
+        table["audio"][f"p{j}"] = table["text"][f"p{j}"] = F.normalize(torch.randn(dim, generator=g), dim=-1)
+    space = {m: (lambda xs: torch.zeros(len(xs), dim)) for m in ("text", "audio")}
+    t, e = Space.from_encoders("T", space, dim=dim), Space.from_encoders("E", space, dim=dim)
+    routed = RoutedSpace(t, [e], {"E": identity(dim)})
+    caches = CacheSet({"T": MemoryCache(table), "E": MemoryCache(table)})
+    return routed, caches, Dataset(root=Path("."), items=items, classes=[], templates=[]), perm
+
+
+def test_unimodal_items_become_tuples_with_their_nearest_partner() -> None:
+    routed, caches, dataset, perm = pools()
+    data = route_data(routed, caches, dataset, "train")
+    assert data.ids[:2] == ["p0", "p1"] and data.mined == 24 and len(data.ids) == 26
+    text_ids = [it.id for it in dataset.items if "text" in it.fields]
+    audio_ids = [it.id for it in dataset.items if "audio" in it.fields]
+    for position, item in enumerate(data.ids):
+        if item.startswith("a"):  # an audio seed: its own audio row, the matching text mined
+            assert audio_ids[int(data.rows["audio"][position])] == item
+            assert text_ids[int(data.rows["text"][position])] == f"t{perm[int(item[1:])]}"
+        if item.startswith("t"):  # a text seed: the audio item that shares its direction
+            assert text_ids[int(data.rows["text"][position])] == item
+            assert audio_ids[int(data.rows["audio"][position])] == f"a{perm.index(int(item[1:]))}"
+    # paired items keep their own rows in both modalities
+    assert audio_ids[int(data.rows["audio"][0])] == "p0" and text_ids[int(data.rows["text"][0])] == "p0"
+
+
+def test_each_member_gets_the_pseudo_datasets_it_can_learn_from() -> None:
+    dim = 4
+    enc = lambda xs: torch.zeros(len(xs), dim)  # noqa: E731
+    target = Space.from_encoders("T", {m: enc for m in ("image", "text", "audio", "point")}, dim=dim)
+    audio_text = Space.from_encoders("AT", {"audio": enc, "text": enc}, dim=dim)
+    unified = Space.from_encoders("U", {m: enc for m in ("image", "text", "audio", "point")}, dim=dim)
+    leaves = {s.name: s for s in (target, audio_text, unified)}
+    specs = [PseudoDataset(seed="audio", partners=["text", "image"]), PseudoDataset(seed="point", partners=["text"]),
+             PseudoDataset(seed="text", partners=["audio", "point"])]
+    kept = member_pseudo(specs, audio_text, target, leaves)
+    assert [(s.seed, s.partners) for s in kept] == [("audio", ["text"]), ("text", ["audio"])]
+    assert [(s.seed, s.partners) for s in member_pseudo(specs, unified, target, leaves)] == \
+        [(s.seed, s.partners) for s in specs]
+    # a miner named by the dataset decides which partners it can retrieve
+    named = [PseudoDataset(seed="audio", partners=["text", "image"], miner="U")]
+    assert member_pseudo(named, audio_text, target, leaves)[0].partners == ["text", "image"]
+    with pytest.raises(InputError, match="none of the pseudo datasets"):
+        member_pseudo([PseudoDataset(seed="point", partners=["text"])], audio_text, target, leaves)

@@ -1,0 +1,107 @@
+"""Batched training of mixture members: the same members as one-by-one training, resumable."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import noisy_pairs, split
+
+from spacebind.bonds.mixture import train_mixture
+from spacebind.training import trainer as training
+from spacebind.training.batched import train_projectors
+from spacebind.training.state import STATE_FILE
+from spacebind.training.trainer import TrainConfig, TrainResult, train_projector
+
+# Bit-identical on the CPU here (1 and 2 threads). The tolerance is for float noise from BLAS
+# kernels that split bmm and mm differently; beware that AdamW can turn such noise in the gradients
+# of the biases before a BatchNorm (zero in exact arithmetic) into steps of up to the learning rate.
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+CFG = TrainConfig(epochs=12, batch_size=128, hidden=64, lr=2e-3, patience=2)
+SUBSETS = [torch.arange(0, 1000), torch.arange(100, 700), torch.arange(700, 960)]  # 7, 4 and 2 steps an epoch
+
+
+def data() -> dict:
+    """Learnable pairs, but for rows 700–999 whose targets are shuffled: member 2 learns nothing and stops early."""
+    d = split(*noisy_pairs(n=1400, noise=1.0, seed=3))
+    d["tgt"][700:] = d["tgt"][700:][torch.randperm(300, generator=torch.Generator().manual_seed(0))]
+    return d
+
+
+def sequential(d: dict, config: TrainConfig = CFG, checkpoint: Path | None = None) -> list[TrainResult]:
+    return [train_projector(d["src"][rows], d["tgt"][rows], config=config.model_copy(update={"seed": i}),
+                            val_src=d["val_src"], val_tgt=d["val_tgt"], progress=False,
+                            checkpoint_dir=checkpoint / f"member{i}" if checkpoint else None)
+            for i, rows in enumerate(SUBSETS)]
+
+
+def same_results(a: list[TrainResult], b: list[TrainResult]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.best_epoch == y.best_epoch and len(x.history) == len(y.history)
+        for hx, hy in zip(x.history, y.history):
+            torch.testing.assert_close(torch.tensor(list(hx.values())), torch.tensor(list(hy.values())),
+                                       equal_nan=True, **TOL)
+        sx, sy = x.head.state_dict(), y.head.state_dict()
+        assert sx.keys() == sy.keys()
+        for k in sx:
+            torch.testing.assert_close(sx[k], sy[k], msg=k, **TOL)
+
+
+def test_batched_members_equal_sequential_ones_with_uneven_subsets_and_early_stopping() -> None:
+    d = data()
+    alone = sequential(d)
+    batched = train_projectors(d["src"], d["tgt"], configs=[CFG.model_copy(update={"seed": i}) for i in range(3)],
+                               rows=SUBSETS, val_src=d["val_src"], val_tgt=d["val_tgt"], progress=False)
+    stopped = [len(r.history) < CFG.epochs for r in alone]
+    assert sum(stopped) == 1, [len(r.history) for r in alone]  # one member stops early, the others run on
+    same_results(alone, batched)
+    mix = train_mixture(d["src"], d["tgt"], n=3, config=CFG, subsets=SUBSETS, val_src=d["val_src"],
+                        val_tgt=d["val_tgt"], progress=False)
+    for member, result in zip(mix.members, batched):
+        assert type(member) is type(result.head) and not member.training
+        torch.testing.assert_close(member.state_dict(), result.head.state_dict(), rtol=0, atol=0)
+
+
+def test_members_of_other_batch_sizes_epochs_and_temperatures_still_match() -> None:
+    d = data()
+    rows = [torch.arange(0, 500), torch.arange(0, 100), torch.arange(200, 700)]  # 100 rows: a batch of 100
+    configs = [CFG.model_copy(update={"seed": 5, "max_steps": 9}), CFG.model_copy(update={"seed": 6}),
+               CFG.model_copy(update={"seed": 7, "learnable_temperature": False, "lr": 1e-3})]
+    batched = train_projectors(d["src"], d["tgt"], configs=configs, rows=rows, progress=False)
+    alone = [train_projector(d["src"][r], d["tgt"][r], config=c, progress=False) for r, c in zip(rows, configs)]
+    assert len(alone[0].history) == 3  # 4 steps an epoch, capped at 9
+    same_results(alone, batched)
+
+
+def test_a_killed_batched_run_resumes_batched_or_sequential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = data()
+    full = sequential(d)
+    real_recall, calls = training.recall_at_1, {"n": 0}
+
+    def dying_recall(*args, **kwargs):  # killed while validating member 1's epoch 3: member 0 saved epoch 3
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_recall(*args, **kwargs)
+
+    def mixture(checkpoint: Path, batched: bool = True):
+        return train_mixture(d["src"], d["tgt"], n=3, config=CFG, subsets=SUBSETS, val_src=d["val_src"],
+                             val_tgt=d["val_tgt"], checkpoint_dir=checkpoint, progress=False, batched=batched)
+
+    for resume_batched in (True, False):
+        out = tmp_path / str(resume_batched)
+        calls["n"] = 0
+        monkeypatch.setattr(training, "recall_at_1", dying_recall)
+        with pytest.raises(KeyboardInterrupt):
+            mixture(out)
+        epochs = [torch.load(out / f"member{i}" / STATE_FILE, weights_only=True)["state"]["epoch"] for i in range(3)]
+        assert epochs == [4, 3, 3]
+        monkeypatch.setattr(training, "recall_at_1", real_recall)
+        resumed = mixture(out, batched=resume_batched)
+        for member, result in zip(resumed.members, full):
+            torch.testing.assert_close(member.state_dict(), result.head.state_dict(), **TOL)
+    # a finished batched run is read back, not retrained
+    monkeypatch.setattr(training, "recall_at_1", lambda *a, **k: pytest.fail("a finished run must not retrain"))
+    again = mixture(tmp_path / "True")
+    for member, result in zip(again.members, full):
+        torch.testing.assert_close(member.state_dict(), result.head.state_dict(), **TOL)

@@ -240,3 +240,26 @@ def test_embed_and_retrieval_numeric_options_are_range_checked(args: list[str], 
     result = runner.invoke(app, [str(tmp_path / a) if a.isupper() else a for a in args])
     assert result.exit_code == 2, result.output
     assert "greater than or equal to" in " ".join(result.output.split()) and not (tmp_path / "OUT").exists()
+
+
+def test_two_fuses_of_a_recipe_give_byte_identical_exports_whatever_the_thread_count(tmp_path: Path) -> None:
+    """Fresh work directories, the caller at 1 and then 2 intra-op threads: training pins its own
+    threads, so the weights and metrics come out byte for byte the same (issue 20, item 9)."""
+    import torch
+    import yaml
+
+    from spacebind.fuse import fuse
+    from spacebind.recipe import validate_recipe
+
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"out{threads}"
+            fuse(validate_recipe(yaml.safe_load(TINY_RECIPE)), work=tmp_path / f"work{threads}", out=out, progress=False)
+            outs.append(out)
+    finally:
+        torch.set_num_threads(before)
+    for name in ("model.safetensors", "metrics.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 import yaml
@@ -235,6 +235,17 @@ def embed(
     console.print(f"[green]cached[/] {out}: {counts}")
 
 
+# Index settings shared by `mine` and `index` (FAISS; see spacebind.retrieval.mining.IndexOptions).
+Nlist = Annotated[int, typer.Option(min=1, help="IVF lists (index ivf, ivfpq).")]
+Nprobe = Annotated[int, typer.Option(min=1, help="IVF lists probed per query (index ivf, ivfpq).")]
+HnswM = Annotated[int, typer.Option("--hnsw-m", min=1, help="HNSW links per node (index hnsw).")]
+EfConstruction = Annotated[int, typer.Option("--ef-construction", min=1, help="HNSW build candidate list (index hnsw).")]
+EfSearch = Annotated[int, typer.Option("--ef-search", min=1, help="HNSW search candidate list (index hnsw).")]
+PqM = Annotated[int, typer.Option("--pq-m", min=1, help="PQ sub-quantizers, dividing the dimension (index pq, ivfpq).")]
+PqBits = Annotated[int, typer.Option("--pq-bits", min=1, help="Bits per PQ code (index pq, ivfpq).")]
+TrainSize = Annotated[int, typer.Option("--train-size", min=1, help="Vectors trained on (index ivf, pq, ivfpq).")]
+
+
 @app.command("mine")
 def mine_cmd(
     cache: Path = typer.Argument(..., help="Embedding cache of an expert covering both modalities."),
@@ -242,14 +253,14 @@ def mine_cmd(
     target: str = typer.Option(..., "--target", help="Modality of the pool they retrieve from."),
     k: int = typer.Option(5, min=1, help="Neighbours per seed."),
     index: str = typer.Option("flat", help="flat (exact), or approximate for large pools: ivf, hnsw, pq, ivfpq."),
-    nlist: int = typer.Option(256, min=1, help="IVF lists (index ivf, ivfpq)."),
-    nprobe: int = typer.Option(16, min=1, help="IVF lists probed per query (index ivf, ivfpq)."),
-    hnsw_m: int = typer.Option(32, "--hnsw-m", min=1, help="HNSW links per node (index hnsw)."),
-    ef_construction: int = typer.Option(40, "--ef-construction", min=1, help="HNSW build candidate list (index hnsw)."),
-    ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search candidate list (index hnsw)."),
-    pq_m: int = typer.Option(32, "--pq-m", min=1, help="PQ sub-quantizers, dividing the dimension (index pq, ivfpq)."),
-    pq_bits: int = typer.Option(8, "--pq-bits", min=1, help="Bits per PQ code (index pq, ivfpq)."),
-    train_size: int = typer.Option(65536, "--train-size", min=1, help="Vectors trained on (index ivf, pq, ivfpq)."),
+    nlist: Nlist = 256,
+    nprobe: Nprobe = 16,
+    hnsw_m: HnswM = 32,
+    ef_construction: EfConstruction = 40,
+    ef_search: EfSearch = 64,
+    pq_m: PqM = 32,
+    pq_bits: PqBits = 8,
+    train_size: TrainSize = 65536,
     chunk_size: int = typer.Option(4096, min=1, help="Vectors per streamed chunk (bounds memory)."),
     out: Path = typer.Option(..., "--out", help="Directory for neighbours.safetensors (reused if it matches)."),
 ) -> None:
@@ -475,14 +486,14 @@ def index_cmd(
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Only these modalities (repeatable; default: all)."),
     split: Optional[str] = typer.Option(None, help="Only items of this split (default: all)."),
     index: str = typer.Option("flat", help="flat (exact inner product), or approximate for large collections: ivf, hnsw, pq, ivfpq."),
-    nlist: int = typer.Option(256, min=1, help="IVF lists (index ivf, ivfpq)."),
-    nprobe: int = typer.Option(16, min=1, help="IVF lists probed per query (index ivf, ivfpq)."),
-    hnsw_m: int = typer.Option(32, "--hnsw-m", min=1, help="HNSW links per node (index hnsw)."),
-    ef_construction: int = typer.Option(40, "--ef-construction", min=1, help="HNSW build candidate list (index hnsw)."),
-    ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search candidate list (index hnsw)."),
-    pq_m: int = typer.Option(32, "--pq-m", min=1, help="PQ sub-quantizers, dividing the dimension (index pq, ivfpq)."),
-    pq_bits: int = typer.Option(8, "--pq-bits", min=1, help="Bits per PQ code (index pq, ivfpq)."),
-    train_size: int = typer.Option(65536, "--train-size", min=1, help="Vectors trained on (index ivf, pq, ivfpq)."),
+    nlist: Nlist = 256,
+    nprobe: Nprobe = 16,
+    hnsw_m: HnswM = 32,
+    ef_construction: EfConstruction = 40,
+    ef_search: EfSearch = 64,
+    pq_m: PqM = 32,
+    pq_bits: PqBits = 8,
+    train_size: TrainSize = 65536,
     chunk_size: int = typer.Option(4096, min=1, help="Items embedded and added per step (bounds memory)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),

@@ -6,7 +6,8 @@ ignored with a warning (the new run overwrites it after its first epoch). The ba
 epoch e is drawn from a generator seeded by (seed, e), so no global RNG state needs saving.
 
 The file also carries a sha256 of its content (`checksum`): a file whose content no longer
-matches it (a flipped bit) is refused with a named error, never used.
+matches it (a flipped bit) is refused with a named error, never used; a file without one (written
+by an older spacebind) is ignored with a warning, like another run's.
 """
 from __future__ import annotations
 
@@ -75,9 +76,13 @@ def load_state(path: Path, key: str) -> dict[str, Any] | None:
     except Exception as exc:  # torch raises several unrelated types for damaged files
         raise CheckpointError(f"{path}: unreadable training state ({exc}); delete it to train from scratch") from exc
     checksum = saved.pop("checksum", None) if isinstance(saved, dict) else None
+    if checksum is None:  # written by an older spacebind: not verifiable, so never used
+        warnings.warn(f"{path}: training state without a checksum (an older spacebind); training starts over "
+                      "and will overwrite it", stacklevel=3)
+        return None
     if checksum != _content_sha256(saved):
-        why = "has no checksum (written by an older spacebind)" if checksum is None else "does not match its checksum (damaged)"
-        raise CheckpointError(f"{path}: training state {why}; delete it to train this run from scratch")
+        raise CheckpointError(f"{path}: training state does not match its checksum (damaged); "
+                              "delete it to train this run from scratch")
     if not isinstance(saved, dict) or saved.get("fingerprint") != key:
         warnings.warn(f"{path} was written by a run with another config or other data; training starts over "
                       "and will overwrite it", stacklevel=3)

@@ -34,7 +34,7 @@ def test_a_flipped_bit_in_the_state_file_is_a_named_error(tmp_path: Path) -> Non
         load_state(path, "run")
 
 
-def test_an_edited_value_or_a_state_without_checksum_is_refused(tmp_path: Path) -> None:
+def test_an_edited_value_is_refused_and_a_state_without_checksum_is_not_used(tmp_path: Path) -> None:
     path = tmp_path / STATE_FILE
     save_state(path, "run", state())
     edited = torch.load(path, weights_only=True)
@@ -42,7 +42,7 @@ def test_an_edited_value_or_a_state_without_checksum_is_refused(tmp_path: Path) 
     torch.save(edited, path)
     with pytest.raises(CheckpointError, match="does not match its checksum"):
         load_state(path, "run")
-    del edited["checksum"]
+    del edited["checksum"]  # as an older spacebind wrote it: unverifiable, so training starts over
     torch.save(edited, path)
-    with pytest.raises(CheckpointError, match="has no checksum"):
-        load_state(path, "run")
+    with pytest.warns(UserWarning, match="without a checksum"):
+        assert load_state(path, "run") is None

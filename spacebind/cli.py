@@ -53,15 +53,32 @@ QUIET_HELP = "No progress lines on stderr (errors and the result only)."
 VERBOSE_HELP = "Progress lines at every 10 % of each step, however fast."
 
 
-def _verbosity(quiet: bool, verbose: bool) -> Any:
-    """The progress verbosity that `--quiet` / `--verbose` ask for (neither: as configured)."""
-    from contextlib import nullcontext
+# Progress options shared by the long commands (fuse, embed, mine, index, eval, sweep, world generate).
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)]
 
-    from spacebind.io.progress import QUIET, VERBOSE, verbosity
+
+def verbosity_level(quiet: bool, verbose: bool) -> int | None:
+    """The progress level that `--quiet` / `--verbose` ask for; None (neither) keeps SPACEBIND_PROGRESS.
+
+    Raises:
+        typer.BadParameter: both given (a usage error, exit code 2).
+    """
+    from spacebind.io.progress import QUIET, VERBOSE
 
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose exclude each other")
-    return verbosity(QUIET) if quiet else verbosity(VERBOSE) if verbose else nullcontext()
+    return QUIET if quiet else VERBOSE if verbose else None
+
+
+def _verbosity(quiet: bool, verbose: bool) -> Any:
+    """A context in which progress follows `--quiet` / `--verbose` (neither: as configured)."""
+    from contextlib import nullcontext
+
+    from spacebind.io.progress import verbosity
+
+    value = verbosity_level(quiet, verbose)
+    return nullcontext() if value is None else verbosity(value)
 
 
 def _kwargs(pairs: list[str] | None) -> dict[str, Any]:
@@ -144,6 +161,8 @@ def world_generate(
     num_concepts: int = typer.Option(24, help="Number of concepts (classes)."),
     sensors: str = typer.Option("", help="Optional modalities to add, comma-separated: video,thermal,event."),
     unpaired: bool = typer.Option(False, help="Write the train split as unimodal pools (one modality per item)."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write a procedural-world dataset: PNG, WAV, NPY files, manifest.jsonl and classes.json.
 
@@ -152,11 +171,12 @@ def world_generate(
     """
     from spacebind.world.generate import generate_world
 
-    path = _run(lambda: generate_world(
-        out, seed=seed, sizes={"train": train, "val": val, "test": test},
-        concepts_seed=concepts_seed, num_concepts=num_concepts, sensors=[m for m in sensors.split(",") if m],
-        unpaired=unpaired,
-    ))
+    with _verbosity(quiet, verbose):
+        path = _run(lambda: generate_world(
+            out, seed=seed, sizes={"train": train, "val": val, "test": test},
+            concepts_seed=concepts_seed, num_concepts=num_concepts, sensors=[m for m in sensors.split(",") if m],
+            unpaired=unpaired,
+        ))
     console.print(f"[green]wrote[/] {path}")
 
 
@@ -212,6 +232,8 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Encoder batch size (halved automatically on out-of-memory)."),
     workers: int = typer.Option(0, min=0, help="DataLoader processes decoding files while the expert runs."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 autocast on CUDA (no effect on CPU)."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Embed a dataset with one expert into a sharded float16 cache. Runs unchanged under torchrun
     (shards split over ranks).
@@ -221,14 +243,15 @@ def embed(
     """
     from spacebind.cache.store import embed_dataset
     from spacebind.experts import build_expert
-    from spacebind.io.datasets import Dataset
+    from spacebind.io.datasets import Manifest
 
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
-        return embed_dataset(space, Dataset.load(data), out, modalities=modality or None,
+        return embed_dataset(space, Manifest.open(data), out, modalities=modality or None,
                              shard_size=shard_size, batch_size=batch_size, workers=workers, precision=precision)
 
-    cache = _run(job)
+    with _verbosity(quiet, verbose):
+        cache = _run(job)
     if not is_main():
         return
     counts = ", ".join(f"{m} {len(cache.ids(m))}" for m in cache.modalities)
@@ -263,6 +286,8 @@ def mine_cmd(
     train_size: TrainSize = 65536,
     chunk_size: int = typer.Option(4096, min=1, help="Vectors per streamed chunk (bounds memory)."),
     out: Path = typer.Option(..., "--out", help="Directory for neighbours.safetensors (reused if it matches)."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Mine pseudo pairs: each seed item retrieves its k nearest items of another modality.
 
@@ -278,7 +303,8 @@ def mine_cmd(
         return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index, nlist=nlist, nprobe=nprobe,  # type: ignore[arg-type]
                     chunk_size=chunk_size, out=out, options=None if index in ("flat", "ivf") and train_size == 65536 else options)
 
-    result = _run(job)
+    with _verbosity(quiet, verbose):
+        result = _run(job)
     console.print(f"[green]mined[/] {len(result.seed_ids)} {seed} seeds × {result.indices.shape[1]} {target} neighbours → {out}")
 
 
@@ -290,8 +316,8 @@ def fuse(
     device: Optional[str] = typer.Option(None, "--device", help="Device for every expert that takes one (cpu, cuda, cuda:1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (overrides the recipe's train.seed)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, check every file and print the plan; write nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run a recipe end to end: data, embed, train bonds, evaluate, export. Runs unchanged under
     torchrun (embedding and training split over ranks; rank 0 evaluates and exports).
@@ -333,6 +359,8 @@ def evaluate_cmd(
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Evaluate a fused checkpoint (a directory or hub id org/name[@revision]): retrieval between
     every modality pair and zero-shot classification (with UniBind's class centres too when the
@@ -346,7 +374,8 @@ def evaluate_cmd(
 
     if format not in ("json", "clip_benchmark"):
         raise typer.BadParameter(f"--format {format!r}: expected json or clip_benchmark")
-    records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir, trust_remote_code=trust_remote_code))
+    with _verbosity(quiet, verbose):
+        records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir, trust_remote_code=trust_remote_code))
     if as_json:
         _print_json(records)
     else:
@@ -420,6 +449,8 @@ def sweep(
     held_out: str = typer.Option("test", help="Also score the current and best λ on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Fine λ tuning: evaluate a λ grid of the last bond, pick the best per task, draw heatmaps.
 
@@ -431,9 +462,10 @@ def sweep(
     from spacebind.evaluation.sweep import preset_name, sweep_checkpoint
 
     values = [float(v) for v in grid.split(",") if v.strip()]
-    result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
-                                           save=save, held_out=held_out or None, cache_dir=cache_dir,
-                                           trust_remote_code=trust_remote_code))
+    with _verbosity(quiet, verbose):
+        result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
+                                               save=save, held_out=held_out or None, cache_dir=cache_dir,
+                                               trust_remote_code=trust_remote_code))
     from rich.table import Table
 
     other = result.held_out_split
@@ -497,6 +529,8 @@ def index_cmd(
     chunk_size: int = typer.Option(4096, min=1, help="Items embedded and added per step (bounds memory)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Build a FAISS index of a collection embedded by a fused space, one index per modality.
 
@@ -513,7 +547,8 @@ def index_cmd(
         return build_index(load(fused, trust_remote_code=trust_remote_code), data, out, modalities=modality or None, split=split, kind=index,  # type: ignore[arg-type]
                            chunk_size=chunk_size, cache_dir=cache_dir, fused=fused, options=options)
 
-    built = _run(job)
+    with _verbosity(quiet, verbose):
+        built = _run(job)
     counts = ", ".join(f"{m} {len(items)}" for m, items in built.items.items())
     console.print(f"[green]indexed[/] {out}: {counts} (dim {built.dim}, {index})")
 

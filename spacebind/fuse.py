@@ -257,6 +257,24 @@ class FusePlan:
         return lines
 
 
+def world_counts(sizes: dict[str, int], sensors: tuple[str, ...] | list[str] = (), unpaired: bool = False) -> dict[str, dict[str, int]]:
+    """Items per split and modality of a procedural world `generate_world` would write.
+
+    Paired splits hold every modality on each item; an unpaired train split holds one modality per
+    item, `POOL_MODALITIES` in turn (item i has modality i mod 4), and no sensors.
+    """
+    from spacebind.world.generate import POOL_MODALITIES
+
+    counts: dict[str, dict[str, int]] = {}
+    for split, n in sizes.items():
+        if unpaired and split == "train":
+            pooled = {m: len(range(j, n, len(POOL_MODALITIES))) for j, m in enumerate(POOL_MODALITIES)}
+            counts[split] = {m: pooled[m] for m in sorted(pooled) if pooled[m]}
+        else:
+            counts[split] = {m: n for m in sorted({*POOL_MODALITIES, *sensors})}
+    return counts
+
+
 def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = None, work: Path | None = None,
               seed: int | None = None, device: str | None = None) -> FusePlan:
     """A dry run of `fuse`: check every file the recipe needs and describe the work, writing nothing.
@@ -279,13 +297,12 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
                 counts[it.split][m] += 1
         modalities = set(dataset.modalities())
     else:
-        from spacebind.world.generate import POOL_MODALITIES
-
         w = recipe.data.world
         assert w is not None
-        modalities = {*POOL_MODALITIES, *w.sensors}
-        described = f"procedural world to generate (seed {w.seed}, {w.num_concepts} concepts)"
-        counts = {split: {m: n for m in sorted(modalities)} for split, n in (("train", w.train), ("val", w.val), ("test", w.test))}
+        described = f"procedural world to generate (seed {w.seed}, {w.num_concepts} concepts"
+        described += ", train as unimodal pools)" if w.unpaired else ")"
+        counts = world_counts({"train": w.train, "val": w.val, "test": w.test}, w.sensors, w.unpaired)
+        modalities = {m for mods in counts.values() for m in mods}
     embed = [f"{alias} ({cfg.source})" + (f": {', '.join(m for m in EXPERTS.entry(cfg.source).modalities if m in modalities)}"
                                           if cfg.source in EXPERTS.list() else "")
              for alias, cfg in recipe.experts.items()]

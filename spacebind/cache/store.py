@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import Counter
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -32,7 +34,7 @@ from safetensors import safe_open
 
 from spacebind.cache._embed_loop import AdaptiveBatch, autocast, loaded_shards
 from spacebind.errors import CacheError, InputError
-from spacebind.io.datasets import Dataset, Item
+from spacebind.io.datasets import Dataset, Item, Manifest
 from spacebind.io.files import save_tensors, sha256_file, write_json
 from spacebind.io.inputs import LoadResult
 from spacebind.io.locks import job_lock
@@ -41,6 +43,7 @@ from spacebind.space import Expert
 from spacebind.training import distributed
 
 FORMAT = 2  # 2: shards carry a sha256 of their content
+STREAM_ITEMS = 65536  # items read from the manifest at a time (rounded down to whole shards, at least one)
 _IDENTITY = ("expert", "source", "kwargs", "sha256", "dim", "dataset_sha256", "shard_size", "splits")
 
 
@@ -48,7 +51,7 @@ def _digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def _header(expert: Expert, dataset: Dataset, shard_size: int, splits: Sequence[str] | None) -> dict[str, Any]:
+def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None) -> dict[str, Any]:
     return {
         "format": FORMAT, "expert": expert.name, "source": expert.spec.source, "kwargs": expert.spec.kwargs,
         "checkpoint": expert.spec.checkpoint, "sha256": expert.spec.sha256, "dim": expert.dim,
@@ -137,7 +140,7 @@ def _shard_ok(path: Path, planned: str) -> dict[str, str] | None:
 
 def embed_dataset(
     expert: Expert,
-    dataset: Dataset,
+    dataset: Dataset | Manifest,
     out: str | Path,
     *,
     modalities: Sequence[str] | None = None,
@@ -149,6 +152,9 @@ def embed_dataset(
     progress: bool = True,
 ) -> "EmbeddingCache":
     """Embed `dataset` with `expert` into a cache at `out` (resuming one that exists).
+
+    A `Manifest` streams: it is read once to validate it and count items, then once per modality,
+    holding about `STREAM_ITEMS` items at a time; a loaded `Dataset` gives the same cache.
 
     Args:
         modalities, splits: only these (default: every modality both cover, all splits).
@@ -162,7 +168,7 @@ def embed_dataset(
     Under torchrun, every rank calls this; see the module docstring.
 
     Raises:
-        InputError: `shard_size` below 1.
+        InputError: `shard_size` below 1; a bad manifest line (before anything is written).
         LockError: another job is embedding into `out` (`$SPACEBIND_LOCK_WAIT` seconds to wait).
     """
     if shard_size < 1:
@@ -173,10 +179,11 @@ def embed_dataset(
                              progress)
 
 
-def _embed_locked(expert: Expert, dataset: Dataset, out: Path, modalities: Sequence[str] | None,
+def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modalities: Sequence[str] | None,
                   splits: Sequence[str] | None, shard_size: int, batch_size: int | None, workers: int,
                   precision: str, progress: bool) -> "EmbeddingCache":
     """`embed_dataset` once its job holds the cache's lock."""
+    present, counts = _survey(dataset, splits)
     header = _header(expert, dataset, shard_size, splits)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
@@ -186,29 +193,78 @@ def _embed_locked(expert: Expert, dataset: Dataset, out: Path, modalities: Seque
     distributed.barrier()  # every rank has checked the old manifest before rank 0 rewrites it
     if distributed.is_main():
         write_json(manifest_path, header)
-    wanted = modalities or [m for m in expert.modalities if m in dataset.modalities()]
+    wanted = modalities or [m for m in expert.modalities if m in present]
     rank, world = distributed.rank(), distributed.world_size()
     batch = AdaptiveBatch(batch_size or expert.batch_size)
+    window = max(1, STREAM_ITEMS // shard_size)
     for m in wanted:
         if m not in expert.modalities:
             raise CacheError(f"expert {expert.name!r} does not cover {m!r} (it covers {', '.join(expert.modalities)})")
-        items = [it for it in dataset.select(None, m) if not splits or it.split in splits]
-        chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        plans = [_digest([it.id for it in chunk]) for chunk in chunks]
-        paths = [out / m / f"shard-{k:05d}.safetensors" for k in range(len(chunks))]
-        todo = [(k, chunks[k]) for k in range(rank, len(chunks), world) if _shard_ok(paths[k], plans[k]) is None]
+        items = (it for it in dataset.iter_items() if m in it.fields and (not splits or it.split in splits))
+        plans: list[str] = []
+        shards = _shard_stream(m, _planned(items, shard_size, plans), plans, out, rank, world, window, batch,
+                               workers)
         with autocast(precision):
-            for k, groups in track(loaded_shards(m, todo, batch.size, workers), f"embedding {m} with {expert.name}",
-                                   total=len(todo), show=progress):
-                _embed_shard(expert, m, chunks[k], groups, paths[k], plans[k], batch)
+            for k, chunk, groups in track(shards, f"embedding {m} with {expert.name}",
+                                          total=len(range(rank, -(-counts.get(m, 0) // shard_size), world)),
+                                          show=progress):
+                if groups is not None:
+                    _embed_shard(expert, m, chunk, groups, _shard_path(out, m, k), plans[k], batch)
+                del chunk, groups  # hold no shard's items while the next window is read
         distributed.barrier()
         if distributed.is_main():
-            header["modalities"][m] = _entry(m, paths, plans)
+            header["modalities"][m] = _entry(m, [_shard_path(out, m, k) for k in range(len(plans))], plans)
             write_json(manifest_path, header)
     distributed.barrier()
     return EmbeddingCache.open(out)
 
 
+def _survey(dataset: Dataset | Manifest, splits: Sequence[str] | None) -> tuple[set[str], Counter[str]]:
+    """One pass over the items (validating a manifest whole before anything is written): the
+    modalities present in any split, and each modality's item count within `splits`."""
+    present: set[str] = set()
+    counts: Counter[str] = Counter()
+    for it in dataset.iter_items():
+        present.update(it.fields)
+        if not splits or it.split in splits:
+            counts.update(it.fields.keys())
+    return present, counts
+
+
+def _planned(items: Iterator[Item], shard_size: int, plans: list[str]) -> Iterator[tuple[int, list[Item]]]:
+    """Consecutive shards of `shard_size` items (the last one shorter), appending each one's plan
+    (digest of its ids) to `plans` as it is read."""
+    chunk: list[Item] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == shard_size:
+            plans.append(_digest([c.id for c in chunk]))
+            yield len(plans) - 1, chunk
+            chunk = []
+    if chunk:
+        plans.append(_digest([c.id for c in chunk]))
+        yield len(plans) - 1, chunk
+
+
+def _shard_path(out: Path, modality: str, k: int) -> Path:
+    return out / modality / f"shard-{k:05d}.safetensors"
+
+
+def _shard_stream(modality: str, shards: Iterator[tuple[int, list[Item]]], plans: list[str], out: Path, rank: int,
+                  world: int,
+                  window: int, batch: AdaptiveBatch, workers: int,
+                  ) -> Iterator[tuple[int, list[Item], Iterator[LoadResult] | None]]:
+    """This rank's shards (k % world == rank) as (k, items, loaded groups or None when the shard is
+    already done), read `window` shards at a time: one decoding pipeline per window, and no more
+    than a window of items held."""
+    while True:
+        block = list(islice((s for s in shards if s[0] % world == rank), window))
+        if not block:
+            return
+        todo = [(k, chunk) for k, chunk in block if _shard_ok(_shard_path(out, modality, k), plans[k]) is None]
+        loaded = dict(zip((k for k, _ in todo), (g for _, g in loaded_shards(modality, todo, batch.size, workers))))
+        yield from ((k, chunk, loaded.get(k)) for k, chunk in block)
+        del block, todo, loaded
 def _embed_shard(expert: Expert, modality: str, chunk: list[Item], groups: Iterator[LoadResult], path: Path,
                  planned: str, batch: AdaptiveBatch) -> None:
     """Encode a shard group by group (each group's decoded inputs dropped before the next decodes), then write it."""

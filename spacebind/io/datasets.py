@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 from spacebind.errors import InputError
 from spacebind.modalities import MODALITIES
@@ -65,15 +65,14 @@ class Dataset:
     @classmethod
     def load(cls, path: str | Path) -> "Dataset":
         """Load a dataset from its directory or its manifest file."""
-        path = Path(path)
-        manifest = path / MANIFEST if path.is_dir() else path
-        if not manifest.is_file():
-            raise InputError(f"no dataset manifest at {manifest} (expected a {MANIFEST} file)")
-        root = manifest.parent
-        info = _read_info(root / CLASSES)
-        items = list(_read_items(manifest, bool(info.get(OUTSIDE_ROOT, False))))
-        classes, templates = _classes(root / CLASSES, info, items)
-        return cls(root=root, items=items, classes=classes, templates=templates)
+        manifest = Manifest.open(path)
+        items = list(manifest.iter_items())
+        classes, templates = _classes(manifest.root / CLASSES, manifest.info, items)
+        return cls(root=manifest.root, items=items, classes=classes, templates=templates)
+
+    def iter_items(self) -> Iterator[Item]:
+        """The items in manifest order."""
+        return iter(self.items)
 
     def check_split(self, split: str) -> str:
         """`split` if some item is in it, else an InputError listing the dataset's splits."""
@@ -106,7 +105,34 @@ class Dataset:
         return {it.id: it for it in self.items}
 
 
-def _read_items(manifest: Path, outside_root: bool = False) -> Iterable[Item]:
+@dataclass(frozen=True)
+class Manifest:
+    """A dataset's manifest read as a stream: each pass validates every line as `Dataset.load` does,
+    and no more than the caller keeps of the items is held (for manifests too big to load)."""
+
+    root: Path
+    path: Path
+    info: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Manifest":
+        """The manifest of a dataset directory (or the manifest file itself), with its `classes.json`."""
+        path = Path(path)
+        manifest = path / MANIFEST if path.is_dir() else path
+        if not manifest.is_file():
+            raise InputError(f"no dataset manifest at {manifest} (expected a {MANIFEST} file)")
+        return cls(root=manifest.parent, path=manifest, info=_read_info(manifest.parent / CLASSES))
+
+    def iter_items(self) -> Iterator[Item]:
+        """The items in manifest order, read and validated one line at a time.
+
+        Raises:
+            InputError: at the first bad line (naming it), when the iteration reaches it.
+        """
+        return _read_items(self.path, bool(self.info.get(OUTSIDE_ROOT, False)))
+
+
+def _read_items(manifest: Path, outside_root: bool = False) -> Iterator[Item]:
     """The manifest's items; paths resolved, and confined to its directory unless `outside_root`."""
     root = manifest.parent.resolve()
     seen: set[str] = set()

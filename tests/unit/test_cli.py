@@ -263,3 +263,78 @@ def test_two_fuses_of_a_recipe_give_byte_identical_exports_whatever_the_thread_c
         torch.set_num_threads(before)
     for name in ("model.safetensors", "metrics.json"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_long_commands_take_quiet_and_verbose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--quiet` / `-q` and `--verbose` / `-v` on every long command, exclusive as on `fuse` (issue 18)."""
+    monkeypatch.setenv("SPACEBIND_PROGRESS", "1")
+    data = tmp_path / "world"
+    gen = runner.invoke(app, ["world", "generate", str(data), "--seed", "2", "--train", "4", "--val", "2", "--test", "2", "-q"])
+    assert gen.exit_code == 0, gen.output
+    assert gen.stderr == ""
+    args = ["embed", "toy_experts:text_expert", str(data), "--out", str(tmp_path / "cache"), "--kwarg", "dim=5"]
+    loud = runner.invoke(app, [*args[:-4], "--out", str(tmp_path / "loud"), "--kwarg", "dim=5", "--verbose"])
+    assert loud.exit_code == 0 and "spacebind: " in loud.stderr, loud.output
+    quiet = runner.invoke(app, [*args, "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and "text 8" in quiet.stdout
+    for command in (["embed"], ["sweep"], ["index"], ["mine"], ["world", "generate"], ["eval"], ["fuse"]):
+        assert all(flag in runner.invoke(app, [*command, "--help"]).output for flag in ("--quiet", "--verbose", "-q", "-v"))
+    both = runner.invoke(app, [*args, "-q", "-v"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+    for command in (["world", "generate", str(tmp_path / "w2")], ["eval", "CKPT", str(data)], ["sweep", "CKPT", str(data)],
+                    ["index", "CKPT", str(data), "--out", str(tmp_path / "idx")],
+                    ["mine", str(tmp_path / "cache"), "--seed", "text", "--target", "text", "--out", str(tmp_path / "p")]):
+        result = runner.invoke(app, [*command, "--quiet", "--verbose"])
+        assert result.exit_code == 2 and "exclude each other" in result.output, command
+    assert not (tmp_path / "w2").exists() and not (tmp_path / "idx").exists() and not (tmp_path / "p").exists()
+
+
+def test_search_and_similarity_json_is_only_json(tiny_fuse: tuple[Path, str], tmp_path: Path) -> None:
+    import json
+
+    out, _ = tiny_fuse
+    data = next((out.parent / "work" / "data").iterdir())
+    built = runner.invoke(app, ["index", str(out), str(data), "--out", str(tmp_path / "idx"), "--split", "test",
+                                "--trust-remote-code", "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert built.exit_code == 0, built.output
+    found = runner.invoke(app, ["search", str(out), str(tmp_path / "idx"), "--text", "a small red thing", "--k", "2",
+                                "--json", "--trust-remote-code"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)
+    assert isinstance(hits, list) and 1 <= len(hits) <= 2 and [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert {"id", "modality", "score"} <= set(hits[0])
+    ranked = runner.invoke(app, ["similarity", "toy_experts:logged_expert:text", "toy_experts:logged_expert:image",
+                                 "toy_experts:text_expert:text", "--data", str(data), "--k", "2", "--json",
+                                 "--cache", str(tmp_path / "sim"), "--plot", str(tmp_path / "sim.png")])
+    assert ranked.exit_code == 0, ranked.output
+    rows = json.loads(ranked.stdout)
+    assert len(rows) == 2 and all({"a", "b", "mutual_knn", "cka", "n"} <= set(r) for r in rows)
+    assert (tmp_path / "sim.png").is_file()
+
+
+def test_dry_run_plan_counts_an_unpaired_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unpaired world's train items have one modality each (image, audio, point, text in turn);
+    the plan counts them as `generate_world` writes them (issue 18)."""
+    import json
+    from collections import Counter
+
+    from spacebind.fuse import world_counts
+    from spacebind.world.generate import generate_world
+
+    recipe = TINY_RECIPE.replace("world: {seed: 1, train: 24, val: 8, test: 8, num_concepts: 4}",
+                                 "world: {seed: 1, train: 10, val: 3, test: 2, num_concepts: 4, unpaired: true}")
+    (tmp_path / "pools.yaml").write_text(recipe)
+    monkeypatch.setenv("SPACEBIND_PROGRESS", "1")
+    result = runner.invoke(app, ["fuse", str(tmp_path / "pools.yaml"), "--work", str(tmp_path / "work"), "--dry-run", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "  train: audio 3, image 3, point 2, text 2" in result.stdout.splitlines()
+    assert "  val: audio 3, image 3, point 3, text 3" in result.stdout.splitlines()
+    assert "unimodal pools" in result.stdout and not (tmp_path / "work").exists()
+    sizes = {"train": 10, "val": 3, "test": 2}
+    world = generate_world(tmp_path / "w", seed=1, sizes=sizes, num_concepts=4, sensors=["thermal"], unpaired=True, progress=False)
+    written: dict[str, Counter[str]] = {}
+    for line in (world / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        written.setdefault(row["split"], Counter()).update(m for m in ("image", "audio", "point", "text", "thermal") if m in row)
+    assert world_counts(sizes, ["thermal"], unpaired=True) == {s: dict(sorted(c.items())) for s, c in written.items()}

@@ -211,6 +211,13 @@ def image_captions(digit: int, rng: random.Random, k: int) -> list[str]:
     return [t.format(w=str(digit) if rng.random() < 0.3 else DIGITS[digit]) for t in rng.sample(IMAGE_TEMPLATES, k)]
 
 
+def _allow_shared_audio(out: Path) -> None:
+    """Mark a dataset's manifest paths into the shared `work/audio` as allowed (classes.json)."""
+    classes = json.loads((out / "classes.json").read_text())
+    if not classes.get("allow_outside_root"):
+        (out / "classes.json").write_text(json.dumps({**classes, "allow_outside_root": True}, indent=2))
+
+
 def build(seed: int, work: Path) -> Path:
     """Write (or reuse) the dataset of `seed` under `work/data-v{FORMAT}-s{seed}`; returns its directory.
 
@@ -225,6 +232,7 @@ def build(seed: int, work: Path) -> Path:
 
     out = work / f"data-v{FORMAT}-s{seed}"
     if (out / "manifest.jsonl").is_file():
+        _allow_shared_audio(out)  # datasets built before paths were confined to the dataset root
         return out
     rng = random.Random(1000 + seed)
     audio_dir = work / "audio"
@@ -310,6 +318,7 @@ def build(seed: int, work: Path) -> Path:
             {
                 "templates": list(CLASS_TEMPLATES),
                 "classes": [{"name": w, "synonyms": [str(i)]} for i, w in enumerate(DIGITS)],
+                "allow_outside_root": True,  # the clips live in work/audio, shared by every seed
             },
             indent=2,
         )

@@ -300,8 +300,8 @@ def mine_cmd(
                            pq_m=pq_m, pq_bits=pq_bits, train_size=train_size)
 
     def job() -> Any:
-        return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index, nlist=nlist, nprobe=nprobe,  # type: ignore[arg-type]
-                    chunk_size=chunk_size, out=out, options=None if index in ("flat", "ivf") and train_size == 65536 else options)
+        return mine(EmbeddingCache.open(cache), seed, target, k=k, index=index,  # type: ignore[arg-type]
+                    chunk_size=chunk_size, out=out, options=options)
 
     with _verbosity(quiet, verbose):
         result = _run(job)

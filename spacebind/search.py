@@ -113,8 +113,6 @@ def build_index(
     modalities: Sequence[str] | None = None,
     split: str | None = None,
     kind: IndexKind = "flat",
-    nlist: int = 256,
-    nprobe: int = 16,
     chunk_size: int = 4096,
     cache_dir: str | Path | None = None,
     fused: str | Path | None = None,
@@ -132,8 +130,7 @@ def build_index(
         kind: `flat` (exact inner product), or approximate: `ivf` (inverted lists), `hnsw` (graph),
             `pq` (product-quantized codes, exhaustive) or `ivfpq` (both); trained kinds train on
             the first `options.train_size` items.
-        nlist, nprobe: IVF lists and lists probed per query (when `options` is not given).
-        options: every index parameter (`IndexOptions`: HNSW M / efConstruction / efSearch,
+        options: every index parameter (default `IndexOptions()`) (`IndexOptions`: HNSW M / efConstruction / efSearch,
             PQ m / bits, IVF nlist / nprobe, training size); recorded in the manifest.
         chunk_size: items embedded and added per step (bounds memory).
         cache_dir: leaf embedding caches (default `$SPACEBIND_HOME/caches/<dataset key>`).
@@ -151,7 +148,7 @@ def build_index(
     root = Path(cache_dir) if cache_dir is not None else home_dir() / "caches" / dataset_key(data)
     caches = ensure_caches([space], data, root, progress=progress)
     out = Path(out)
-    options = options if options is not None else IndexOptions(nlist=nlist, nprobe=nprobe)
+    options = options or IndexOptions()
     by_id = data.by_id()
     entries: dict[str, dict[str, Any]] = {}
     for m in wanted:

@@ -107,11 +107,11 @@ class Neighbours:
 
 
 def build_index(chunks: Iterable[tuple[list[str], torch.Tensor]], dim: int, kind: IndexKind = "flat",
-                nlist: int = 256, nprobe: int = 16, options: IndexOptions | None = None) -> tuple["object", list[str]]:
+                options: IndexOptions | None = None) -> tuple["object", list[str]]:
     """A FAISS inner-product index over streamed (ids, embeddings) chunks. Trained kinds (ivf,
     pq, ivfpq) buffer the first `options.train_size` vectors (at least the first chunk), train
-    on them, then add everything. `nlist`/`nprobe` apply when `options` is not given."""
-    options = options if options is not None else IndexOptions(nlist=nlist, nprobe=nprobe)
+    on them, then add everything."""
+    options = options or IndexOptions()
     ids: list[str] = []
     index = new_index(kind, dim, options)
     trained = bool(index.is_trained)  # type: ignore[attr-defined]
@@ -170,12 +170,11 @@ def _stream(cache: EmbeddingCache, modality: str, ids: Sequence[str] | None, chu
         yield wanted[i:i + chunk_size], cache.embeddings(modality, wanted[i:i + chunk_size])
 
 
-def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, nlist: int, nprobe: int,
-         seed_ids: Sequence[str] | None, pool_ids: Sequence[str] | None, options: IndexOptions | None = None) -> str:
-    parts = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind, str(nlist), str(nprobe),
+def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, options: IndexOptions,
+         seed_ids: Sequence[str] | None, pool_ids: Sequence[str] | None) -> str:
+    parts = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind,
+             json.dumps({**options.for_kind(kind), "train_size": options.train_size}, sort_keys=True),
              "\n".join(seed_ids) if seed_ids is not None else "*", "\n".join(pool_ids) if pool_ids is not None else "*"]
-    if options is not None:
-        parts.append(json.dumps({**options.for_kind(kind), "train_size": options.train_size}, sort_keys=True))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -186,8 +185,6 @@ def mine(
     *,
     k: int = 5,
     index: IndexKind = "flat",
-    nlist: int = 256,
-    nprobe: int = 16,
     chunk_size: int = 4096,
     seed_ids: Sequence[str] | None = None,
     pool_ids: Sequence[str] | None = None,
@@ -198,13 +195,12 @@ def mine(
     """Seed items of `seed_modality` (all, or `seed_ids`) retrieve their k nearest items of
     `target_modality` (all, or `pool_ids`) in the expert of `cache`. With `out`, the result is
     stored as `out/neighbours.safetensors` and reused when the same mining is asked again.
-    `options` sets every index parameter (hnsw, pq, ivfpq; then `nlist`/`nprobe` are ignored)."""
+    `options` sets the index parameters (default `IndexOptions()`)."""
     for m in (seed_modality, target_modality):
         if m not in cache.modalities:
             raise CacheError(f"cache {cache.root} has no {m!r} embeddings (it has {', '.join(cache.modalities)})")
-    if options is not None:
-        nlist, nprobe = options.nlist, options.nprobe
-    key = _key(cache, seed_modality, target_modality, k, index, nlist, nprobe, seed_ids, pool_ids, options)
+    options = options or IndexOptions()
+    key = _key(cache, seed_modality, target_modality, k, index, options, seed_ids, pool_ids)
     path = Path(out) / "neighbours.safetensors" if out is not None else None
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as fh:
@@ -212,8 +208,7 @@ def mine(
             if meta.get("key") == key:
                 return Neighbours(json.loads(meta["seed_ids"]), json.loads(meta["pool_ids"]),
                                   fh.get_tensor("indices"), fh.get_tensor("scores"))
-    faiss_index, pool = build_index(_stream(cache, target_modality, pool_ids, chunk_size), cache.dim, index, nlist, nprobe,
-                                    options)
+    faiss_index, pool = build_index(_stream(cache, target_modality, pool_ids, chunk_size), cache.dim, index, options)
     k = min(k, len(pool))
     total = -(-len(seed_ids if seed_ids is not None else cache.ids(seed_modality)) // chunk_size)
     ids, scores, indices = search(faiss_index, _stream(cache, seed_modality, seed_ids, chunk_size), k, progress, total)

@@ -15,6 +15,7 @@ from spacebind.cli import app
 from spacebind.errors import CheckpointError, InputError
 from spacebind.fuse import fuse
 from spacebind.recipe import validate_recipe
+from spacebind.retrieval.mining import IndexOptions
 from spacebind.search import build_index, compose, compose_query, load_index, search, space_fingerprint
 
 RECIPE = {
@@ -70,7 +71,7 @@ def test_streamed_and_ivf_indexes_match_the_exact_one(fused, tmp_path: Path) -> 
     small = build_index(result.space, world, tmp_path / "s", modalities=["audio"], split="test", chunk_size=64,
                         cache_dir=cache_dir, progress=False)
     ivf = build_index(result.space, world, tmp_path / "i", modalities=["audio"], split="test", kind="ivf",
-                      nlist=8, nprobe=8, chunk_size=100, cache_dir=cache_dir, progress=False)
+                      options=IndexOptions(nlist=8, nprobe=8), chunk_size=100, cache_dir=cache_dir, progress=False)
     assert small.items == {"audio": exact.items["audio"]} and ivf.manifest["kind"] == "ivf"
     q = result.space.encode("text", ["a dog barking"])[0]
     want = [(h.id, round(h.score, 5)) for h in search(exact, q, 10, ["audio"])]
@@ -80,7 +81,7 @@ def test_streamed_and_ivf_indexes_match_the_exact_one(fused, tmp_path: Path) -> 
     # nlist above the whole collection is refused
     with pytest.raises(InputError, match="nlist=100000 needs at least 100000"):
         build_index(result.space, world, tmp_path / "x", modalities=["audio"], split="test", kind="ivf",
-                    nlist=100_000, chunk_size=100, cache_dir=cache_dir, progress=False)
+                    options=IndexOptions(nlist=100_000), chunk_size=100, cache_dir=cache_dir, progress=False)
 
 
 def test_compose_is_the_renormalised_weighted_sum_and_checks_weights(fused) -> None:

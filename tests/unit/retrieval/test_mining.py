@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from spacebind.cache.store import embed_dataset
 from spacebind.errors import CacheError
 from spacebind.io.datasets import Dataset
-from spacebind.retrieval.mining import mine
+from spacebind.retrieval.mining import IndexOptions, mine
 from spacebind.space import Space
 
 N, DIM = 300, 16
@@ -53,7 +53,7 @@ def test_flat_mining_equals_brute_force_top_k(cache) -> None:
 
 def test_ivf_with_all_lists_probed_is_exact(cache) -> None:
     exact = mine(cache, "text", "point", k=3, progress=False)
-    ivf = mine(cache, "text", "point", k=3, index="ivf", nlist=8, nprobe=8, chunk_size=300, progress=False)
+    ivf = mine(cache, "text", "point", k=3, index="ivf", options=IndexOptions(nlist=8, nprobe=8), chunk_size=300, progress=False)
     torch.testing.assert_close(ivf.scores, exact.scores, atol=1e-5, rtol=0)
 
 

@@ -47,18 +47,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks import realdata_world as world
 from benchmarks.realdata_experts import MiniLM, make_spaces, train_experts
 from benchmarks.realdata_world import TestSet
 from benchmarks.reference_bond import DEFAULT_PAIRS, combine, pseudo_pairs, reference_bond
+from spacebind.evaluation.metrics import class_embeddings
 
 THREADS = 1
 torch.set_num_threads(THREADS)
 LAMBDAS_EXPERTISE = {"audio": 0.8, "text": 0.5}
 DEFAULT, FIXED, REFERENCE = "spacebind default", "spacebind λ .8/.5 fixed", "reference bond λ .8/.5"
+MLP = "spacebind projector mlp"
 METRICS = ("audio_zs", "a2t", "t2a", "image_zs")
 AUDIO_TEXT = ("audio_zs", "a2t", "t2a")
 DIAGNOSIS = ("a2t_class", "t2a_class", "a2t_gender", "a2t_pitch", "a2t_speed")
@@ -78,15 +79,17 @@ HEADERS = {
 # ---------------------------------------------------------------- evaluation
 
 
-def class_centres(prompt_emb: Tensor, per_class: int) -> Tensor:
-    return F.normalize(prompt_emb.view(-1, per_class, prompt_emb.shape[-1]).mean(1), dim=-1)
+def class_centres(prompt_emb: Tensor, per_class: int, blocks: Sequence[int] | None = None) -> Tensor:
+    return class_embeddings(prompt_emb, len(prompt_emb) // per_class, blocks)
 
 
 def scores(
-    a: Tensor, t: Tensor, prompts: Tensor, test: TestSet, img: Tensor | None, img_prompts: Tensor | None
+    a: Tensor, t: Tensor, prompts: Tensor, test: TestSet, img: Tensor | None, img_prompts: Tensor | None,
+    blocks: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Zero-shot accuracies and instance-level R@1 (plus class-level a→t for diagnosis)."""
-    centres = class_centres(prompts, len(test.templates))
+    """Zero-shot accuracies and instance-level R@1 (plus class-level a→t for diagnosis); `blocks`:
+    the space's, for its class centres."""
+    centres = class_centres(prompts, len(test.templates), blocks)
     sim = a @ t.T
     truth = torch.arange(len(a))
     out = {
@@ -102,7 +105,7 @@ def scores(
         out[f"a2t_{attr}"] = float(np.mean([values[j] == values[i] for i, j in enumerate(top)]))
     if img is not None:
         out["image_zs"] = (
-            ((img @ class_centres(img_prompts, len(test.templates)).T).argmax(1) == test.image_labels)
+            ((img @ class_centres(img_prompts, len(test.templates), blocks).T).argmax(1) == test.image_labels)
             .float()
             .mean()
             .item()
@@ -116,7 +119,8 @@ def score_space(space: Any, test: TestSet) -> dict[str, float]:
     prompts = enc("text", test.prompts)
     img = enc("image", test.images) if "image" in space.modalities else None
     return scores(
-        enc("audio", test.audio), enc("text", test.text), prompts, test, img, prompts if img is not None else None
+        enc("audio", test.audio), enc("text", test.text), prompts, test, img, prompts if img is not None else None,
+        space.blocks,
     )
 
 
@@ -209,7 +213,13 @@ def describe_choices(choices: dict[str, Any]) -> str:
     for t in choices.get("targets", {}).values():
         rel = ", ".join(f"{m} {v:.3f}" for m, v in t.get("reliability", {}).items())
         parts.append(f"targets {t['kept']} (pairing {t['pairing']}; {t.get('measure') or '-'}: {rel or '-'})")
+    projector = choices.get("projector")
+    if projector:
+        scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())
+        parts.append(f"projector {projector['chosen']} (val worst margins: {scores})")
     lam = choices.get("lambdas")
+    if lam and lam.get("channels"):
+        parts.append("channel κ " + ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items()))
     if lam:
         margins = ", ".join(f"{k} {100 * v:+.1f}" for k, v in lam["margins"].items())
         parts.append(
@@ -287,7 +297,8 @@ def run_seed(seed: int, work: Path, only: str, diagnose: bool, log: Callable[[st
     log(f"  experts scored ({time.time() - t:.0f}s)")
     bound = None
     if only == "all":
-        for name, kwargs in ((DEFAULT, {}), (FIXED, {"lambdas": LAMBDAS_EXPERTISE, "tune": False})):
+        variants = ((DEFAULT, {}), (FIXED, {"lambdas": LAMBDAS_EXPERTISE, "tune": False}), (MLP, {"projector": "mlp"}))
+        for name, kwargs in variants:
             t = time.time()
             space = spacebind_bond(u, at, data, work, seed, **kwargs)
             rows[name], choices[name] = score_space(space, test), choices_of(space)

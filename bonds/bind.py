@@ -7,6 +7,13 @@ With n() L2-normalisation, P̄ the mean of a mixture's unit outputs, λ_m a per-
   `n(P̄_{E→U}(x^E_m))`. Several experts (parallel bond) average all their projector outputs.
 - displacement (result in E's space): m in both: `e_m = n(λ_m·P̄_{U→E}(u_m) + (1 − λ_m)·x^E_m)`;
   m only in U: `n(P̄_{U→E}(u_m))`; m only in E: `x^E_m`.
+- channel (spacebind's extension, `channels` set): the projected side's own unit embedding r_m
+  (the experts' x^E_m, concatenated and renormalised, for a combination; u_m for a displacement)
+  is appended with weight κ_m: `[√(1 − κ_m)·e_m, √κ_m·r_m]`, and `[e_m, 0]` for modalities the
+  projected side lacks. κ = 0 everywhere is FreeBind's formula (zero padding). Similarities become
+  (1 − κ)-weighted bond similarities plus κ-weighted own similarities: between a modality with a
+  channel and one without, every ranking is the bond's; between two with one, an ensemble of the
+  bond and the projected side, which at κ → 1 ranks as that side does.
 
 `train_bond` trains the projectors a bond needs on cached leaf embeddings (`spacebind.bonds.fit`);
 `bind` is `Space.bind`.
@@ -20,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacebind.bonds.fit import train_head
+from spacebind.bonds.fit import train_heads
 from spacebind.bonds.lambdas import choose_lambdas
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
@@ -28,6 +35,8 @@ from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
 from spacebind.modalities import check_modality
 from spacebind.space import Space
+
+AUTO_PROJECTORS = ("mlp", "procrustes")  # `projector: auto`'s candidates, FreeBind's first
 
 
 def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
@@ -55,6 +64,7 @@ class BoundSpace(BondNode):
         name: str | None = None,
         presets: Mapping[str, Mapping[str, float]] | None = None,
         choices: Mapping[str, Any] | None = None,
+        channels: Mapping[str, float] | None = None,
     ) -> None:
         if kind not in ("combination", "displacement"):
             raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
@@ -64,43 +74,79 @@ class BoundSpace(BondNode):
         self.kind = kind
         self.lambdas = _checked(lambdas or {})
         self.presets = {name: _checked(values) for name, values in (presets or {}).items()}
-        self.dim = base.dim if kind == "combination" else experts[0].dim
+        # κ per modality of the channel (None: no channel, FreeBind's formula and dimension)
+        self.channels = _checked(channels, "channel weight") if channels is not None else None
+        bond_dim = base.dim if kind == "combination" else experts[0].dim
+        self.dim = bond_dim + (sum(s.dim for s in self._raw_sides()) if self.channels is not None else 0)
         self.name = name or self.formula()
-        self.choices = dict(choices or {})  # what training chose and why: targets per member, λ
+        self.choices = dict(choices or {})  # what training chose and why: targets per member, λ, κ
+
+    def _raw_sides(self) -> list[Space]:
+        """The projected side's spaces, whose own embeddings form the channel."""
+        return list(self.experts) if self.kind == "combination" else [self.base]
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """(bond, channel) widths with a channel, else the whole vector."""
+        if self.channels is None:
+            return (self.dim,)
+        channel = sum(s.dim for s in self._raw_sides())
+        return (self.dim - channel, channel)
+
+    def channel_modalities(self) -> list[str]:
+        """The modalities the channel carries: those the projected side covers."""
+        return [m for m in self.modalities if any(m in s.modalities for s in self._raw_sides())]
+
+    def channel_for(self, modality: str) -> float:
+        """κ_m, the channel's weight (0 without a channel or where unset)."""
+        return (self.channels or {}).get(modality, 0.0)
 
     def tunable_modalities(self) -> list[str]:
         """The modalities whose λ mixes two sides: covered by the base and by a member."""
         return [m for m in self.modalities if m in self.base.modalities and any(m in e.modalities for e in self.experts)]
 
     def kind_config(self) -> dict[str, Any]:
-        return {"choices": self.choices} if self.choices else {}
+        return {**({"channels": self.channels} if self.channels is not None else {}),
+                **({"choices": self.choices} if self.choices else {})}
+
+    @staticmethod
+    def card_weights(config: dict[str, Any]) -> str:
+        weights = BondNode.card_weights(config)
+        channels = config.get("channels")
+        return weights + ("; channel " + ", ".join(f"{m} {v:g}" for m, v in channels.items()) if channels else "")
 
     def formula(self) -> str:
-        """FreeBind notation, e.g. `(world_unified + d(world_image_text)) + c(world_audio_text)`."""
+        """FreeBind notation, e.g. `(world_unified + d(world_image_text)) + c(world_audio_text)`;
+        a channel appends `⊕ <its side>`."""
         base = f"({self.base.formula()})" if isinstance(self.base, BondNode) else self.base.formula()
         inner = " ∥ ".join(e.formula() for e in self.experts)
-        return f"{base} + {self.kind[0]}({inner})"
+        channel = f" ⊕ {inner if self.kind == 'combination' else base}" if self.channels is not None else ""
+        return f"{base} + {self.kind[0]}({inner}){channel}"
 
     def lambda_for(self, modality: str) -> float:
         """λ_m: the weight on the projected side (0.5 when the bond does not set it)."""
         return self.lambdas.get(modality, 0.5)
 
-    def with_lambdas(self, lambdas: str | Mapping[str, float]) -> "BoundSpace":
+    def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "BoundSpace":
         """The same space (heads shared) with other λ on this bond: a preset name or a mapping;
-        modalities the mapping does not name keep their λ. Coarse-to-fine inference picks presets."""
+        modalities the mapping does not name keep their λ. Coarse-to-fine inference picks presets.
+        `channels`: other κ (the space must have a channel)."""
         if isinstance(lambdas, str):
             if lambdas not in self.presets:
                 known = ", ".join(self.presets) or "(none)"
                 raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: {known}")
             lambdas = self.presets[lambdas]
+        if channels and self.channels is None:
+            raise InputError(f"space {self.name!r} has no channel to weigh")
         return BoundSpace(self.base, self.experts, self.kind, self.heads, lambdas={**self.lambdas, **lambdas},
-                          name=self.name, presets=self.presets, choices=self.choices)
+                          name=self.name, presets=self.presets, choices=self.choices,
+                          channels=None if self.channels is None else {**self.channels, **(channels or {})})
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
                     heads: dict[str, nn.Module]) -> "BoundSpace":
         return cls(base, experts, config["bond"], heads, lambdas=config["lambdas"], name=config["name"],
-                   presets=config.get("presets"), choices=config.get("choices"))
+                   presets=config.get("presets"), choices=config.get("choices"), channels=config.get("channels"))
 
     @classmethod
     def train(cls, base: Space, experts: list[Space], kind: str, caches: CacheSet, dataset: Dataset,
@@ -110,32 +156,44 @@ class BoundSpace(BondNode):
     @torch.no_grad()
     def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
         check_modality(modality, self.modalities, owner=f"space {self.name!r}")
-        lam = self.lambda_for(modality)
-        in_base = modality in self.base.modalities
-        covering = [e for e in self.experts if modality in e.modalities]
-        u = self.base.combine(modality, leaf_embeddings) if in_base else None
-        xs = [e.combine(modality, leaf_embeddings) for e in covering]
+        u = self.base.combine(modality, leaf_embeddings) if modality in self.base.modalities else None
+        xs = {e.name: e.combine(modality, leaf_embeddings) for e in self.experts if modality in e.modalities}
+        bonded = self._bonded(modality, u, xs)
+        if self.channels is None:
+            return bonded
         if self.kind == "combination":
-            if not covering:
+            parts = [xs.get(e.name, bonded.new_zeros(len(bonded), e.dim)) for e in self.experts]
+            raw = F.normalize(torch.cat(parts, dim=-1), dim=-1)  # all zeros where no expert covers it
+        else:
+            raw = u if u is not None else bonded.new_zeros(len(bonded), self.base.dim)
+        has_raw = bool(xs) if self.kind == "combination" else u is not None
+        kappa = self.channel_for(modality) if has_raw else 0.0
+        return torch.cat([(1.0 - kappa) ** 0.5 * bonded, kappa ** 0.5 * raw], dim=-1)
+
+    def _bonded(self, modality: str, u: torch.Tensor | None, xs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """FreeBind's e_m from the base's embedding `u` and the covering experts' `xs` (by name)."""
+        lam = self.lambda_for(modality)
+        if self.kind == "combination":
+            if not xs:
                 return u
-            projected = _members_mean([self.heads[e.name] for e in covering], xs, modality)
+            projected = _members_mean([self.heads[name] for name in xs], list(xs.values()), modality)
             if u is None:
                 return F.normalize(projected, dim=-1)
             return F.normalize((1.0 - lam) * u + lam * projected, dim=-1)
-        head = self.heads[self.experts[0].name]
+        x = next(iter(xs.values()), None)
         if u is None:
-            return xs[0]
-        projected = _members_mean([head], [u], modality)
-        if not covering:
+            return x
+        projected = _members_mean([self.heads[self.experts[0].name]], [u], modality)
+        if x is None:
             return F.normalize(projected, dim=-1)
-        return F.normalize(lam * projected + (1.0 - lam) * xs[0], dim=-1)
+        return F.normalize(lam * projected + (1.0 - lam) * x, dim=-1)
 
 
-def _checked(lambdas: Mapping[str, float]) -> dict[str, float]:
+def _checked(lambdas: Mapping[str, float], what: str = "lambda") -> dict[str, float]:
     out = {check_modality(m): float(v) for m, v in lambdas.items()}
     for m, v in out.items():
         if not 0.0 <= v <= 1.0:
-            raise InputError(f"lambda for {m!r} is {v}; expected a value in [0, 1]")
+            raise InputError(f"{what} for {m!r} is {v}; expected a value in [0, 1]")
     return out
 
 
@@ -151,27 +209,55 @@ def train_bond(
     name: str | None = None,
     presets: Mapping[str, Mapping[str, float]] | None = None,
     tune: bool = True,
+    projector: str = "auto",
+    channel: bool = True,
     **head_kwargs: Any,
 ) -> BoundSpace:
     """Train the projectors a bond needs and return the bound space. With `tune`, the λ of the
     modalities both sides cover are then chosen on the val split, starting from `lambdas` and
-    keeping them unless another λ is better beyond the noise (`spacebind.bonds.lambdas`)."""
+    keeping them unless another λ is better beyond the noise (`spacebind.bonds.lambdas`).
+
+    `projector="auto"` fits the candidates of `AUTO_PROJECTORS` on the same pairs and keeps the
+    first (FreeBind's MLP) unless another (Procrustes: an isometry, so the fused space can keep
+    the expert's own geometry) is better on val beyond the noise; without a val split, the first.
+    `channel` (with `tune`) lets the val split weigh a channel of the projected side's own
+    embeddings per modality (see the module docstring); where it chooses 0 everywhere the space
+    is FreeBind's, without the channel."""
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
-    heads, targets = {}, {}
+    kinds = AUTO_PROJECTORS if projector == "auto" else (projector,)
+    judged = tune and bool(dataset.select("val"))
+    heads: dict[str, dict[str, nn.Module]] = {k: {} for k in kinds}
+    targets = {}
     for expert in experts:
         src, tgt = (expert, base) if kind == "combination" else (base, expert)
         ckpt = work_dir / expert.name if work_dir is not None else None
         kwargs = {**head_kwargs, "miner": head_kwargs.get("miner") or expert.name}
-        heads[expert.name], chosen = train_head(src, tgt, caches, dataset, checkpoint_dir=ckpt, **kwargs)
+        fitted, chosen = train_heads(src, tgt, caches, dataset, checkpoint_dir=ckpt,
+                                     projectors=kinds if judged else kinds[:1], **kwargs)
+        for k, head in fitted.items():
+            heads[k][expert.name] = head
         targets[expert.name] = chosen.to_json()
-    space = BoundSpace(base, list(experts), kind, heads, lambdas=lambdas, name=name, presets=presets,
-                       choices={"targets": targets})
-    choice = choose_lambdas(space, [base, *experts], caches, dataset) if tune and dataset.select("val") else None
+
+    def space_with(k: str, lams: Mapping[str, float] | None, choices: dict[str, Any],
+                   channels: Mapping[str, float] | None = None) -> BoundSpace:
+        return BoundSpace(base, list(experts), kind, heads[k], lambdas=lams, name=name, presets=presets,
+                          choices=choices, channels=channels)
+
+    if not judged:
+        return space_with(kinds[0], lambdas, {"targets": targets})
+    unweighed = {} if channel else None  # a channel at κ = 0: FreeBind's formula, zero padded
+    first = space_with(kinds[0], lambdas, {}, unweighed)
+    alternatives = {k: space_with(k, lambdas, {}, unweighed) for k in kinds[1:]}
+    choice = choose_lambdas(first, [base, *experts], caches, dataset, alternatives=alternatives)
     if choice is None:
-        return space
-    return BoundSpace(base, list(experts), kind, heads, lambdas={**space.lambdas, **choice.lambdas}, name=name,
-                      presets=presets, choices={"targets": targets, "lambdas": choice.to_json()})
+        return space_with(kinds[0], lambdas, {"targets": targets})
+    kept = choice.projector or kinds[0]
+    record = {"targets": targets, "lambdas": choice.to_json()}
+    if len(kinds) > 1:
+        record["projector"] = {"chosen": kept, "candidates": {k or kinds[0]: v for k, v in choice.candidates.items()}}
+    channels = choice.channels if choice.channels and any(v > 0 for v in choice.channels.values()) else None
+    return space_with(kept, {**(lambdas or {}), **choice.lambdas}, record, channels)
 
 
 def bind(
@@ -196,8 +282,9 @@ def bind(
         lambdas: per-modality λ (weight of the projected side).
         cache_dir: where leaf embedding caches live (default `$SPACEBIND_HOME/caches/<dataset key>`).
         work_dir: where resumable projector checkpoints go (default: none, train in memory).
-        head_kwargs: `tune` (choose λ on val, default True), and `train_head`'s: `projector`
-            ("mlp", "linear", "procrustes", "relative"), `pairing`, `mixture`, `pseudo`, `train` (TrainConfig).
+        head_kwargs: `tune` (choose λ on val, default True), `projector` ("auto", the default, or
+            "mlp", "linear", "procrustes", "relative"), `channel` (default True: see `train_bond`),
+            and `train_heads`'s: `pairing`, `mixture`, `pseudo`, `train` (TrainConfig).
     """
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     experts = [expert] if isinstance(expert, Space) else list(expert)

@@ -45,7 +45,7 @@ def curate_ids(space: "Space", caches: "CacheSet", dataset: "Dataset", ids: Sequ
         raise InputError(f"curation retrieves by {modality}; space {space.name!r} covers {list(space.modalities)}")
     names = dataset.class_names
     prompts = [t.format(c) for c in names for t in dataset.templates]
-    concepts = class_embeddings(space.encode(modality, prompts), len(names))
+    concepts = class_embeddings(space.encode(modality, prompts), len(names), space.blocks)
     items = dataset.by_id()
     ids = caches.usable_ids(space, modality, [i for i in ids if modality in items[i].fields])
     rows = balanced_rows(caches.embeddings(space, modality, ids), concepts, per_concept)

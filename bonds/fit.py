@@ -7,6 +7,15 @@ Which target modalities b each source modality a learns from is the bond's `pair
 from unpaired pools instead. U may itself be a bound space: its embeddings come from `combine`
 over the leaf caches, so a later bond targets the space built so far and no expert ever
 re-encodes the data.
+
+With `train.stream_mb` set and both sides leaf experts with caches on disk, the training pairs
+are not read into memory: a `spacebind.training.pairs.CachePairs` holds the same (cache,
+modality, ids) parts in the same order, the MLP projectors train from it batch by batch (at most
+`stream_mb` MB of float16 shards held, its shard-block batch order) and the closed-form heads fit
+from it chunk by chunk (`fit_source`: Procrustes and least squares accumulate srcᵀ·tgt / xᵀx, xᵀy;
+relative representations read only their anchors). A bound space's embeddings come from
+`combine` over several caches and pseudo datasets are mined in memory: those pairs stay tensors
+(a status line says so). Validation pairs are always tensors (val splits are small).
 """
 from __future__ import annotations
 
@@ -21,43 +30,87 @@ from spacebind.bonds.heads import HEADS, projector_types
 from spacebind.bonds.mixture import train_mixture
 from spacebind.bonds.targets import Targets, choose_targets
 from spacebind.cache.cache_set import CacheSet
+from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
+from spacebind.io.progress import note
 from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
-from spacebind.space import Space
+from spacebind.space import Expert, Space
+from spacebind.training.pairs import CachePairs
 from spacebind.training.trainer import TrainConfig
 
 Pairs = tuple[torch.Tensor, torch.Tensor, list[str]]
+Part = tuple[str, str, list[str]]  # (source modality a, target modality b, item ids)
 
 
-def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
-           keep: set[str] | None = None) -> Pairs:
-    """Training pairs for a projector src → tgt from the paired items of a split, and the source
-    modalities they hold: (src_a(item), tgt_b(item)) for every a of the source and every b of the
-    target that `targets` admits. A modality only the source covers (point in a displacement) is
-    anchored on the item's other modalities; `keep` restricts the items (a curated subset)."""
+def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
+                keep: set[str] | None = None) -> list[Part]:
+    """Which pairs train a projector src → tgt: for every a of the source and every b of the
+    target that `targets` admits, the items of the split holding both (and embedded by every leaf
+    involved). A modality only the source covers (point in a displacement) is anchored on the
+    item's other modalities; `keep` restricts the items (a curated subset)."""
     combos = [(a, b) for a in src.modalities for b in tgt.modalities if targets.admits(a, b)]
-    xs, ys, sources = [], [], []
+    parts = []
     for a, b in combos:
         ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields
                and (keep is None or it.id in keep)]
         ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids)) if ids else []
         if ids:
-            xs.append(caches.embeddings(src, a, ids))
-            ys.append(caches.embeddings(tgt, b, ids))
-            sources += [a] if a not in sources else []
-    if not xs:
+            parts.append((a, b, ids))
+    return parts
+
+
+def _part_sources(parts: Sequence[Part]) -> list[str]:
+    """The source modalities the pairs hold, in order."""
+    return list(dict.fromkeys(a for a, _, _ in parts))
+
+
+def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
+           keep: set[str] | None = None) -> Pairs:
+    """Training pairs for a projector src → tgt from the paired items of a split (see `_pair_parts`),
+    as tensors, and the source modalities they hold: (src_a(item), tgt_b(item)) part by part."""
+    return _tensors(src, tgt, caches, _pair_parts(src, tgt, caches, dataset, split, targets, keep))
+
+
+def _tensors(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part]) -> Pairs:
+    """The pairs of `parts` read into memory, concatenated in order, and their source modalities."""
+    if not parts:
         return torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
-    return torch.cat(xs), torch.cat(ys), sources
+    xs = [caches.embeddings(src, a, ids) for a, _, ids in parts]
+    ys = [caches.embeddings(tgt, b, ids) for _, b, ids in parts]
+    return torch.cat(xs), torch.cat(ys), _part_sources(parts)
 
 
-def train_head(
+def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part], max_mb: float
+              ) -> tuple[CachePairs | None, str]:
+    """The pairs of `parts` as a shard source (same parts, same order), or None and why not: only
+    a leaf expert's embeddings are rows of one cache (a bound space combines several)."""
+    for side in (src, tgt):
+        if not isinstance(side, Expert):
+            return None, f"{side.name!r} is a bound space (its embeddings are combined from several caches)"
+        if not isinstance(caches.caches.get(side.name), EmbeddingCache):
+            return None, f"the cache of {side.name!r} is not an embedding cache on disk"
+    try:
+        return CachePairs([(caches.caches[src.name], a, ids) for a, _, ids in parts],
+                          [(caches.caches[tgt.name], b, ids) for _, b, ids in parts], max_mb=max_mb), ""
+    except InputError as exc:
+        raise InputError(f"train.stream_mb: {exc}") from None
+
+
+def train_head(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, *, projector: str = "mlp",
+               **kwargs: Any) -> tuple[nn.Module, Targets]:
+    """Fit one projector of type `projector` from `src`'s space into `tgt`'s (`train_heads`)."""
+    heads, targets = train_heads(src, tgt, caches, dataset, projectors=(projector,), **kwargs)
+    return heads[projector], targets
+
+
+def train_heads(
     src: Space,
     tgt: Space,
     caches: CacheSet,
     dataset: Dataset,
     *,
-    projector: str = "mlp",
+    projectors: Sequence[str] = ("mlp",),
     mixture: int = 1,
     pairing: str = "auto",
     pseudo: Sequence[PseudoDataset] = (),
@@ -67,24 +120,31 @@ def train_head(
     train: TrainConfig | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
-) -> tuple[nn.Module, Targets]:
-    """Fit a projector (or a mixture of `mixture` MLP projectors) from `src`'s space into `tgt`'s;
-    returns it with the target modalities `pairing` kept (see `spacebind.bonds.targets`).
+) -> tuple[dict[str, nn.Module], Targets]:
+    """Fit a projector of each type in `projectors` from `src`'s space into `tgt`'s on the same
+    pairs (`mlp`: a mixture of `mixture` MLP projectors; the others in closed form); returns them
+    by type with the target modalities `pairing` kept (see `spacebind.bonds.targets`).
 
-    With `pseudo` datasets, the mixture has one member per pseudo dataset, each trained on that
-    dataset's mined pairs (`miner`: the expert that retrieves, by default set by the bond), and
-    applied only to the source modalities it trained on.
+    With `pseudo` datasets the pairs are mined from unpaired pools (`miner`: the expert that
+    retrieves, by default set by the bond): the MLP mixture has one member per pseudo dataset,
+    each trained on that dataset's pairs and applied only to the source modalities it trained
+    on; a closed-form head fits all of them pooled.
     With `curate`, training uses only the concept-balanced pair set: per class, the `curate` train
     items whose text is nearest to the class prompts in the target's text side (the source's if
     the target has none); see `bonds.curation`. `relative`: `anchors`, `k`, `power` of the
-    relative-representation projector."""
-    if projector not in projector_types():
-        raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(projector_types())}")
+    relative-representation projector.
+    With `train.stream_mb`, pairs between two leaf experts are read from the cache shards instead
+    of memory (see the module docstring); other pairs fall back to tensors with a status line."""
+    for projector in projectors:
+        if projector not in projector_types():
+            raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(projector_types())}")
     targets = choose_targets(pairing, tgt, caches, dataset)
-    subsets = None
+    config = train or TrainConfig()
+    subsets = source = None
     if pseudo:
-        if projector != "mlp":
-            raise InputError(f"pseudo datasets train one MLP mixture member each; projector {projector!r} takes none")
+        if config.stream_mb is not None:
+            note(f"{src.name} → {tgt.name}: pseudo pairs are mined in memory; training reads them from memory, "
+                 f"not from the cache shards (train.stream_mb)", progress)
         if curate is not None:
             raise InputError("curation selects paired items; a bond with pseudo datasets has none to select")
         x, y, subsets, sources, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", targets,
@@ -95,24 +155,49 @@ def train_head(
         if curate is not None:
             judge = tgt if "text" in tgt.modalities else src
             keep = set(curate_ids(judge, caches, dataset, [it.id for it in dataset.select("train")], curate))
-        x, y, seen = _pairs(src, tgt, caches, dataset, "train", targets, keep)
-        if len(x) == 0:
+        parts = _pair_parts(src, tgt, caches, dataset, "train", targets, keep)
+        if not parts:
             raise InputError(
                 f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
                 f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
                 f"(pairing {pairing!r}, target modalities kept: {targets.kept})"
             )
-        if projector != "mlp":  # a closed-form head type
-            options = {**dict(relative or {}), "seed": (train or TrainConfig()).seed}
-            return HEADS.entry(projector).factory.fit_pairs(projector, x, y, options), targets
-        vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
+        if config.stream_mb is not None:
+            source, why = _streamed(src, tgt, caches, parts, config.stream_mb)
+            note(f"{src.name} → {tgt.name}: {len(source)} training pairs read from the cache shards "
+                 f"(at most {config.stream_mb:g} MB held)" if source is not None else
+                 f"{src.name} → {tgt.name}: training pairs read into memory, not streamed (train.stream_mb): {why}",
+                 progress)
+        if source is None:
+            x, y, seen = _tensors(src, tgt, caches, parts)
+        else:
+            x = y = None
+            seen = _part_sources(parts)
+        vx = vy = torch.empty(0)
+        if "mlp" in projectors:
+            vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
         sources = [seen] * mixture
-    head = train_mixture(
-        x, y, n=mixture, config=train or TrainConfig(), subsets=subsets, sources=sources,
-        val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
-        checkpoint_dir=checkpoint_dir, progress=progress,
-    )
-    return head, targets
+    heads: dict[str, nn.Module] = {}
+    for projector in projectors:
+        if projector != "mlp":  # a closed-form head type
+            options = {**dict(relative or {}), "seed": config.seed}
+            factory = HEADS.entry(projector).factory
+            if source is not None and hasattr(factory, "fit_source"):  # fitted chunk by chunk from the shards
+                heads[projector] = factory.fit_source(projector, source, options)
+                continue
+            if source is not None:  # a head type that needs every pair at once
+                note(f"{src.name} → {tgt.name}: the {projector} head needs all pairs in memory; reading them",
+                     progress)
+                x, y = source.gather(torch.arange(len(source)))
+            heads[projector] = factory.fit_pairs(projector, x, y, options)
+            continue
+        heads[projector] = train_mixture(
+            source if source is not None else x, None if source is not None else y, n=mixture, config=config,
+            subsets=subsets, sources=sources,
+            val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
+            checkpoint_dir=checkpoint_dir, progress=progress,
+        )
+    return heads, targets
 
 
 def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,

@@ -18,7 +18,8 @@ H = TypeVar("H", bound=type)
 def register_head(*names: str, projector: bool = False, description: str = "") -> Callable[[H], H]:
     """Class decorator: register a head class under one or more type names (its `config["type"]`).
     `projector`: a bond's `projector:` may name it (the class then trains through the projector
-    trainer, `mlp`, or fits in closed form with a static `fit_pairs(kind, src, tgt, options)`)."""
+    trainer, `mlp`, or fits in closed form with a static `fit_pairs(kind, src, tgt, options)`, and
+    from a shard source under `train.stream_mb` with an optional static `fit_source(kind, source, options)`)."""
 
     def decorate(cls: H) -> H:
         for name in names:

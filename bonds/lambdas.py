@@ -5,15 +5,21 @@ direction (R@1 over paired items; between unpaired labelled pools, whether the t
 the query's class) and zero-shot classification of a modality against the class prompts (acc1). The parts are the bond's base and experts; a part scores the tasks it covers. The
 objective of a λ is its worst margin over tasks, fused − best part (maximin: the fused space should
 be at least as good as the best of its parts on every task), ties broken by the mean fused score.
-The search covers the λ of every modality both sides of the bond cover: the whole grid for up to
-two such modalities, coordinate ascent beyond. Guard: the best λ replaces the coarse one (the
-bond's own λ) only if its objective is higher in at least `confidence` of `resamples` bootstrap
-resamples of the split's queries, so a tie or a win inside the noise keeps the coarse λ.
+The search covers the λ of every modality both sides of the bond cover (and the candidate heads,
+`alternatives`): the whole grid for up to two parameters, coordinate ascent beyond. Guard: the best
+setting replaces the coarse one (the bond's own heads and λ) only if its objective is higher in at
+least `confidence` of `resamples` bootstrap resamples of the split's queries, so a tie or a win
+inside the noise keeps the coarse setting.
+
+A bond with a channel (`spacebind.bonds.bind`) then chooses κ per carried modality the same way, on
+the tasks between carried modalities (the only ones κ changes), from a prior: a combination's
+channel starts at `CHANNEL_PRIOR` (the experts rank their own pairs, as the experts; the bond
+breaks near-ties), a displacement's at 0 (FreeBind's bond).
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -28,7 +34,9 @@ if TYPE_CHECKING:
     from spacebind.cache import CacheSet
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-Lambdas = tuple[tuple[str, float], ...]
+CHANNEL = "channel:"  # prefix of a channel weight κ among the tuned parameters
+CHANNEL_PRIOR = 0.999  # κ kept unless beaten: the projected side ranks its own pairs, the bond breaks near-ties
+Setting = tuple[tuple[str, float], ...]
 
 
 @dataclass
@@ -43,6 +51,10 @@ class LambdaChoice:
     confidence: float  # fraction of bootstrap resamples in which the best λ beats the coarse one
     kept_coarse: bool
     margins: dict[str, float]  # per task, at the λ in force, fused − best part
+    projector: str = ""  # the alternative heads chosen ("": the bond's own)
+    candidates: dict[str, float] = field(default_factory=dict)  # worst margin of each candidate's best λ
+    channels: dict[str, float] | None = None  # κ chosen per modality (None: the bond has no channel)
+    channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,30 +64,39 @@ class _Tasks:
     """Per-query correctness of every task, for the fused space at any λ and for each part."""
 
     def __init__(self, space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset,
-                 split: str, tuned: Sequence[str], grid: Sequence[float]) -> None:
+                 split: str, tuned: Sequence[str], grid: Sequence[float],
+                 best_part: dict[str, torch.Tensor] | None = None) -> None:
+        """`tuned`: parameter names, a modality for its λ and `CHANNEL + modality` for its κ."""
         self.items = dataset.select(split)
         self.by_id = dataset.by_id()
         self.modalities = [m for m in space.modalities if any(m in it.fields for it in self.items)]
         self.ids = {m: caches.usable_ids(space, m, [it.id for it in self.items if m in it.fields]) for m in self.modalities}
         self.row = {m: {i: r for r, i in enumerate(ids)} for m, ids in self.ids.items()}
-        self.space, self.caches, self.tuned = space, caches, list(tuned)
-        # fused embeddings of each modality at each of its λ values (one value for untuned ones)
-        self.fused: dict[str, dict[float, torch.Tensor]] = {}
-        for m in self.modalities:
-            values = grid if m in self.tuned else [space.lambda_for(m)]
-            self.fused[m] = {lam: caches.embeddings(space.with_lambdas({m: lam}), m, self.ids[m]) for lam in values}
+        self.space, self.caches = space, caches
+        # the parameters each modality's fused embedding depends on: its λ, its channel weight κ
+        self.params = {m: [p for p in (m, CHANNEL + m) if p in tuned] for m in self.modalities}
+        self.fused: dict[str, dict[tuple[float, ...], torch.Tensor]] = {
+            m: {values: caches.embeddings(self._at(m, values), m, self.ids[m])
+                for values in itertools.product(grid, repeat=len(self.params[m]))}
+            for m in self.modalities}
         self.prompts = self._prompts(dataset)
-        self.fused_classes: dict[float, torch.Tensor] = {}
+        self.fused_classes: dict[tuple[float, ...], torch.Tensor] = {}
         self.prompt_leaves: dict[str, torch.Tensor] = {}  # each leaf encodes the prompts once, for fused and parts
         if self.prompts is not None and "text" in space.modalities:
             leaf = self.prompt_leaves = space.leaf_embeddings("text", self.prompts[0])
-            values = grid if "text" in self.tuned else [space.lambda_for("text")]
-            for lam in values:
-                self.fused_classes[lam] = class_embeddings(space.with_lambdas({"text": lam}).combine("text", leaf),
-                                                           self.prompts[1])
+            for values in itertools.product(grid, repeat=len(self.params.get("text", []))):
+                at = self._at("text", values)
+                self.fused_classes[values] = class_embeddings(at.combine("text", leaf), self.prompts[1], at.blocks)
         self.labels = {m: torch.tensor([self._label(i) for i in self.ids[m]]) for m in self.modalities}
         self.names = self._task_names()
-        self.best_part = self._best_parts(parts)
+        self.best_part = best_part if best_part is not None else self._best_parts(parts)
+
+    def _at(self, modality: str, values: Sequence[float]) -> "BoundSpace":
+        """The space with `modality`'s tuned parameters set to `values` (in `self.params` order)."""
+        setting = dict(zip(self.params.get(modality, []), values))
+        lambdas = {modality: setting[modality]} if modality in setting else {}
+        channels = {modality: setting[CHANNEL + modality]} if CHANNEL + modality in setting else None
+        return self.space.with_lambdas(lambdas, channels)
 
     def _prompts(self, dataset: Dataset) -> tuple[list[str], int] | None:
         if not dataset.classes:
@@ -119,15 +140,14 @@ class _Tasks:
         g = target[[self.row[b][i] for i in shared]]
         return (q @ g.T).argmax(dim=1) == torch.arange(len(shared))
 
-    def fused_hits(self, lambdas: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        def emb(m: str) -> torch.Tensor:
-            table = self.fused[m]
-            return table[lambdas[m]] if m in self.tuned else next(iter(table.values()))
+    def fused_hits(self, setting: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Per task, per-query correctness of the fused space at `setting` (every tuned parameter)."""
+        def key(m: str) -> tuple[float, ...]:
+            return tuple(setting[p] for p in self.params.get(m, []))
 
-        classes = None
-        if self.fused_classes:
-            classes = self.fused_classes[lambdas["text"]] if "text" in self.tuned else next(iter(self.fused_classes.values()))
-        return {t[0]: self.hits(emb(t[1]), self.ids[t[1]], None if t[2] == "classes" else emb(t[2]), t, classes)
+        classes = self.fused_classes[key("text")] if self.fused_classes else None
+        return {t[0]: self.hits(self.fused[t[1]][key(t[1])], self.ids[t[1]],
+                                None if t[2] == "classes" else self.fused[t[2]][key(t[2])], t, classes)
                 for t in self.names}
 
     def _best_parts(self, parts: Sequence[Space]) -> dict[str, torch.Tensor]:
@@ -138,7 +158,7 @@ class _Tasks:
             emb = {m: self.caches.embeddings(part, m, self.ids[m]) for m in covered}
             classes = None
             if self.prompts is not None and "text" in part.modalities:
-                classes = class_embeddings(part.combine("text", self.prompt_leaves), self.prompts[1])
+                classes = class_embeddings(part.combine("text", self.prompt_leaves), self.prompts[1], part.blocks)
             for task in self.names:
                 label, a, b = task
                 if a not in emb or (b == "classes" and classes is None) or (b != "classes" and b not in emb):
@@ -162,49 +182,108 @@ def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tenso
     return (min(margins) if margins else 0.0), (sum(scores) / len(scores) if scores else 0.0)
 
 
-def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset, *,
-                   split: str = "val", grid: Sequence[float] = DEFAULT_GRID, resamples: int = 200,
-                   confidence: float = 0.9, seed: int = 0) -> LambdaChoice | None:
-    """The bond's λ chosen on `split` (see the module docstring); None when the split has no task."""
-    tuned = [m for m in space.tunable_modalities() if any(m in it.fields for it in dataset.select(split))]
-    grid = sorted({float(v) for v in grid})
-    coarse = {m: space.lambda_for(m) for m in tuned}
-    if not tuned:
-        return None
-    tasks = _Tasks(space, parts, caches, dataset, split, tuned, sorted({*grid, *coarse.values()}))
-    if not tasks.names:
-        return None
-    cache: dict[Lambdas, dict[str, torch.Tensor]] = {}
+def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[str, float], grid: Sequence[float],
+            best_part: Mapping[str, torch.Tensor], starts: Sequence[Mapping[str, float]], resamples: int,
+            confidence: float, seed: int, only: set[str] | None = None) -> dict[str, Any]:
+    """Search every candidate (`tasks` by name, "" first) over `params` and guard the winner against
+    ("", `coarse`): the winner, the setting in force, the bootstrap share, and each candidate's
+    best objective. `only`: the task labels the objective counts (all by default)."""
+    cache: dict[tuple[str, Setting], dict[str, torch.Tensor]] = {}
 
-    def hits(lams: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        key = tuple(sorted(lams.items()))
+    def hits(setting: tuple[str, Mapping[str, float]]) -> dict[str, torch.Tensor]:
+        key = (setting[0], tuple(sorted(setting[1].items())))
         if key not in cache:
-            cache[key] = tasks.fused_hits(lams)
+            found = tasks[setting[0]].fused_hits(setting[1])
+            cache[key] = {t: h for t, h in found.items() if only is None or t in only}
         return cache[key]
 
-    def objective(lams: Mapping[str, float]) -> tuple[float, float]:
-        return _objective(hits(lams), tasks.best_part)
+    def objective(setting: tuple[str, Mapping[str, float]]) -> tuple[float, float]:
+        return _objective(hits(setting), best_part)
 
-    if len(tuned) <= 2:
-        candidates = [dict(zip(tuned, values)) for values in itertools.product(grid, repeat=len(tuned))]
-        best = max([coarse, *candidates], key=objective)
-    else:
-        best = dict(coarse)
-        for _ in range(2):
-            for m in tuned:
-                best = max(({**best, m: v} for v in grid), key=objective)
+    def search(name: str) -> dict[str, float]:
+        if len(params) <= 2:
+            points = [dict(zip(params, v)) for v in itertools.product(grid, repeat=len(params))]
+            return max([dict(coarse), *points], key=lambda point: objective((name, point)))
+        found = []
+        for point in starts:  # coordinate ascent from each start
+            point = dict(point)
+            for _ in range(2):
+                for p in params:
+                    point = max(({**point, p: v} for v in grid), key=lambda c: objective((name, c)))
+            found.append(point)
+        return max(found, key=lambda point: objective((name, point)))
+
+    searched = {name: search(name) for name in tasks}
+    best = max(searched.items(), key=objective)
+    start = ("", dict(coarse))
     generator = torch.Generator().manual_seed(seed)
-    fused_best, fused_coarse = hits(best), hits(coarse)
+    fused_best, fused_coarse = hits(best), hits(start)
     wins = 0
     for _ in range(resamples):
         rows = {t: torch.randint(len(h), (len(h),), generator=generator) for t, h in fused_best.items()}
-        wins += _objective(fused_best, tasks.best_part, rows) > _objective(fused_coarse, tasks.best_part, rows)
+        wins += _objective(fused_best, best_part, rows) > _objective(fused_coarse, best_part, rows)
     share = wins / resamples
-    kept = best != coarse and share < confidence
-    chosen = coarse if kept or best == coarse else best
-    in_force = hits(chosen)
-    margins = {t: round(float(h.float().mean()) - float(tasks.best_part[t].float().mean()), 4)
-               for t, h in in_force.items() if t in tasks.best_part}
-    return LambdaChoice(lambdas=chosen, coarse=coarse, split=split, objective=round(objective(best)[0], 4),
-                        coarse_objective=round(objective(coarse)[0], 4), confidence=share, kept_coarse=kept,
-                        margins=margins)
+    moved = best[0] != "" or best[1] != start[1]
+    kept = moved and share < confidence
+    chosen = start if kept or not moved else best
+    return {"best": best, "chosen": chosen, "share": share, "kept": kept, "objective": objective,
+            "hits": hits, "candidates": {name: round(objective((name, point))[0], 4) for name, point in searched.items()}}
+
+
+def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset, *,
+                   alternatives: Mapping[str, "BoundSpace"] | None = None, split: str = "val",
+                   grid: Sequence[float] = DEFAULT_GRID, resamples: int = 200, confidence: float = 0.9,
+                   seed: int = 0) -> LambdaChoice | None:
+    """The bond's λ (and κ, when it has a channel) chosen on `split` (see the module docstring);
+    None when the split has no task.
+
+    `alternatives`: the same bond with other heads (other projector types), by name; each is
+    searched the same way, and the best (heads, λ) replaces `space` at its coarse λ under the same
+    guard. The choice names the heads kept (`projector`: "" for `space`'s own)."""
+    present = {m for it in dataset.select(split) for m in it.fields}
+    lambda_params = [m for m in space.tunable_modalities() if m in present]
+    channelled = [m for m in space.channel_modalities() if m in present] if space.channels is not None else []
+    if not lambda_params and len(channelled) < 2:
+        return None
+    grid = sorted({float(v) for v in grid})
+    coarse = {m: space.lambda_for(m) for m in lambda_params}
+    candidates = {"": space, **dict(alternatives or {})}
+    lambda_grid = sorted({*grid, *coarse.values()})
+    tasks = {"": _Tasks(space, parts, caches, dataset, split, lambda_params, lambda_grid)}
+    if not tasks[""].names:
+        return None
+    best_part = tasks[""].best_part
+    for name, other in candidates.items():
+        if name:
+            tasks[name] = _Tasks(other, parts, caches, dataset, split, lambda_params, lambda_grid, best_part=best_part)
+    # stage 1: heads and λ, the channel at κ = 0 (FreeBind's bond)
+    first = _select(tasks, lambda_params, coarse, grid, best_part, [coarse], resamples, confidence, seed)
+    name, lambdas = first["chosen"]
+    in_force = first["hits"](first["chosen"])
+    channels = None
+    share = None
+    if len(channelled) >= 2:
+        # stage 2: κ of the channel, on the tasks between modalities it carries (the only ones it
+        # changes); the prior keeps the projected side's own ranking of those pairs
+        bond = candidates[name].with_lambdas(lambdas)
+        params = [CHANNEL + m for m in channelled]
+        # a combination's channel carries the experts, the specialists of the pairs it adds; a
+        # displacement's carries the base, which its expert is there to improve on: FreeBind's κ = 0
+        prior = {p: CHANNEL_PRIOR if space.kind == "combination" else 0.0 for p in params}
+        kappas = sorted({*grid[:-1], CHANNEL_PRIOR})  # κ = 1 would drop the bond from those modalities
+        second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, best_part=best_part)}
+        carried = {t[0] for t in second[""].names
+                   if t[1] in channelled and (t[2] in channelled or (t[2] == "classes" and "text" in channelled))}
+        if carried:
+            picked = _select(second, params, prior, kappas, best_part, [prior, {p: 0.5 for p in params}],
+                             resamples, confidence, seed, only=carried)
+            channels = {p.removeprefix(CHANNEL): v for p, v in picked["chosen"][1].items()}
+            share = picked["share"]
+            in_force = {**in_force, **second[""].fused_hits(picked["chosen"][1])}
+    margins = {t: round(float(h.float().mean()) - float(best_part[t].float().mean()), 4)
+               for t, h in in_force.items() if t in best_part}
+    objective = first["objective"]
+    return LambdaChoice(lambdas=dict(lambdas), coarse=coarse, split=split, objective=round(objective(first["best"])[0], 4),
+                        coarse_objective=round(objective(("", coarse))[0], 4), confidence=first["share"],
+                        kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
+                        channels=channels, channel_confidence=share)

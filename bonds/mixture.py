@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -11,7 +11,10 @@ from spacebind.bonds.heads import head_from_config, register_head
 from spacebind.errors import InputError
 from spacebind.training import distributed
 from spacebind.training.batched import train_projectors
-from spacebind.training.trainer import TrainConfig, train_projector
+from spacebind.training.trainer import TrainConfig, _is_source, train_projector
+
+if TYPE_CHECKING:
+    from spacebind.training.pairs import CachePairs
 
 
 @register_head("mixture", description="several projectors for one pair of spaces, outputs averaged")
@@ -58,8 +61,8 @@ class ProjectorMixture(nn.Module):
 
 
 def train_mixture(
-    src: torch.Tensor,
-    tgt: torch.Tensor,
+    src: torch.Tensor | CachePairs,
+    tgt: torch.Tensor | None,
     *,
     n: int,
     config: TrainConfig,
@@ -83,15 +86,25 @@ def train_mixture(
     (`spacebind.training.batched`), the same members as one by one up to float rounding, with the
     same state files; `batched=False` trains them one by one.
 
+    `src` may be a shard source (`spacebind.training.pairs.CachePairs`, `tgt` None; see
+    `train_projector`): the members then train one by one, each reading every pair from the shards
+    in its own seed's shard-block order (batched members would read different shards at each step).
+
     Raises:
-        InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
+        InputError: `subsets` not of length `n`, a subset with fewer than 2 pairs, or `subsets`
+            with a shard source.
     """
     if subsets is not None and len(subsets) != n:
         raise InputError(f"got {len(subsets)} subsets for {n} mixture members; expected one per member")
+    if _is_source(src) and subsets is not None:
+        raise InputError("mixture members trained from cache shards take all the pairs; row subsets need tensors")
     rows = list(subsets) if subsets is not None else [slice(None)] * n
     configs = [config.model_copy(update={"seed": config.seed + i}) for i in range(n)]
     dirs = [checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None for i in range(n)]
-    if batched and not distributed.is_distributed():
+    if _is_source(src):
+        results = [train_projector(src, None, config=c, val_src=val_src, val_tgt=val_tgt, progress=progress,
+                                   checkpoint_dir=d) for c, d in zip(configs, dirs)]
+    elif batched and not distributed.is_distributed():
         results = train_projectors(src, tgt, configs=configs, rows=rows, val_src=val_src, val_tgt=val_tgt,
                                    checkpoint_dirs=dirs, progress=progress)
     else:

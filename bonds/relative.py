@@ -45,6 +45,16 @@ class RelativeMap(ConfigFromArgs, nn.Module):
         """Fit on paired rows; `options`: `anchors`, `k`, `power`, `seed` (see `fit_relative`)."""
         return fit_relative(src, tgt, **options)
 
+    @staticmethod
+    def fit_source(kind: str, source: Any, options: dict[str, Any]) -> "RelativeMap":
+        """Fit on a shard source (`spacebind.training.pairs.CachePairs`) reading only the anchor
+        rows: the same head as `fit_pairs` on all its pairs."""
+        anchors, seed = options.get("anchors", 512), options.get("seed", 0)
+        _check_options(anchors, options.get("k", 32))
+        pick = _anchor_rows(len(source), anchors, seed)
+        src, tgt = source.gather(pick)
+        return _from_anchors(src, tgt, options.get("k", 32), options.get("power", 8.0))
+
     def relative(self, x: torch.Tensor) -> torch.Tensor:
         """Sparse relative coordinates of source embeddings against the source anchors, [N, K]."""
         return sparsify(F.normalize(x, dim=-1) @ self.src_anchors.T, self.k, self.power)
@@ -63,11 +73,24 @@ def fit_relative(src: torch.Tensor, tgt: torch.Tensor, anchors: int = 512, k: in
     if src.ndim != 2 or tgt.ndim != 2 or len(src) != len(tgt) or len(src) == 0:
         raise InputError(f"fitting relative representations: expected paired [N, d] tensors with N > 0, "
                          f"got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    _check_options(anchors, k)
+    pick = _anchor_rows(len(src), anchors, seed).to(src.device)
+    return _from_anchors(src[pick], tgt[pick], k, power)
+
+
+def _check_options(anchors: int, k: int) -> None:
     if anchors < 1 or k < 1:
         raise InputError(f"relative representations need anchors ≥ 1 and k ≥ 1; got anchors={anchors}, k={k}")
-    generator = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(src), generator=generator)[:anchors].sort().values.to(src.device)
-    head = RelativeMap(src.shape[1], tgt.shape[1], len(pick), k, power).to(src.device)
-    head.src_anchors.data.copy_(F.normalize(src[pick].float(), dim=-1))
-    head.tgt_anchors.data.copy_(F.normalize(tgt[pick].float(), dim=-1))
+
+
+def _anchor_rows(n: int, anchors: int, seed: int) -> torch.Tensor:
+    """The anchor pairs among `n`: a seeded random subset of `anchors` (all if fewer), in row order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:anchors].sort().values
+
+
+def _from_anchors(src: torch.Tensor, tgt: torch.Tensor, k: int, power: float) -> RelativeMap:
+    """The head whose anchors are the paired rows `src` / `tgt`."""
+    head = RelativeMap(src.shape[1], tgt.shape[1], len(src), k, power).to(src.device)
+    head.src_anchors.data.copy_(F.normalize(src.float(), dim=-1))
+    head.tgt_anchors.data.copy_(F.normalize(tgt.float(), dim=-1))
     return head.eval()

@@ -72,7 +72,8 @@ def _zero_shot(tgt: Space, caches: "CacheSet", dataset: Dataset, split: str) -> 
         return {}
     names = dataset.class_names
     index = {c: k for k, c in enumerate(names)}
-    classes = class_embeddings(tgt.encode("text", [t.format(c) for c in names for t in dataset.templates]), len(names))
+    classes = class_embeddings(tgt.encode("text", [t.format(c) for c in names for t in dataset.templates]), len(names),
+                               tgt.blocks)
     by_id = dataset.by_id()
     out = {}
     for m in tgt.modalities:

@@ -254,7 +254,7 @@ def embed(
         cache = _run(job)
     if not is_main():
         return
-    counts = ", ".join(f"{m} {len(cache.ids(m))}" for m in cache.modalities)
+    counts = ", ".join(f"{m} {cache.count(m)}" for m in cache.modalities)
     console.print(f"[green]cached[/] {out}: {counts}")
 
 
@@ -305,7 +305,7 @@ def mine_cmd(
 
     with _verbosity(quiet, verbose):
         result = _run(job)
-    console.print(f"[green]mined[/] {len(result.seed_ids)} {seed} seeds × {result.indices.shape[1]} {target} neighbours → {out}")
+    console.print(f"[green]mined[/] {len(result.seed_rows)} {seed} seeds × {result.indices.shape[1]} {target} neighbours → {out}")
 
 
 @app.command()
@@ -566,11 +566,14 @@ def search_cmd(
                                           "text, image, audio, point, then other --query modalities (default: all 1)."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Items to show."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Only items of these modalities (repeatable)."),
+    each: bool = typer.Option(False, "--each", help="Search every query on its own instead of composing them: "
+                              "one batched FAISS search for all, one top-k per query."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Search an index with one or several queries of any modalities, composed as the weighted sum
-    of their unit embeddings, renormalised.
+    of their unit embeddings, renormalised; with --each, every query searched on its own (in one
+    batched search).
 
     Example: spacebind search runs/demo runs/demo-index --audio clip.wav --text "a kettle" --weights 1,0.5 -k 5
     """
@@ -578,7 +581,7 @@ def search_cmd(
 
     from spacebind.checkpoint import load
     from spacebind.errors import InputError
-    from spacebind.search import compose_query, load_index, query_labels, search
+    from spacebind.search import compose_query, embed_queries, load_index, query_labels, search, search_batch
 
     queries: dict[str, list[str]] = {m: list(v) for m, v in (("text", text), ("image", image), ("audio", audio), ("point", point)) if v}
     for pair in query or []:
@@ -594,19 +597,30 @@ def search_cmd(
             w = [float(v) for v in weights.split(",")] if weights else None
         except ValueError:
             raise InputError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 1,0.5") from None
+        if each and w is not None:
+            raise InputError("--weights: with --each every query is searched on its own; weights apply only to a composed query")
         space = load(fused, trust_remote_code=trust_remote_code)
         idx = load_index(index, space)
+        if each:
+            return query_labels(queries), w, list(search_batch(idx, embed_queries(space, queries), k, target or None))
         return query_labels(queries), w, search(idx, compose_query(space, queries, w), k, target or None)
 
     labels, w, hits = _run(job)
     if as_json:
-        _print_json(hits)
+        _print_json([{"query": q, "hits": h} for q, h in zip(labels, hits)] if each else hits)
         return
-    shown = ", ".join(f"{q} ×{1.0 if w is None else w[i]:g}" for i, q in enumerate(labels))
-    table = Table("rank", "id", "modality", "label", "score", "input", title=f"top {k} for {shown}")
-    for h in hits:
-        table.add_row(str(h.rank), h.id, h.modality, h.label or "", f"{h.score:.4f}", h.input)
-    console.print(table)
+
+    def show(title: str, found: list[Any]) -> None:
+        table = Table("rank", "id", "modality", "label", "score", "input", title=f"top {k} for {title}")
+        for h in found:
+            table.add_row(str(h.rank), h.id, h.modality, h.label or "", f"{h.score:.4f}", h.input)
+        console.print(table)
+
+    if each:
+        for q, found in zip(labels, hits):
+            show(q, found)
+        return
+    show(", ".join(f"{q} ×{1.0 if w is None else w[i]:g}" for i, q in enumerate(labels)), hits)
 
 
 @app.command("export")

@@ -138,6 +138,17 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
         lines.append(f"- bond {node['index']}, λ on the {lam['split']} split: {verdict} {chosen} (coarse {coarse}; "
                      f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples)"
                      + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
+    if lam and lam.get("channels"):
+        kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())
+        unused = " (no channel)" if not any(lam["channels"].values()) else ""
+        lines.append(f"- bond {node['index']}, channel of the projected side's own embeddings on the {lam['split']} "
+                     f"split: κ {kappas}{unused}; the best κ beat the prior in "
+                     f"{100 * (lam.get('channel_confidence') or 0):.0f} % of bootstrap resamples")
+    projector = choices.get("projector")
+    if projector:
+        scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())
+        lines.append(f"- bond {node['index']}, projector `auto`: kept {projector['chosen']} (worst margin over its "
+                     f"parts at each candidate's best λ, points: {scores})")
     return lines
 
 

@@ -188,11 +188,12 @@ class BondConfig(Strict):
     type: str
     experts: list[str] = Field(min_length=1)
     lambdas: dict[str, float] = Field(default_factory=dict)
-    projector: str = "mlp"
+    projector: str = Field("auto", description="projector type, or auto: procrustes unless an MLP is better on val")
     mixture: int = Field(1, ge=1)
     pairing: Literal["auto", "same", "cross", "all"] = Field(
         "auto", description="target modalities each projector learns from (auto: the target's reliable ones)")
     tune: bool = Field(True, description="choose λ on the val split, keeping `lambdas` unless beaten beyond the noise")
+    channel: bool = Field(True, description="with tune: let val weigh a channel of the projected side's own embeddings")
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     relative: RelativeConfig = Field(default_factory=RelativeConfig)
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -216,7 +217,7 @@ class BondConfig(Strict):
     @field_validator("projector")
     @classmethod
     def _known_projector(cls, kind: str) -> str:
-        return _known(kind, projector_types(), "projector")
+        return _known(kind, ["auto", *projector_types()], "projector")
 
     @field_validator("lambdas")
     @classmethod

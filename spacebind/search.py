@@ -85,6 +85,17 @@ class SearchIndex:
         self.manifest = manifest
         self.indexes = indexes
         self.items = items
+        self._ids: dict[str, np.ndarray] = {}  # per modality, the item ids as an object array (built on first search)
+
+    def ids_array(self, modality: str) -> np.ndarray:
+        """The item ids of `modality` in index order, as a numpy object array (cached): FAISS rows
+        map to ids with one fancy-indexing step."""
+        ids = self._ids.get(modality)
+        if ids is None or len(ids) != len(self.items[modality]):
+            ids = np.empty(len(self.items[modality]), dtype=object)
+            ids[:] = [item["id"] for item in self.items[modality]]
+            self._ids[modality] = ids
+        return ids
 
     @property
     def dim(self) -> int:
@@ -251,6 +262,18 @@ def compose_query(space: Space, queries: Mapping[str, Sequence[Any]], weights: S
     return compose(parts, weights)
 
 
+def embed_queries(space: Space, queries: Mapping[str, Sequence[Any]]) -> torch.Tensor:
+    """Embed queries of any modalities in `space`, each on its own (not composed): [n, dim] unit
+    rows in the order of `query_labels`, for `search_batch`."""
+    parts = []
+    for m in _ordered(queries):
+        check_modality(m, space.modalities, owner=f"space {space.name!r}")
+        parts.append(space.encode(m, list(queries[m])).float())
+    if not parts:
+        raise InputError("no query to embed: give at least one")
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
 def query_labels(queries: Mapping[str, Sequence[Any]]) -> list[str]:
     """`modality:input` for every query, in the order weights follow."""
     return [f"{m}:{q if isinstance(q, (str, Path)) else type(q).__name__}" for m in _ordered(queries) for q in queries[m]]
@@ -262,9 +285,98 @@ def _ordered(queries: Mapping[str, Sequence[Any]]) -> list[str]:
     return [m for m in queries if queries[m]]
 
 
+@dataclass(frozen=True)
+class SearchResults:
+    """The top-k of a batch of queries, as arrays ([N, w] each, w = min(k, items searched)),
+    ranked by score per row. A row with fewer than w hits is padded with row -1, id None and
+    score -inf. `hits(i)` (or iteration) gives query i's `Hit`s, built on demand."""
+
+    index: SearchIndex
+    ids: np.ndarray  # [N, w] object: item ids
+    rows: np.ndarray  # [N, w] int64: row in index.items[modality], -1 for padding
+    scores: np.ndarray  # [N, w] float32: inner product of unit vectors (cosine similarity)
+    which: np.ndarray  # [N, w] int64: each hit's modality, as a position in `searched`
+    searched: tuple[str, ...]  # the modalities searched
+
+    @property
+    def modalities(self) -> np.ndarray:
+        """[N, w] object: each hit's modality."""
+        names = np.empty(len(self.searched), dtype=object)
+        names[:] = self.searched
+        return names[self.which]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def hits(self, i: int) -> list[Hit]:
+        """Query i's hits, best first (padding dropped)."""
+        found: list[Hit] = []
+        items, names = self.index.items, self.searched
+        for j, r, score in zip(self.which[i].tolist(), self.rows[i].tolist(), self.scores[i].tolist()):
+            if r >= 0:
+                item = items[names[j]][r]
+                found.append(Hit(len(found) + 1, item["id"], names[j], item.get("label"), score, item["input"]))
+        return found
+
+    def __iter__(self) -> Iterator[list[Hit]]:
+        return (self.hits(i) for i in range(len(self)))
+
+
+def _query_matrix(index: SearchIndex, queries: Any) -> np.ndarray:
+    """[N, dim] C-contiguous float32 from a tensor or array of shape [dim] or [N, dim]."""
+    if isinstance(queries, torch.Tensor):
+        queries = queries.detach().cpu()
+        x = (queries if queries.dtype == torch.float32 else queries.float()).numpy()
+    else:
+        x = np.asarray(queries, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != index.dim:
+        raise InputError(f"queries have shape {tuple(x.shape)}, the index at {index.root} holds dim {index.dim}: "
+                         f"give [dim] or [N, dim]")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequence[str] | None = None) -> SearchResults:
+    """The top-k items of each of N query vectors ([N, dim] tensor or array; [dim] is one query)
+    over the index's modalities (all, or `modalities`), merged by score: one FAISS call per
+    modality for the whole batch, rows mapped to ids with numpy (no per-query Python).
+    Query i's hits (`results.hits(i)`) equal `search(index, queries[i], k, modalities)`."""
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    x = _query_matrix(index, queries)
+    wanted = list(modalities) if modalities else list(index.modalities)
+    if modalities:
+        for m in wanted:
+            check_modality(m, index.modalities, owner=f"index {index.root}")
+    scores, rows, ids = [], [], []
+    for m in wanted:
+        s, r = index.indexes[m].search(x, min(k, len(index.items[m])))
+        found = index.ids_array(m)[r]
+        if r.size and r.min() < 0:  # FAISS pads short lists with row -1 (and a huge negative score)
+            missing = r < 0
+            s = np.where(missing, np.float32(-np.inf), s)
+            found[missing] = None
+        scores.append(s)
+        rows.append(r)
+        ids.append(found)
+    if len(wanted) == 1:  # one modality: FAISS already ranked it
+        return SearchResults(index, ids[0], rows[0], scores[0], np.zeros(rows[0].shape, dtype=np.int64), tuple(wanted))
+    s = np.concatenate(scores, axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # stable: ties keep modality order, then FAISS rank
+    which = np.concatenate([np.full(r.shape, j, dtype=np.int64) for j, r in enumerate(rows)], axis=1)
+
+    def take(parts: list[np.ndarray]) -> np.ndarray:
+        return np.take_along_axis(np.concatenate(parts, axis=1), order, axis=1)
+
+    return SearchResults(index, take(ids), take(rows), np.take_along_axis(s, order, axis=1),
+                         np.take_along_axis(which, order, axis=1), tuple(wanted))
+
+
 def search(index: SearchIndex, query: torch.Tensor, k: int = 10, modalities: Sequence[str] | None = None) -> list[Hit]:
     """The top-k items for one query vector [dim] over the index's modalities (all, or `modalities`),
-    merged by score (inner product of unit vectors: cosine similarity)."""
+    merged by score (inner product of unit vectors: cosine similarity). For many queries at once,
+    `search_batch` (one FAISS call for all)."""
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     # numpy, not torch ops: the per-query overhead counts against fast (HNSW) indexes
@@ -275,19 +387,4 @@ def search(index: SearchIndex, query: torch.Tensor, k: int = 10, modalities: Seq
         q = np.asarray(query, dtype=np.float32).reshape(-1)
     if q.size != index.dim:
         raise InputError(f"query has dim {q.size}, the index at {index.root} holds dim {index.dim}")
-    wanted = list(modalities) if modalities else list(index.modalities)
-    if modalities:
-        for m in wanted:
-            check_modality(m, index.modalities, owner=f"index {index.root}")
-    x = np.ascontiguousarray(q[None, :], dtype=np.float32)
-    found = []
-    for m in wanted:
-        scores, rows = index.indexes[m].search(x, min(k, len(index.items[m])))
-        found += [(s, m, r) for s, r in zip(scores[0].tolist(), rows[0].tolist()) if r >= 0]
-    if len(wanted) > 1:  # one modality: FAISS already ranked it
-        found.sort(key=lambda t: -t[0])
-    hits = []
-    for rank, (score, m, r) in enumerate(found[:k], 1):
-        item = index.items[m][r]
-        hits.append(Hit(rank, item["id"], m, item.get("label"), score, item["input"]))
-    return hits
+    return search_batch(index, q, k, modalities).hits(0)

@@ -45,6 +45,12 @@ class Space:
         """The space in FreeBind notation; an expert is its name."""
         return self.name
 
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Widths of the consecutive parts of every embedding whose norms the space fixes (one part,
+        the whole vector, unless a bond appends a channel); class centres keep them."""
+        return (self.dim,)
+
     def leaves_for(self, modality: str) -> list["Expert"]:
         """The leaves that cover `modality`."""
         return [leaf for leaf in self.leaves() if modality in leaf.modalities]

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from spacebind.cache.keys import id_keys
 from spacebind.cache.store import EmbeddingCache, embed_dataset
+from spacebind.errors import CacheError
 from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir, sha256_file
 from spacebind.space import Space
@@ -23,17 +26,34 @@ class CacheSet:
 
     def usable_ids(self, space: Space, modality: str, ids: Sequence[str]) -> list[str]:
         """The ids every leaf of `space` covering `modality` has embedded (bad items dropped)."""
-        keep = list(ids)
+        ids = list(ids)
+        return [ids[j] for j in np.flatnonzero(self.usable(space, modality, id_keys(ids))).tolist()]
+
+    def usable(self, space: Space, modality: str, keys: np.ndarray) -> np.ndarray:
+        """bool [n]: which items (given by `id_keys`) every leaf of `space` covering `modality` has
+        embedded. Looked up by key in each leaf cache (no set of a cache's ids is built)."""
+        keep = np.ones(len(keys), dtype=bool)
         for leaf in space.leaves_for(modality):
-            if not keep:  # the dataset has none: a cache may hold no entry for the modality at all
+            if not keep.any():  # the dataset has none: a cache may hold no entry for the modality at all
                 break
-            have = set(self.caches[leaf.name].ids(modality))
-            keep = [i for i in keep if i in have]
+            keep &= self.caches[leaf.name].rows(modality, keys) >= 0
         return keep
 
     def embeddings(self, space: Space, modality: str, ids: Sequence[str]) -> torch.Tensor:
         """`space`'s embeddings of dataset items, computed from the leaf caches."""
         leaf = {e.name: self.caches[e.name].embeddings(modality, list(ids)) for e in space.leaves_for(modality)}
+        return space.combine(modality, leaf)
+
+    def embeddings_of_keys(self, space: Space, modality: str, keys: np.ndarray) -> torch.Tensor:
+        """`space`'s embeddings of items given by `id_keys` (each must be in every leaf cache)."""
+        leaf = {}
+        for e in space.leaves_for(modality):
+            cache = self.caches[e.name]
+            rows = cache.rows(modality, keys)
+            if (rows < 0).any():
+                raise CacheError(f"cache {cache.root} has no {modality} embeddings for "
+                                 f"{int((rows < 0).sum())} of the items asked for")
+            leaf[e.name] = cache.embeddings_at(modality, rows)
         return space.combine(modality, leaf)
 
 

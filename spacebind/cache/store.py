@@ -1,6 +1,7 @@
 """Embedding caches: expert embeddings of a dataset, computed once, stored as float16 shards.
 
     OUT/manifest.json                       expert, checkpoint sha256, dataset, per-modality shards
+                                            (file, item count, sha256 of the shard, sha256 of its ids)
     OUT/<modality>/shard-00000.safetensors  `embeddings` [n, dim] float16; ids in the metadata
 
 Shards are written atomically, each recording the ids it was planned for, so an interrupted run
@@ -12,6 +13,12 @@ Each shard carries a sha256 of its data and metadata (`sha256` in its metadata, 
 manifest). Embedding checks it before trusting a finished shard and recomputes a shard that does
 not match (with a warning naming it); reading checks it too and refuses the cache. A verified
 shard is not hashed again in the same process while its size and mtime stay the same.
+
+The ids live only in the shards (format 3): manifest.json keeps counts and checksums, so its size
+and the memory of embedding and opening a cache do not grow with the items; ids are read from a
+shard's metadata when asked, checked against the `ids_sha256` the manifest lists. A format 2
+cache (every id inline in manifest.json) is still read, with a warning; embedding into it again
+rewrites its manifest in format 3 from the finished shards, which are kept.
 One job at a time embeds into a cache directory (`spacebind.io.locks`).
 
 Under torchrun, shard k is embedded by rank k % world size (each rank writes its own shard
@@ -29,10 +36,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
 from spacebind.cache._embed_loop import AdaptiveBatch, autocast, loaded_shards
+from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Item, Manifest
 from spacebind.io.files import save_tensors, sha256_file, write_json
@@ -42,13 +51,19 @@ from spacebind.io.progress import track
 from spacebind.space import Expert
 from spacebind.training import distributed
 
-FORMAT = 2  # 2: shards carry a sha256 of their content
+FORMAT = 3  # 2: shards carry a sha256 of their content; 3: ids only in the shards (manifest: counts, checksums)
+LEGACY_FORMATS = (2,)  # read as is (with a warning); embedding into one rewrites its manifest
 STREAM_ITEMS = 65536  # items read from the manifest at a time (rounded down to whole shards, at least one)
 _IDENTITY = ("expert", "source", "kwargs", "sha256", "dim", "dataset_sha256", "shard_size", "splits")
 
 
 def _digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def _ids_sha256(ids_json: str) -> str:
+    """sha256 of a shard's `ids` metadata (a JSON list), as manifest.json lists it."""
+    return hashlib.sha256(ids_json.encode()).hexdigest()
 
 
 def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None) -> dict[str, Any]:
@@ -91,6 +106,7 @@ def _content_sha256(emb: torch.Tensor, meta: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+_WARNED_LEGACY: set[str] = set()  # caches in a legacy format already warned about in this process
 # path → (inode, size, mtime_ns, sha256) of the shards checked in this process
 _VERIFIED: dict[str, tuple[int, int, int, str]] = {}
 
@@ -189,7 +205,8 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         _check_same(old, header, out)
-        header["modalities"] = old.get("modalities", {})
+        header["modalities"] = _carried(old, out)
+        del old
     distributed.barrier()  # every rank has checked the old manifest before rank 0 rewrites it
     if distributed.is_main():
         write_json(manifest_path, header)
@@ -217,6 +234,49 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
             write_json(manifest_path, header)
     distributed.barrier()
     return EmbeddingCache.open(out)
+
+
+def _carried(old: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The modality entries of an existing manifest to keep: as they are in this format; a format 2
+    manifest's (ids inline) rewritten from their shards' metadata, shards kept; none of an older one."""
+    if old.get("format") == FORMAT:
+        return old.get("modalities", {})
+    if old.get("format") not in LEGACY_FORMATS:
+        warnings.warn(f"{out}/manifest.json: format {old.get('format')!r} from an older spacebind; its shards are "
+                      "checked and recomputed where needed", stacklevel=4)
+        return {}
+    warnings.warn(f"{out}/manifest.json: format {old['format']} (every item id inline) from an older spacebind; "
+                  f"rewriting it in format {FORMAT} (ids only in the shards), finished shards kept", stacklevel=4)
+    kept: dict[str, Any] = {}
+    for m, entry in old.get("modalities", {}).items():
+        try:
+            kept[m] = {"shards": [_upgraded(out, shard) for shard in entry["shards"]], "bad": entry["bad"]}
+        except (CacheError, KeyError, TypeError) as exc:
+            warnings.warn(f"{out}: {m} embeddings dropped from the manifest ({exc}); embedding {m} recomputes them",
+                          stacklevel=4)
+    return kept
+
+
+def _upgraded(out: Path, shard: dict[str, Any]) -> dict[str, Any]:
+    """A format 2 manifest's shard entry (ids inline) in this format, checked against the shard's metadata."""
+    path = out / shard["file"]
+    meta = _shard_meta(path)
+    if meta.get("sha256") != shard["sha256"] or json.loads(meta["ids"]) != shard["ids"]:
+        raise CacheError(f"{path}: shard is not the one manifest.json lists")
+    return {"file": shard["file"], "n": len(shard["ids"]), "sha256": shard["sha256"],
+            "ids_sha256": _ids_sha256(meta["ids"])}
+
+
+def _shard_meta(path: Path) -> dict[str, str]:
+    """A shard's metadata, its data not read (nor checked)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own types for damaged files
+        raise CacheError(f"{path}: unreadable shard ({exc})") from None
+    if "ids" not in meta or "sha256" not in meta:
+        raise CacheError(f"{path}: shard metadata without ids or checksum")
+    return meta
 
 
 def _survey(dataset: Dataset | Manifest, splits: Sequence[str] | None) -> tuple[set[str], Counter[str]]:
@@ -288,13 +348,14 @@ def _embed_shard(expert: Expert, modality: str, chunk: list[Item], groups: Itera
 
 
 def _entry(modality: str, paths: list[Path], plans: list[str]) -> dict[str, Any]:
-    """The manifest entry of a modality from its finished shards' metadata."""
+    """The manifest entry of a modality from its finished shards' metadata (ids stay in the shards)."""
     entry: dict[str, Any] = {"shards": [], "bad": []}
     for path, planned in zip(paths, plans):
         meta = _shard_ok(path, planned)
         if meta is None:
             raise CacheError(f"{path}: shard missing or damaged after embedding {modality}; rerun to recompute it")
-        entry["shards"].append({"file": f"{modality}/{path.name}", "ids": json.loads(meta["ids"]), "sha256": meta["sha256"]})
+        entry["shards"].append({"file": f"{modality}/{path.name}", "n": len(json.loads(meta["ids"])),
+                                "sha256": meta["sha256"], "ids_sha256": _ids_sha256(meta["ids"])})
         entry["bad"].extend(json.loads(meta["bad"]))
     return entry
 
@@ -310,12 +371,16 @@ def _read_shard(path: str, mtime_ns: int) -> tuple[dict[str, str], torch.Tensor]
 
 
 class EmbeddingCache:
-    """Read access to a cache; shards are read lazily (a few kept in memory)."""
+    """Read access to a cache; shards are read lazily (a few kept in memory).
+
+    Items are addressed by id or by row (an item's position in cache order, 0 … count - 1). Finding
+    ids' rows builds, once per modality, a `KeyIndex` over the ids' 128-bit keys (24 bytes an item,
+    no id strings held); `ids_at` resolves rows back to ids from the shards they fall in."""
 
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         self.root = root
         self.manifest = manifest
-        self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lookups: dict[str, KeyIndex] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> "EmbeddingCache":
@@ -324,7 +389,13 @@ class EmbeddingCache:
             manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise CacheError(f"{root} is not an embedding cache: cannot read manifest.json ({exc})") from None
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") in LEGACY_FORMATS:
+            if str(root.resolve()) not in _WARNED_LEGACY:
+                _WARNED_LEGACY.add(str(root.resolve()))
+                warnings.warn(f"{root}/manifest.json: format {manifest['format']} from an older spacebind (every item "
+                              "id inline: reading it takes memory in proportion to the cache); read as is. Rerun "
+                              "`spacebind embed` (or fuse) on it to rewrite it (finished shards are kept)", stacklevel=2)
+        elif manifest.get("format") != FORMAT:
             raise CacheError(f"{root}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT}; rerun "
                              "`spacebind embed` (or fuse) on it to bring it up to date")
         return cls(root, manifest)
@@ -347,53 +418,134 @@ class EmbeddingCache:
         except KeyError:
             raise CacheError(f"cache {self.root} has no {modality!r} embeddings (it has {', '.join(self.modalities)})") from None
 
+    def count(self, modality: str) -> int:
+        """How many items of `modality` the cache holds (bad items aside), from manifest.json alone."""
+        return sum(s["n"] if "n" in s else len(s["ids"]) for s in self._entry(modality)["shards"])
+
+    def shard_ids(self, modality: str) -> Iterator[list[str]]:
+        """Each shard's ids in cache order, read from the shards' metadata one at a time (not their data).
+
+        Raises:
+            CacheError: a shard unreadable, or whose ids are not the ones manifest.json lists.
+        """
+        for k in range(len(self._entry(modality)["shards"])):
+            yield self._shard_ids(modality, k)
+
+    def _shard_ids(self, modality: str, k: int) -> list[str]:
+        """Shard `k`'s ids from its metadata, checked against the `ids_sha256` manifest.json lists."""
+        shard = self._entry(modality)["shards"][k]
+        if "ids" in shard:  # format 2: inline, checked against the shard when its data are read
+            return list(shard["ids"])
+        path = self.root / shard["file"]
+        try:
+            ids = _shard_meta(path)["ids"]
+            if _ids_sha256(ids) != shard["ids_sha256"]:
+                raise CacheError(f"{path}: shard ids are not the ones {self.root / 'manifest.json'} lists "
+                                 "(other checksum)")
+        except CacheError as exc:
+            raise CacheError(f"{exc}; rerun `spacebind embed` (or fuse) on this cache to recompute it") from None
+        return json.loads(ids)
+
+    def offsets(self, modality: str) -> np.ndarray:
+        """int64 [shards + 1]: the first row of each shard, then the count (from manifest.json alone)."""
+        counts = [s["n"] if "n" in s else len(s["ids"]) for s in self._entry(modality)["shards"]]
+        return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+    def key_index(self, modality: str) -> KeyIndex:
+        """The modality's id → row lookup, built on first use from the shards' ids one shard at a time."""
+        if modality not in self._lookups:
+            parts = [id_keys(ids) for ids in self.shard_ids(modality)]
+            keys = np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.uint64)
+            del parts
+            self._lookups[modality] = KeyIndex(keys)
+        return self._lookups[modality]
+
+    def rows(self, modality: str, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """int64 rows of items given by id or by `id_keys` ([n, 2] uint64), -1 where the cache has none."""
+        keys = ids if isinstance(ids, np.ndarray) else id_keys(ids)
+        return self.key_index(modality).rows(keys)
+
+    def ids_at(self, modality: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The ids of `rows`, in their order, read from the shards they fall in."""
+        rows = self._checked_rows(modality, rows)
+        out: list[str] = [""] * len(rows)
+        for k, pos, local in self._by_shard(modality, rows):
+            ids = self._shard_ids(modality, k)
+            for p, r in zip(pos.tolist(), local.tolist()):
+                out[p] = ids[r]
+        return out
+
+    def embeddings_at(self, modality: str, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Float32 embeddings of `rows` (positions in cache order), in their order."""
+        rows = self._checked_rows(modality, rows)
+        out = torch.empty(len(rows), self.dim)
+        for k, pos, local in self._by_shard(modality, rows):
+            out[torch.from_numpy(pos)] = self._shard(modality, k)[torch.from_numpy(local)]
+        return out
+
+    def _checked_rows(self, modality: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = self.count(modality)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            bad = rows[(rows < 0) | (rows >= n)][:5].tolist()
+            raise CacheError(f"cache {self.root} has {n} {modality} rows; asked for rows {bad}")
+        return rows
+
+    def _by_shard(self, modality: str, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, positions in `rows`, rows within the shard) for each shard `rows` fall in, in shard order."""
+        if not len(rows):
+            return
+        offsets = self.offsets(modality)
+        shard = np.searchsorted(offsets, rows, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        for pos in np.split(order, cuts):
+            k = int(shard[pos[0]])
+            yield k, pos, rows[pos] - offsets[k]
+
     def ids(self, modality: str) -> list[str]:
-        return [i for shard in self._entry(modality)["shards"] for i in shard["ids"]]
+        """Every id of `modality` in cache order (a list as long as the cache: `shard_ids` streams them)."""
+        return [i for ids in self.shard_ids(modality) for i in ids]
 
     def bad(self, modality: str) -> list[dict[str, str]]:
         return list(self._entry(modality)["bad"])
 
     def _shard(self, modality: str, k: int) -> torch.Tensor:
+        return self._shard_read(modality, k)[1]
+
+    def _shard_read(self, modality: str, k: int) -> tuple[list[str], torch.Tensor]:
+        """Shard `k`'s ids and float32 data, checked against its own checksum (which covers its ids)
+        and the one manifest.json lists."""
         shard = self._entry(modality)["shards"][k]
         path = self.root / shard["file"]
         try:
             meta, emb = _read_shard(str(path), path.stat().st_mtime_ns)
-            if meta["sha256"] != shard["sha256"] or json.loads(meta["ids"]) != shard["ids"]:
+            ids = json.loads(meta["ids"])
+            if meta["sha256"] != shard["sha256"] or ("ids" in shard and ids != shard["ids"]):
                 raise CacheError(f"{path}: shard is not the one {self.root / 'manifest.json'} lists (other checksum or ids)")
         except (OSError, CacheError) as exc:
             raise CacheError(f"{exc}; rerun `spacebind embed` (or fuse) on this cache to recompute it") from None
-        return emb
+        return ids, emb
 
     def embeddings(self, modality: str, ids: Sequence[str] | None = None) -> torch.Tensor:
         """Float32 embeddings in the order of `ids` (all, in cache order, when None)."""
         if ids is None:
             parts = [self._shard(modality, k) for k in range(len(self._entry(modality)["shards"]))]
             return torch.cat(parts) if parts else torch.empty(0, self.dim)
-        if modality not in self._index:
-            self._index[modality] = {
-                i: (k, r) for k, shard in enumerate(self._entry(modality)["shards"]) for r, i in enumerate(shard["ids"])
-            }
-        index = self._index[modality]
-        missing = [i for i in ids if i not in index]
-        if missing:
+        rows = self.rows(modality, ids)
+        if (rows < 0).any():
+            missing = [ids[j] for j in np.flatnonzero(rows < 0)[:6].tolist()]
             raise CacheError(f"cache {self.root} has no {modality} embeddings for ids {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        out = torch.empty(len(ids), self.dim)
-        by_shard: dict[int, list[tuple[int, int]]] = {}
-        for pos, i in enumerate(ids):
-            k, r = index[i]
-            by_shard.setdefault(k, []).append((pos, r))
-        for k, pairs in by_shard.items():
-            pos, rows = zip(*pairs)
-            out[list(pos)] = self._shard(modality, k)[list(rows)]
-        return out
+        return self.embeddings_at(modality, rows)
 
     def iter_chunks(self, modality: str, chunk_size: int = 4096) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Yield (ids, embeddings) chunks in cache order without loading the whole cache."""
         ids_buf: list[str] = []
         rows_buf: list[torch.Tensor] = []
-        for k, shard in enumerate(self._entry(modality)["shards"]):
-            ids_buf += shard["ids"]
-            rows_buf.append(self._shard(modality, k))
+        for k in range(len(self._entry(modality)["shards"])):
+            ids, rows = self._shard_read(modality, k)
+            ids_buf += ids
+            rows_buf.append(rows)
             while len(ids_buf) >= chunk_size:
                 block = torch.cat(rows_buf)
                 yield ids_buf[:chunk_size], block[:chunk_size]

@@ -35,11 +35,13 @@ def evaluate(
     embed_items: Callable[[str, list[str]], torch.Tensor],
     encode_text: Callable[[list[str]], torch.Tensor] | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    blocks: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Records for every modality pair and every zero-shot task the space and data allow.
 
     `embed_items(modality, ids)` gives the space's embeddings of dataset items (from caches);
-    `encode_text(prompts)` encodes class prompts live. The dataset field is `<name>-<split>`.
+    `encode_text(prompts)` encodes class prompts live (`blocks`: the space's, for the class centres).
+    The dataset field is `<name>-<split>`.
     For pair (a, b), `{b}_retrieval_recall@k` is a-queries retrieving b-items, and the reverse."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}; expected one of {', '.join(ROLES)}")
@@ -62,7 +64,7 @@ def evaluate(
         return records
     names = dataset.class_names
     prompts = [t.format(c) for c in names for t in dataset.templates]
-    classes = class_embeddings(encode_text(prompts), len(names))
+    classes = class_embeddings(encode_text(prompts), len(names), blocks)
     index = {c: i for i, c in enumerate(names)}
     for m in modalities:
         if m == "text":
@@ -86,6 +88,7 @@ def evaluate_space(
     return evaluate(
         model=model or space.name, role=role, dataset=dataset, split=split, modalities=modalities,
         embed_items=lambda m, ids: caches.embeddings(space, m, ids), encode_text=encode_text, ks=tuple(ks),
+        blocks=space.blocks,
     )
 
 

@@ -24,12 +24,20 @@ def retrieval_recall(
     return {k: float((first_hit < k).float().mean()) if len(first_hit) else float("nan") for k in ks}
 
 
-def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int) -> torch.Tensor:
+def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int, blocks: Sequence[int] | None = None) -> torch.Tensor:
     """Mean of each class's normalised prompt embeddings, renormalised. Rows are grouped per
-    class: [n_classes × n_templates, dim] with class-major order."""
+    class: [n_classes × n_templates, dim] with class-major order. `blocks` (a space's `blocks`):
+    widths of consecutive parts whose norms the space fixes; each part is averaged and renormalised
+    to its own norm, so that templates agreeing more in one part do not reweigh the parts."""
     per_class = prompt_embeddings.view(n_classes, -1, prompt_embeddings.shape[-1])
-    per_class = torch.nn.functional.normalize(per_class, dim=-1).mean(dim=1)
-    return torch.nn.functional.normalize(per_class, dim=-1)
+    per_class = torch.nn.functional.normalize(per_class, dim=-1)
+    if blocks is None or len(blocks) < 2:
+        return torch.nn.functional.normalize(per_class.mean(dim=1), dim=-1)
+    parts = []
+    for part in per_class.split(list(blocks), dim=-1):
+        norm = part.norm(dim=-1).mean(dim=1, keepdim=True)
+        parts.append(torch.nn.functional.normalize(part.mean(dim=1), dim=-1) * norm)
+    return torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
 
 
 def zeroshot_classification(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:

@@ -33,7 +33,7 @@ def heldout_names(dataset: Dataset) -> list[str]:
 def prompt_classes(space: "Space", names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """Class embeddings [C, dim]: each name in every template, encoded as text and averaged."""
     prompts = [t.format(n) for n in names for t in templates]
-    return class_embeddings(space.encode("text", prompts), len(names))
+    return class_embeddings(space.encode("text", prompts), len(names), space.blocks)
 
 
 def split_features(space: "Space", caches: "CacheSet", dataset: Dataset, split: str,

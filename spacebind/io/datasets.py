@@ -15,9 +15,12 @@ An empty or blank `text` is kept, so that batch jobs record it as a bad item and
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.modalities import MODALITIES
@@ -127,15 +130,22 @@ class Manifest:
         """The items in manifest order, read and validated one line at a time.
 
         Raises:
-            InputError: at the first bad line (naming it), when the iteration reaches it.
+            InputError: at the first bad line (naming it), when the iteration reaches it; a
+                duplicate id (naming it and its two lines) when the iteration reaches the end.
         """
         return _read_items(self.path, bool(self.info.get(OUTSIDE_ROOT, False)))
 
 
 def _read_items(manifest: Path, outside_root: bool = False) -> Iterator[Item]:
-    """The manifest's items; paths resolved, and confined to its directory unless `outside_root`."""
+    """The manifest's items; paths resolved, and confined to its directory unless `outside_root`.
+
+    Duplicate ids are found with little memory: a 64-bit hash per line (8 bytes an item, not a set
+    of id strings), checked once the pass reaches the end of the file; equal hashes are re-checked
+    exactly (`_check_unique`), so a duplicate is reported, naming the id and both lines, after the
+    last line rather than at it (before anything is written: embedding validates in a first pass).
+    """
     root = manifest.parent.resolve()
-    seen: set[str] = set()
+    hashes = array("q")  # hash of each line's id (Python's str hash: one pass runs in one process)
     with manifest.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -150,9 +160,7 @@ def _read_items(manifest: Path, outside_root: bool = False) -> Iterator[Item]:
             if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or rec["id"] == "":
                 raise InputError(f"{where}: field 'id' is {rec['id']!r}; expected a non-empty string or an integer")
             item_id = str(rec["id"])
-            if item_id in seen:
-                raise InputError(f"{where}: duplicate item id {item_id!r}")
-            seen.add(item_id)
+            hashes.append(hash(item_id))
             split = rec.get("split", "train")
             if split not in SPLITS:
                 raise InputError(f"{where}: field 'split' is {split!r}; expected one of {', '.join(SPLITS)}")
@@ -169,6 +177,38 @@ def _read_items(manifest: Path, outside_root: bool = False) -> Iterator[Item]:
                 raise InputError(f"{where}: field 'label' is {type(label).__name__}; expected a string")
             fields = {m: _field(rec[m], m, where, root, outside_root) for m in MODALITIES if m in rec}
             yield Item(item_id, split, None if label is None else str(label), fields, dict(attributes or {}))
+    _check_unique(manifest, hashes)
+
+
+def _check_unique(manifest: Path, hashes: array) -> None:
+    """Raise at the first line (in file order) whose id an earlier line has; `hashes` holds the id
+    hash of every line with an item, in order. It is sorted in place (8 bytes an item in all); equal
+    hashes, rare unless ids truly repeat, send a second read of the file to compare those ids."""
+    if len(hashes) < 2:
+        return
+    h = np.frombuffer(hashes, dtype=np.int64)
+    h.sort()
+    suspects = set(h[1:][h[1:] == h[:-1]].tolist())
+    del h
+    if not suspects:
+        return
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, str, int]] = []  # (line, id, its first line)
+    with manifest.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            item_id = str(json.loads(line)["id"])
+            if hash(item_id) not in suspects:
+                continue
+            if item_id in first:
+                repeats.append((lineno, item_id, first[item_id]))
+            else:
+                first[item_id] = lineno
+    if repeats:  # otherwise only hashes collided
+        lineno, item_id, earlier = repeats[0]
+        more = f"; {len(repeats) - 1} more repeated line(s)" if len(repeats) > 1 else ""
+        raise InputError(f"{manifest}:{lineno}: duplicate item id {item_id!r} (first on line {earlier}){more}")
 
 
 def _field(value: Any, modality: str, where: str, root: Path, outside_root: bool) -> str:

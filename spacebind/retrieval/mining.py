@@ -1,14 +1,16 @@
 """Pseudo pairs by retrieval (FreeBind / OmniBind): seed items of one modality retrieve their
 nearest items of another modality inside an expert that covers both. FAISS (exact `flat` inner
 product by default; `ivf`, `hnsw`, `pq` or `ivfpq` for large pools, see `IndexOptions`), streamed over the embedding cache in chunks; the
-result can be stored on disk and is reused when the same mining is asked again."""
+result can be stored on disk and is reused when the same mining is asked again. Items are cache
+rows (numpy int64), not id lists: ids are resolved from the cache's shards only when asked for."""
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -81,12 +83,30 @@ def _min_train(kind: str, options: IndexOptions) -> int:
 
 @dataclass
 class Neighbours:
-    """For each seed item, the ids and similarities of its k nearest pool items."""
+    """For each seed item, the rows and similarities of its k nearest pool items.
 
-    seed_ids: list[str]
-    pool_ids: list[str]
-    indices: torch.Tensor  # [N, k] int64, into pool_ids
+    Items are rows of `cache` (positions in cache order, `EmbeddingCache.rows`): `seed_rows` of the
+    seed modality, `pool_rows` of the target modality; `indices` point into `pool_rows`. Their ids
+    are resolved from the cache's shards only when `seed_ids` / `pool_ids` are read."""
+
+    cache: EmbeddingCache
+    seed_modality: str
+    target_modality: str
+    seed_rows: np.ndarray  # [N] int64 rows of the seed modality in `cache`
+    pool_rows: np.ndarray  # [P] int64 rows of the target modality in `cache`
+    indices: torch.Tensor  # [N, k] int64, into pool_rows
     scores: torch.Tensor  # [N, k] float32, descending
+
+    def __len__(self) -> int:
+        return len(self.seed_rows)
+
+    @cached_property
+    def seed_ids(self) -> list[str]:
+        return self.cache.ids_at(self.seed_modality, self.seed_rows)
+
+    @cached_property
+    def pool_ids(self) -> list[str]:
+        return self.cache.ids_at(self.target_modality, self.pool_rows)
 
     def weights(self, mode: Literal["softmax", "top1"] = "softmax", temperature: float = 0.05) -> torch.Tensor:
         """[N, k] weights over the neighbours: softmax of similarity / temperature, or all on the top-1."""
@@ -100,10 +120,26 @@ class Neighbours:
                 temperature: float = 0.05) -> torch.Tensor:
         """Each seed's pseudo partner: the weighted mean of its neighbours' embeddings (from `embed`,
         e.g. another space's cache), L2-normalised."""
-        flat = embed([self.pool_ids[i] for i in self.indices.flatten().tolist()])
-        stacked = flat.view(*self.indices.shape, -1)
-        mixed = (self.weights(mode, temperature).unsqueeze(-1) * stacked).sum(dim=1)
-        return torch.nn.functional.normalize(mixed, dim=-1)
+        pool = self.pool_ids
+        return self.targets_at(lambda at: embed([pool[i] for i in at.tolist()]), mode, temperature)
+
+    def targets_at(self, embed_at: Callable[[np.ndarray], torch.Tensor], mode: Literal["softmax", "top1"] = "softmax",
+                   temperature: float = 0.05, chunk_size: int = 65536) -> torch.Tensor:
+        """`targets` from `embed_at(positions in pool_rows)`, `chunk_size` seeds at a time (so the
+        [N, k, dim] neighbour embeddings are never held whole)."""
+        w = self.weights(mode, temperature)
+        parts = []
+        for a in range(0, len(self.indices), chunk_size):
+            idx = self.indices[a:a + chunk_size]
+            stacked = embed_at(idx.flatten().numpy()).view(*idx.shape, -1)
+            parts.append(torch.nn.functional.normalize((w[a:a + chunk_size].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
+        return torch.cat(parts) if parts else embed_at(np.empty(0, dtype=np.int64))[:0]
+
+
+def _embedding_chunks(chunks: Iterable[tuple[Sequence[str], torch.Tensor]], ids: list[str]) -> Iterator[torch.Tensor]:
+    for chunk_ids, emb in chunks:
+        ids += chunk_ids
+        yield emb
 
 
 def build_index(chunks: Iterable[tuple[list[str], torch.Tensor]], dim: int, kind: IndexKind = "flat",
@@ -111,15 +147,23 @@ def build_index(chunks: Iterable[tuple[list[str], torch.Tensor]], dim: int, kind
     """A FAISS inner-product index over streamed (ids, embeddings) chunks. Trained kinds (ivf,
     pq, ivfpq) buffer the first `options.train_size` vectors (at least the first chunk), train
     on them, then add everything."""
-    options = options or IndexOptions()
     ids: list[str] = []
+    index, _ = _build(_embedding_chunks(chunks, ids), dim, kind, options)
+    return index, ids
+
+
+def _build(chunks: Iterable[torch.Tensor], dim: int, kind: IndexKind = "flat",
+           options: IndexOptions | None = None) -> tuple["object", int]:
+    """`build_index` over embedding chunks alone: (index, vectors added)."""
+    options = options or IndexOptions()
+    count = 0
     index = new_index(kind, dim, options)
     trained = bool(index.is_trained)  # type: ignore[attr-defined]
     pending: list[np.ndarray] = []
     buffered = 0
-    for chunk_ids, emb in chunks:
+    for emb in chunks:
         x = np.ascontiguousarray(emb.numpy(), dtype=np.float32)
-        ids += chunk_ids
+        count += len(x)
         if trained:
             index.add(x)  # type: ignore[attr-defined]
             continue
@@ -130,9 +174,9 @@ def build_index(chunks: Iterable[tuple[list[str], torch.Tensor]], dim: int, kind
             trained, pending = True, []
     if pending:
         _train(index, kind, options, pending)
-    if not ids:
+    if not count:
         raise InputError("the pool is empty: nothing to retrieve from")
-    return index, ids
+    return index, count
 
 
 def _train(index: "object", kind: str, options: IndexOptions, parts: list[np.ndarray]) -> None:
@@ -151,31 +195,64 @@ def search(index: "object", chunks: Iterable[tuple[list[str], torch.Tensor]], k:
            progress: bool = False, total: int | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Top-k of every query chunk; memory is bounded by the chunk size (plus the [N, k] result)."""
     ids: list[str] = []
+    scores, indices = _search(index, _embedding_chunks(chunks, ids), k, progress, total)
+    return ids, scores, indices
+
+
+def _search(index: "object", chunks: Iterable[torch.Tensor], k: int, progress: bool = False,
+            total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`search` over embedding chunks alone: [N, k] scores and indices."""
     scores, indices = [], []
-    for chunk_ids, emb in track(chunks, "mining neighbours", total=total, show=progress):
+    for emb in track(chunks, "mining neighbours", total=total, show=progress):
         s, i = index.search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), k)  # type: ignore[attr-defined]
-        ids += chunk_ids
         scores.append(torch.from_numpy(s))
         indices.append(torch.from_numpy(i).long())
-    return ids, torch.cat(scores), torch.cat(indices)
+    if not scores:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+    return torch.cat(scores), torch.cat(indices)
 
 
-def _stream(cache: EmbeddingCache, modality: str, ids: Sequence[str] | None, chunk_size: int) -> Iterable[tuple[list[str], torch.Tensor]]:
-    """(ids, embeddings) chunks of the whole cache, or of the given ids in their order."""
+def _stream(cache: EmbeddingCache, modality: str, rows: np.ndarray, chunk_size: int) -> Iterator[torch.Tensor]:
+    """Embeddings of `rows` in their order, `chunk_size` at a time."""
+    for a in range(0, len(rows), chunk_size):
+        yield cache.embeddings_at(modality, rows[a:a + chunk_size])
+
+
+def _rows(cache: EmbeddingCache, modality: str, ids: Sequence[str] | None, rows: np.ndarray | Sequence[int] | None,
+          what: str) -> np.ndarray:
+    """The rows a mining reads: given, found from ids (all must be in the cache), or all in cache order."""
+    if ids is not None and rows is not None:
+        raise InputError(f"give {what}_ids or {what}_rows, not both")
+    if rows is not None:
+        return np.asarray(rows, dtype=np.int64).reshape(-1)
     if ids is None:
-        yield from cache.iter_chunks(modality, chunk_size)
-        return
-    wanted = list(ids)
-    for i in range(0, len(wanted), chunk_size):
-        yield wanted[i:i + chunk_size], cache.embeddings(modality, wanted[i:i + chunk_size])
+        return np.arange(cache.count(modality), dtype=np.int64)
+    ids = list(ids)
+    found = cache.rows(modality, ids)
+    if (found < 0).any():
+        missing = [ids[j] for j in np.flatnonzero(found < 0)[:6].tolist()]
+        raise CacheError(f"cache {cache.root} has no {modality} embeddings for ids {missing[:5]}"
+                         f"{' …' if len(missing) > 5 else ''}")
+    return found
 
 
 def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, options: IndexOptions,
-         seed_ids: Sequence[str] | None, pool_ids: Sequence[str] | None) -> str:
-    parts = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind,
-             json.dumps({**options.for_kind(kind), "train_size": options.train_size}, sort_keys=True),
-             "\n".join(seed_ids) if seed_ids is not None else "*", "\n".join(pool_ids) if pool_ids is not None else "*"]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+         seed_rows: np.ndarray | None, pool_rows: np.ndarray | None) -> str:
+    """sha256 of what a mining depends on: the cache's manifest (which pins every shard's ids and
+    data), the modalities, k, the index and its options, and the seed and pool rows (streamed into
+    the hash as int64 bytes; "*" for all)."""
+    head = [sha256_file(cache.root / "manifest.json"), seed, target, str(k), kind,
+            json.dumps({**options.for_kind(kind), "train_size": options.train_size}, sort_keys=True), "rows-v1"]
+    h = hashlib.sha256("|".join(head).encode())
+    for rows in (seed_rows, pool_rows):
+        h.update(b"|")
+        if rows is None:
+            h.update(b"*")
+            continue
+        h.update(str(len(rows)).encode() + b":")
+        for a in range(0, len(rows), 1 << 20):
+            h.update(np.ascontiguousarray(rows[a:a + (1 << 20)], dtype="<i8").tobytes())
+    return h.hexdigest()
 
 
 def mine(
@@ -191,30 +268,40 @@ def mine(
     out: str | Path | None = None,
     progress: bool = True,
     options: IndexOptions | None = None,
+    seed_rows: np.ndarray | Sequence[int] | None = None,
+    pool_rows: np.ndarray | Sequence[int] | None = None,
 ) -> Neighbours:
-    """Seed items of `seed_modality` (all, or `seed_ids`) retrieve their k nearest items of
-    `target_modality` (all, or `pool_ids`) in the expert of `cache`. With `out`, the result is
-    stored as `out/neighbours.safetensors` and reused when the same mining is asked again.
-    `options` sets the index parameters (default `IndexOptions()`)."""
+    """Seed items of `seed_modality` (all, or `seed_ids`, or `seed_rows` of the cache) retrieve their
+    k nearest items of `target_modality` (all, or `pool_ids`, or `pool_rows`) in the expert of
+    `cache`. With `out`, the result is stored as `out/neighbours.safetensors` (rows, indices,
+    scores; no ids) and reused when the same mining is asked again. `options` sets the index
+    parameters (default `IndexOptions()`). Memory: the given rows, the index, the [N, k] result and
+    one chunk of embeddings; no per-item Python objects."""
     for m in (seed_modality, target_modality):
         if m not in cache.modalities:
             raise CacheError(f"cache {cache.root} has no {m!r} embeddings (it has {', '.join(cache.modalities)})")
     options = options or IndexOptions()
-    key = _key(cache, seed_modality, target_modality, k, index, options, seed_ids, pool_ids)
+    all_seeds, all_pool = seed_ids is None and seed_rows is None, pool_ids is None and pool_rows is None
+    seeds = _rows(cache, seed_modality, seed_ids, seed_rows, "seed")
+    pool = _rows(cache, target_modality, pool_ids, pool_rows, "pool")
+    key = _key(cache, seed_modality, target_modality, k, index, options,
+               None if all_seeds else seeds, None if all_pool else pool)
     path = Path(out) / "neighbours.safetensors" if out is not None else None
     if path is not None and path.is_file():
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("key") == key:
-                return Neighbours(json.loads(meta["seed_ids"]), json.loads(meta["pool_ids"]),
-                                  fh.get_tensor("indices"), fh.get_tensor("scores"))
-    faiss_index, pool = build_index(_stream(cache, target_modality, pool_ids, chunk_size), cache.dim, index, options)
+            if meta.get("key") == key and "seed_rows" in fh.keys():
+                return Neighbours(cache, seed_modality, target_modality, fh.get_tensor("seed_rows").numpy(),
+                                  fh.get_tensor("pool_rows").numpy(), fh.get_tensor("indices"), fh.get_tensor("scores"))
+    faiss_index, _ = _build(_stream(cache, target_modality, pool, chunk_size), cache.dim, index, options)
     k = min(k, len(pool))
-    total = -(-len(seed_ids if seed_ids is not None else cache.ids(seed_modality)) // chunk_size)
-    ids, scores, indices = search(faiss_index, _stream(cache, seed_modality, seed_ids, chunk_size), k, progress, total)
-    result = Neighbours(ids, pool, indices, scores)
+    total = -(-len(seeds) // chunk_size)
+    scores, indices = _search(faiss_index, _stream(cache, seed_modality, seeds, chunk_size), k, progress, total)
+    result = Neighbours(cache, seed_modality, target_modality, seeds, pool, indices, scores)
     if path is not None:
-        meta = {"key": key, "seed_ids": json.dumps(ids), "pool_ids": json.dumps(pool), "expert": cache.expert,
-                "seed_modality": seed_modality, "target_modality": target_modality, "k": str(k), "index": index}
-        save_tensors(path, {"indices": indices, "scores": scores}, metadata=meta)
+        meta = {"key": key, "expert": cache.expert, "cache_manifest_sha256": sha256_file(cache.root / "manifest.json"),
+                "seed_modality": seed_modality, "target_modality": target_modality, "k": str(k), "index": index,
+                "rows": "seed_rows / pool_rows: rows of the cache (cache order); indices: into pool_rows"}
+        save_tensors(path, {"indices": indices, "scores": scores, "seed_rows": torch.from_numpy(np.ascontiguousarray(seeds)),
+                            "pool_rows": torch.from_numpy(np.ascontiguousarray(pool))}, metadata=meta)
     return result

@@ -9,18 +9,21 @@ neighbours' target-space embeddings. A projector src → tgt then learns from
 (src_partner(top neighbour), tgt_seed(item)) when the source covers the partner modality, so a
 mixture member sees every modality it will be applied to; the bond's chosen target modalities
 decide which of these are kept. Seeds and pools come from the same split, so validation pairs
-never see training items."""
+never see training items. Items travel as numpy arrays (128-bit id keys, cache rows, masks), never
+as lists or sets of ids, so a pool of millions costs tens of bytes an item besides its pairs."""
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
-from spacebind.io.datasets import Dataset
+from spacebind.io.datasets import Dataset, Manifest
 from spacebind.retrieval.mining import mine
 from spacebind.space import Space
 
@@ -42,12 +45,17 @@ class PseudoDataset(BaseModel):
         return "-".join([self.seed, *self.partners])
 
 
+def _selected(dataset: Dataset | Manifest, split: str, modality: str) -> np.ndarray:
+    """`id_keys` of the split's items that carry `modality`, in manifest order (streamed: no item kept)."""
+    return id_keys(it.id for it in dataset.iter_items() if it.split == split and modality in it.fields)
+
+
 def pseudo_pairs(
     spec: PseudoDataset,
     src: Space,
     tgt: Space,
     caches: "CacheSet",  # noqa: F821 - spacebind.cache.CacheSet; the cache room builds on this one
-    dataset: Dataset,
+    dataset: Dataset | Manifest,
     split: str,
     miner: str,
     admits: Callable[[str, str], bool] = lambda source, target: True,
@@ -55,14 +63,18 @@ def pseudo_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The (src, tgt) training pairs one pseudo dataset gives on one split, and the source
     modalities among them. `admits(source modality, target modality)` says which pairs to keep
-    (a bond's chosen target modalities; all by default)."""
+    (a bond's chosen target modalities; all by default).
+
+    Items are handled as numpy arrays (`id_keys` of the split's items, cache rows, masks), not as
+    id lists or sets: besides the pairs themselves, memory is a few dozen bytes an item."""
     if spec.seed not in src.modalities:
         raise InputError(f"pseudo dataset {spec.label!r}: the source space {src.name!r} does not cover {spec.seed!r}")
-    seeds = caches.usable_ids(src, spec.seed, [it.id for it in dataset.select(split, spec.seed)])
+    seeds = _selected(dataset, split, spec.seed)
+    seeds = seeds[caches.usable(src, spec.seed, seeds)]
     empty = torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
-    if not seeds:
+    if not len(seeds):
         return empty
-    x = caches.embeddings(src, spec.seed, seeds)
+    x = caches.embeddings_of_keys(src, spec.seed, seeds)
     xs, ys, sources = [], [], []
 
     def add(source: str, src_rows: torch.Tensor, tgt_rows: torch.Tensor) -> None:
@@ -71,35 +83,43 @@ def pseudo_pairs(
         if source not in sources:
             sources.append(source)
 
-    own = caches.usable_ids(tgt, spec.seed, seeds) if spec.seed in tgt.modalities else []
-    if own and admits(spec.seed, spec.seed):
-        add(spec.seed, caches.embeddings(src, spec.seed, own), caches.embeddings(tgt, spec.seed, own))
+    own = caches.usable(tgt, spec.seed, seeds) if spec.seed in tgt.modalities else np.zeros(len(seeds), dtype=bool)
+    if own.any() and admits(spec.seed, spec.seed):
+        add(spec.seed, caches.embeddings_of_keys(src, spec.seed, seeds[own]),
+            caches.embeddings_of_keys(tgt, spec.seed, seeds[own]))
     miner_cache = caches.caches[miner]
-    row_of_seed = {i: row for row, i in enumerate(seeds)}
-    in_miner = set(miner_cache.ids(spec.seed)) if spec.partners else set()
-    mined_seeds = [i for i in seeds if i in in_miner]  # sets built once: pools run to millions
-    own_set = set(own)
+    seed_rows = miner_cache.rows(spec.seed, seeds) if spec.partners else np.empty(0, dtype=np.int64)
+    mined = np.flatnonzero(seed_rows >= 0)  # positions in `seeds` of the seeds the miner has embedded
     for partner in spec.partners:
         if partner not in tgt.modalities:
             raise InputError(f"pseudo dataset {spec.label!r}: the target space {tgt.name!r} does not cover {partner!r}")
-        pool = caches.usable_ids(tgt, partner, [it.id for it in dataset.select(split, partner)])
-        minable = set(miner_cache.ids(partner))
-        pool = [i for i in pool if i in minable]
-        if not mined_seeds or not pool:
+        pool = _selected(dataset, split, partner)
+        pool = pool[caches.usable(tgt, partner, pool)]
+        pool_rows = miner_cache.rows(partner, pool)
+        pool, pool_rows = pool[pool_rows >= 0], pool_rows[pool_rows >= 0]
+        if not len(mined) or not len(pool):
             continue
         where = out / f"{split}-{spec.label}-{partner}" if out is not None else None
-        found = mine(miner_cache, spec.seed, partner, k=spec.k, seed_ids=mined_seeds, pool_ids=pool, out=where, progress=False)
+        found = mine(miner_cache, spec.seed, partner, k=spec.k, seed_rows=seed_rows[mined], pool_rows=pool_rows,
+                     out=where, progress=False)
         if admits(spec.seed, partner):
-            seed_rows = x[[row_of_seed[i] for i in found.seed_ids]] if len(found.seed_ids) != len(seeds) else x
-            add(spec.seed, seed_rows, found.targets(partial(caches.embeddings, tgt, partner), spec.mode, spec.temperature))
+            seed_x = x[torch.from_numpy(mined)] if len(mined) != len(seeds) else x
+            add(spec.seed, seed_x, found.targets_at(partial(_embed_pool, caches, tgt, partner, pool), spec.mode,
+                                                    spec.temperature))
         # the mirror pair: each seed's top partner, seen by the source, → the seed in the target
         if partner in src.modalities and admits(partner, spec.seed):
-            pairs = [(found.pool_ids[n], s) for s, n in zip(found.seed_ids, found.indices[:, 0].tolist()) if s in own_set]
-            usable = set(caches.usable_ids(src, partner, [p for p, _ in pairs]))
-            pairs = [(p, s) for p, s in pairs if p in usable]
-            if pairs:
-                add(partner, caches.embeddings(src, partner, [p for p, _ in pairs]),
-                    caches.embeddings(tgt, spec.seed, [s for _, s in pairs]))
+            keep = own[mined]
+            tops, own_seeds = pool[found.indices[:, 0].numpy()[keep]], seeds[mined[keep]]
+            usable = caches.usable(src, partner, tops)
+            tops, own_seeds = tops[usable], own_seeds[usable]
+            if len(tops):
+                add(partner, caches.embeddings_of_keys(src, partner, tops), caches.embeddings_of_keys(tgt, spec.seed, own_seeds))
     if not xs:
         return empty
     return torch.cat(xs), torch.cat(ys), sources
+
+
+def _embed_pool(caches: "CacheSet", space: Space, modality: str, pool: np.ndarray,  # noqa: F821
+                at: np.ndarray) -> torch.Tensor:
+    """`space`'s embeddings of the pool items at positions `at` (`pool` holds their `id_keys`)."""
+    return caches.embeddings_of_keys(space, modality, pool[at])

@@ -4,7 +4,11 @@ AdamW (weight decay on weight matrices only), linear warmup then cosine decay pe
 learnable temperature, early stopping on validation recall@1, and resumable by epoch (see
 `spacebind.training.state`). The target space is frozen: targets are fixed unit vectors. Training
 runs on the device of `src`; on the CPU with a pinned intra-op thread count (`$SPACEBIND_TRAIN_THREADS`,
-default 2), so the weights do not depend on the caller's `torch.set_num_threads`.
+default 2), so the weights do not depend on the caller's `torch.set_num_threads`. The pairs are
+tensors in memory, or a `spacebind.training.pairs.CachePairs` that reads each batch from the cache
+shards (caches larger than memory; its own shard-block epoch order). The bonds build that source
+when `TrainConfig.stream_mb` is set (`spacebind.bonds.fit`); `train_projector` itself trains on
+whatever it is given, so `stream_mb` changes nothing here (nor the state's fingerprint).
 
 Under torchrun the head trains with DistributedDataParallel (see `spacebind.training.ddp`): every rank
 holds all pairs, takes its equal slice of each global batch (same order and size as a single
@@ -18,7 +22,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +35,9 @@ from spacebind.training.ddp import average_gradients, distributed_head
 from spacebind.training.losses import info_nce
 from spacebind.training.state import STATE_FILE, fingerprint, load_state, save_state
 from spacebind.training.threads import cpu_threads, train_threads
+
+if TYPE_CHECKING:
+    from spacebind.training.pairs import CachePairs
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: the temperature never drops below 0.01
 
@@ -52,6 +59,15 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     hidden: int = Field(2048, ge=1, description="projector hidden width")
     max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps (the schedule spans the cap)")
+    stream_mb: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="read the training pairs from the cache shards, at most this many MB of float16 shards held "
+                    "(caches larger than memory; its own shard-block batch order); None: pairs in memory")
+
+
+# settings that do not change what a run computes from its data: left out of its state's fingerprint
+# (a shard source's fingerprint covers its shards and window instead)
+UNFINGERPRINTED = frozenset({"stream_mb"})
 
 
 @dataclass
@@ -158,29 +174,46 @@ class _Run:
         return TrainResult(self.head.eval(), self.state["history"], self.state["best_epoch"], self.state["best_val"])
 
 
-def _checked_val(val_src: torch.Tensor | None, val_tgt: torch.Tensor | None, src: torch.Tensor,
-                 tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _is_source(src: Any) -> bool:
+    """Whether `src` is a pair source read from cache shards (`spacebind.training.pairs`), not a tensor."""
+    from spacebind.training.pairs import CachePairs  # the cache imports the training package: a top-level import cycles
+
+    return isinstance(src, CachePairs)
+
+
+def _layout(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None) -> tuple[int, int, torch.device]:
+    """The training pairs' widths and device (a shard source trains on the CPU, or the rank's device)."""
+    if _is_source(src):
+        return *src.dims, distributed.device() if distributed.is_distributed() else torch.device("cpu")
+    return src.shape[1], tgt.shape[1], src.device
+
+
+def _checked_val(val_src: torch.Tensor | None, val_tgt: torch.Tensor | None, src: torch.Tensor | CachePairs,
+                 tgt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The validation pairs, checked against the training pairs' widths, or None without any."""
     if val_src is None or val_tgt is None or len(val_src) == 0:
         return None
-    val = _checked("validation pairs", val_src.to(src.device), val_tgt, min_rows=1)
-    if val[0].shape[1] != src.shape[1] or val[1].shape[1] != tgt.shape[1]:
+    d_in, d_out, device = _layout(src, tgt)
+    val = _checked("validation pairs", val_src.to(device), val_tgt, min_rows=1)
+    if val[0].shape[1] != d_in or val[1].shape[1] != d_out:
         raise InputError(f"validation pairs have widths {val[0].shape[1]}/{val[1].shape[1]}, "
-                         f"training pairs {src.shape[1]}/{tgt.shape[1]}")
+                         f"training pairs {d_in}/{d_out}")
     return val
 
 
-def _start_run(src: torch.Tensor, tgt: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None,
+def _start_run(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None, val: tuple[torch.Tensor, torch.Tensor] | None,
                config: TrainConfig, checkpoint_dir: Path | None, head: nn.Module | None) -> _Run:
-    """A run set up from scratch, or from its saved state in `checkpoint_dir`."""
+    """A run set up from scratch, or from its saved state in `checkpoint_dir` (`src` a tensor
+    paired with `tgt`, or a shard source with `tgt` None)."""
+    d_in, d_out, device = _layout(src, tgt)
     if head is None:
         from spacebind.bonds.projector import MLPProjector  # bonds build on this trainer: a top-level import cycles
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            head = MLPProjector(src.shape[1], tgt.shape[1], config.hidden)
-    head = head.to(src.device)
-    log_scale = torch.tensor(math.log(1.0 / config.temperature), device=src.device)
+            head = MLPProjector(d_in, d_out, config.hidden)
+    head = head.to(device)
+    log_scale = torch.tensor(math.log(1.0 / config.temperature), device=device)
     log_scale.requires_grad_(config.learnable_temperature)
     optimizer = adamw([*head.parameters(), log_scale], config.lr, config.weight_decay)
     steps_per_epoch = max(1, len(src) // config.batch_size)
@@ -192,8 +225,10 @@ def _start_run(src: torch.Tensor, tgt: torch.Tensor, val: tuple[torch.Tensor, to
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best": None, "done": False}
 
     path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-    # the fingerprint hashes all the data (about a second per GB): only a resumable run needs it
-    key = (fingerprint(config.model_dump(), getattr(head, "config", repr(head)), [src, tgt, *(val or (None, None))])
+    # the fingerprint hashes all the data (about a second per GB; a shard source: its shards'
+    # checksums and rows): only a resumable run needs it
+    data = src.key_tensors() if _is_source(src) else [src, tgt]
+    key = (fingerprint(config.model_dump(exclude=set(UNFINGERPRINTED)), getattr(head, "config", repr(head)), [*data, *(val or (None, None))])
            if path is not None else "")
     saved = load_state(path, key) if path is not None else None
     if saved is not None:
@@ -227,8 +262,8 @@ def _end_epoch(run: _Run, epoch: int, loss: float, val: tuple[torch.Tensor, torc
 
 
 def train_projector(
-    src: torch.Tensor,
-    tgt: torch.Tensor,
+    src: torch.Tensor | CachePairs,
+    tgt: torch.Tensor | None,
     *,
     config: TrainConfig,
     val_src: torch.Tensor | None = None,
@@ -241,6 +276,9 @@ def train_projector(
 
     Args:
         src, tgt: paired rows [N, d_in] and [N, d_out]; tgt rows are unit vectors of the frozen target.
+            Or `src` a `spacebind.training.pairs.CachePairs` and `tgt` None: batches are read from
+            the cache shards (at most its `max_mb` held) in its shard-block epoch order, on the CPU
+            (the rank's device under torchrun); validation pairs stay tensors.
         config: the training settings.
         val_src, val_tgt: validation pairs; with them the best epoch by recall@1 is kept and
             training stops after `config.patience` epochs without gain. Without them, the last epoch.
@@ -254,9 +292,14 @@ def train_projector(
         InputError: mis-shaped, too few or non-finite pairs; under torchrun, a global batch the
             ranks cannot split evenly.
     """
-    if distributed.is_distributed():
-        src = src.to(distributed.device())
-    src, tgt = _checked("training pairs", src, tgt, min_rows=2)
+    if _is_source(src):
+        if tgt is not None or len(src) < 2:
+            raise InputError(f"training pairs: a shard source takes no tgt tensor and needs at least 2 pairs, "
+                             f"got {len(src)} pairs{' and a tgt tensor' if tgt is not None else ''}")
+    else:
+        if distributed.is_distributed():
+            src = src.to(distributed.device())
+        src, tgt = _checked("training pairs", src, tgt, min_rows=2)
     world = distributed.world_size()
     if min(config.batch_size, len(src)) % world:
         raise InputError(f"train.batch_size: a global batch of {min(config.batch_size, len(src))} pairs does not "
@@ -265,7 +308,7 @@ def train_projector(
     val_groups = pair_groups(*val) if val is not None else None
     run = _start_run(src, tgt, val, config, checkpoint_dir, head)
     epochs = range(run.state["epoch"], run.n_epochs) if not run.state["done"] else range(0)
-    pinned = cpu_threads(train_threads()) if src.device.type == "cpu" else contextlib.nullcontext()
+    pinned = cpu_threads(train_threads()) if run.log_scale.device.type == "cpu" else contextlib.nullcontext()
     with pinned, distributed_head(run.head) as model:
         for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
             loss = _train_epoch(model, run.log_scale, run.optimizer, run.scheduler, src, tgt, config, epoch,
@@ -276,18 +319,22 @@ def train_projector(
 
 
 def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, src: torch.Tensor, tgt: torch.Tensor,
-                 config: TrainConfig, epoch: int, steps: int) -> float:
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, src: torch.Tensor | CachePairs,
+                 tgt: torch.Tensor | None, config: TrainConfig, epoch: int, steps: int) -> float:
     """One epoch of `steps` full batches in a (seed, epoch)-determined order; the mean loss.
-    Under torchrun each rank takes its slice of every global batch (see `info_nce(gather=True)`)."""
+    Under torchrun each rank takes its slice of every global batch (see `info_nce(gather=True)`).
+    A shard source (`tgt` None) gives its own epoch order and reads each batch from its shards."""
     head.train()
-    order = epoch_order(len(src), config.seed, epoch).to(src.device)
+    device = log_scale.device
+    source = _is_source(src)
+    order = src.epoch_order(config.seed, epoch) if source else epoch_order(len(src), config.seed, epoch).to(device)
     world, rank = distributed.world_size(), distributed.rank()
-    total = torch.zeros((), device=src.device)
+    total = torch.zeros((), device=device)
     for step in range(steps):
         batch = order[step * config.batch_size:(step + 1) * config.batch_size]
         idx = batch.view(world, -1)[rank]
-        loss = info_nce(head(src[idx]), tgt[idx], _scale(log_scale), gather=world > 1)
+        x, y = (t.to(device) for t in src.gather(idx)) if source else (src[idx], tgt[idx])
+        loss = info_nce(head(x), y, _scale(log_scale), gather=world > 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients([log_scale])

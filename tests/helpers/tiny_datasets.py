@@ -1,4 +1,5 @@
-"""A tiny on-disk dataset of images and captions, one image file corrupt, for cache and embed tests."""
+"""A tiny on-disk dataset of images and captions (one image file corrupt) for cache and embed tests, and a
+tiny fuse recipe."""
 from __future__ import annotations
 
 import json
@@ -24,3 +25,17 @@ def tiny_dataset(root: Path, n: int = 23, corrupt: int | None = 5) -> Dataset:
                                  "image": f"image/{i}.png", "text": f"caption number {i}"}))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return Dataset.load(root)
+
+
+# A fuse recipe small enough for unit tests: a world of 40 items, two toy experts, one bond.
+TINY_RECIPE = """name: tiny
+data:
+  world: {seed: 1, train: 24, val: 8, test: 8, num_concepts: 4}
+experts:
+  u: {import: 'toy_experts:multi_expert', kwargs: {name: U, dim: 6, modalities: [text, image], seed: 0}}
+  e: {import: 'toy_experts:multi_expert', kwargs: {name: E, dim: 4, modalities: [text, image], seed: 1}}
+base: u
+bonds: [{type: combination, expert: e, mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false}]
+train: {epochs: 3, batch_size: 8, hidden: 16}
+evaluate: {split: test, ks: [1]}
+"""

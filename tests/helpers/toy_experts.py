@@ -79,3 +79,14 @@ def logged_expert(name: str = "toy_logged", dim: int = 8, seed: int = 0) -> Expe
         return encode
 
     return Space.from_encoders(name, {m: wrap(fn) for m, fn in inner.encoders.items()}, dim=dim)
+
+
+class Counting:
+    """An encoder wrapper that counts the items it encodes."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.items = fn, 0
+
+    def __call__(self, xs):
+        self.items += len(xs)
+        return self.fn(xs)

@@ -25,7 +25,8 @@ def mean_r1(scores: dict[str, float], a: str, b: str) -> float:
 def columns(small_world, tmp_path_factory) -> dict[str, dict[str, float]]:
     """Test-split scores per model: base, audio-text expert, and the fused space per preset."""
     raw = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
-    raw["bonds"] = [b for b in raw["bonds"] if b["type"] == "combination"]  # U + c(audio_text)
+    # U + c(audio_text) with FreeBind's formula (MLP projectors, no channel): the claims are the paper's
+    raw["bonds"] = [{**b, "projector": "mlp", "channel": False} for b in raw["bonds"] if b["type"] == "combination"]
     raw["data"] = {"path": str(small_world.root)}
     raw["export"] = {"out": str(tmp_path_factory.mktemp("export") / "uc")}
     result = fuse(validate_recipe(raw), work=tmp_path_factory.mktemp("work"), progress=False)

@@ -25,9 +25,10 @@ def towers_params(name: str) -> int:
 def test_info_counts_frozen_experts_and_trained_heads_per_stage(small_world, tmp_path: Path, one_thread) -> None:
     unified, point_text, audio_text = (EXPERTS.create(n).renamed(a) for n, a in
                                        (("world_unified", "U"), ("world_point_text", "PT"), ("world_audio_text", "AT")))
-    inner = unified.bind(point_text, "displacement", data=small_world, projector="linear", cache_dir=tmp_path / "c", progress=False)
+    inner = unified.bind(point_text, "displacement", data=small_world, projector="linear", channel=False,
+                         cache_dir=tmp_path / "c", progress=False)
     space = inner.bind(audio_text, "combination", data=small_world, mixture=2, cache_dir=tmp_path / "c", progress=False,
-                       train=TrainConfig(epochs=1, hidden=32))
+                       train=TrainConfig(epochs=1, hidden=32), projector="mlp", channel=False)
     info = describe(space)
     frozen = {"U": towers_params("world_unified"), "PT": towers_params("world_point_text"), "AT": towers_params("world_audio_text")}
     assert {e.name: e.frozen for e in info.experts} == frozen

@@ -80,8 +80,16 @@ def test_recipe_pseudo_fields_are_checked() -> None:
     assert len(validate_recipe(raw).bonds[1].pseudo) == 2
 
 
-def test_pseudo_needs_mlp_projectors(spaces, small_world) -> None:
+def test_a_closed_form_head_fits_all_pseudo_pairs_pooled(spaces, small_world) -> None:
+    """`projector: auto` fits Procrustes beside the MLP mixture: on pseudo datasets it fits every
+    mined pair at once (one map, not one member per dataset)."""
+    from spacebind.bonds.linear import fit_procrustes
+
     unified, audio_text, caches = spaces
-    with pytest.raises(InputError, match="projector 'procrustes' takes none"):
-        train_head(audio_text, unified, caches, small_world, projector="procrustes",
-                   pseudo=[PseudoDataset(seed="text", partners=["audio"])], progress=False)
+    pseudo = [PseudoDataset(seed="text", partners=["audio"]), PseudoDataset(seed="audio", partners=["text"])]
+    head, _ = train_head(audio_text, unified, caches, small_world, projector="procrustes", pseudo=pseudo,
+                         miner="world_audio_text", pairing="all", progress=False)
+    pairs = [pseudo_pairs(spec, audio_text, unified, caches, small_world, "train", "world_audio_text")
+             for spec in pseudo]
+    pooled = fit_procrustes(torch.cat([x for x, _, _ in pairs]), torch.cat([y for _, y, _ in pairs]))
+    torch.testing.assert_close(head.weight, pooled.weight)

@@ -23,8 +23,11 @@ RECIPE = {
     "experts": {"unified": "world_unified", "audio_text": "world_audio_text", "point_text": "world_point_text"},
     "base": "unified",
     "bonds": [
-        {"type": "combination", "expert": "audio_text", "lambdas": {"audio": 0.5, "text": 0.1}, "pairing": "all"},
-        {"type": "combination", "expert": "point_text", "lambdas": {"point": 0.5, "text": 0.1}, "pairing": "all"},
+        # FreeBind's formula (MLP projectors, no channel): the composition figures below were measured on it
+        {"type": "combination", "expert": "audio_text", "lambdas": {"audio": 0.5, "text": 0.1}, "pairing": "all",
+         "projector": "mlp", "channel": False},
+        {"type": "combination", "expert": "point_text", "lambdas": {"point": 0.5, "text": 0.1}, "pairing": "all",
+         "projector": "mlp", "channel": False},
     ],
     "train": {"epochs": 20, "batch_size": 256, "hidden": 512},
     "evaluate": {"split": "test", "ks": [1]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_datasets import TINY_RECIPE
 from typer.testing import CliRunner
 
 from spacebind.cli import app
@@ -104,17 +105,6 @@ def test_encode_expands_a_directory_of_files(tmp_path: Path) -> None:
     assert np.load(tmp_path / "e.npy").shape == (2, 8)
 
 
-TINY_RECIPE = """name: tiny
-data:
-  world: {seed: 1, train: 24, val: 8, test: 8, num_concepts: 4}
-experts:
-  u: {import: 'toy_experts:multi_expert', kwargs: {name: U, dim: 6, modalities: [text, image], seed: 0}}
-  e: {import: 'toy_experts:multi_expert', kwargs: {name: E, dim: 4, modalities: [text, image], seed: 1}}
-base: u
-bonds: [{type: combination, expert: e, mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false}]
-train: {epochs: 3, batch_size: 8, hidden: 16}
-evaluate: {split: test, ks: [1]}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +294,16 @@ def test_search_and_similarity_json_is_only_json(tiny_fuse: tuple[Path, str], tm
     hits = json.loads(found.stdout)
     assert isinstance(hits, list) and 1 <= len(hits) <= 2 and [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
     assert {"id", "modality", "score"} <= set(hits[0])
+    each = runner.invoke(app, ["search", str(out), str(tmp_path / "idx"), "--text", "a small red thing", "--text", "a blue one",
+                               "--each", "--k", "2", "--json", "--trust-remote-code"])
+    assert each.exit_code == 0, each.output
+    per_query = json.loads(each.stdout)  # one batched search, a top-k per query; the first equals the search above
+    assert [q["query"] for q in per_query] == ["text:a small red thing", "text:a blue one"]
+    assert [h["id"] for h in per_query[0]["hits"]] == [h["id"] for h in hits]
+    assert [h["score"] for h in per_query[0]["hits"]] == pytest.approx([h["score"] for h in hits], abs=1e-5)
+    weighted = runner.invoke(app, ["search", str(out), str(tmp_path / "idx"), "--text", "a", "--text", "b", "--each",
+                                   "--weights", "1,2", "--trust-remote-code"])
+    assert weighted.exit_code == 2 and "--each" in weighted.output
     ranked = runner.invoke(app, ["similarity", "toy_experts:logged_expert:text", "toy_experts:logged_expert:image",
                                  "toy_experts:text_expert:text", "--data", str(data), "--k", "2", "--json",
                                  "--cache", str(tmp_path / "sim"), "--plot", str(tmp_path / "sim.png")])

@@ -10,15 +10,16 @@ import torch.nn.functional as F
 from memory_cache import MemoryCache
 
 from spacebind import Dataset, Space
-from spacebind.bonds.bind import BoundSpace
+from spacebind.bonds.bind import BoundSpace, train_bond
 from spacebind.bonds.lambdas import choose_lambdas
-from spacebind.bonds.linear import LinearMap, fit_least_squares
+from spacebind.bonds.linear import LinearMap, fit_least_squares, fit_procrustes
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
 from spacebind.bonds.targets import choose_targets
 from spacebind.cache import CacheSet
 from spacebind.evaluation.sweep import sweep
 from spacebind.io.datasets import ClassInfo, Item
+from spacebind.training.trainer import TrainConfig
 
 CLASSES = [f"c{k}" for k in range(6)]
 
@@ -117,6 +118,51 @@ def test_lambda_choice_keeps_the_coarse_lambda_on_a_tie() -> None:
     assert abs(choice.objective - choice.coarse_objective) < 0.02
 
 
+def test_procrustes_at_lambda_one_ranks_the_experts_own_pairs_exactly_as_the_expert() -> None:
+    g = torch.Generator().manual_seed(1)
+    x_audio, x_text = unit(torch.randn(40, 8, generator=g)), unit(torch.randn(40, 8, generator=g))
+    head = fit_procrustes(torch.cat([x_audio, x_text]), unit(torch.randn(80, 12, generator=g)))  # 8 → 12: an isometry
+    u = Space.from_encoders("U", {"text": lambda xs: torch.zeros(len(xs), 12), "audio": lambda xs: torch.zeros(len(xs), 12),
+                                  "image": lambda xs: torch.zeros(len(xs), 12)}, dim=12)
+    e = Space.from_encoders("E", {"text": lambda xs: torch.zeros(len(xs), 8), "audio": lambda xs: torch.zeros(len(xs), 8)}, dim=8)
+    space = BoundSpace(u, [e], "combination", {"E": head}, lambdas={"audio": 1.0, "text": 1.0})
+    leaves = lambda x: {"U": unit(torch.randn(40, 12, generator=g)), "E": x}  # noqa: E731
+    fused = space.combine("audio", leaves(x_audio)) @ space.combine("text", leaves(x_text)).T
+    torch.testing.assert_close(fused, x_audio @ x_text.T)
+
+
+def test_lambda_choice_takes_an_alternative_head_only_when_it_is_better() -> None:
+    t, e, caches, dataset = world()
+    train = [it.id for it in dataset.select("train")]
+    x = torch.cat([caches.embeddings(e, m, train) for m in ("text", "audio")])
+    y = caches.embeddings(t, "text", train).repeat(2, 1)
+    good = fit_least_squares(x, y)
+    constant = LinearMap(16, 16)  # maps everything to one point: the expert's structure is lost
+    with torch.no_grad():
+        constant.bias.copy_(torch.randn(16, generator=torch.Generator().manual_seed(3)))
+    lambdas = {"text": 0.5, "audio": 0.5}
+    poor, fit = (BoundSpace(t, [e], "combination", {"E": h}, lambdas=lambdas) for h in (constant.eval(), good))
+    choice = choose_lambdas(poor, [t, e], caches, dataset, alternatives={"linear": fit})
+    assert choice.projector == "linear" and choice.candidates["linear"] > choice.candidates[""]
+    assert choice.confidence >= 0.9
+    kept = choose_lambdas(fit, [t, e], caches, dataset, alternatives={"constant": poor})
+    assert kept.projector == "" and kept.candidates[""] > kept.candidates["constant"]
+
+
+def test_projector_auto_records_both_candidates_and_keeps_the_better_one() -> None:
+    t, e, caches, dataset = world()
+    space = train_bond(t, [e], "combination", caches, dataset, lambdas={"text": 0.5, "audio": 0.5},
+                       train=TrainConfig(epochs=2, hidden=16, batch_size=64), progress=False)
+    record = space.choices["projector"]
+    assert set(record["candidates"]) == {"procrustes", "mlp"}
+    chosen = record["chosen"]
+    # the first candidate (FreeBind's MLP) is kept unless Procrustes is better beyond the noise
+    assert chosen == "mlp" or record["candidates"]["procrustes"] > record["candidates"]["mlp"]
+    assert type(space.heads["E"]).__name__ == ("LinearMap" if chosen == "procrustes" else "ProjectorMixture")
+    fixed = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", tune=False, progress=False)
+    assert "projector" not in fixed.choices and type(fixed.heads["E"]).__name__ == "LinearMap"
+
+
 def test_sweep_keeps_the_current_lambda_unless_beaten() -> None:
     t, e, caches, dataset = world(same_spaces=True)
     space = BoundSpace(t, [e], "combination", {"E": identity_head(16)}, lambdas={"text": 0.3, "audio": 0.6})
@@ -162,3 +208,17 @@ def test_sweep_title_names_split_and_item_count() -> None:
                          {"text→image R@1": {"text": 1.0}}, split="val", current={"text": 0.0}, n_items=300)
     assert "val split, n = 300 items" in sweep_figure(result)._suptitle.get_text()
     assert result.to_json()["n_items"] == 300
+
+
+def test_a_combination_channel_keeps_the_experts_pairs_unless_val_shows_better() -> None:
+    t, e, caches, dataset = world()
+    space = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", progress=False)
+    choice = space.choices["lambdas"]
+    if space.channels is not None:
+        assert space.dim == 32 and space.blocks == (16, 16)
+        kept = all(v == 0.999 for v in space.channels.values())
+        assert kept or choice["channel_confidence"] >= 0.9
+        if kept:  # the expert ranks its own pairs: never below it on val
+            assert min(choice["margins"][k] for k in ("text→audio R@1", "audio→text R@1")) >= 0
+    plain = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", channel=False, progress=False)
+    assert plain.channels is None and plain.dim == 16 and plain.choices["lambdas"]["channels"] is None

@@ -14,22 +14,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_datasets import tiny_dataset
-from toy_experts import multi_expert
+from toy_experts import Counting, multi_expert
 
 from spacebind.cache import store
 from spacebind.cache.store import EmbeddingCache, embed_dataset
 from spacebind.errors import CacheError, LockError
 from spacebind.io.locks import LOCK_NAME, dir_lock
 from spacebind.space import Expert, ExpertSpec
-
-
-class Counting:
-    def __init__(self, fn) -> None:
-        self.fn, self.items = fn, 0
-
-    def __call__(self, xs):
-        self.items += len(xs)
-        return self.fn(xs)
 
 
 def toy(counter: Counting | None = None, name: str = "toy", dim: int = 8) -> Expert:
@@ -87,15 +78,39 @@ def test_a_tampered_shard_is_refused_on_read_and_recomputed_on_resume(tmp_path: 
     assert cache.ids("text") == [it.id for it in data.items]
 
 
-def test_a_manifest_that_lists_other_ids_than_the_shard_is_refused(tmp_path: Path) -> None:
+def test_a_shard_with_other_ids_than_the_manifest_lists_is_refused(tmp_path: Path) -> None:
+    """Ids live only in the shards; manifest.json lists each shard's checksum and its ids' checksum.
+    A shard rewritten with swapped ids and a matching checksum of its own is still refused."""
     data = tiny_dataset(tmp_path / "data", corrupt=None)
     embed_dataset(toy(), data, tmp_path / "cache", shard_size=5, progress=False)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    first = manifest["modalities"]["text"]["shards"][0]["ids"]
-    first[0], first[1] = first[1], first[0]
-    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    assert all("ids" not in s and s["n"] == 5 for s in manifest["modalities"]["text"]["shards"][:-1])
+    shard = tmp_path / "cache" / "text" / "shard-00000.safetensors"
+
+    def swap(emb, meta):
+        ids = json.loads(meta["ids"])
+        ids[0], ids[1] = ids[1], ids[0]
+        meta = {**meta, "ids": json.dumps(ids)}
+        return emb, {**meta, "sha256": store._content_sha256(emb, meta)}
+
+    tamper(shard, swap)
+    new_process()
+    cache = EmbeddingCache.open(tmp_path / "cache")
+    with pytest.raises(CacheError, match="shard-00000.safetensors: shard ids are not the ones .*manifest.json lists"):
+        cache.ids("text")
     with pytest.raises(CacheError, match="shard-00000.safetensors: shard is not the one .*manifest.json lists"):
-        EmbeddingCache.open(tmp_path / "cache").embeddings("text", ["item0"])
+        cache.embeddings("text")
+
+
+def test_an_edited_id_is_caught_when_ids_are_read_without_the_data(tmp_path: Path) -> None:
+    data = tiny_dataset(tmp_path / "data", corrupt=None)
+    embed_dataset(toy(), data, tmp_path / "cache", shard_size=5, progress=False)
+    tamper(tmp_path / "cache" / "text" / "shard-00001.safetensors", edit_id)
+    new_process()
+    cache = EmbeddingCache.open(tmp_path / "cache")
+    assert cache.count("text") == len(data.items)  # from manifest.json alone
+    with pytest.raises(CacheError, match="shard-00001.safetensors: shard ids are not the ones .*lists.*rerun"):
+        cache.ids("text")
 
 
 def test_a_second_job_on_a_locked_cache_is_refused_naming_the_holder(tmp_path: Path, monkeypatch) -> None:

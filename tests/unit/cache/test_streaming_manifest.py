@@ -13,7 +13,7 @@ from PIL import Image
 from toy_experts import multi_expert
 
 from spacebind.cache import store
-from spacebind.cache.store import embed_dataset
+from spacebind.cache.store import EmbeddingCache, embed_dataset
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset, Item, Manifest
 from spacebind.space import Expert
@@ -39,7 +39,8 @@ def _shards(cache: Path) -> dict[str, tuple[list[list[str]], list[str]]]:
     when embedding finished) and the bad items. Whole-file bytes vary: safetensors orders metadata
     keys at random."""
     manifest = json.loads((cache / "manifest.json").read_text())
-    return {m: ([s["ids"] for s in e["shards"]], [s["sha256"] for s in e["shards"]], e["bad"])
+    opened = EmbeddingCache.open(cache)
+    return {m: (list(opened.shard_ids(m)), [s["sha256"] for s in e["shards"]], e["bad"])
             for m, e in manifest["modalities"].items()}
 
 

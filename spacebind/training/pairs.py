@@ -1,0 +1,217 @@
+"""Training pairs read from embedding-cache shards instead of memory (caches larger than memory).
+
+`CachePairs` holds, for each side of N pairs, the cache shard and row of every pair's embedding
+(two int32 arrays; the embeddings stay on disk). `gather(idx)` reads a batch shard by shard
+through one byte-bounded LRU of float16 shards (`ShardLRU`, at most `max_mb` of shard data held;
+rows are copied out as float32, so nothing keeps an evicted shard alive). `epoch_order` visits the
+pairs in shard blocks: the source side's shards in a (seed, epoch)-shuffled order, cut into windows
+of `window` shards, rows shuffled within each window; so a batch touches about `window` source
+shards and every shard is read about once an epoch when both sides follow the same item order.
+
+`train_projector(CachePairs(...), None, config=...)` trains on it; its epoch order differs from
+the in-memory path's, so the weights do too, by order only: the same order gives the same weights
+bit for bit (`tests/unit/training/test_pairs.py`). Shards are checked against their checksums on
+first read, as `EmbeddingCache` reads them. See docs/decisions.md (2026-12-01, caches larger
+than memory).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from spacebind.cache.store import EmbeddingCache, _verified_shard
+from spacebind.errors import CacheError, InputError
+
+DEFAULT_MB = 256.0
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard of a cache modality: its file, manifest checksum, rows and width."""
+
+    path: Path
+    sha256: str
+    rows: int
+    dim: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.dim * 2  # float16
+
+
+def shard_files(cache: EmbeddingCache, modality: str) -> list[ShardFile]:
+    """The shards of `modality` in cache order, sizes read from their headers (no data read)."""
+    files = []
+    for shard in cache._entry(modality)["shards"]:
+        path = cache.root / shard["file"]
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                rows, dim = fh.get_slice("embeddings").get_shape()
+        except Exception as exc:  # safetensors raises its own types for damaged files
+            raise CacheError(f"{path}: unreadable shard ({exc}); rerun `spacebind embed` on this cache") from None
+        files.append(ShardFile(path, shard["sha256"], int(rows), int(dim)))
+    return files
+
+
+@dataclass
+class ShardLRU:
+    """Float16 shards read whole, the least recently used dropped once more than `max_bytes` are
+    held (the shard being read always stays). Counters: `reads` (files read), `hits`,
+    `max_held_bytes` and `max_held_shards` (the most held at once)."""
+
+    max_bytes: int
+    held: OrderedDict[ShardFile, torch.Tensor] = field(default_factory=OrderedDict)
+    reads: int = 0
+    hits: int = 0
+    max_held_bytes: int = 0
+    max_held_shards: int = 0
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(s.nbytes for s in self.held)
+
+    def get(self, shard: ShardFile) -> torch.Tensor:
+        if shard in self.held:
+            self.hits += 1
+            self.held.move_to_end(shard)
+            return self.held[shard]
+        while self.held and self.held_bytes + shard.nbytes > self.max_bytes:
+            self.held.popitem(last=False)
+        data = _read(shard)
+        self.reads += 1
+        self.held[shard] = data
+        self.max_held_bytes = max(self.max_held_bytes, self.held_bytes)
+        self.max_held_shards = max(self.max_held_shards, len(self.held))
+        return data
+
+
+def _read(shard: ShardFile) -> torch.Tensor:
+    """A shard's float16 data, checked against its checksum (once per process, see `store`)."""
+    try:
+        meta, emb = _verified_shard(shard.path)
+        if meta["sha256"] != shard.sha256:
+            raise CacheError(f"{shard.path}: shard is not the one its manifest lists (other checksum)")
+        if emb is None:
+            with safe_open(str(shard.path), framework="pt") as fh:
+                emb = fh.get_tensor("embeddings")
+    except (OSError, CacheError) as exc:
+        raise CacheError(f"{exc}; rerun `spacebind embed` (or fuse) on this cache to recompute it") from None
+    if tuple(emb.shape) != (shard.rows, shard.dim):
+        raise CacheError(f"{shard.path}: shard changed while training (shape {tuple(emb.shape)})")
+    return emb
+
+
+class _Side:
+    """One side of the pairs: the shard table and each pair's (shard, row)."""
+
+    def __init__(self, parts: Sequence[tuple[EmbeddingCache, str, Sequence[str]]]) -> None:
+        self.shards: list[ShardFile] = []
+        shard_ids, rows = [], []
+        for cache, modality, ids in parts:
+            files = shard_files(cache, modality)
+            starts = torch.tensor([0] + [f.rows for f in files]).cumsum(0)
+            position = {i: r for r, i in enumerate(cache.ids(modality))}
+            missing = [i for i in ids if i not in position]
+            if missing:
+                raise CacheError(f"cache {cache.root} has no {modality} embeddings for ids {missing[:5]}"
+                                 f"{' …' if len(missing) > 5 else ''}")
+            global_rows = torch.tensor([position[i] for i in ids], dtype=torch.int64)
+            del position
+            k = torch.searchsorted(starts, global_rows, right=True) - 1
+            shard_ids.append(k + len(self.shards))
+            rows.append(global_rows - starts[k])
+            self.shards += files
+        dims = {f.dim for f in self.shards}
+        if len(dims) > 1:
+            raise InputError(f"pairs read from caches of different widths {sorted(dims)} on one side")
+        self.dim = dims.pop() if dims else 0
+        self.shard = torch.cat(shard_ids).to(torch.int32) if shard_ids else torch.empty(0, dtype=torch.int32)
+        self.row = torch.cat(rows).to(torch.int32) if rows else torch.empty(0, dtype=torch.int32)
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        """Float32 rows of pairs `idx`, shard by shard in ascending shard order."""
+        out = torch.empty(len(idx), self.dim)
+        shard = self.shard[idx]
+        for k in torch.unique(shard).tolist():
+            at = (shard == k).nonzero().squeeze(1)
+            out[at] = lru.get(self.shards[k])[self.row[idx[at]].long()].float()
+        return out
+
+    def key(self) -> list[torch.Tensor]:
+        ident = hashlib.sha256("\n".join(f"{s.sha256}:{s.rows}:{s.dim}" for s in self.shards).encode()).digest()
+        return [torch.frombuffer(bytearray(ident), dtype=torch.uint8), self.shard, self.row]
+
+
+class CachePairs:
+    """N training pairs read from cache shards: pair i is (src embedding of `src_ids[i]`, tgt
+    embedding of `tgt_ids[i]`), built from parts so several (cache, modality) combinations can be
+    concatenated in order like `torch.cat` of their tensors.
+
+    Args:
+        src, tgt: parts `(cache, modality, ids)`; the parts of a side must have one width, and the
+            two sides the same number of ids in all.
+        max_mb: shard data held in memory at most (MB of float16, both sides together).
+        window: source shards per block of the epoch order (default: as many source and target
+            shards as fit in half of `max_mb`, at least 1).
+
+    Raises:
+        InputError: sides of different lengths, or a shard larger than `max_mb`.
+        CacheError: an id missing from its cache, or an unreadable shard header.
+    """
+
+    def __init__(self, src: Sequence[tuple[EmbeddingCache, str, Sequence[str]]],
+                 tgt: Sequence[tuple[EmbeddingCache, str, Sequence[str]]], *, max_mb: float = DEFAULT_MB,
+                 window: int | None = None) -> None:
+        self.src, self.tgt = _Side(src), _Side(tgt)
+        if len(self.src.shard) != len(self.tgt.shard):
+            raise InputError(f"paired sides of {len(self.src.shard)} and {len(self.tgt.shard)} rows")
+        self.lru = ShardLRU(int(max_mb * 2**20))
+        largest = max((s.nbytes for s in self.src.shards + self.tgt.shards), default=0)
+        if largest > self.lru.max_bytes:
+            raise InputError(f"a shard of {largest / 2**20:.1f} MB does not fit max_mb={max_mb}")
+        if window is None:
+            per_block = max((s.nbytes for s in self.src.shards), default=1) + max((s.nbytes for s in self.tgt.shards),
+                                                                                  default=1)
+            window = max(1, self.lru.max_bytes // 2 // max(1, per_block))
+        if window < 1:
+            raise InputError(f"window must be at least 1 shard, got {window}")
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.src.shard)
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return self.src.dim, self.tgt.dim
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float32 (src, tgt) rows of pairs `idx` [b], in that order.
+
+        Raises:
+            InputError: a row holds NaN or infinite values."""
+        idx = idx.cpu()
+        x, y = self.src.gather(idx, self.lru), self.tgt.gather(idx, self.lru)
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise InputError("training pairs: a cached row holds NaN or infinite values")
+        return x, y
+
+    def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The (seed, epoch)-determined order of the pairs in one epoch, in blocks of `window`
+        source shards (shuffled shard order, rows shuffled within a block)."""
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        rank = torch.empty(len(self.src.shards), dtype=torch.int64)
+        rank[torch.randperm(len(self.src.shards), generator=g)] = torch.arange(len(self.src.shards))
+        rows = torch.randperm(len(self), generator=g)
+        block = rank[self.src.shard[rows].long()] // self.window
+        return rows[torch.sort(block, stable=True).indices]
+
+    def key_tensors(self) -> list[torch.Tensor]:
+        """What identifies the data of a run (for its resumable state): the shards' checksums and
+        every pair's (shard, row) on both sides, plus the epoch-order window."""
+        return [*self.src.key(), *self.tgt.key(), torch.tensor([self.window])]

@@ -1,0 +1,200 @@
+"""Bonds trained from the cache shards (`train.stream_mb`): the pairs of two leaf experts become a
+`CachePairs` (same parts, same order), the MLP mixture trains from it and the closed-form heads
+fit from it chunk by chunk; bound spaces fall back to tensors with a status line; a recipe with
+`train: {stream_mb: ...}` fuses end to end."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from tiny_datasets import TINY_RECIPE
+
+from spacebind.bonds import fit
+from spacebind.bonds.bind import BoundSpace, train_bond
+from spacebind.bonds.fit import _pair_parts, _streamed, _tensors, train_heads
+from spacebind.bonds.linear import LinearMap
+from spacebind.bonds.targets import choose_targets
+from spacebind.cache.cache_set import CacheSet
+from spacebind.cache.store import EmbeddingCache, embed_dataset
+from spacebind.errors import InputError, RecipeError
+from spacebind.io.datasets import Dataset
+from spacebind.recipe import validate_recipe
+from spacebind.space import Space
+from spacebind.training import batched, trainer
+from spacebind.training.pairs import CachePairs
+from spacebind.training.threads import cpu_threads
+from spacebind.training.trainer import TrainConfig, recall_at_1
+
+N_TRAIN, N_VAL, SHARD = 600, 120, 50  # 12 training shards a side
+CFG = TrainConfig(epochs=8, batch_size=64, hidden=32, lr=1e-2, patience=8, stream_mb=0.01)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("SPACEBIND_TRAIN_THREADS", "1")
+    with cpu_threads(1):
+        yield
+
+
+class Spy(CachePairs):
+    """A `CachePairs` that records itself and counts the batches read from it."""
+
+    made: list["Spy"] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gathers = 0
+        Spy.made.append(self)
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.gathers += 1
+        return super().gather(idx)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> type[Spy]:
+    Spy.made = []
+    monkeypatch.setattr(fit, "CachePairs", Spy)
+    return Spy
+
+
+def _experts() -> tuple[Space, Space]:
+    """E (16-d) embeds text "i" as a fixed random unit vector; T (12-d) as a noisy linear map of it."""
+    g = torch.Generator().manual_seed(0)
+    table = F.normalize(torch.randn(2000, 16, generator=g), dim=-1)
+    target = F.normalize(table @ torch.randn(16, 12, generator=g) + 0.15 * torch.randn(2000, 12, generator=g), dim=-1)
+    e = Space.from_encoders("E", {"text": lambda xs: table[[int(x) for x in xs]]}, dim=16)
+    t = Space.from_encoders("T", {"text": lambda xs: target[[int(x) for x in xs]]}, dim=12)
+    return t, e
+
+
+@pytest.fixture(scope="module")
+def text_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Space, Space, CacheSet, Dataset]:
+    root = tmp_path_factory.mktemp("streamed")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"id": f"t{i}", "split": "train", "text": str(i)} for i in range(N_TRAIN)]
+    rows += [{"id": f"v{i}", "split": "val", "text": str(1000 + i)} for i in range(N_VAL)]
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = Dataset.load(data)
+    t, e = _experts()
+    with cpu_threads(1):
+        caches = CacheSet({s.name: embed_dataset(s, dataset, root / s.name, shard_size=SHARD, progress=False)
+                           for s in (t, e)})
+    return t, e, caches, dataset
+
+
+def _in_memory(config: TrainConfig) -> TrainConfig:
+    return config.model_copy(update={"stream_mb": None})
+
+
+def test_a_streamed_bond_trains_from_the_shards_and_equals_the_in_memory_bond_in_the_same_order(
+        text_world, spy: type[Spy], monkeypatch: pytest.MonkeyPatch) -> None:
+    t, e, caches, dataset = text_world
+    kwargs = {"lambdas": {"text": 0.5}, "tune": False, "projector": "mlp", "mixture": 2, "progress": False}
+    streamed = train_bond(t, [e], "combination", caches, dataset, train=CFG, **kwargs)
+    (pairs,) = spy.made
+    assert len(pairs) == N_TRAIN and pairs.dims == (16, 12)
+    steps = 2 * CFG.epochs * (N_TRAIN // CFG.batch_size)  # two members, every step a batch from the shards
+    assert pairs.gathers == steps and pairs.lru.reads >= 2 * N_TRAIN // SHARD
+    assert pairs.lru.max_held_bytes <= CFG.stream_mb * 2**20
+    # the in-memory bond in the shard-block order gives the same members bit for bit
+    order = lambda n, seed, epoch: pairs.epoch_order(seed, epoch)  # noqa: E731
+    monkeypatch.setattr(trainer, "epoch_order", order)
+    monkeypatch.setattr(batched, "epoch_order", order)
+    in_memory = train_bond(t, [e], "combination", caches, dataset, train=_in_memory(CFG), **kwargs)
+    assert len(spy.made) == 1  # no source without stream_mb
+    a, b = streamed.heads["E"], in_memory.heads["E"]
+    assert len(a.members) == 2 and a.sources == b.sources == [["text"], ["text"]]
+    for ma, mb in zip(a.members, b.members):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_streamed_bond_is_as_good_on_val_as_the_in_memory_one(text_world, spy: type[Spy]) -> None:
+    t, e, caches, dataset = text_world
+    vx, vy, _ = fit._pairs(e, t, caches, dataset, "val", choose_targets("auto", t, caches, dataset))
+    recall = {}
+    for name, config in (("streamed", CFG), ("in memory", _in_memory(CFG))):
+        heads, _ = train_heads(e, t, caches, dataset, train=config, progress=False)
+        recall[name] = recall_at_1(heads["mlp"], vx, vy)
+    assert len(spy.made) == 1
+    # orders differ (shard blocks vs a plain permutation); the quality does not
+    assert recall["in memory"] > 0.5 and abs(recall["streamed"] - recall["in memory"]) < 0.1, recall
+
+
+def test_closed_form_heads_fit_from_the_shards_as_in_memory(text_world, spy: type[Spy]) -> None:
+    t, e, caches, dataset = text_world
+    kinds = ("procrustes", "linear", "relative")
+    options = {"projectors": kinds, "relative": {"anchors": 64, "k": 8, "power": 4.0}, "progress": False}
+    streamed, _ = train_heads(e, t, caches, dataset, train=CFG, **options)
+    (pairs,) = spy.made
+    assert pairs.gathers >= 3  # a chunked pass each for Procrustes and least squares, the anchors for relative
+    in_memory, _ = train_heads(e, t, caches, dataset, train=_in_memory(CFG), **options)
+    for kind in kinds:
+        sa, sb = streamed[kind].state_dict(), in_memory[kind].state_dict()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], atol=1e-5, rtol=1e-4, msg=f"{kind}.{k}")
+    assert all(torch.equal(streamed["relative"].state_dict()[k], in_memory["relative"].state_dict()[k])
+               for k in streamed["relative"].state_dict())
+
+
+def test_a_bound_space_side_falls_back_to_tensors_with_a_status_line(text_world, spy: type[Spy],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    t, e, caches, dataset = text_world
+    lines = []
+    monkeypatch.setattr(fit, "note", lambda message, show=True: lines.append(message))
+    bound = BoundSpace(t, [e], "combination", {"E": LinearMap(16, 12).eval()}, lambdas={"text": 0.5})
+    heads, _ = train_heads(e, bound, caches, dataset, train=CFG.model_copy(update={"epochs": 1}), progress=False)
+    assert "mlp" in heads and not spy.made
+    assert any("not streamed" in line and "bound space" in line for line in lines), lines
+    lines.clear()
+    train_heads(e, t, caches, dataset, projectors=("procrustes",), train=CFG, progress=False)
+    assert any("read from the cache shards" in line for line in lines), lines
+
+
+def test_stream_mb_is_checked_and_a_shard_over_the_budget_names_it(text_world) -> None:
+    t, e, caches, dataset = text_world
+    with pytest.raises(RecipeError, match="train.stream_mb"):
+        validate_recipe({**yaml.safe_load(STREAMED_RECIPE), "train": {"stream_mb": 0}})
+    with pytest.raises(InputError, match="train.stream_mb: a shard of"):
+        train_heads(e, t, caches, dataset, train=CFG.model_copy(update={"stream_mb": 1e-4}), progress=False)
+
+
+STREAMED_RECIPE = (TINY_RECIPE.replace("name: tiny", "name: tiny_streamed")
+                   .replace("mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false", "mixture: 2, pairing: all")
+                   .replace("train: {epochs: 3, batch_size: 8, hidden: 16}",
+                            "train: {epochs: 2, batch_size: 8, hidden: 16, stream_mb: 1}"))
+
+
+def test_a_recipe_with_stream_mb_fuses_end_to_end_from_the_shards(tmp_path: Path, spy: type[Spy]) -> None:
+    from spacebind.fuse import fuse
+
+    recipe = validate_recipe(yaml.safe_load(STREAMED_RECIPE))
+    assert recipe.train.stream_mb == 1
+    out = tmp_path / "out"
+    fuse(recipe, work=tmp_path / "work", out=out, progress=False)
+    assert (out / "model.safetensors").exists() and json.loads((out / "metrics.json").read_text())
+    (pairs,) = spy.made  # one bond, one expert: its MLP members and Procrustes (`projector: auto`) read it
+    assert pairs.gathers > 0
+    # the source holds the pairs of the in-memory path, part by part (text, image × text, image) in order
+    from toy_experts import multi_expert
+
+    from spacebind.cache import dataset_key
+
+    dataset = Dataset.load(next((tmp_path / "work" / "data").iterdir()))
+    u, e = multi_expert("u", 6, ("text", "image"), 0), multi_expert("e", 4, ("text", "image"), 1)  # named by alias
+    caches = CacheSet({name: EmbeddingCache.open(tmp_path / "work" / "cache" / dataset_key(dataset) / name)
+                       for name in ("u", "e")})
+    parts = _pair_parts(e, u, caches, dataset, "train", choose_targets("all", u, caches, dataset))
+    assert [(a, b) for a, b, _ in parts] == [("text", "text"), ("text", "image"), ("image", "text"), ("image", "image")]
+    source, why = _streamed(e, u, caches, parts, 1.0)
+    x, y, seen = _tensors(e, u, caches, parts)
+    assert why == "" and seen == ["text", "image"] and len(source) == len(x) == 4 * 24
+    gx, gy = source.gather(torch.arange(len(source)))
+    assert torch.equal(gx, x) and torch.equal(gy, y)

@@ -33,10 +33,18 @@ def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int, blocks: Se
     per_class = torch.nn.functional.normalize(per_class, dim=-1)
     if blocks is None or len(blocks) < 2:
         return torch.nn.functional.normalize(per_class.mean(dim=1), dim=-1)
+    return part_mean(per_class, blocks)
+
+
+def part_mean(rows: torch.Tensor, blocks: Sequence[int], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The (weighted) mean over dim -2 of unit rows [..., n, d] taken part by part (`blocks`: a
+    space's part widths): each part renormalised to its mean norm in the rows, then the whole to
+    unit length, so rows agreeing more in one part do not reweigh the parts."""
+    w = torch.full(rows.shape[-2:-1], 1.0 / rows.shape[-2]) if weights is None else weights
     parts = []
-    for part in per_class.split(list(blocks), dim=-1):
-        norm = part.norm(dim=-1).mean(dim=1, keepdim=True)
-        parts.append(torch.nn.functional.normalize(part.mean(dim=1), dim=-1) * norm)
+    for part in rows.split(list(blocks), dim=-1):
+        norm = (part.norm(dim=-1) * w).sum(dim=-1, keepdim=True)
+        parts.append(torch.nn.functional.normalize((part * w[:, None]).sum(dim=-2), dim=-1) * norm)
     return torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import InputError
+from spacebind.evaluation.metrics import part_mean
 from spacebind.unibind.knowledge import KnowledgeBase, require_classes
 
 if TYPE_CHECKING:
@@ -27,9 +28,10 @@ if TYPE_CHECKING:
 
 
 def centres_from(prompts: torch.Tensor, descriptions: Sequence[torch.Tensor], class_means: torch.Tensor,
-                 n: int, mix: float) -> torch.Tensor:
+                 n: int, mix: float, blocks: Sequence[int] | None = None) -> torch.Tensor:
     """Centres [C, d] from prompt embeddings [C, d], each class's description embeddings [n_k, d]
-    and the class means of item embeddings [C, d] (the formula in the module docstring).
+    and the class means of item embeddings [C, d] (the formula in the module docstring); with a
+    space's `blocks` (a bond's channel), the means are taken part by part (`part_mean`).
 
     Raises:
         InputError: n < 1, mix outside [0, 1], or the sizes disagree.
@@ -39,11 +41,15 @@ def centres_from(prompts: torch.Tensor, descriptions: Sequence[torch.Tensor], cl
     if not len(prompts) == len(descriptions) == len(class_means):
         raise InputError(f"class centres: {len(prompts)} prompts, {len(descriptions)} description sets and "
                          f"{len(class_means)} class means; expected one of each per class")
+    parts = blocks is not None and len(blocks) > 1
     picked = []
     for desc, mean in zip(descriptions, class_means):
         desc = F.normalize(desc, dim=-1)
         top = (desc @ F.normalize(mean, dim=-1)).topk(min(n, len(desc))).indices
-        picked.append(F.normalize(desc[top].mean(dim=0), dim=-1))
+        picked.append(part_mean(desc[top], blocks) if parts else F.normalize(desc[top].mean(dim=0), dim=-1))
+    if parts:
+        pairs = torch.stack([F.normalize(prompts, dim=-1), torch.stack(picked)], dim=1)  # [C, 2, d]
+        return part_mean(pairs, blocks, torch.tensor([mix, 1.0 - mix]))
     return F.normalize(mix * F.normalize(prompts, dim=-1) + (1.0 - mix) * torch.stack(picked), dim=-1)
 
 
@@ -75,7 +81,7 @@ def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Kn
     names = dataset.class_names
     feats, labels = split_features(space, caches, dataset, split, modality)
     means = class_means(feats, labels, len(names))
-    return centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix)
+    return centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
 
 
 def align_to_centres(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, epochs: int = 20,

@@ -105,3 +105,21 @@ def test_a_channelled_bond_survives_a_checkpoint_round_trip(tmp_path: Path) -> N
     for m, inputs in (("text", TEXTS), ("image", [torch.rand(8, 8, 3).numpy()])):
         torch.testing.assert_close(loaded.encode(m, inputs), channelled.encode(m, inputs), rtol=0, atol=0)
     assert "channel text 0.4, audio 0.7" in (out / "README.md").read_text()
+
+
+def test_unibind_centres_keep_each_part_of_a_channelled_space() -> None:
+    from spacebind.unibind.centres import centres_from
+
+    g = torch.Generator().manual_seed(4)
+
+    def rows(n: int, kappa: float) -> torch.Tensor:  # unit rows [√(1 − κ)·b, √κ·r] with parts of widths 8 and 6
+        b, r = F.normalize(torch.randn(n, 8, generator=g), dim=-1), F.normalize(torch.randn(n, 6, generator=g), dim=-1)
+        return torch.cat([(1 - kappa) ** 0.5 * b, kappa ** 0.5 * r], dim=-1)
+
+    prompts, means = rows(3, 0.3), rows(3, 0.3)
+    descriptions = [rows(5, 0.3) for _ in range(3)]
+    centres = centres_from(prompts, descriptions, means, n=2, mix=0.5, blocks=(8, 6))
+    torch.testing.assert_close(centres[:, :8].norm(dim=-1), torch.full((3,), 0.7 ** 0.5))
+    torch.testing.assert_close(centres.norm(dim=-1), torch.ones(3))
+    whole = centres_from(prompts, descriptions, means, n=2, mix=0.5)
+    assert not torch.allclose(centres, whole)  # the whole-vector mean lets the parts' norms drift

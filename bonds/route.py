@@ -357,7 +357,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     steps = max(1, len(train.ids) // batch)
     scheduler = warmup_cosine(optimizer, steps * config.epochs, config.warmup)
     best, best_val, best_epoch = None, -math.inf, -1
-    for epoch in track(range(config.epochs), "training routers", show=progress):
+    for epoch in track(range(config.epochs), "training routers", show=progress, unit="epochs"):
         routers.train()
         order = torch.randperm(len(train.ids), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         for step in range(steps):

@@ -111,7 +111,7 @@ class SearchIndex:
 
 def _chunks(embed: Any, ids: list[str], chunk_size: int, label: str, progress: bool) -> Iterator[tuple[list[str], torch.Tensor]]:
     starts = range(0, len(ids), chunk_size)
-    for start in track(starts, label, total=len(starts), show=progress):
+    for start in track(starts, label, total=len(starts), show=progress, unit="chunks"):
         part = ids[start:start + chunk_size]
         yield part, embed(part)
 

@@ -224,7 +224,7 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
         with autocast(precision):
             for k, chunk, groups in track(shards, f"embedding {m} with {expert.name}",
                                           total=len(range(rank, -(-counts.get(m, 0) // shard_size), world)),
-                                          show=progress):
+                                          show=progress, unit="shards"):
                 if groups is not None:
                     _embed_shard(expert, m, chunk, groups, _shard_path(out, m, k), plans[k], batch)
                 del chunk, groups  # hold no shard's items while the next window is read

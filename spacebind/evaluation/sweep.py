@@ -78,7 +78,7 @@ def sweep(
     points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
     baseline = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
     scores: dict[str, list[float]] = {task: [] for task in baseline}
-    for point in track(points, f"sweeping λ of {', '.join(mods)}", show=progress):
+    for point in track(points, f"sweeping λ of {', '.join(mods)}", show=progress, unit="λ settings"):
         got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
         for task in scores:
             scores[task].append(got[task])

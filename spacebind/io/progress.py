@@ -89,8 +89,10 @@ def stage(name: str, show: bool = True) -> Iterator[None]:
     note(f"{name}: done in {duration(time.perf_counter() - start)}", show)
 
 
-def track(items: Iterable[T], description: str, total: int | None = None, show: bool = True) -> Iterator[T]:
-    """Iterate `items` with a transient progress bar (terminal), periodic plain lines (other), or silently."""
+def track(items: Iterable[T], description: str, total: int | None = None, show: bool = True,
+          unit: str = "items") -> Iterator[T]:
+    """Iterate `items` with a transient progress bar (terminal), periodic plain lines (other), or silently;
+    `unit` names what is counted in the plain lines (shards, epochs, …)."""
     if not enabled(show):
         yield from items
         return
@@ -98,7 +100,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, show: 
     if _terminal():
         yield from _bar(items, description, total)
     else:
-        yield from _lines(items, description, total, verbose=level() >= VERBOSE)
+        yield from _lines(items, description, total, verbose=level() >= VERBOSE, unit=unit)
 
 
 def _bar(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
@@ -113,8 +115,8 @@ def _bar(items: Iterable[T], description: str, total: int | None) -> Iterator[T]
             bar.advance(task)
 
 
-def _lines(items: Iterable[T], description: str, total: int | None, verbose: bool) -> Iterator[T]:
-    _plain(f"{description}: {total} items" if total is not None else description)
+def _lines(items: Iterable[T], description: str, total: int | None, verbose: bool, unit: str) -> Iterator[T]:
+    _plain(f"{description}: {total} {unit}" if total is not None else description)
     start = last = time.perf_counter()
     done, taken, tenth = 0, 0, 0
     try:
@@ -125,19 +127,19 @@ def _lines(items: Iterable[T], description: str, total: int | None, verbose: boo
             now = time.perf_counter()
             step = done * 10 // total if total else tenth
             if (step > tenth and (verbose or now - last >= MIN_GAP_S)) or now - last >= MAX_GAP_S:
-                _plain(f"{description}: {progress_line(done, total, now - start)}")
+                _plain(f"{description}: {progress_line(done, total, now - start, unit)}")
                 last = now
             tenth = max(tenth, step)
     finally:  # also when the caller stops early (a `break` closes this generator)
         elapsed = time.perf_counter() - start
         rate = f" ({taken / elapsed:.1f}/s)" if elapsed > 0 else ""
-        _plain(f"{description}: done, {taken} items in {duration(elapsed)}{rate}")
+        _plain(f"{description}: done, {taken} {unit} in {duration(elapsed)}{rate}")
 
 
-def progress_line(done: int, total: int | None, elapsed: float) -> str:
-    """`250/500 (50 %), 12.5/s, elapsed 20.0 s, ETA 20.0 s` (no total, no ETA)."""
+def progress_line(done: int, total: int | None, elapsed: float, unit: str = "items") -> str:
+    """`250/500 (50 %), 12.5/s, elapsed 20.0 s, ETA 20.0 s` (no total: `250 items`, no ETA)."""
     rate = done / elapsed if elapsed > 0 else 0.0
-    parts = [f"{done}/{total} ({100 * done // total} %)" if total else f"{done} items", f"{rate:.1f}/s",
+    parts = [f"{done}/{total} ({100 * done // total} %)" if total else f"{done} {unit}", f"{rate:.1f}/s",
              f"elapsed {duration(elapsed)}"]
     if total and rate > 0:
         parts.append(f"ETA {duration((total - done) / rate)}")

@@ -203,7 +203,7 @@ def _search(index: "object", chunks: Iterable[torch.Tensor], k: int, progress: b
             total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`search` over embedding chunks alone: [N, k] scores and indices."""
     scores, indices = [], []
-    for emb in track(chunks, "mining neighbours", total=total, show=progress):
+    for emb in track(chunks, "mining neighbours", total=total, show=progress, unit="chunks"):
         s, i = index.search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), k)  # type: ignore[attr-defined]
         scores.append(torch.from_numpy(s))
         indices.append(torch.from_numpy(i).long())

@@ -219,7 +219,7 @@ def _train_batch(runs: list[_Run], configs: list[TrainConfig], rows: list[torch.
     live = [run for run in runs if not run.state["done"]]
     total = max((run.n_epochs for run in live), default=0) - min((run.state["epoch"] for run in live), default=0)
     for epoch, members in track(_rounds(runs), f"training {len(runs)} projectors", total=total,
-                                show=progress and total > 0):
+                                show=progress and total > 0, unit="epochs"):
         losses = _train_epoch(model, log_scale, params, optimizer, runs, configs, rows, members, src, tgt, epoch)
         for i, loss in zip(members, losses):
             runs[i].head.load_state_dict(model.member_state(i))

@@ -310,7 +310,7 @@ def train_projector(
     epochs = range(run.state["epoch"], run.n_epochs) if not run.state["done"] else range(0)
     pinned = cpu_threads(train_threads()) if run.log_scale.device.type == "cpu" else contextlib.nullcontext()
     with pinned, distributed_head(run.head) as model:
-        for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0):
+        for epoch in track(epochs, "training projector", show=progress and len(epochs) > 0, unit="epochs"):
             loss = _train_epoch(model, run.log_scale, run.optimizer, run.scheduler, src, tgt, config, epoch,
                                 run.epoch_steps(epoch))
             if _end_epoch(run, epoch, loss, val, val_groups, config.patience):

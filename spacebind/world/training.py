@@ -73,7 +73,7 @@ def _train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: i
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(config.seed)
     towers.train()
-    for _ in track(range(config.steps), f"training world expert {config.name}", show=progress):
+    for _ in track(range(config.steps), f"training world expert {config.name}", show=progress, unit="steps"):
         idx = torch.randperm(config.items, generator=generator)[:config.batch]
         cache: dict[tuple[str, bytes], torch.Tensor] = {}
         loss = torch.zeros(())

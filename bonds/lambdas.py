@@ -65,8 +65,10 @@ class _Tasks:
 
     def __init__(self, space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset,
                  split: str, tuned: Sequence[str], grid: Sequence[float],
-                 best_part: dict[str, torch.Tensor] | None = None) -> None:
-        """`tuned`: parameter names, a modality for its λ and `CHANNEL + modality` for its κ."""
+                 like: "_Tasks | None" = None) -> None:
+        """`tuned`: parameter names, a modality for its λ and `CHANNEL + modality` for its κ. `like`:
+        the tasks of the same bond with other heads or weights, whose parts' scores and prompt leaf
+        embeddings (the same leaves) are reused rather than computed again."""
         self.items = dataset.select(split)
         self.by_id = dataset.by_id()
         self.modalities = [m for m in space.modalities if any(m in it.fields for it in self.items)]
@@ -83,13 +85,14 @@ class _Tasks:
         self.fused_classes: dict[tuple[float, ...], torch.Tensor] = {}
         self.prompt_leaves: dict[str, torch.Tensor] = {}  # each leaf encodes the prompts once, for fused and parts
         if self.prompts is not None and "text" in space.modalities:
-            leaf = self.prompt_leaves = space.leaf_embeddings("text", self.prompts[0])
+            leaf = self.prompt_leaves = (like.prompt_leaves if like is not None
+                                         else space.leaf_embeddings("text", self.prompts[0]))
             for values in itertools.product(grid, repeat=len(self.params.get("text", []))):
                 at = self._at("text", values)
                 self.fused_classes[values] = class_embeddings(at.combine("text", leaf), self.prompts[1], at.blocks)
         self.labels = {m: torch.tensor([self._label(i) for i in self.ids[m]]) for m in self.modalities}
         self.names = self._task_names()
-        self.best_part = best_part if best_part is not None else self._best_parts(parts)
+        self.best_part = like.best_part if like is not None else self._best_parts(parts)
 
     def _at(self, modality: str, values: Sequence[float]) -> "BoundSpace":
         """The space with `modality`'s tuned parameters set to `values` (in `self.params` order)."""
@@ -255,7 +258,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     best_part = tasks[""].best_part
     for name, other in candidates.items():
         if name:
-            tasks[name] = _Tasks(other, parts, caches, dataset, split, lambda_params, lambda_grid, best_part=best_part)
+            tasks[name] = _Tasks(other, parts, caches, dataset, split, lambda_params, lambda_grid, like=tasks[""])
     # stage 1: heads and λ, the channel at κ = 0 (FreeBind's bond)
     first = _select(tasks, lambda_params, coarse, grid, best_part, [coarse], resamples, confidence, seed)
     name, lambdas = first["chosen"]
@@ -271,7 +274,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         # displacement's carries the base, which its expert is there to improve on: FreeBind's κ = 0
         prior = {p: CHANNEL_PRIOR if space.kind == "combination" else 0.0 for p in params}
         kappas = sorted({*grid[:-1], CHANNEL_PRIOR})  # κ = 1 would drop the bond from those modalities
-        second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, best_part=best_part)}
+        second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, like=tasks[""])}
         carried = {t[0] for t in second[""].names
                    if t[1] in channelled and (t[2] in channelled or (t[2] == "classes" and "text" in channelled))}
         if carried:

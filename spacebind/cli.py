@@ -576,6 +576,7 @@ def search_cmd(
     batched search).
 
     Example: spacebind search runs/demo runs/demo-index --audio clip.wav --text "a kettle" --weights 1,0.5 -k 5
+    Each on its own: spacebind search runs/demo runs/demo-index --text "a kettle" --text "a dog" --each -k 5
     """
     from rich.table import Table
 

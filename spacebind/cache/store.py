@@ -116,7 +116,7 @@ def _stamp(path: Path, sha256: str | None) -> tuple[int, int, int, str | None]:
     return st.st_ino, st.st_size, st.st_mtime_ns, sha256
 
 
-def _verified_shard(path: Path) -> tuple[dict[str, str], torch.Tensor | None]:
+def verified_shard(path: Path) -> tuple[dict[str, str], torch.Tensor | None]:
     """A shard's metadata and float16 data (None when verified earlier in this process).
 
     Raises:
@@ -145,7 +145,7 @@ def _shard_ok(path: Path, planned: str) -> dict[str, str] | None:
     if not path.is_file():
         return None
     try:
-        meta, _ = _verified_shard(path)
+        meta, _ = verified_shard(path)
     except CacheError as exc:
         warnings.warn(f"{exc}; recomputing it", stacklevel=3)
         return None
@@ -363,7 +363,7 @@ def _entry(modality: str, paths: list[Path], plans: list[str]) -> dict[str, Any]
 @lru_cache(maxsize=16)
 def _read_shard(path: str, mtime_ns: int) -> tuple[dict[str, str], torch.Tensor]:
     """A shard's metadata and data as float32, checked against its checksum."""
-    meta, emb = _verified_shard(Path(path))
+    meta, emb = verified_shard(Path(path))
     if emb is None:
         with safe_open(path, framework="pt") as fh:
             emb = fh.get_tensor("embeddings")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from spacebind.cache.store import EmbeddingCache, _verified_shard
+from spacebind.cache.store import EmbeddingCache, verified_shard
 from spacebind.errors import CacheError, InputError
 
 DEFAULT_MB = 256.0
@@ -94,7 +94,7 @@ class ShardLRU:
 def _read(shard: ShardFile) -> torch.Tensor:
     """A shard's float16 data, checked against its checksum (once per process, see `store`)."""
     try:
-        meta, emb = _verified_shard(shard.path)
+        meta, emb = verified_shard(shard.path)
         if meta["sha256"] != shard.sha256:
             raise CacheError(f"{shard.path}: shard is not the one its manifest lists (other checksum)")
         if emb is None:

@@ -73,8 +73,7 @@ def _write_world(root: Path, n: int, dim: int) -> None:
 
 class _Streamed:
     """The manifest's items made on the fly (parsing 2M lines with path checks takes ~10 min a pass
-    on this machine, the same for any implementation), plus `select` (a list, as `Dataset.select`
-    gives) for older callers."""
+    on this machine, the same for any implementation)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -86,10 +85,6 @@ class _Streamed:
             yield Item(f"t{i:08d}", "train", None, {"text": f"caption {i}"})
         for i in range(self.n):
             yield Item(f"a{i:08d}", "train", None, {"audio": f"/data/audio/{i}.wav"})
-
-    def select(self, split: str | None = None, modality: str | None = None) -> list:
-        return [it for it in self.iter_items()
-                if (split is None or it.split == split) and (modality is None or modality in it.fields)]
 
 
 def _run(root: str, n: int, dim: int, k: int, nlist: int, nprobe: int, threads: int, queue: mp.Queue) -> None:

@@ -226,7 +226,7 @@ def train_bond(
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
     kinds = AUTO_PROJECTORS if projector == "auto" else (projector,)
-    judged = tune and bool(dataset.select("val"))
+    judged = tune and dataset.count("val") > 0
     heads: dict[str, dict[str, nn.Module]] = {k: {} for k in kinds}
     targets = {}
     for expert in experts:

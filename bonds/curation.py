@@ -3,7 +3,7 @@ items, each concept retrieves the `per_concept` items whose text is nearest to t
 prompt embedding, so the curated pair set covers concepts evenly whatever the pool's skew."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,9 +31,9 @@ def balanced_rows(texts: torch.Tensor, concepts: torch.Tensor, per_concept: int)
     return topk_indices(concepts, texts, per_concept).flatten().unique()
 
 
-def curate_ids(space: "Space", caches: "CacheSet", dataset: "Dataset", ids: Sequence[str], per_concept: int,
+def curate_ids(space: "Space", caches: "CacheSet", dataset: "Dataset", split: str, per_concept: int,
                modality: str = "text") -> list[str]:
-    """The items of `ids` that concept-balanced retrieval picks, in `space`'s `modality` (its text
+    """The ids of the split's items that concept-balanced retrieval picks, in `space`'s `modality` (its text
     side), with each class's prompts (the dataset's templates, averaged) as the concept queries.
 
     Raises:
@@ -46,8 +46,7 @@ def curate_ids(space: "Space", caches: "CacheSet", dataset: "Dataset", ids: Sequ
     names = dataset.class_names
     prompts = [t.format(c) for c in names for t in dataset.templates]
     concepts = class_embeddings(space.encode(modality, prompts), len(names), space.blocks)
-    items = dataset.by_id()
-    ids = caches.usable_ids(space, modality, [i for i in ids if modality in items[i].fields])
+    ids = caches.usable_ids(space, modality, [it.id for it in dataset.iter_items(split, modality)])
     rows = balanced_rows(caches.embeddings(space, modality, ids), concepts, per_concept)
     return [ids[r] for r in rows.tolist()]
 

@@ -52,8 +52,7 @@ def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, spli
     combos = [(a, b) for a in src.modalities for b in tgt.modalities if targets.admits(a, b)]
     parts = []
     for a, b in combos:
-        ids = [it.id for it in dataset.select(split) if a in it.fields and b in it.fields
-               and (keep is None or it.id in keep)]
+        ids = [it.id for it in dataset.iter_items(split, a) if b in it.fields and (keep is None or it.id in keep)]
         ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids)) if ids else []
         if ids:
             parts.append((a, b, ids))
@@ -154,7 +153,7 @@ def train_heads(
         keep = None
         if curate is not None:
             judge = tgt if "text" in tgt.modalities else src
-            keep = set(curate_ids(judge, caches, dataset, [it.id for it in dataset.select("train")], curate))
+            keep = set(curate_ids(judge, caches, dataset, "train", curate))
         parts = _pair_parts(src, tgt, caches, dataset, "train", targets, keep)
         if not parts:
             raise InputError(

@@ -70,7 +70,7 @@ class _Tasks:
         the tasks of the same bond with other heads or weights, whose parts' scores and prompt leaf
         embeddings (the same leaves) are reused rather than computed again."""
         self.items = dataset.select(split)
-        self.by_id = dataset.by_id()
+        self.by_id = {it.id: it for it in self.items}
         self.modalities = [m for m in space.modalities if any(m in it.fields for it in self.items)]
         self.ids = {m: caches.usable_ids(space, m, [it.id for it in self.items if m in it.fields]) for m in self.modalities}
         self.row = {m: {i: r for r, i in enumerate(ids)} for m, ids in self.ids.items()}
@@ -243,7 +243,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     `alternatives`: the same bond with other heads (other projector types), by name; each is
     searched the same way, and the best (heads, λ) replaces `space` at its coarse λ under the same
     guard. The choice names the heads kept (`projector`: "" for `space`'s own)."""
-    present = {m for it in dataset.select(split) for m in it.fields}
+    present = {m for m in dataset.modalities() if dataset.count(split, m)}
     lambda_params = [m for m in space.tunable_modalities() if m in present]
     channelled = [m for m in space.channel_modalities() if m in present] if space.channels is not None else []
     if not lambda_params and len(channelled) < 2:

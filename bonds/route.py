@@ -220,18 +220,17 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
     its nearest item of every other modality, found by exact FAISS search over the split's items
     in the pair's miner (see `tuple_miner`)."""
     mods = list(space.modalities)
-    items = [it for it in dataset.select(split) if any(m in it.fields for m in mods)]
+    order = [it.id for it in dataset.iter_items(split) if any(m in it.fields for m in mods)]
     candidates, inputs, pool = {}, {}, {}
     for m in mods:
-        have = caches.usable_ids(space, m, [it.id for it in items if m in it.fields])
+        have = caches.usable_ids(space, m, [it.id for it in dataset.iter_items(split, m)])
         if not have:
             continue
         leaf = {e.name: caches.caches[e.name].embeddings(m, have) for e in space.leaves_for(m)}
         candidates[m], inputs[m], pool[m] = space.candidates(m, leaf), space.router_input(m, leaf), have
     row_of = {m: {i: r for r, i in enumerate(ids)} for m, ids in pool.items()}
-    paired = [it.id for it in items if sum(it.id in row_of[m] for m in row_of) >= 2]
-    seeds = {m: [it.id for it in items if it.id in row_of[m] and sum(it.id in row_of[o] for o in row_of) == 1]
-             for m in row_of}
+    paired = [i for i in order if sum(i in row_of[m] for m in row_of) >= 2]
+    seeds = {m: [i for i in order if i in row_of[m] and sum(i in row_of[o] for o in row_of) == 1] for m in row_of}
     ids = paired + [i for m in row_of for i in seeds[m]]
     rows = {m: torch.full((len(ids),), -1, dtype=torch.long) for m in row_of}
     for m in row_of:

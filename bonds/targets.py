@@ -74,12 +74,12 @@ def _zero_shot(tgt: Space, caches: "CacheSet", dataset: Dataset, split: str) -> 
     index = {c: k for k, c in enumerate(names)}
     classes = class_embeddings(tgt.encode("text", [t.format(c) for c in names for t in dataset.templates]), len(names),
                                tgt.blocks)
-    by_id = dataset.by_id()
     out = {}
     for m in tgt.modalities:
-        ids = caches.usable_ids(tgt, m, [it.id for it in dataset.select(split, m) if it.label in index])
+        label = {it.id: index[it.label] for it in dataset.iter_items(split, m) if it.label in index}
+        ids = caches.usable_ids(tgt, m, list(label))
         if ids:
-            labels = torch.tensor([index[by_id[i].label] for i in ids])
+            labels = torch.tensor([label[i] for i in ids])
             out[m] = float(((caches.embeddings(tgt, m, ids) @ classes.T).argmax(dim=1) == labels).float().mean())
     return out
 

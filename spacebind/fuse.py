@@ -126,7 +126,7 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
         raise CheckpointError(f"recipe {recipe.name!r} names files that are not there:\n  " + "\n  ".join(missing))
     with stage("data", progress):
         dataset = prepare_data(recipe.data, base_dir, work, progress)
-        note(f"data: {len(dataset.items)} items in {dataset.root}", progress)
+        note(f"data: {dataset.count()} items in {dataset.root}", progress)
     experts = {}
     for alias, cfg in recipe.experts.items():
         with stage(f"expert {alias!r} ({cfg.source})", progress):
@@ -290,11 +290,10 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
     counts: dict[str, dict[str, int]] = {}
     if recipe.data.path is not None:
         dataset = _dataset(recipe.data, base_dir)
-        described = f"{len(dataset.items)} items in {dataset.root}"
-        for it in dataset.items:
-            for m in it.modalities:
-                counts.setdefault(it.split, {}).setdefault(m, 0)
-                counts[it.split][m] += 1
+        described = f"{dataset.count()} items in {dataset.root}"
+        for (split, m), n in dataset.counts.items():
+            if m is not None:
+                counts.setdefault(split, {})[m] = n
         modalities = set(dataset.modalities())
     else:
         w = recipe.data.world

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.cache import dataset_key, ensure_caches
+from spacebind.cache.keys import id_keys
 from spacebind.errors import CheckpointError, InputError
 from spacebind.io.datasets import Dataset
 from spacebind.io.files import atomic_path, home_dir, sha256_file, write_json
@@ -160,18 +161,21 @@ def build_index(
     caches = ensure_caches([space], data, root, progress=progress)
     out = Path(out)
     options = options or IndexOptions()
-    by_id = data.by_id()
     entries: dict[str, dict[str, Any]] = {}
     for m in wanted:
-        ids = caches.usable_ids(space, m, [it.id for it in data.select(split, m)])
-        if not ids:
+        keys = id_keys(it.id for it in data.iter_items(split, m))
+        usable = caches.usable(space, m, keys)
+        del keys
+        if not usable.any():
             raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
+        ids = [it.id for it, keep in zip(data.iter_items(split, m), usable) if keep]
         chunks = _chunks(lambda part, m=m: caches.embeddings(space, m, part), ids, chunk_size, f"indexing {m}", progress)
-        index, order = build_faiss_index(chunks, space.dim, kind, options=options)
+        index, _ = build_faiss_index(chunks, space.dim, kind, options=options)  # rows in the order of `ids`
         _write_faiss(index, out / f"{m}.faiss")
-        items = [{"id": i, "split": by_id[i].split, "label": by_id[i].label, "input": by_id[i].fields[m]} for i in order]
+        items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]}
+                 for it, keep in zip(data.iter_items(split, m), usable) if keep]
         write_json(out / f"{m}.items.json", items)
-        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(order)}
+        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids)}
     manifest = {
         "format": FORMAT,
         "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,

@@ -280,8 +280,12 @@ def _shard_meta(path: Path) -> dict[str, str]:
 
 
 def _survey(dataset: Dataset | Manifest, splits: Sequence[str] | None) -> tuple[set[str], Counter[str]]:
-    """One pass over the items (validating a manifest whole before anything is written): the
-    modalities present in any split, and each modality's item count within `splits`."""
+    """The modalities present in any split, and each modality's item count within `splits`: from a
+    loaded dataset's counts, or from one pass over a manifest (validating it whole before anything
+    is written)."""
+    if isinstance(dataset, Dataset):
+        present = set(dataset.modalities())
+        return present, Counter({m: sum(dataset.count(s, m) for s in splits or dataset.splits) for m in present})
     present: set[str] = set()
     counts: Counter[str] = Counter()
     for it in dataset.iter_items():

@@ -73,7 +73,7 @@ def sweep(
     unknown = [m for m in mods if m not in space.tunable_modalities()]
     if unknown or not mods:
         raise InputError(f"cannot sweep λ of {unknown or mods}; the bond mixes {space.tunable_modalities()}")
-    if not dataset.select(split):
+    if not dataset.count(split):
         raise InputError(f"dataset {dataset.root} has no {split!r} items to sweep on")
     points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
     baseline = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
@@ -86,7 +86,7 @@ def sweep(
     best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
             for task, values in scores.items()}
     return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current,
-                       n_items=len(dataset.select(split)))
+                       n_items=dataset.count(split))
 
 
 def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
@@ -173,7 +173,7 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)
     result = sweep(space, caches, dataset, split=split, grid=list(grid), modalities=modalities or None)
-    if held_out and held_out != split and dataset.select(held_out):
+    if held_out and held_out != split and dataset.count(held_out):
         score_held_out(space, result, caches, dataset, held_out)
     write_json(fused / "sweep.json", result.to_json())
     if len(result.modalities) <= 2:

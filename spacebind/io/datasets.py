@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,12 +55,15 @@ class ClassInfo:
 
 @dataclass
 class Dataset:
-    """A loaded manifest. Paths in items are absolute."""
+    """A dataset whose items are streamed from their source (a manifest, or a list built in Python);
+    what one validating pass learns is held: item counts per split and modality, and the classes.
+    Paths in items are absolute. Nothing holds every item: `iter_items` reads them again."""
 
     root: Path
-    items: list[Item]
+    source: "Manifest | Sequence[Item]"
     classes: list[ClassInfo]
     templates: list[str]
+    counts: Counter[tuple[str, str | None]]  # (split, modality) → items; (split, None) → the split's items
 
     @property
     def name(self) -> str:
@@ -67,51 +71,82 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> "Dataset":
-        """Load a dataset from its directory or its manifest file."""
-        manifest = Manifest.open(path)
-        items = list(manifest.iter_items())
-        classes, templates = _classes(manifest.root / CLASSES, manifest.info, items)
-        return cls(root=manifest.root, items=items, classes=classes, templates=templates)
+        """A dataset from its directory or its manifest file, read once to validate and count it.
 
-    def iter_items(self) -> Iterator[Item]:
-        """The items in manifest order."""
-        return iter(self.items)
+        Raises:
+            InputError: a bad manifest line, a duplicate id or a bad `classes.json` (naming the file).
+        """
+        manifest = Manifest.open(path)
+        counts, labels = _survey(manifest.iter_items())
+        classes, templates = _classes(manifest.root / CLASSES, manifest.info, labels)
+        return cls(root=manifest.root, source=manifest, classes=classes, templates=templates, counts=counts)
+
+    @classmethod
+    def of_items(cls, root: str | Path, items: Sequence[Item], classes: Sequence[ClassInfo] | None = None,
+                 templates: Sequence[str] = ("{}",)) -> "Dataset":
+        """A dataset of items built in Python (paths absolute); classes default to the items' labels."""
+        counts, labels = _survey(items)
+        info = {"templates": list(templates)}
+        if classes is not None:
+            info["classes"] = [{"name": c.name, "synonyms": list(c.synonyms)} for c in classes]
+        names, templates = _classes(Path(root) / CLASSES, info, labels)
+        return cls(root=Path(root), source=list(items), classes=names, templates=templates, counts=counts)
+
+    def iter_items(self, split: str | None = None, modality: str | None = None) -> Iterator[Item]:
+        """The items of `split` (all if None) that carry `modality` (any if None), in manifest order."""
+        items = self.source.iter_items() if isinstance(self.source, Manifest) else iter(self.source)
+        return (it for it in items
+                if (split is None or it.split == split) and (modality is None or modality in it.fields))
+
+    def select(self, split: str | None = None, modality: str | None = None) -> list[Item]:
+        """`iter_items` as a list: for one evaluation split's items, not for pools of millions."""
+        return list(self.iter_items(split, modality))
+
+    def count(self, split: str | None = None, modality: str | None = None) -> int:
+        """How many items of `split` (all if None) carry `modality` (any if None)."""
+        return sum(n for (s, m), n in self.counts.items() if (split is None or s == split) and m == modality)
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits that hold items, sorted."""
+        return sorted({s for (s, m), n in self.counts.items() if m is None and n})
 
     def check_split(self, split: str) -> str:
         """`split` if some item is in it, else an InputError listing the dataset's splits."""
-        known = sorted({it.split for it in self.items})
-        if split not in known:
-            raise InputError(f"{self.root}: no split {split!r}; the dataset has {', '.join(known) or 'no items'}")
+        if split not in self.splits:
+            raise InputError(f"{self.root}: no split {split!r}; the dataset has {', '.join(self.splits) or 'no items'}")
         return split
-
-    def select(self, split: str | None = None, modality: str | None = None) -> list[Item]:
-        """Items of a split (all if None) that carry `modality` (any if None), in manifest order."""
-        return [
-            it for it in self.items
-            if (split is None or it.split == split) and (modality is None or modality in it.fields)
-        ]
 
     def missing_files(self) -> list[str]:
         """One line per media file (every modality but text) that an item names and that is not there."""
         return [f"{self.root / MANIFEST}: item {it.id!r} {m}: no file {path}"
-                for it in self.items for m, path in it.fields.items() if m != "text" and not Path(path).exists()]
+                for it in self.iter_items() for m, path in it.fields.items() if m != "text" and not Path(path).exists()]
 
     def modalities(self) -> tuple[str, ...]:
-        present = {m for it in self.items for m in it.fields}
+        present = {m for (s, m), n in self.counts.items() if m is not None and n}
         return tuple(m for m in MODALITIES if m in present)
 
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
 
-    def by_id(self) -> dict[str, Item]:
-        return {it.id: it for it in self.items}
+
+def _survey(items: Iterable[Item]) -> tuple[Counter[tuple[str, str | None]], set[str]]:
+    """Item counts per (split, modality) and per (split, None), and the labels, in one pass."""
+    counts: Counter[tuple[str, str | None]] = Counter()
+    labels: set[str] = set()
+    for it in items:
+        counts[it.split, None] += 1
+        counts.update((it.split, m) for m in it.fields)
+        if it.label is not None:
+            labels.add(it.label)
+    return counts, labels
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A dataset's manifest read as a stream: each pass validates every line as `Dataset.load` does,
-    and no more than the caller keeps of the items is held (for manifests too big to load)."""
+    """A dataset's manifest read as a stream: each pass validates every line, and no more than the
+    caller keeps of the items is held. `Dataset.load` adds one counting pass and the classes."""
 
     root: Path
     path: Path
@@ -245,13 +280,13 @@ def _read_info(path: Path) -> dict[str, Any]:
     return data
 
 
-def _classes(path: Path, data: dict[str, Any], items: list[Item]) -> tuple[list[ClassInfo], list[str]]:
+def _classes(path: Path, data: dict[str, Any], labels: set[str]) -> tuple[list[ClassInfo], list[str]]:
     """Class names and templates from `classes.json` (`data`); without a class list, the items' labels."""
     try:
         if "classes" in data:
             classes = [ClassInfo(c["name"], tuple(c.get("synonyms", ()))) for c in data["classes"]]
         else:
-            classes = [ClassInfo(n) for n in sorted({it.label for it in items if it.label is not None})]
+            classes = [ClassInfo(n) for n in sorted(labels)]
         templates = list(data.get("templates") or ["{}"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: expected {{'classes': [{{'name': ...}}], 'templates': [...]}} ({exc})") from None

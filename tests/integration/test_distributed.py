@@ -167,7 +167,7 @@ def test_batch_size_halves_on_out_of_memory_and_bad_settings_are_refused(tmp_pat
     cache = embed_dataset(Expert("toy", 8, {"text": tight}), data, tmp_path / "cache", shard_size=5, batch_size=8,
                           workers=1, progress=False)
     assert sizes[:5] == [5, 4, 2, 2, 1] and max(sizes[5:]) == 2  # 8 → 4 → 2 on the first shard, then kept
-    torch.testing.assert_close(cache.embeddings("text"), Expert("toy", 8, {"text": fn}).encode("text", [it.fields["text"] for it in data.items]),
+    torch.testing.assert_close(cache.embeddings("text"), Expert("toy", 8, {"text": fn}).encode("text", [it.fields["text"] for it in list(data.iter_items())]),
                                atol=2e-3, rtol=0)
     batch = AdaptiveBatch(1)
     with pytest.raises(torch.OutOfMemoryError):

@@ -59,7 +59,7 @@ def test_minilm_binding_understands_synonyms_no_world_expert_saw(small_world, bo
     space, image_text, caches = bound
     assert space.formula() == "text + c(image)"
     held = heldout_names(small_world)
-    assert len(set(held) & {w for it in small_world.items for w in it.fields["text"].split()}) == 0
+    assert len(set(held) & {w for it in list(small_world.iter_items()) for w in it.fields["text"].split()}) == 0
     ours = zeroshot_with(space, caches, small_world, "test", "image", prompt_classes(space, held, TEMPLATES))["acc1"]
     theirs = zeroshot_with(image_text, caches, small_world, "test", "image",
                            prompt_classes(image_text, held, TEMPLATES))["acc1"]
@@ -97,9 +97,9 @@ def test_balanced_rows_cover_concepts_evenly_from_a_skewed_pool() -> None:
 
 def test_curation_picks_each_concepts_own_captions(small_world, bound) -> None:
     space, _, caches = bound
-    pool = [it.id for it in small_world.select("train")]
-    ids = curate_ids(space.base, caches, small_world, pool, per_concept=10)
-    labels = [small_world.by_id()[i].label for i in ids]
+    ids = curate_ids(space.base, caches, small_world, "train", per_concept=10)
+    label = {it.id: it.label for it in small_world.iter_items("train")}
+    labels = [label[i] for i in ids]
     counts = [labels.count(c) for c in small_world.class_names]
     # Measured on seed 7: 238 items, 23 classes with 10 and one with 8 (MiniLM finds captions by name or synonym).
     assert sum(counts) >= 0.95 * 10 * len(counts) and min(counts) >= 8, counts

@@ -60,7 +60,7 @@ def world(noisy_target_audio: bool = True, same_spaces: bool = False):
                                   "audio": lambda xs: torch.zeros(len(xs), dim)}, dim=dim)
     e = Space.from_encoders("E", {"text": lambda xs: torch.stack([e_prompts[x] for x in xs]),
                                   "audio": lambda xs: torch.zeros(len(xs), dim)}, dim=dim)
-    dataset = Dataset(root=Path("."), items=items, classes=[ClassInfo(c) for c in CLASSES], templates=["{}"])
+    dataset = Dataset.of_items(Path("."), items, [ClassInfo(c) for c in CLASSES])
     return t, e, CacheSet({"T": MemoryCache(t_table), "E": MemoryCache(e_table)}), dataset
 
 

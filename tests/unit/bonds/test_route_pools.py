@@ -44,15 +44,15 @@ def pools(n: int = 12, dim: int = 8):
     t, e = Space.from_encoders("T", space, dim=dim), Space.from_encoders("E", space, dim=dim)
     routed = RoutedSpace(t, [e], {"E": identity(dim)})
     caches = CacheSet({"T": MemoryCache(table), "E": MemoryCache(table)})
-    return routed, caches, Dataset(root=Path("."), items=items, classes=[], templates=[]), perm
+    return routed, caches, Dataset.of_items(Path("."), items, classes=[]), perm
 
 
 def test_unimodal_items_become_tuples_with_their_nearest_partner() -> None:
     routed, caches, dataset, perm = pools()
     data = route_data(routed, caches, dataset, "train")
     assert data.ids[:2] == ["p0", "p1"] and data.mined == 24 and len(data.ids) == 26
-    text_ids = [it.id for it in dataset.items if "text" in it.fields]
-    audio_ids = [it.id for it in dataset.items if "audio" in it.fields]
+    text_ids = [it.id for it in list(dataset.iter_items()) if "text" in it.fields]
+    audio_ids = [it.id for it in list(dataset.iter_items()) if "audio" in it.fields]
     for position, item in enumerate(data.ids):
         if item.startswith("a"):  # an audio seed: its own audio row, the matching text mined
             assert audio_ids[int(data.rows["audio"][position])] == item

@@ -41,7 +41,7 @@ def test_cache_contents_bad_items_and_chunks(tmp_path: Path) -> None:
     ids = cache.ids("image")
     assert len(ids) == 22 and "item5" not in ids
     assert cache.bad("image")[0]["id"] == "item5" and "not a readable image" in cache.bad("image")[0]["reason"]
-    direct = toy.encode("image", [data.by_id()[i].fields["image"] for i in ids])
+    direct = toy.encode("image", [{it.id: it for it in data.iter_items()}[i].fields["image"] for i in ids])
     torch.testing.assert_close(cache.embeddings("image"), direct, atol=2e-3, rtol=0)
     with safe_open(str(tmp_path / "cache" / "image" / "shard-00000.safetensors"), framework="pt") as fh:
         assert fh.get_slice("embeddings").get_dtype() == "F16"
@@ -77,7 +77,7 @@ def test_interrupted_embed_resumes_without_recomputing(tmp_path: Path) -> None:
         embed_dataset(expert_with({"text": repair}), data, tmp_path / "cache", shard_size=5, progress=False)
     assert repair.items == 5
     full = EmbeddingCache.open(tmp_path / "cache").embeddings("text")
-    torch.testing.assert_close(full, multi_expert("toy", 8, ("text",), 0).encode("text", [it.fields["text"] for it in data.items]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(full, multi_expert("toy", 8, ("text",), 0).encode("text", [it.fields["text"] for it in list(data.iter_items())]), atol=2e-3, rtol=0)
 
 
 def test_cache_of_another_expert_or_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -73,9 +73,9 @@ def test_a_tampered_shard_is_refused_on_read_and_recomputed_on_resume(tmp_path: 
         cache = embed_dataset(toy(counter), data, cache_dir, shard_size=5, progress=False)
     assert counter.items == 5  # that shard only
     new_process()
-    expected = toy().encode("text", [it.fields["text"] for it in data.items])
+    expected = toy().encode("text", [it.fields["text"] for it in list(data.iter_items())])
     torch.testing.assert_close(EmbeddingCache.open(cache_dir).embeddings("text"), expected, atol=2e-3, rtol=0)
-    assert cache.ids("text") == [it.id for it in data.items]
+    assert cache.ids("text") == [it.id for it in list(data.iter_items())]
 
 
 def test_a_shard_with_other_ids_than_the_manifest_lists_is_refused(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_an_edited_id_is_caught_when_ids_are_read_without_the_data(tmp_path: Pat
     tamper(tmp_path / "cache" / "text" / "shard-00001.safetensors", edit_id)
     new_process()
     cache = EmbeddingCache.open(tmp_path / "cache")
-    assert cache.count("text") == len(data.items)  # from manifest.json alone
+    assert cache.count("text") == len(list(data.iter_items()))  # from manifest.json alone
     with pytest.raises(CacheError, match="shard-00001.safetensors: shard ids are not the ones .*lists.*rerun"):
         cache.ids("text")
 

@@ -33,7 +33,7 @@ def _text_manifest(root: Path, ids: list[str]) -> Path:
 def test_ids_round_trip_through_the_shards_not_the_manifest(tmp_path: Path) -> None:
     data = tiny_dataset(tmp_path / "data", corrupt=None)
     cache = embed_dataset(toy(), Manifest.open(data.root), tmp_path / "cache", shard_size=5, progress=False)
-    ids = [it.id for it in data.items]
+    ids = [it.id for it in list(data.iter_items())]
     text = (tmp_path / "cache" / "manifest.json").read_text()
     assert not any(f'"{i}"' in text for i in ids)  # counts and checksums only
     shards = json.loads(text)["modalities"]["text"]["shards"]
@@ -58,7 +58,7 @@ def test_duplicate_ids_are_refused_naming_the_id_and_both_lines(tmp_path: Path) 
 def test_colliding_hashes_of_different_ids_are_not_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _text_manifest(tmp_path / "data", ["a", "b", "c"])
     monkeypatch.setattr(datasets, "hash", lambda s: 7, raising=False)  # every id collides
-    assert [it.id for it in Dataset.load(data).items] == ["a", "b", "c"]  # the exact re-check clears them
+    assert [it.id for it in list(Dataset.load(data).iter_items())] == ["a", "b", "c"]  # the exact re-check clears them
     _text_manifest(tmp_path / "data", ["a", "b", "a"])
     with pytest.raises(InputError, match=r"manifest.jsonl:3: duplicate item id 'a' \(first on line 1\)$"):
         Dataset.load(data)
@@ -87,7 +87,7 @@ def test_a_format_2_cache_is_read_with_a_warning_and_rewritten_without_recomputi
     store._WARNED_LEGACY.clear()
     with pytest.warns(UserWarning, match=r"manifest.json: format 2 from an older spacebind .*read as is"):
         old = EmbeddingCache.open(cache_dir)
-    assert old.ids("text") == [it.id for it in data.items] and old.count("text") == 23
+    assert old.ids("text") == [it.id for it in list(data.iter_items())] and old.count("text") == 23
     torch.testing.assert_close(old.embeddings("text", ["item3", "item0"]), expected[[3, 0]])
     counter = Counting(toy().encoders["text"])
     with pytest.warns(UserWarning, match=r"format 2 \(every item id inline\).*rewriting it in format 3.*kept"):
@@ -95,5 +95,5 @@ def test_a_format_2_cache_is_read_with_a_warning_and_rewritten_without_recomputi
     assert counter.items == 0  # every shard kept
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["format"] == store.FORMAT and "ids" not in manifest["modalities"]["text"]["shards"][0]
-    assert cache.ids("text") == [it.id for it in data.items]
+    assert cache.ids("text") == [it.id for it in list(data.iter_items())]
     torch.testing.assert_close(cache.embeddings("text"), expected)

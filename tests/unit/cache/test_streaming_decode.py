@@ -47,5 +47,5 @@ def test_decoded_inputs_alive_at_once_stay_within_a_batch(tmp_path: Path, monkey
     ids = [f"it{i}" for i in range(30) if i != 7]
     assert cache.ids("point") == ids
     assert [b["id"] for b in cache.bad("point")] == ["it7"]
-    direct = expert.encode("point", [data.by_id()[i].fields["point"] for i in ids])
+    direct = expert.encode("point", [{it.id: it for it in data.iter_items()}[i].fields["point"] for i in ids])
     torch.testing.assert_close(cache.embeddings("point"), direct.half().float())

@@ -59,7 +59,7 @@ def test_zeroshot_metrics_by_hand() -> None:
 
 def tiny_dataset() -> Dataset:
     items = [Item(f"i{k}", "test", f"c{k % 2}", {"image": f"img{k}", "text": f"t{k}"}) for k in range(4)]
-    return Dataset(Path("tiny"), items, [ClassInfo("c0"), ClassInfo("c1")], ["a {}"])
+    return Dataset.of_items(Path("tiny"), items, [ClassInfo("c0"), ClassInfo("c1")], ["a {}"])
 
 
 def test_evaluate_names_directions_like_clip_benchmark() -> None:

@@ -133,8 +133,8 @@ def test_paths_are_confined_to_the_dataset_unless_it_opts_in(tmp_path: Path) -> 
             Dataset.load(_dataset(tmp_path / "d", [{"id": "a", "point": "p.xyz"}, {"id": "b", "point": path}]))
     data = Dataset.load(_dataset(tmp_path / "d", [{"id": "a", "point": "p.xyz"}, {"id": "b", "point": "../secret.xyz"}],
                                  {"allow_outside_root": True}))
-    assert data.items[1].fields["point"] == str(secret.resolve())
-    result = load_inputs_lenient("point", [it.fields["point"] for it in data.items])
+    assert list(data.iter_items())[1].fields["point"] == str(secret.resolve())
+    result = load_inputs_lenient("point", [it.fields["point"] for it in list(data.iter_items())])
     assert result.indices == [0] and "hunter2" not in result.bad[0][1]
     with pytest.raises(InputError, match="'allow_outside_root' is 'yes'; expected true or false"):
         Dataset.load(_dataset(tmp_path / "d", [{"id": "a", "point": "p.xyz"}], {"allow_outside_root": "yes"}))
@@ -146,7 +146,7 @@ def test_importer_opts_in_only_when_media_leave_the_dataset(tmp_path: Path) -> N
     Image.new("RGB", (4, 4)).save(src / "a.png")
     import_data("folder", tmp_path / "src", tmp_path / "out")
     assert json.loads((tmp_path / "out" / "classes.json").read_text())["allow_outside_root"] is True
-    assert Dataset.load(tmp_path / "out").items[0].fields["image"] == str((src / "a.png").resolve())
+    assert list(Dataset.load(tmp_path / "out").iter_items())[0].fields["image"] == str((src / "a.png").resolve())
     import_data("folder", tmp_path / "src", tmp_path / "copied", copy=True)
     assert "allow_outside_root" not in json.loads((tmp_path / "copied" / "classes.json").read_text())
-    assert len(Dataset.load(tmp_path / "copied").items) == 1
+    assert len(list(Dataset.load(tmp_path / "copied").iter_items())) == 1

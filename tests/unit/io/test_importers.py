@@ -52,9 +52,9 @@ def test_folder_class_per_folder_in_place(tmp_path: Path) -> None:
     assert report.counts == {"audio": {"train": 3}}
     assert list(skipped(report)) == ["rain/notes.md"] and "not a known media file" in skipped(report)["rain/notes.md"]
     ds = Dataset.load(tmp_path / "ds")
-    assert [it.id for it in ds.items] == ["dog/1-100", "dog/1-101", "rain/2-7"]
+    assert [it.id for it in list(ds.iter_items())] == ["dog/1-100", "dog/1-101", "rain/2-7"]
     assert ds.class_names == ["dog", "rain"]
-    assert ds.items[0].fields["audio"] == str(src / "dog" / "1-100.wav")
+    assert list(ds.iter_items())[0].fields["audio"] == str(src / "dog" / "1-100.wav")
     line = json.loads((tmp_path / "ds" / "manifest.jsonl").read_text().splitlines()[0])
     assert line["audio"] == "../esc/dog/1-100.wav"  # relative to the dataset directory, media left in place
     assert not (tmp_path / "ds" / "media").exists()
@@ -66,7 +66,7 @@ def test_folder_split_dirs_and_copy(tmp_path: Path) -> None:
     png(src / "train" / "n01" / "c.png"), (src / "train" / "n01" / "c.txt").write_text("a grey square\n")
     report = import_data("folder", src, tmp_path / "ds", copy=True)
     ds = Dataset.load(tmp_path / "ds")
-    by_id = ds.by_id()
+    by_id = {it.id: it for it in ds.iter_items()}
     assert by_id["train/n01/a"].split == "train" and by_id["val/n02/b"].split == "val"
     assert by_id["train/n01/a"].label == "n01"
     assert by_id["train/n01/c"].fields["text"] == "a grey square"  # same stem: one paired item
@@ -88,10 +88,10 @@ def test_points_folder_modelnet_layout(tmp_path: Path) -> None:
     bad = skipped(report)
     assert "unreadable" in bad["lamp/train/broken.off"] and "not a point" in bad["lamp/train/photo.png"]
     ds = Dataset.load(tmp_path / "ds")
-    assert {it.id: (it.split, it.label) for it in ds.items} == {
+    assert {it.id: (it.split, it.label) for it in list(ds.iter_items())} == {
         "chair/train/chair_0001": ("train", "chair"), "chair/test/chair_0002": ("test", "chair"),
         "lamp/train/lamp_0001": ("train", "lamp"), "lamp/train/lamp_0002": ("train", "lamp")}
-    off = ds.by_id()["chair/test/chair_0002"].fields["point"]
+    off = {it.id: it for it in ds.iter_items()}["chair/test/chair_0002"].fields["point"]
     assert off.endswith(".npy") and load_inputs("point", [off])[0].shape == (3, 3)
 
 
@@ -123,7 +123,7 @@ def test_csv_columns_splits_and_bad_rows(tmp_path: Path) -> None:
     assert "holdout" in bad["captions.tsv:7"] and "duplicate id" in bad["captions.tsv:8"]
     assert report.counts == {"audio": {"train": 1, "val": 1}, "text": {"train": 1, "val": 1}}
     ds = Dataset.load(tmp_path / "ds")
-    assert [(it.id, it.split, it.label, it.fields["text"]) for it in ds.items] == [
+    assert [(it.id, it.split, it.label, it.fields["text"]) for it in list(ds.iter_items())] == [
         ("c0", "train", "dog", "a dog barks"), ("c1", "val", "rain", "rain on a roof")]
     lines = format_report(report)
     assert lines[1] == "  audio: train 1, val 1" and "5 skipped:" in lines
@@ -143,7 +143,7 @@ def test_unimodal_pools_audio_folder_plus_text_csv(tmp_path: Path) -> None:
     assert report.counts == {"text": {"train": 2}} and [b.where for b in report.skipped] == ["sentences.csv:4"]
     ds = Dataset.load(tmp_path / "ds")
     assert ds.modalities() == ("text", "audio")
-    assert all(len(it.fields) == 1 for it in ds.items)
+    assert all(len(it.fields) == 1 for it in list(ds.iter_items()))
     assert [it.id for it in ds.select(modality="text")] == ["sentences-2", "sentences-3"]
     again = import_data("folder", tmp_path / "sounds", tmp_path / "ds", append=True)
     assert again.added == 0 and all("duplicate id" in b.why for b in again.skipped)
@@ -174,12 +174,12 @@ def test_coco_captions(tmp_path: Path, captions: str) -> None:
     assert skipped(report) == {"annotations[3]": "no image_id of a listed image", "images[2] (000003.png)": "no caption",
                                "images[3]": "no file_name"}
     ds = Dataset.load(tmp_path / "ds")
-    got = [(it.id, it.fields["text"]) for it in ds.items]
+    got = [(it.id, it.fields["text"]) for it in list(ds.iter_items())]
     if captions == "first":
         assert got == [("000001", "a cat on a mat"), ("000002", "two dogs")]
     else:
         assert got == [("000001#10", "a cat on a mat"), ("000001#12", "a sleepy cat"), ("000002#11", "two dogs")]
-    assert {it.split for it in ds.items} == {"val"}
+    assert {it.split for it in list(ds.iter_items())} == {"val"}
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -206,7 +206,7 @@ def test_webdataset_shards(tmp_path: Path) -> None:
     bad = skipped(report)
     assert "unreadable caption" in bad["train-000.tar:s/k3.json"] and bad["test-000.tar:k9"] == "empty caption"
     ds = Dataset.load(tmp_path / "ds")
-    by_id = ds.by_id()
+    by_id = {it.id: it for it in ds.iter_items()}
     assert sorted(by_id) == ["train-000/s/k0", "train-000/s/k1", "train-000/s/k2"]
     assert by_id["train-000/s/k0"].fields["text"] == "a black square" and by_id["train-000/s/k1"].fields["text"] == "silence"
     assert by_id["train-000/s/k2"].label == "cube" and by_id["train-000/s/k2"].split == "train"
@@ -234,8 +234,8 @@ def test_hf_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report = import_data("hf", tmp_path / "src", tmp_path / "ds", label_column="label")
     assert set(skipped(report)) == {"data/validation-00000-of-00001:2", "data/validation-00000-of-00001:3"}
     ds = Dataset.load(tmp_path / "ds")
-    assert [(it.split, it.label, it.fields["text"]) for it in ds.items] == [("val", "3", "black"), ("val", "1", "grey")]
-    assert load_inputs("image", [ds.items[0].fields["image"]])[0].shape == (4, 4, 3)
+    assert [(it.split, it.label, it.fields["text"]) for it in list(ds.iter_items())] == [("val", "3", "black"), ("val", "1", "grey")]
+    assert load_inputs("image", [list(ds.iter_items())[0].fields["image"]])[0].shape == (4, 4, 3)
 
 
 def test_hf_parquet_and_save_to_disk_with_pyarrow(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_hf_parquet_and_save_to_disk_with_pyarrow(tmp_path: Path) -> None:
             writer.write_table(table)
     report = import_data("hf", tmp_path / "disk", tmp_path / "ds2")
     assert report.counts == {"audio": {"train": 1, "val": 1}, "text": {"train": 1, "val": 1}}
-    assert load_inputs("audio", [Dataset.load(tmp_path / "ds2").items[0].fields["audio"]])[0].samples.shape == (400,)
+    assert load_inputs("audio", [list(Dataset.load(tmp_path / "ds2").iter_items())[0].fields["audio"]])[0].samples.shape == (400,)
 
 
 def test_split_ratio_is_seeded_and_stable(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_split_ratio_is_seeded_and_stable(tmp_path: Path) -> None:
     a = import_data("points", tmp_path / "pts", tmp_path / "a", split_ratio="0.6,0.2,0.2", seed=3)
     import_data("points", tmp_path / "pts", tmp_path / "b", split_ratio=(0.6, 0.2, 0.2), seed=3)
     assert a.counts == {"point": {"train": 12, "val": 4, "test": 4}}
-    assert [it.split for it in Dataset.load(tmp_path / "a").items] == [it.split for it in Dataset.load(tmp_path / "b").items]
+    assert [it.split for it in list(Dataset.load(tmp_path / "a").iter_items())] == [it.split for it in list(Dataset.load(tmp_path / "b").iter_items())]
     with pytest.raises(InputError, match="summing to 1"):
         import_data("points", tmp_path / "pts", tmp_path / "c", split_ratio="0.5,0.1")
 
@@ -318,7 +318,7 @@ def test_fuse_from_imported_csv_and_folder_pool(tmp_path: Path, monkeypatch: pyt
     world = Dataset.load(generate_world(tmp_path / "world", seed=7, sizes={"train": 40, "val": 12, "test": 12}, progress=False))
     lines = ["path,caption,split,label"] + [
         f"{Path(it.fields['audio']).relative_to(world.root.resolve())},\"{it.fields['text']}\",{it.split},{it.label}"
-        for it in world.items]
+        for it in list(world.iter_items())]
     lines.insert(3, "audio/missing.wav,a lost clip,train,bag")  # a bad row, reported and skipped
     (tmp_path / "world" / "clips.csv").write_text("\n".join(lines) + "\n")
     for it in world.select("train"):  # unimodal pools: class-per-folder images and point clouds

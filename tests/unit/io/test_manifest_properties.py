@@ -45,7 +45,7 @@ def test_manifest_loads_or_raises_a_named_error(tmp_path: Path, lines: list[str]
         data = Dataset.load(tmp_path)
     except SpacebindError:
         return
-    for item in data.items:
+    for item in list(data.iter_items()):
         assert isinstance(item.id, str) and item.split in ("train", "val", "test")
         assert isinstance(item.attributes, dict)
         for m, value in item.fields.items():

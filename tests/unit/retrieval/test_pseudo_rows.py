@@ -153,7 +153,7 @@ def test_usable_ids_equal_the_set_path(world) -> None:
     _, data, at, u, caches = world
     for space in (at, u):
         for m in ("text", "point"):
-            ids = [it.id for it in data.items][::-1] + ["missing", "i0"]
+            ids = [it.id for it in list(data.iter_items())][::-1] + ["missing", "i0"]
             assert caches.usable_ids(space, m, ids) == _old_usable(caches, space, m, ids)
 
 

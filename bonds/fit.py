@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,7 @@ from spacebind.bonds.heads import HEADS, projector_types
 from spacebind.bonds.mixture import train_mixture
 from spacebind.bonds.targets import Targets, choose_targets
 from spacebind.cache.cache_set import CacheSet
+from spacebind.cache.keys import id_keys
 from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
@@ -40,22 +42,25 @@ from spacebind.training.pairs import CachePairs
 from spacebind.training.trainer import TrainConfig
 
 Pairs = tuple[torch.Tensor, torch.Tensor, list[str]]
-Part = tuple[str, str, list[str]]  # (source modality a, target modality b, item ids)
+Part = tuple[str, str, np.ndarray]  # (source modality a, target modality b, `id_keys` of the items)
 
 
 def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
                 keep: set[str] | None = None) -> list[Part]:
     """Which pairs train a projector src → tgt: for every a of the source and every b of the
     target that `targets` admits, the items of the split holding both (and embedded by every leaf
-    involved). A modality only the source covers (point in a displacement) is anchored on the
-    item's other modalities; `keep` restricts the items (a curated subset)."""
+    involved), as keys in manifest order (the items are streamed, not held). A modality only the
+    source covers (point in a displacement) is anchored on the item's other modalities; `keep`
+    restricts the items (a curated subset)."""
     combos = [(a, b) for a in src.modalities for b in tgt.modalities if targets.admits(a, b)]
     parts = []
     for a, b in combos:
-        ids = [it.id for it in dataset.iter_items(split, a) if b in it.fields and (keep is None or it.id in keep)]
-        ids = caches.usable_ids(tgt, b, caches.usable_ids(src, a, ids)) if ids else []
-        if ids:
-            parts.append((a, b, ids))
+        keys = id_keys(it.id for it in dataset.iter_items(split, a) if b in it.fields and (keep is None or it.id in keep))
+        for space, m in ((src, a), (tgt, b)):
+            if len(keys):
+                keys = keys[caches.usable(space, m, keys)]
+        if len(keys):
+            parts.append((a, b, keys))
     return parts
 
 
@@ -75,8 +80,8 @@ def _tensors(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part]) ->
     """The pairs of `parts` read into memory, concatenated in order, and their source modalities."""
     if not parts:
         return torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
-    xs = [caches.embeddings(src, a, ids) for a, _, ids in parts]
-    ys = [caches.embeddings(tgt, b, ids) for _, b, ids in parts]
+    xs = [caches.embeddings_of_keys(src, a, keys) for a, _, keys in parts]
+    ys = [caches.embeddings_of_keys(tgt, b, keys) for _, b, keys in parts]
     return torch.cat(xs), torch.cat(ys), _part_sources(parts)
 
 
@@ -90,8 +95,8 @@ def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part], m
         if not isinstance(caches.caches.get(side.name), EmbeddingCache):
             return None, f"the cache of {side.name!r} is not an embedding cache on disk"
     try:
-        return CachePairs([(caches.caches[src.name], a, ids) for a, _, ids in parts],
-                          [(caches.caches[tgt.name], b, ids) for _, b, ids in parts], max_mb=max_mb), ""
+        return CachePairs([(caches.caches[src.name], a, keys) for a, _, keys in parts],
+                          [(caches.caches[tgt.name], b, keys) for _, b, keys in parts], max_mb=max_mb), ""
     except InputError as exc:
         raise InputError(f"train.stream_mb: {exc}") from None
 

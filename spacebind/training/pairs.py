@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -107,22 +108,25 @@ def _read(shard: ShardFile) -> torch.Tensor:
     return emb
 
 
+Part = tuple[EmbeddingCache, str, "Sequence[str] | np.ndarray"]  # (cache, modality, ids or `id_keys`)
+
+
 class _Side:
     """One side of the pairs: the shard table and each pair's (shard, row)."""
 
-    def __init__(self, parts: Sequence[tuple[EmbeddingCache, str, Sequence[str]]]) -> None:
+    def __init__(self, parts: Sequence[Part]) -> None:
         self.shards: list[ShardFile] = []
         shard_ids, rows = [], []
         for cache, modality, ids in parts:
             files = shard_files(cache, modality)
             starts = torch.tensor([0] + [f.rows for f in files]).cumsum(0)
-            position = {i: r for r, i in enumerate(cache.ids(modality))}
-            missing = [i for i in ids if i not in position]
-            if missing:
-                raise CacheError(f"cache {cache.root} has no {modality} embeddings for ids {missing[:5]}"
+            found = cache.rows(modality, ids)
+            if (found < 0).any():
+                missing = np.flatnonzero(found < 0)
+                named = f"ids {[ids[j] for j in missing[:5].tolist()]}" if not isinstance(ids, np.ndarray) else "items"
+                raise CacheError(f"cache {cache.root} has no {modality} embeddings for {len(missing)} {named}"
                                  f"{' …' if len(missing) > 5 else ''}")
-            global_rows = torch.tensor([position[i] for i in ids], dtype=torch.int64)
-            del position
+            global_rows = torch.from_numpy(found)
             k = torch.searchsorted(starts, global_rows, right=True) - 1
             shard_ids.append(k + len(self.shards))
             rows.append(global_rows - starts[k])
@@ -154,8 +158,8 @@ class CachePairs:
     concatenated in order like `torch.cat` of their tensors.
 
     Args:
-        src, tgt: parts `(cache, modality, ids)`; the parts of a side must have one width, and the
-            two sides the same number of ids in all.
+        src, tgt: parts `(cache, modality, ids)`, the ids as strings or as `id_keys`; the parts of a
+            side must have one width, and the two sides the same number of ids in all.
         max_mb: shard data held in memory at most (MB of float16, both sides together).
         window: source shards per block of the epoch order (default: as many source and target
             shards as fit in half of `max_mb`, at least 1).
@@ -165,8 +169,8 @@ class CachePairs:
         CacheError: an id missing from its cache, or an unreadable shard header.
     """
 
-    def __init__(self, src: Sequence[tuple[EmbeddingCache, str, Sequence[str]]],
-                 tgt: Sequence[tuple[EmbeddingCache, str, Sequence[str]]], *, max_mb: float = DEFAULT_MB,
+    def __init__(self, src: Sequence[Part],
+                 tgt: Sequence[Part], *, max_mb: float = DEFAULT_MB,
                  window: int | None = None) -> None:
         self.src, self.tgt = _Side(src), _Side(tgt)
         if len(self.src.shard) != len(self.tgt.shard):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from benchmarks.train_memory import write_caches
-from spacebind.errors import InputError
+from spacebind.cache.keys import id_keys
+from spacebind.errors import CacheError, InputError
 from spacebind.training import trainer as training
 from spacebind.training.pairs import CachePairs
 from spacebind.training.threads import cpu_threads
@@ -37,6 +38,18 @@ def source(caches, max_mb: float = 0.01, window: int | None = 2, order=None) -> 
     pick = ids if order is None else [ids[i] for i in order]
     return CachePairs([(src, "text", pick)], [(tgt, "text", pick)], max_mb=max_mb, window=window)
 
+
+
+def test_parts_by_key_equal_parts_by_id_and_missing_items_are_named(caches) -> None:
+    src, tgt = caches
+    ids = src.ids("text")[::-3]
+    by_id = CachePairs([(src, "text", ids)], [(tgt, "text", ids)])
+    by_key = CachePairs([(src, "text", id_keys(ids))], [(tgt, "text", id_keys(ids))])
+    assert all(torch.equal(a, b) for a, b in zip(by_id.key_tensors(), by_key.key_tensors()))
+    with pytest.raises(CacheError, match=r"no text embeddings for 2 ids \['gone', 'lost'\]"):
+        CachePairs([(src, "text", [ids[0], "gone", "lost"])], [(tgt, "text", ids[:3])])
+    with pytest.raises(CacheError, match="no text embeddings for 1 items"):
+        CachePairs([(src, "text", id_keys(["gone"]))], [(tgt, "text", id_keys(ids[:1]))])
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()

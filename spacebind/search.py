@@ -2,7 +2,8 @@
 collection, and queries of any modalities combined as a weighted sum of unit vectors.
 
     INDEX/manifest.json          the space (name, formula, dim, fingerprint, fused checkpoint path),
-                                 the dataset, the index kind, and per modality its files and count
+                                 the dataset, the index kind, and per modality its files, count
+                                 and support (the dimensions its embeddings use, where not all)
     INDEX/<modality>.faiss       inner-product index of the space's unit embeddings of the items
     INDEX/<modality>.items.json  [{"id", "split", "label", "input"}] in index order
 
@@ -10,12 +11,19 @@ Items are embedded from the leaf embedding caches (`binding.ensure_caches` + `co
 chunks, so nothing already cached is re-encoded and memory beyond the index itself stays bounded
 by the chunk. The manifest is written last: a half-written index does not load. An index loaded
 against another space (different fingerprint or dim) is refused.
+
+A hit's score is the cosine between the item and the query restricted to the dimensions the item's
+modality uses. Most spaces use every dimension for every modality (then it is the inner product of
+unit vectors); a bond's channel (`spacebind.bonds.bind`) leaves the channel block at zero for the
+modalities it does not carry, and a query's share of that block would otherwise scale down every
+score of those modalities, so that merged lists ranked one modality's items above another's.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -87,6 +95,7 @@ class SearchIndex:
         self.indexes = indexes
         self.items = items
         self._ids: dict[str, np.ndarray] = {}  # per modality, the item ids as an object array (built on first search)
+        self._support = {m: _mask(entry.get("support"), self.dim) for m, entry in manifest.get("modalities", {}).items()}
 
     def ids_array(self, modality: str) -> np.ndarray:
         """The item ids of `modality` in index order, as a numpy object array (cached): FAISS rows
@@ -101,6 +110,10 @@ class SearchIndex:
     @property
     def dim(self) -> int:
         return int(self.manifest["space"]["dim"])
+
+    def support(self, modality: str) -> np.ndarray | None:
+        """bool [dim]: the dimensions `modality`'s embeddings use; None when they use all."""
+        return self._support.get(modality)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -169,13 +182,15 @@ def build_index(
         if not usable.any():
             raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
         ids = [it.id for it, keep in zip(data.iter_items(split, m), usable) if keep]
-        chunks = _chunks(lambda part, m=m: caches.embeddings(space, m, part), ids, chunk_size, f"indexing {m}", progress)
+        used = np.zeros(space.dim, dtype=bool)
+        chunks = _chunks(partial(_embedded, caches, space, m, used), ids, chunk_size, f"indexing {m}", progress)
         index, _ = build_faiss_index(chunks, space.dim, kind, options=options)  # rows in the order of `ids`
         _write_faiss(index, out / f"{m}.faiss")
         items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]}
                  for it, keep in zip(data.iter_items(split, m), usable) if keep]
         write_json(out / f"{m}.items.json", items)
-        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids)}
+        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids),
+                      **({} if used.all() else {"support": _ranges(used)})}
     manifest = {
         "format": FORMAT,
         "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
@@ -187,6 +202,29 @@ def build_index(
     }
     write_json(out / MANIFEST, manifest)
     return load_index(out)
+
+
+def _embedded(caches: Any, space: Space, modality: str, used: np.ndarray, ids: list[str]) -> torch.Tensor:
+    """The space's embeddings of `ids`, marking in `used` the dimensions any of them uses (nonzero)."""
+    emb = caches.embeddings(space, modality, ids)
+    used |= (emb != 0).any(dim=0).numpy()
+    return emb
+
+
+def _ranges(used: np.ndarray) -> list[list[int]]:
+    """The runs of True in `used` as [start, end) pairs."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], used.astype(np.int8), [0]])))
+    return edges.reshape(-1, 2).tolist()
+
+
+def _mask(ranges: list[list[int]] | None, dim: int) -> np.ndarray | None:
+    """`_ranges` back as a bool [dim] mask; None for all dimensions."""
+    if ranges is None:
+        return None
+    mask = np.zeros(dim, dtype=bool)
+    for start, end in ranges:
+        mask[start:end] = True
+    return mask
 
 
 def _write_faiss(index: Any, path: Path) -> None:
@@ -356,6 +394,10 @@ def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequ
     scores, rows, ids = [], [], []
     for m in wanted:
         s, r = index.indexes[m].search(x, min(k, len(index.items[m])))
+        support = index.support(m)
+        if support is not None:  # cosine to the query's part on the dimensions m uses (module docstring)
+            norm = np.sqrt(np.square(x[:, support]).sum(axis=1, keepdims=True))
+            s = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
         found = index.ids_array(m)[r]
         if r.size and r.min() < 0:  # FAISS pads short lists with row -1 (and a huge negative score)
             missing = r < 0
@@ -379,7 +421,7 @@ def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequ
 
 def search(index: SearchIndex, query: torch.Tensor, k: int = 10, modalities: Sequence[str] | None = None) -> list[Hit]:
     """The top-k items for one query vector [dim] over the index's modalities (all, or `modalities`),
-    merged by score (inner product of unit vectors: cosine similarity). For many queries at once,
+    merged by score (cosine similarity, see the module docstring). For many queries at once,
     `search_batch` (one FAISS call for all)."""
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +26,7 @@ import numpy as np
 from spacebind.errors import InputError
 from spacebind.extras import require
 from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS
-from spacebind.io.files import write_json, write_text
+from spacebind.io.files import atomic_path, write_json
 from spacebind.modalities import MODALITIES
 from spacebind.registry import Registry
 
@@ -420,12 +421,17 @@ def check_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _ratio_splits(ids: list[str], ratio: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Split assignment by a seeded permutation of the sorted ids: round(n·r) train, round(n·r) val, the rest test."""
-    order = sorted(ids)
-    perm = np.random.default_rng(seed).permutation(len(order))
-    n_train, n_val = round(len(order) * ratio[0]), round(len(order) * ratio[1])
-    return {order[j]: "train" if k < n_train else "val" if k < n_train + n_val else "test" for k, j in enumerate(perm)}
+def _ratio_splits(ids: list[str], ratio: tuple[float, float, float], seed: int) -> np.ndarray:
+    """The split of each id, in the order given (`SPLITS` positions, int8): a seeded permutation of
+    the sorted ids gives round(n·r) train, round(n·r) val, the rest test."""
+    n = len(ids)
+    by_name = np.argsort(np.array(ids, dtype=str), kind="stable")  # positions of the ids in sorted order
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.random.default_rng(seed).permutation(n)] = np.arange(n)  # each sorted position's rank
+    n_train, n_val = round(n * ratio[0]), round(n * ratio[1])
+    codes = np.empty(n, dtype=np.int8)
+    codes[by_name] = np.where(rank < n_train, 0, np.where(rank < n_train + n_val, 1, 2))
+    return codes
 
 
 def parse_ratio(text: str | list[float] | tuple[float, ...]) -> tuple[float, float, float]:
@@ -468,52 +474,89 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
     ratio = parse_ratio(split_ratio) if split_ratio is not None else None
     if modality is not None:
         check_modality(modality, owner="import")
-    existing: list[dict[str, Any]] = []
-    if (out / MANIFEST).is_file():
-        if not append:
-            raise InputError(f"{out} already holds a dataset; pass append to add to it, or choose another directory")
-        with (out / MANIFEST).open(encoding="utf-8") as fh:
-            existing = [json.loads(line) for line in fh if line.strip()]
+    if (out / MANIFEST).is_file() and not append:
+        raise InputError(f"{out} already holds a dataset; pass append to add to it, or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(media=out / MEDIA, modality=modality)
     report = ImportReport(out=out)
-    seen = {str(rec["id"]) for rec in existing}
-    rows: list[Row] = []
-    for row in FORMATS.create(fmt, source=source, ctx=ctx, **options):
-        if isinstance(row, Bad):
-            report.skipped.append(row)
-            continue
-        row.id = id_prefix + row.id
-        why = _row_problem(row, seen)
-        if why:
-            report.skipped.append(Bad(row.where, why))
-            continue
-        seen.add(row.id)
-        rows.append(row)
-    assigned = _ratio_splits([r.id for r in rows], ratio, seed) if ratio else {}
-    records = []
-    for row in rows:
-        row.split = split or assigned.get(row.id) or row.split or "train"
-        rec: dict[str, Any] = {"id": row.id, "split": row.split}
-        if row.label is not None:
-            rec["label"] = row.label
-        for m, value in row.fields.items():
-            if m != "text" and copy and not Path(value).is_relative_to(ctx.media):
-                target = ctx.media / m / (_safe_name(row.id) + Path(value).suffix.lower())
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(value, target)
-                value = str(target)
-            rec[m] = value.strip() if m == "text" else _manifest_path(value, out)
-            report.counts.setdefault(m, {}).setdefault(row.split, 0)
-            report.counts[m][row.split] += 1
-        records.append(rec)
-    report.added = len(records)
-    lines = [json.dumps(rec, ensure_ascii=False) for rec in existing + records]
-    write_text(out / MANIFEST, "".join(line + "\n" for line in lines))
-    outside = any(m in MODALITIES and m != "text" and (Path(v).is_absolute() or v.startswith("../"))
-                  for rec in records for m, v in rec.items())
-    _write_classes(out / CLASSES, {rec["label"] for rec in records if "label" in rec}, outside)
+    seen = set(_existing_ids(out / MANIFEST))
+    ids: list[str] = []  # the new items' ids in order, for a split ratio
+    labels: set[str] = set()
+    outside = False
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=out) as work:
+        staged = Path(work) / MANIFEST
+        with staged.open("w", encoding="utf-8") as fh:  # the new records, each on its line as it is found
+            for row in FORMATS.create(fmt, source=source, ctx=ctx, **options):
+                if isinstance(row, Bad):
+                    report.skipped.append(row)
+                    continue
+                row.id = id_prefix + row.id
+                why = _row_problem(row, seen)
+                if why:
+                    report.skipped.append(Bad(row.where, why))
+                    continue
+                seen.add(row.id)
+                if ratio:
+                    ids.append(row.id)
+                rec = _record(row, split or row.split or "train", copy, ctx, out)
+                if row.label is not None:
+                    labels.add(row.label)
+                outside = outside or any(m != "text" and (Path(v).is_absolute() or v.startswith("../"))
+                                         for m, v in rec.items() if m in MODALITIES)
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        del seen
+        codes = _ratio_splits(ids, ratio, seed) if ratio else None
+        del ids
+        _write_manifest(out / MANIFEST, staged, codes, report)
+    _write_classes(out / CLASSES, labels, outside)
     return report
+
+
+def _write_manifest(manifest: Path, staged: Path, codes: np.ndarray | None, report: ImportReport) -> None:
+    """The dataset's manifest: its lines as they were, then the staged records (their splits from
+    `codes` when a ratio assigns them), counted into `report`."""
+    with atomic_path(manifest) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        _copy_lines(manifest, fh)
+        with staged.open(encoding="utf-8") as new:
+            for k, line in enumerate(new):
+                rec = json.loads(line)
+                if codes is not None:
+                    rec["split"] = SPLITS[codes[k]]
+                for m in rec:
+                    if m in MODALITIES:
+                        report.counts.setdefault(m, {}).setdefault(rec["split"], 0)
+                        report.counts[m][rec["split"]] += 1
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                report.added += 1
+
+
+def _existing_ids(manifest: Path) -> Iterator[str]:
+    """The ids of a dataset's manifest, read line by line (none when there is none)."""
+    if manifest.is_file():
+        with manifest.open(encoding="utf-8") as fh:
+            yield from (str(json.loads(line)["id"]) for line in fh if line.strip())
+
+
+def _copy_lines(manifest: Path, fh: Any) -> None:
+    """Write a dataset's manifest lines to `fh` as they are (blank lines dropped, each ending in a newline)."""
+    if manifest.is_file():
+        with manifest.open(encoding="utf-8") as old:
+            fh.writelines(line if line.endswith("\n") else line + "\n" for line in old if line.strip())
+
+
+def _record(row: Row, split: str, copy: bool, ctx: Context, out: Path) -> dict[str, Any]:
+    """A row as a manifest record: media copied under `OUT/media/` if `copy`, paths relative to `out`."""
+    rec: dict[str, Any] = {"id": row.id, "split": split}
+    if row.label is not None:
+        rec["label"] = row.label
+    for m, value in row.fields.items():
+        if m != "text" and copy and not Path(value).is_relative_to(ctx.media):
+            target = ctx.media / m / (_safe_name(row.id) + Path(value).suffix.lower())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(value, target)
+            value = str(target)
+        rec[m] = value.strip() if m == "text" else _manifest_path(value, out)
+    return rec
 
 
 def _row_problem(row: Row, seen: set[str]) -> str:

@@ -90,3 +90,45 @@ def test_one_vector_is_one_query_and_bad_shapes_are_refused() -> None:
         search_batch(index, q, 0)
     with pytest.raises(InputError, match="unknown modality"):
         search_batch(index, q, 5, ["audi"])
+
+
+def test_scores_are_cosines_on_the_dimensions_a_modality_uses() -> None:
+    # a channelled space: audio uses every dimension, image only the first half (its channel block is zero)
+    half = DIM // 2
+    audio, image = _clustered(50, 1), _clustered(50, 3)
+    image[:, half:] = 0
+    image = F.normalize(image, dim=1)
+    parts = {"image": _index(image, "flat", "img"), "audio": _index(audio, "flat", "aud")}
+    manifest = {"space": {"dim": DIM}, "modalities": {"image": {"support": [[0, half]]}, "audio": {}}}
+    index = SearchIndex(Path("."), manifest, {m: p[0] for m, p in parts.items()}, {m: p[1] for m, p in parts.items()})
+    assert index.support("audio") is None and index.support("image").tolist() == [True] * half + [False] * half
+    # queries mostly in the channel block, as a carried modality's with κ near 1
+    queries = F.normalize(torch.cat([0.05 * _clustered(8, 2)[:, :half], _clustered(8, 4)[:, half:]], dim=1), dim=1)
+    results = search_batch(index, queries, 100)
+    restricted = F.normalize(queries[:, :half], dim=1)
+    for i, hits in enumerate(results):
+        for h in hits:
+            row = int(h.id[3:])
+            want = restricted[i] @ image[row, :half] if h.modality == "image" else queries[i] @ audio[row]
+            assert h.score == pytest.approx(float(want), abs=1e-5)
+        # unscaled, every image score would be at most the query's norm on the first half (≈ 0.07)
+        assert {h.modality for h in hits[:20]} == {"image", "audio"}
+
+
+def test_build_index_records_the_dimensions_a_modality_uses(tmp_path: Path) -> None:
+    from spacebind.io.datasets import Dataset, Item
+    from spacebind.search import build_index as build_search_index
+    from spacebind.space import Space
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        x = torch.randn(len(texts), DIM, generator=torch.Generator().manual_seed(len(texts)))
+        x[:, 4:9] = 0
+        return x
+
+    space = Space.from_encoders("half", {"text": encode}, dim=DIM)
+    data = Dataset.of_items(tmp_path, [Item(f"t{i}", "test", None, {"text": f"caption {i}"}) for i in range(12)])
+    (tmp_path / "manifest.jsonl").write_text("", encoding="utf-8")  # the cache key reads the manifest file
+    index = build_search_index(space, data, tmp_path / "index", cache_dir=tmp_path / "cache", chunk_size=5,
+                               progress=False)
+    assert index.manifest["modalities"]["text"]["support"] == [[0, 4], [9, DIM]]
+    assert index.support("text").sum() == DIM - 5

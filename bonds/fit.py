@@ -155,53 +155,68 @@ def train_heads(
                                                       checkpoint_dir)
         mixture = len(pseudo)
     else:
-        keep = None
-        if curate is not None:
-            judge = tgt if "text" in tgt.modalities else src
-            keep = set(curate_ids(judge, caches, dataset, "train", curate))
-        parts = _pair_parts(src, tgt, caches, dataset, "train", targets, keep)
-        if not parts:
-            raise InputError(
-                f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
-                f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
-                f"(pairing {pairing!r}, target modalities kept: {targets.kept})"
-            )
-        if config.stream_mb is not None:
-            source, why = _streamed(src, tgt, caches, parts, config.stream_mb)
-            note(f"{src.name} → {tgt.name}: {len(source)} training pairs read from the cache shards "
-                 f"(at most {config.stream_mb:g} MB held)" if source is not None else
-                 f"{src.name} → {tgt.name}: training pairs read into memory, not streamed (train.stream_mb): {why}",
-                 progress)
-        if source is None:
-            x, y, seen = _tensors(src, tgt, caches, parts)
-        else:
-            x = y = None
-            seen = _part_sources(parts)
-        vx = vy = torch.empty(0)
-        if "mlp" in projectors:
-            vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
+        x, y, source, seen, vx, vy = _paired_data(src, tgt, caches, dataset, targets, curate, config.stream_mb,
+                                                  "mlp" in projectors, progress)
         sources = [seen] * mixture
     heads: dict[str, nn.Module] = {}
     for projector in projectors:
-        if projector != "mlp":  # a closed-form head type
+        if projector == "mlp":
+            heads[projector] = train_mixture(
+                source if source is not None else x, None if source is not None else y, n=mixture, config=config,
+                subsets=subsets, sources=sources,
+                val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
+                checkpoint_dir=checkpoint_dir, progress=progress,
+            )
+        else:
             options = {**dict(relative or {}), "seed": config.seed}
-            factory = HEADS.entry(projector).factory
-            if source is not None and hasattr(factory, "fit_source"):  # fitted chunk by chunk from the shards
-                heads[projector] = factory.fit_source(projector, source, options)
-                continue
-            if source is not None:  # a head type that needs every pair at once
-                note(f"{src.name} → {tgt.name}: the {projector} head needs all pairs in memory; reading them",
-                     progress)
-                x, y = source.gather(torch.arange(len(source)))
-            heads[projector] = factory.fit_pairs(projector, x, y, options)
-            continue
-        heads[projector] = train_mixture(
-            source if source is not None else x, None if source is not None else y, n=mixture, config=config,
-            subsets=subsets, sources=sources,
-            val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
-            checkpoint_dir=checkpoint_dir, progress=progress,
-        )
+            heads[projector] = _closed_form(projector, x, y, source, options, f"{src.name} → {tgt.name}", progress)
     return heads, targets
+
+
+def _paired_data(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, targets: Targets, curate: int | None,
+                 stream_mb: float | None, validate: bool, progress: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, CachePairs | None, list[str], torch.Tensor,
+                            torch.Tensor]:
+    """The training pairs of the paired train items, as tensors (x, y) or, with `stream_mb` and two
+    leaf experts, as a shard source; their source modalities; and, if `validate`, the val pairs."""
+    keep = None
+    if curate is not None:
+        judge = tgt if "text" in tgt.modalities else src
+        keep = set(curate_ids(judge, caches, dataset, "train", curate))
+    parts = _pair_parts(src, tgt, caches, dataset, "train", targets, keep)
+    if not parts:
+        raise InputError(
+            f"no training pairs between {src.name!r} {list(src.modalities)} and {tgt.name!r} "
+            f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
+            f"(pairing {targets.pairing!r}, target modalities kept: {targets.kept})"
+        )
+    source = None
+    if stream_mb is not None:
+        source, why = _streamed(src, tgt, caches, parts, stream_mb)
+        note(f"{src.name} → {tgt.name}: {len(source)} training pairs read from the cache shards "
+             f"(at most {stream_mb:g} MB held)" if source is not None else
+             f"{src.name} → {tgt.name}: training pairs read into memory, not streamed (train.stream_mb): {why}",
+             progress)
+    x = y = None
+    if source is None:
+        x, y, _ = _tensors(src, tgt, caches, parts)
+    vx = vy = torch.empty(0)
+    if validate:
+        vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
+    return x, y, source, _part_sources(parts), vx, vy
+
+
+def _closed_form(projector: str, x: torch.Tensor | None, y: torch.Tensor | None, source: CachePairs | None,
+                 options: Mapping[str, Any], label: str, progress: bool) -> nn.Module:
+    """A closed-form head of type `projector` fitted on the pairs: chunk by chunk from the shards
+    where the type can (`fit_source`), else on the pairs in memory (read from the shards if needed)."""
+    factory = HEADS.entry(projector).factory
+    if source is not None and hasattr(factory, "fit_source"):
+        return factory.fit_source(projector, source, options)
+    if source is not None:
+        note(f"{label}: the {projector} head needs all pairs in memory; reading them", progress)
+        x, y = source.gather(torch.arange(len(source)))
+    return factory.fit_pairs(projector, x, y, options)
 
 
 def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,

@@ -19,6 +19,7 @@ relative representations read only their anchors). A bound space's embeddings co
 """
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +32,7 @@ from spacebind.bonds.heads import HEADS, projector_types
 from spacebind.bonds.mixture import train_mixture
 from spacebind.bonds.targets import Targets, choose_targets
 from spacebind.cache.cache_set import CacheSet
-from spacebind.cache.keys import id_keys
+from spacebind.cache.keys import CHUNK, id_keys
 from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
@@ -53,9 +54,16 @@ def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, spli
     source covers (point in a displacement) is anchored on the item's other modalities; `keep`
     restricts the items (a curated subset)."""
     combos = [(a, b) for a in src.modalities for b in tgt.modalities if targets.admits(a, b)]
+    found: dict[tuple[str, str], list[np.ndarray]] = {combo: [] for combo in combos}
+    items = dataset.iter_items(split)
+    while chunk := list(islice(items, CHUNK)):  # one pass over the split, a chunk of items at a time
+        block = [it for it in chunk if keep is None or it.id in keep]
+        keys = id_keys(it.id for it in block)
+        for a, b in combos:
+            found[a, b].append(keys[np.fromiter((a in it.fields and b in it.fields for it in block), bool, len(block))])
     parts = []
-    for a, b in combos:
-        keys = id_keys(it.id for it in dataset.iter_items(split, a) if b in it.fields and (keep is None or it.id in keep))
+    for (a, b), blocks in found.items():
+        keys = np.concatenate(blocks) if blocks else np.empty((0, 2), dtype=np.uint64)
         for space, m in ((src, a), (tgt, b)):
             if len(keys):
                 keys = keys[caches.usable(space, m, keys)]

@@ -220,10 +220,16 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
     its nearest item of every other modality, found by exact FAISS search over the split's items
     in the pair's miner (see `tuple_miner`)."""
     mods = list(space.modalities)
-    order = [it.id for it in dataset.iter_items(split) if any(m in it.fields for m in mods)]
+    order, of = [], {m: [] for m in mods}  # the split's ids: all of the space's, and per modality
+    for it in dataset.iter_items(split):
+        carried = [m for m in mods if m in it.fields]
+        if carried:
+            order.append(it.id)
+        for m in carried:
+            of[m].append(it.id)
     candidates, inputs, pool = {}, {}, {}
     for m in mods:
-        have = caches.usable_ids(space, m, [it.id for it in dataset.iter_items(split, m)])
+        have = caches.usable_ids(space, m, of.pop(m))
         if not have:
             continue
         leaf = {e.name: caches.caches[e.name].embeddings(m, have) for e in space.leaves_for(m)}

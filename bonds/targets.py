@@ -76,7 +76,7 @@ def _zero_shot(tgt: Space, caches: "CacheSet", dataset: Dataset, split: str) -> 
                                tgt.blocks)
     out = {}
     for m in tgt.modalities:
-        label = {it.id: index[it.label] for it in dataset.iter_items(split, m) if it.label in index}
+        label = {it.id: index[it.label] for it in dataset.select(split, m) if it.label in index}
         ids = caches.usable_ids(tgt, m, list(label))
         if ids:
             labels = torch.tensor([label[i] for i in ids])

@@ -29,6 +29,7 @@ from spacebind.modalities import MODALITIES
 MANIFEST = "manifest.jsonl"
 CLASSES = "classes.json"
 OUTSIDE_ROOT = "allow_outside_root"  # classes.json field: let manifest paths leave the dataset directory
+KEPT_ITEMS = 100_000  # a dataset, or a split `select` reads, of at most this many items is kept in memory
 SPLITS = ("train", "val", "test")
 
 
@@ -57,13 +58,17 @@ class ClassInfo:
 class Dataset:
     """A dataset whose items are streamed from their source (a manifest, or a list built in Python);
     what one validating pass learns is held: item counts per split and modality, and the classes.
-    Paths in items are absolute. Nothing holds every item: `iter_items` reads them again."""
+    Paths in items are absolute. A dataset of at most `KEPT_ITEMS` items keeps them (a manifest
+    pass resolves and checks every path, ~0.3 ms an item of media); a larger one streams them from
+    the manifest at every `iter_items` pass, and `select` keeps a split of at most `KEPT_ITEMS`
+    items once read (evaluation splits are read many times)."""
 
     root: Path
     source: "Manifest | Sequence[Item]"
     classes: list[ClassInfo]
     templates: list[str]
     counts: Counter[tuple[str, str | None]]  # (split, modality) → items; (split, None) → the split's items
+    _kept: dict[str | None, list[Item]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -77,9 +82,11 @@ class Dataset:
             InputError: a bad manifest line, a duplicate id or a bad `classes.json` (naming the file).
         """
         manifest = Manifest.open(path)
-        counts, labels = _survey(manifest.iter_items())
+        kept: list[Item] = []
+        counts, labels = _survey(_keeping(manifest.iter_items(), kept))
         classes, templates = _classes(manifest.root / CLASSES, manifest.info, labels)
-        return cls(root=manifest.root, source=manifest, classes=classes, templates=templates, counts=counts)
+        source = kept if sum(counts[s, None] for s in SPLITS) <= KEPT_ITEMS else manifest
+        return cls(root=manifest.root, source=source, classes=classes, templates=templates, counts=counts)
 
     @classmethod
     def of_items(cls, root: str | Path, items: Sequence[Item], classes: Sequence[ClassInfo] | None = None,
@@ -99,8 +106,15 @@ class Dataset:
                 if (split is None or it.split == split) and (modality is None or modality in it.fields))
 
     def select(self, split: str | None = None, modality: str | None = None) -> list[Item]:
-        """`iter_items` as a list: for one evaluation split's items, not for pools of millions."""
-        return list(self.iter_items(split, modality))
+        """`iter_items` as a list: for one evaluation split's items, not for pools of millions. A
+        split of at most `KEPT_ITEMS` items is read once and kept."""
+        if not isinstance(self.source, Manifest):
+            return list(self.iter_items(split, modality))
+        if split not in self._kept:
+            if self.count(split) > KEPT_ITEMS:
+                return list(self.iter_items(split, modality))
+            self._kept[split] = list(self.iter_items(split))
+        return [it for it in self._kept[split] if modality is None or modality in it.fields]
 
     def count(self, split: str | None = None, modality: str | None = None) -> int:
         """How many items of `split` (all if None) carry `modality` (any if None)."""
@@ -129,6 +143,19 @@ class Dataset:
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+
+def _keeping(items: Iterable[Item], kept: list[Item]) -> Iterator[Item]:
+    """`items`, appending each to `kept` until there are more than `KEPT_ITEMS` (then `kept` is
+    emptied and stays empty)."""
+    full = False
+    for it in items:
+        if not full:
+            kept.append(it)
+            if len(kept) > KEPT_ITEMS:
+                kept.clear()
+                full = True
+        yield it
 
 
 def _survey(items: Iterable[Item]) -> tuple[Counter[tuple[str, str | None]], set[str]]:

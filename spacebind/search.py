@@ -95,7 +95,8 @@ class SearchIndex:
         self.indexes = indexes
         self.items = items
         self._ids: dict[str, np.ndarray] = {}  # per modality, the item ids as an object array (built on first search)
-        self._support = {m: _mask(entry.get("support"), self.dim) for m, entry in manifest.get("modalities", {}).items()}
+        self._support = {m: _mask(entry.get("support"), self.dim, root / MANIFEST)
+                         for m, entry in manifest.get("modalities", {}).items()}
 
     def ids_array(self, modality: str) -> np.ndarray:
         """The item ids of `modality` in index order, as a numpy object array (cached): FAISS rows
@@ -176,18 +177,16 @@ def build_index(
     options = options or IndexOptions()
     entries: dict[str, dict[str, Any]] = {}
     for m in wanted:
-        keys = id_keys(it.id for it in data.iter_items(split, m))
-        usable = caches.usable(space, m, keys)
-        del keys
-        if not usable.any():
+        found = data.select(split, m)  # held anyway: items.json lists them
+        chosen = [it for it, keep in zip(found, caches.usable(space, m, id_keys(it.id for it in found))) if keep]
+        if not chosen:
             raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
-        ids = [it.id for it, keep in zip(data.iter_items(split, m), usable) if keep]
+        ids = [it.id for it in chosen]
         used = np.zeros(space.dim, dtype=bool)
         chunks = _chunks(partial(_embedded, caches, space, m, used), ids, chunk_size, f"indexing {m}", progress)
         index, _ = build_faiss_index(chunks, space.dim, kind, options=options)  # rows in the order of `ids`
         _write_faiss(index, out / f"{m}.faiss")
-        items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]}
-                 for it, keep in zip(data.iter_items(split, m), usable) if keep]
+        items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]} for it in chosen]
         write_json(out / f"{m}.items.json", items)
         entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids),
                       **({} if used.all() else {"support": _ranges(used)})}
@@ -217,13 +216,21 @@ def _ranges(used: np.ndarray) -> list[list[int]]:
     return edges.reshape(-1, 2).tolist()
 
 
-def _mask(ranges: list[list[int]] | None, dim: int) -> np.ndarray | None:
-    """`_ranges` back as a bool [dim] mask; None for all dimensions."""
+def _mask(ranges: Any, dim: int, where: Path) -> np.ndarray | None:
+    """`_ranges` back as a bool [dim] mask; None for all dimensions.
+
+    Raises:
+        InputError: `ranges` is not a list of [start, end] pairs with 0 ≤ start < end ≤ dim (naming `where`).
+    """
     if ranges is None:
         return None
     mask = np.zeros(dim, dtype=bool)
-    for start, end in ranges:
-        mask[start:end] = True
+    for pair in ranges if isinstance(ranges, list) else [None]:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)
+                and 0 <= pair[0] < pair[1] <= dim):
+            raise InputError(f"{where}: support {ranges!r} is not a list of [start, end] dimension ranges "
+                             f"within [0, {dim}]; rebuild the index")
+        mask[pair[0]:pair[1]] = True
     return mask
 
 

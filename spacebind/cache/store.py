@@ -43,7 +43,7 @@ from safetensors import safe_open
 from spacebind.cache._embed_loop import AdaptiveBatch, autocast, loaded_shards
 from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.errors import CacheError, InputError
-from spacebind.io.datasets import Dataset, Item, Manifest
+from spacebind.io.datasets import Dataset, Item, Manifest, survey
 from spacebind.io.files import save_tensors, sha256_file, write_json
 from spacebind.io.inputs import LoadResult
 from spacebind.io.locks import job_lock
@@ -283,16 +283,13 @@ def _survey(dataset: Dataset | Manifest, splits: Sequence[str] | None) -> tuple[
     """The modalities present in any split, and each modality's item count within `splits`: from a
     loaded dataset's counts, or from one pass over a manifest (validating it whole before anything
     is written)."""
-    if isinstance(dataset, Dataset):
-        present = set(dataset.modalities())
-        return present, Counter({m: sum(dataset.count(s, m) for s in splits or dataset.splits) for m in present})
-    present: set[str] = set()
-    counts: Counter[str] = Counter()
-    for it in dataset.iter_items():
-        present.update(it.fields)
-        if not splits or it.split in splits:
-            counts.update(it.fields.keys())
-    return present, counts
+    counts = dataset.counts if isinstance(dataset, Dataset) else survey(dataset.iter_items())[0]
+    present = {m for (_, m), n in counts.items() if m is not None and n}
+    within: Counter[str] = Counter()
+    for (split, m), n in counts.items():
+        if m is not None and (not splits or split in splits):
+            within[m] += n
+    return present, within
 
 
 def _planned(items: Iterator[Item], shard_size: int, plans: list[str]) -> Iterator[tuple[int, list[Item]]]:

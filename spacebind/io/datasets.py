@@ -83,7 +83,7 @@ class Dataset:
         """
         manifest = Manifest.open(path)
         kept: list[Item] = []
-        counts, labels = _survey(_keeping(manifest.iter_items(), kept))
+        counts, labels = survey(_keeping(manifest.iter_items(), kept))
         classes, templates = _classes(manifest.root / CLASSES, manifest.info, labels)
         source = kept if sum(counts[s, None] for s in SPLITS) <= KEPT_ITEMS else manifest
         return cls(root=manifest.root, source=source, classes=classes, templates=templates, counts=counts)
@@ -92,7 +92,7 @@ class Dataset:
     def of_items(cls, root: str | Path, items: Sequence[Item], classes: Sequence[ClassInfo] | None = None,
                  templates: Sequence[str] = ("{}",)) -> "Dataset":
         """A dataset of items built in Python (paths absolute); classes default to the items' labels."""
-        counts, labels = _survey(items)
+        counts, labels = survey(items)
         info = {"templates": list(templates)}
         if classes is not None:
             info["classes"] = [{"name": c.name, "synonyms": list(c.synonyms)} for c in classes]
@@ -158,8 +158,9 @@ def _keeping(items: Iterable[Item], kept: list[Item]) -> Iterator[Item]:
         yield it
 
 
-def _survey(items: Iterable[Item]) -> tuple[Counter[tuple[str, str | None]], set[str]]:
-    """Item counts per (split, modality) and per (split, None), and the labels, in one pass."""
+def survey(items: Iterable[Item]) -> tuple[Counter[tuple[str, str | None]], set[str]]:
+    """Item counts per (split, modality) and per (split, None), and the labels, in one pass (as
+    `Dataset.counts` holds them)."""
     counts: Counter[tuple[str, str | None]] = Counter()
     labels: set[str] = set()
     for it in items:

@@ -132,3 +132,7 @@ def test_build_index_records_the_dimensions_a_modality_uses(tmp_path: Path) -> N
                                progress=False)
     assert index.manifest["modalities"]["text"]["support"] == [[0, 4], [9, DIM]]
     assert index.support("text").sum() == DIM - 5
+
+    for bad in ([[4, 2]], [[0, DIM + 1]], "0-4", [[0, 4.0]], [0, 4]):
+        with pytest.raises(InputError, match="support .* is not a list of \\[start, end\\] dimension ranges"):
+            SearchIndex(Path("."), {"space": {"dim": DIM}, "modalities": {"text": {"support": bad}}}, {}, {})

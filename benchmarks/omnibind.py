@@ -87,8 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
     parser.add_argument("--sizes", type=int, nargs=3, default=[2000, 300, 500], metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--recipe", default="omnibind_world", choices=["omnibind_world", "omnibind_world_pools"],
-                        help="paired train items, or unimodal pools (pseudo pairs and tuples)")
+    parser.add_argument("--recipe", default="omnibind_world", choices=["omnibind_world", "omnibind_world_pools", "omnibind_world_specialists"],
+                        help="paired train items, unimodal pools (pseudo pairs and tuples), or paired "
+                             "items with two domain-specialist audio-text experts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     sizes = dict(zip(("train", "val", "test"), args.sizes))

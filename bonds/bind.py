@@ -211,6 +211,7 @@ def train_bond(
     tune: bool = True,
     projector: str = "auto",
     channel: bool = True,
+    groups: str | None = None,
     **head_kwargs: Any,
 ) -> BoundSpace:
     """Train the projectors a bond needs and return the bound space. With `tune`, the λ of the
@@ -222,7 +223,8 @@ def train_bond(
     the expert's own geometry) is better on val beyond the noise; without a val split, the first.
     `channel` (with `tune`) lets the val split weigh a channel of the projected side's own
     embeddings per modality (see the module docstring); where it chooses 0 everywhere the space
-    is FreeBind's, without the channel."""
+    is FreeBind's, without the channel. `groups`: the item attribute (e.g. "speaker") whose val
+    items the guard's bootstrap resamples together."""
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
     kinds = AUTO_PROJECTORS if projector == "auto" else (projector,)
@@ -249,7 +251,7 @@ def train_bond(
     unweighed = {} if channel else None  # a channel at κ = 0: FreeBind's formula, zero padded
     first = space_with(kinds[0], lambdas, {}, unweighed)
     alternatives = {k: space_with(k, lambdas, {}, unweighed) for k in kinds[1:]}
-    choice = choose_lambdas(first, [base, *experts], caches, dataset, alternatives=alternatives)
+    choice = choose_lambdas(first, [base, *experts], caches, dataset, alternatives=alternatives, groups=groups)
     if choice is None:
         return space_with(kinds[0], lambdas, {"targets": targets})
     kept = choice.projector or kinds[0]
@@ -284,6 +286,7 @@ def bind(
         work_dir: where resumable projector checkpoints go (default: none, train in memory).
         head_kwargs: `tune` (choose λ on val, default True), `projector` ("auto", the default, or
             "mlp", "linear", "procrustes", "relative"), `channel` (default True: see `train_bond`),
+            `groups` (the item attribute whose val items the λ guard resamples together),
             and `train_heads`'s: `pairing`, `mixture`, `pseudo`, `train` (TrainConfig).
     """
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)

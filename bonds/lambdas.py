@@ -9,7 +9,10 @@ The search covers the λ of every modality both sides of the bond cover (and the
 `alternatives`): the whole grid for up to two parameters, coordinate ascent beyond. Guard: the best
 setting replaces the coarse one (the bond's own heads and λ) only if its objective is higher in at
 least `confidence` of `resamples` bootstrap resamples of the split's queries, so a tie or a win
-inside the noise keeps the coarse setting.
+inside the noise keeps the coarse setting. A resample draws query groups with replacement, the same
+draw for every task: each item is its own group unless `groups` names an item attribute (e.g. a
+speaker) whose items are resampled together, so queries that share a speaker count as one piece of
+evidence, not ten.
 
 A bond with a channel (`spacebind.bonds.bind`) then chooses κ per carried modality the same way, on
 the tasks between carried modalities (the only ones κ changes), from a prior: a combination's
@@ -55,6 +58,7 @@ class LambdaChoice:
     candidates: dict[str, float] = field(default_factory=dict)  # worst margin of each candidate's best λ
     channels: dict[str, float] | None = None  # κ chosen per modality (None: the bond has no channel)
     channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
+    groups: str | None = None  # item attribute the bootstrap resampled whole (None: each item)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,10 +69,11 @@ class _Tasks:
 
     def __init__(self, space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset,
                  split: str, tuned: Sequence[str], grid: Sequence[float],
-                 like: "_Tasks | None" = None) -> None:
+                 like: "_Tasks | None" = None, groups: str | None = None) -> None:
         """`tuned`: parameter names, a modality for its λ and `CHANNEL + modality` for its κ. `like`:
         the tasks of the same bond with other heads or weights, whose parts' scores and prompt leaf
-        embeddings (the same leaves) are reused rather than computed again."""
+        embeddings (the same leaves) are reused rather than computed again. `groups`: the item
+        attribute that groups queries for the bootstrap (see the module docstring)."""
         self.items = dataset.select(split)
         self.by_id = {it.id: it for it in self.items}
         self.modalities = [m for m in space.modalities if any(m in it.fields for it in self.items)]
@@ -93,6 +98,7 @@ class _Tasks:
         self.labels = {m: torch.tensor([self._label(i) for i in self.ids[m]]) for m in self.modalities}
         self.names = self._task_names()
         self.best_part = like.best_part if like is not None else self._best_parts(parts)
+        self.group_index = like.group_index if like is not None else self._group_index(groups)
 
     def _at(self, modality: str, values: Sequence[float]) -> "BoundSpace":
         """The space with `modality`'s tuned parameters set to `values` (in `self.params` order)."""
@@ -126,6 +132,24 @@ class _Tasks:
                       if m != "text" and bool((self.labels[m] >= 0).any())]
         return names
 
+    def query_ids(self, task: tuple[str, str, str]) -> list[str]:
+        """The ids of a task's queries, in the order `hits` scores them."""
+        _, a, b = task
+        if b == "classes" or task[0].endswith("class P@1"):
+            return [i for i, label in zip(self.ids[a], self.labels[a].tolist()) if label >= 0]
+        return [i for i in self.ids[a] if i in self.row[b]]
+
+    def _group_index(self, groups: str | None) -> dict[str, torch.Tensor]:
+        """Per task, the bootstrap group of each query row (an index shared by every task)."""
+        index: dict[Any, int] = {}
+
+        def group(item_id: str) -> Any:
+            value = self.by_id[item_id].attributes.get(groups) if groups else None
+            return ("id", item_id) if value is None else ("group", str(value))
+
+        return {t[0]: torch.tensor([index.setdefault(group(i), len(index)) for i in self.query_ids(t)],
+                                   dtype=torch.long) for t in self.names}
+
     def hits(self, query: torch.Tensor, query_ids: list[str], target: torch.Tensor | None, task: tuple[str, str, str],
              classes: torch.Tensor | None = None) -> torch.Tensor:
         """Per-query correctness (bool) of one task from its query-side and target-side embeddings."""
@@ -138,7 +162,7 @@ class _Tasks:
             qa, gb = self.labels[a] >= 0, self.labels[b] >= 0
             top = (query[qa] @ target[gb].T).argmax(dim=1)
             return self.labels[b][gb][top] == self.labels[a][qa]
-        shared = [i for i in query_ids if i in self.row[b]]
+        shared = [i for i in query_ids if i in self.row[b]]  # as `query_ids`
         q = query[[self.row[a][i] for i in shared]]
         g = target[[self.row[b][i] for i in shared]]
         return (q @ g.T).argmax(dim=1) == torch.arange(len(shared))
@@ -173,16 +197,39 @@ class _Tasks:
 
 
 def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tensor],
-               rows: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:
-    """(worst margin over tasks, mean fused score), on the query rows given (all by default)."""
+               weights: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:
+    """(worst margin over tasks, mean fused score), each query weighted by `weights` (a bootstrap
+    resample's multiplicities; 1 by default). A task no query of the resample reaches is left out."""
     margins, scores = [], []
     for task, hit in fused.items():
-        pick = rows[task] if rows is not None else slice(None)
-        score = float(hit[pick].float().mean())
+        w = weights[task] if weights is not None else torch.ones(len(hit))
+        total = float(w.sum())
+        if total == 0:
+            continue
+        score = float((hit.float() * w).sum()) / total
         scores.append(score)
         if task in best:
-            margins.append(score - float(best[task][pick].float().mean()))
+            margins.append(score - float((best[task].float() * w).sum()) / total)
     return (min(margins) if margins else 0.0), (sum(scores) / len(scores) if scores else 0.0)
+
+
+def bootstrap_share(challenger: Mapping[str, torch.Tensor], incumbent: Mapping[str, torch.Tensor],
+                    best_part: Mapping[str, torch.Tensor], group_index: Mapping[str, torch.Tensor],
+                    resamples: int, seed: int) -> float:
+    """The share of bootstrap resamples in which `challenger`'s objective beats `incumbent`'s (both:
+    per task, per-query scores). A resample draws query groups with replacement, as many as there
+    are, the same draw for every task (`group_index`: per task, each query's group)."""
+    generator = torch.Generator().manual_seed(seed)
+    index = {t: g for t, g in group_index.items() if t in challenger}
+    present = torch.unique(torch.cat([torch.zeros(0, dtype=torch.long), *index.values()]))
+    size = int(present.max()) + 1 if len(present) else 0
+    wins = 0
+    for _ in range(resamples):
+        drawn = present[torch.randint(len(present), (len(present),), generator=generator)]
+        counts = torch.bincount(drawn, minlength=size).float()
+        weights = {t: counts[g] for t, g in index.items()}
+        wins += _objective(challenger, best_part, weights) > _objective(incumbent, best_part, weights)
+    return wins / resamples
 
 
 def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[str, float], grid: Sequence[float],
@@ -219,13 +266,8 @@ def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[
     searched = {name: search(name) for name in tasks}
     best = max(searched.items(), key=objective)
     start = ("", dict(coarse))
-    generator = torch.Generator().manual_seed(seed)
-    fused_best, fused_coarse = hits(best), hits(start)
-    wins = 0
-    for _ in range(resamples):
-        rows = {t: torch.randint(len(h), (len(h),), generator=generator) for t, h in fused_best.items()}
-        wins += _objective(fused_best, best_part, rows) > _objective(fused_coarse, best_part, rows)
-    share = wins / resamples
+    share = bootstrap_share(hits(best), hits(start), best_part, next(iter(tasks.values())).group_index,
+                            resamples, seed)
     moved = best[0] != "" or best[1] != start[1]
     kept = moved and share < confidence
     chosen = start if kept or not moved else best
@@ -236,13 +278,14 @@ def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[
 def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset, *,
                    alternatives: Mapping[str, "BoundSpace"] | None = None, split: str = "val",
                    grid: Sequence[float] = DEFAULT_GRID, resamples: int = 200, confidence: float = 0.9,
-                   seed: int = 0) -> LambdaChoice | None:
+                   seed: int = 0, groups: str | None = None) -> LambdaChoice | None:
     """The bond's λ (and κ, when it has a channel) chosen on `split` (see the module docstring);
     None when the split has no task.
 
     `alternatives`: the same bond with other heads (other projector types), by name; each is
     searched the same way, and the best (heads, λ) replaces `space` at its coarse λ under the same
-    guard. The choice names the heads kept (`projector`: "" for `space`'s own)."""
+    guard. The choice names the heads kept (`projector`: "" for `space`'s own). `groups`: the item
+    attribute whose items the bootstrap resamples together (e.g. "speaker")."""
     present = {m for m in dataset.modalities() if dataset.count(split, m)}
     lambda_params = [m for m in space.tunable_modalities() if m in present]
     channelled = [m for m in space.channel_modalities() if m in present] if space.channels is not None else []
@@ -252,7 +295,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     coarse = {m: space.lambda_for(m) for m in lambda_params}
     candidates = {"": space, **dict(alternatives or {})}
     lambda_grid = sorted({*grid, *coarse.values()})
-    tasks = {"": _Tasks(space, parts, caches, dataset, split, lambda_params, lambda_grid)}
+    tasks = {"": _Tasks(space, parts, caches, dataset, split, lambda_params, lambda_grid, groups=groups)}
     if not tasks[""].names:
         return None
     best_part = tasks[""].best_part
@@ -289,4 +332,4 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     return LambdaChoice(lambdas=dict(lambdas), coarse=coarse, split=split, objective=round(objective(first["best"])[0], 4),
                         coarse_objective=round(objective(("", coarse))[0], 4), confidence=first["share"],
                         kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
-                        channels=channels, channel_confidence=share)
+                        channels=channels, channel_confidence=share, groups=groups)

@@ -141,7 +141,7 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
                 space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
                 lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
                 name=recipe.name if last else None,
-                projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, channel=bond.channel, pseudo=bond.pseudo, curate=bond.curate,
+                projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, channel=bond.channel, groups=bond.groups, pseudo=bond.pseudo, curate=bond.curate,
                 relative=bond.relative.model_dump(),
                 train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
             )

@@ -135,8 +135,9 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
         coarse = ", ".join(f"{m} {v:g}" for m, v in lam["coarse"].items())
         verdict = "kept the coarse λ" if lam["lambdas"] == lam["coarse"] else "chose"
         worst = min(lam["margins"].items(), key=lambda kv: kv[1]) if lam["margins"] else None
+        resampled = f" (whole {lam['groups']} groups)" if lam.get("groups") else ""
         lines.append(f"- bond {node['index']}, λ on the {lam['split']} split: {verdict} {chosen} (coarse {coarse}; "
-                     f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples)"
+                     f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples{resampled})"
                      + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
     if lam and lam.get("channels"):
         kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())

@@ -194,6 +194,9 @@ class BondConfig(Strict):
         "auto", description="target modalities each projector learns from (auto: the target's reliable ones)")
     tune: bool = Field(True, description="choose λ on the val split, keeping `lambdas` unless beaten beyond the noise")
     channel: bool = Field(True, description="with tune: let val weigh a channel of the projected side's own embeddings")
+    groups: str | None = Field(None, description=(
+        "with tune: item attribute (e.g. speaker) whose val items the guard's bootstrap resamples together; "
+        "default: each item on its own"))
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     relative: RelativeConfig = Field(default_factory=RelativeConfig)
     presets: dict[str, dict[str, float]] = Field(default_factory=dict)

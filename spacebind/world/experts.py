@@ -3,6 +3,8 @@
 - world_unified: toy ImageBind; every modality aligned to images only, so audio-text,
   point-text and audio-point alignment are emergent; a narrow audio tower seeing few clips.
 - world_image_text, world_audio_text, world_point_text: specialists trained on their pair.
+- world_audio_text_even, world_audio_text_odd: audio-text experts of one half of the concepts
+  each (even or odd concept index), domain specialists for routing (OmniBind's premise).
 - world_sensor: video, thermal and event towers aligned to its own image tower only (the
   world's optional sensor modalities, see `spacebind.world.sensors`); no text tower.
 Configs are fixed by design (capacity and data), not tuned to any downstream claim.
@@ -28,6 +30,11 @@ CONFIGS = {
         WorldExpertConfig("world_image_text", 48, {"image": 40, "text": 64}, (("image", "text"),), seed=2),
         WorldExpertConfig("world_audio_text", 40, {"audio": 64, "text": 64}, (("audio", "text"),), seed=3),
         WorldExpertConfig("world_point_text", 32, {"point": 32, "text": 64}, (("point", "text"),), seed=4),
+        # domain specialists: each has seen half of the concepts (OmniBind's general and music CLAPs)
+        WorldExpertConfig("world_audio_text_even", 40, {"audio": 64, "text": 64}, (("audio", "text"),), seed=6,
+                          domain=(0, 2)),
+        WorldExpertConfig("world_audio_text_odd", 40, {"audio": 64, "text": 64}, (("audio", "text"),), seed=7,
+                          domain=(1, 2)),
         WorldExpertConfig(
             "world_sensor", 64, {"image": 24, "video": 24, "thermal": 24, "event": 24},
             (("image", "video"), ("image", "thermal"), ("image", "event")), items=4000, seed=5,
@@ -57,6 +64,8 @@ _DESCRIPTIONS = {
     "world_image_text": "procedural world: image-text expert (like InternVL-C / EVA-CLIP)",
     "world_audio_text": "procedural world: audio-text expert (like CLAP)",
     "world_point_text": "procedural world: 3D-text expert (like Uni3D)",
+    "world_audio_text_even": "procedural world: audio-text expert of the even-indexed concepts only",
+    "world_audio_text_odd": "procedural world: audio-text expert of the odd-indexed concepts only",
     "world_sensor": "procedural world: video, thermal and event towers aligned to images (like ImageBind's)",
 }
 for _name, _config in CONFIGS.items():

@@ -18,7 +18,7 @@ from spacebind.io.inputs import Audio
 from spacebind.io.progress import track
 from spacebind.training.losses import info_nce
 from spacebind.training.threads import cpu_threads
-from spacebind.world.concepts import make_concepts, sample_instances
+from spacebind.world.concepts import Instance, make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
 from spacebind.world.sensors import render_events, render_thermal, render_video
 from spacebind.world.towers import TOWERS, take
@@ -52,6 +52,9 @@ class WorldExpertConfig:
     lr: float = 5e-3
     pair_items: dict[str, int] = field(default_factory=dict)  # "a-b" → use only the first N items
     seed: int = 0
+    # (k, n): learn only the concepts whose index is k modulo n, a domain specialist (like a
+    # music-only CLAP beside a general one); None: every concept
+    domain: tuple[int, int] | None = None
 
 
 def build_towers(config: WorldExpertConfig) -> nn.ModuleDict:
@@ -67,7 +70,8 @@ def train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: in
 def _train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: int, progress: bool) -> nn.ModuleDict:
     torch.manual_seed(config.seed)
     towers = build_towers(config)
-    data = {m: towers[m].preprocess(_renders(m, concepts_seed, num_concepts, config.items)) for m in config.widths}
+    data = {m: towers[m].preprocess(_renders(m, concepts_seed, num_concepts, config.items, config.domain))
+            for m in config.widths}
     log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     optimizer = torch.optim.AdamW([*towers.parameters(), log_scale], lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.1)
@@ -92,10 +96,20 @@ def _train_towers(config: WorldExpertConfig, concepts_seed: int, num_concepts: i
 
 
 @lru_cache(maxsize=8)
-def _renders(modality: str, concepts_seed: int, num_concepts: int, items: int) -> list:
-    """The experts' shared pretraining corpus (an instance stream no dataset seed reaches)."""
-    instances = sample_instances(make_concepts(concepts_seed, num_concepts), items, seed=1_000_003)
-    return [_RENDER[modality](inst) for inst in instances]
+def _renders(modality: str, concepts_seed: int, num_concepts: int, items: int,
+             domain: tuple[int, int] | None = None) -> list:
+    """The experts' shared pretraining corpus (an instance stream no dataset seed reaches), of the
+    concepts of `domain` only when one is given."""
+    return [_RENDER[modality](inst) for inst in pretraining_instances(concepts_seed, num_concepts, items, domain)]
+
+
+def pretraining_instances(concepts_seed: int, num_concepts: int, items: int,
+                          domain: tuple[int, int] | None = None) -> list[Instance]:
+    """The instances world experts learn from: `items` of every concept, or of `domain`'s (k, n)."""
+    concepts = make_concepts(concepts_seed, num_concepts)
+    if domain is not None:
+        concepts = [c for c in concepts if c.index % domain[1] == domain[0]]
+    return sample_instances(concepts, items, seed=1_000_003)
 
 
 def _embed(towers: nn.ModuleDict, data: dict, m: str, idx: torch.Tensor, cache: dict) -> torch.Tensor:

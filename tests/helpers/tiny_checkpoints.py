@@ -272,6 +272,7 @@ BUILDERS: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
     "sentence_encoder": lambda root, mp: {"path": _minilm_path()},
     # the world experts are small already; they train once and are cached under $SPACEBIND_HOME
     **{name: (lambda root, mp: {}) for name in ("world_unified", "world_image_text", "world_audio_text",
+                                                "world_audio_text_even", "world_audio_text_odd",
                                                 "world_point_text", "world_image", "world_sensor")},
     "adapted": lambda root, mp: {"expert": "world_image"},  # an image encoder with thermal/event/video adapters
 }

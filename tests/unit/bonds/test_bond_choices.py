@@ -11,7 +11,7 @@ from memory_cache import MemoryCache
 
 from spacebind import Dataset, Space
 from spacebind.bonds.bind import BoundSpace, train_bond
-from spacebind.bonds.lambdas import choose_lambdas
+from spacebind.bonds.lambdas import bootstrap_share, choose_lambdas
 from spacebind.bonds.linear import LinearMap, fit_least_squares, fit_procrustes
 from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
@@ -222,3 +222,43 @@ def test_a_combination_channel_keeps_the_experts_pairs_unless_val_shows_better()
             assert min(choice["margins"][k] for k in ("text→audio R@1", "audio→text R@1")) >= 0
     plain = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", channel=False, progress=False)
     assert plain.channels is None and plain.dim == 16 and plain.choices["lambdas"]["channels"] is None
+
+
+def test_the_guard_resamples_whole_groups_so_one_speakers_gain_is_not_ten_pieces_of_evidence() -> None:
+    """Ten groups (speakers) of ten queries; the challenger is right where the incumbent is wrong on
+    the ten queries of one speaker only. Resampling items, nearly every resample holds some of them;
+    resampling speakers, a resample misses that speaker with probability 0.9^10 = 0.35."""
+    challenger = {"audio→text R@1": torch.tensor([True] * 10 + [False] * 90)}
+    incumbent = {"audio→text R@1": torch.zeros(100, dtype=torch.bool)}
+    best_part = {"audio→text R@1": torch.zeros(100, dtype=torch.bool)}
+    by_item = {"audio→text R@1": torch.arange(100)}
+    by_speaker = {"audio→text R@1": torch.arange(100) // 10}
+    assert bootstrap_share(challenger, incumbent, best_part, by_item, 400, seed=0) > 0.99
+    share = bootstrap_share(challenger, incumbent, best_part, by_speaker, 400, seed=0)
+    assert 0.55 < share < 0.75  # 1 − 0.9^10 = 0.65: below the 0.9 the guard needs
+    # one draw for every task: a challenger that gains on one task exactly where it loses on another
+    # (the same speaker's queries) never wins; drawn per task, it would whenever the draws differ
+    gain, none = challenger["audio→text R@1"], incumbent["audio→text R@1"]
+    two = {"audio→text R@1": gain, "audio zero-shot acc1": none}
+    base = {"audio→text R@1": none, "audio zero-shot acc1": gain}
+    groups = {t: by_speaker["audio→text R@1"] for t in two}
+    assert bootstrap_share(two, base, base, groups, 200, seed=0) == 0.0
+
+
+def test_groups_name_an_item_attribute_and_items_without_it_stand_alone(tmp_path: Path) -> None:
+    t, e, caches, dataset = world()
+    items = [Item(it.id, it.split, it.label, it.fields, {"speaker": f"s{int(it.id[3:]) % 12}"} if it.split == "val" else {})
+             for it in dataset.iter_items()]
+    spoken = Dataset.of_items(dataset.root, items, [ClassInfo(c) for c in CLASSES])
+    head = identity_head(16)
+    space = BoundSpace(t, [e], "combination", {"E": head}, lambdas={"text": 0.5, "audio": 0.5})
+    by_speaker = choose_lambdas(space, [t, e], caches, spoken, groups="speaker")
+    by_item = choose_lambdas(space, [t, e], caches, spoken)
+    assert by_speaker.groups == "speaker" and by_item.groups is None
+    assert by_speaker.lambdas == by_item.lambdas  # the search is the same; only the guard's evidence differs
+    unknown = choose_lambdas(space, [t, e], caches, spoken, groups="no_such_attribute")
+    assert unknown.confidence == by_item.confidence  # every item its own group: the item bootstrap
+    spoken_space = BoundSpace(t, [e], "combination", {"E": head}, lambdas=by_speaker.lambdas,
+                              choices={"lambdas": by_speaker.to_json()})
+    card = (spoken_space.save(tmp_path / "ckpt") / "README.md").read_text()
+    assert "bootstrap resamples (whole speaker groups)" in card

@@ -164,3 +164,18 @@ def test_unpaired_world_has_unimodal_train_pools_and_paired_evaluation(tmp_path:
     assert all(all(m in it.fields for m in modalities) for it in dataset.select("test"))
     paired = Dataset.load(generate_world(tmp_path / "paired", seed=3, sizes=SIZES, progress=False))
     assert [it.fields["text"] for it in paired.select("test")] == [it.fields["text"] for it in dataset.select("test")]
+
+
+def test_domain_specialists_learn_only_their_half_of_the_concepts() -> None:
+    """A world expert's `domain` (k, n) keeps the concepts whose index is k modulo n; without one the
+    pretraining stream is every concept, as it always was (cached experts stay valid)."""
+    from spacebind.world.experts import CONFIGS
+    from spacebind.world.training import pretraining_instances
+
+    everything = pretraining_instances(0, 24, 240)
+    assert [i.seed for i in everything] == [i.seed for i in sample_instances(make_concepts(0, 24), 240, seed=1_000_003)]
+    assert {i.concept.index for i in everything} == set(range(24))
+    halves = [CONFIGS[f"world_audio_text_{h}"].domain for h in ("even", "odd")]
+    seen = [{i.concept.index for i in pretraining_instances(0, 24, 240, d)} for d in halves]
+    assert seen[0] == set(range(0, 24, 2)) and seen[1] == set(range(1, 24, 2))
+    assert CONFIGS["world_audio_text"].domain is None

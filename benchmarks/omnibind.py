@@ -2,9 +2,11 @@
 expert alone, the target (anchor) space, the uniform mixture of all remapped spaces, and the routed
 space trained without and with language-representation decoupling. R@1 both ways on every
 modality pair (audio↔point included: no single expert but the unified one covers it), the mean
-over all pairs (a pair a space lacks counts 0), averaged over seeds; then the mean router weight
-per candidate space and modality on the test split. `--recipe omnibind_world_pools` runs OmniBind as
-published: unimodal train pools, pseudo pairs and pseudo tuples (recipes/omnibind_world_pools.yaml).
+over all pairs (a pair a space lacks counts 0), averaged over seeds; then the router weight per
+candidate space and modality on the test split, its mean and its sd over inputs. `--recipe
+omnibind_world_pools` runs OmniBind as published: unimodal train pools, pseudo pairs and pseudo
+tuples (recipes/omnibind_world_pools.yaml); `--recipe omnibind_world_specialists` routes between
+two domain-specialist audio-text experts (recipes/omnibind_world_specialists.yaml).
 Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
 from __future__ import annotations
 
@@ -64,13 +66,15 @@ def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibi
 
 @torch.no_grad()
 def route_weights(space, caches, dataset) -> dict[str, float]:
-    """Mean weight of each candidate per modality over the test items."""
+    """Mean weight of each candidate per modality over the test items, and its standard deviation
+    over them (near 0: the router weighs every input alike, a fixed per-modality mixture)."""
     out = {}
     for m in space.modalities:
         ids = [it.id for it in dataset.select("test", m)]
         leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
-        for name, w in zip(space.routes(m), space.weights(m, leaf).mean(dim=0).tolist()):
-            out[f"{m}: {name}"] = w
+        weights = space.weights(m, leaf)
+        for name, mean, sd in zip(space.routes(m), weights.mean(dim=0).tolist(), weights.std(dim=0).tolist()):
+            out[f"{m}: {name}"], out[f"{m}: {name}, sd over inputs"] = mean, sd
     return out
 
 
@@ -87,7 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
     parser.add_argument("--sizes", type=int, nargs=3, default=[2000, 300, 500], metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--recipe", default="omnibind_world", choices=["omnibind_world", "omnibind_world_pools", "omnibind_world_specialists"],
+    parser.add_argument("--recipe", default="omnibind_world",
+                        choices=["omnibind_world", "omnibind_world_pools", "omnibind_world_specialists"],
                         help="paired train items, unimodal pools (pseudo pairs and tuples), or paired "
                              "items with two domain-specialist audio-text experts")
     parser.add_argument("--json", type=Path, default=None)
@@ -106,7 +111,7 @@ def main() -> None:
                         target[column][key] += value / len(args.seeds)
     console = Console(width=240)
     console.print(_table(f"{args.recipe}, test R@1, mean over seeds {args.seeds} (%)", scores, 100))
-    console.print(_table("mean router weight per candidate on the test split (%)", weights, 100))
+    console.print(_table("router weight per candidate on the test split: mean and sd over inputs (%)", weights, 100))
     for seed, means in per_seed.items():
         console.print(f"seed {seed}: " + ", ".join(f"{c} {100 * v:.2f}" for c, v in means.items()))
     if args.json:

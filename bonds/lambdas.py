@@ -17,7 +17,9 @@ evidence, not ten.
 A bond with a channel (`spacebind.bonds.bind`) then chooses κ per carried modality the same way, on
 the tasks between carried modalities (the only ones κ changes), from a prior: a combination's
 channel starts at `CHANNEL_PRIOR` (the experts rank their own pairs, as the experts; the bond
-breaks near-ties), a displacement's at 0 (FreeBind's bond).
+breaks near-ties), a displacement's at 0 (FreeBind's bond). κ moves only on evidence that includes
+paired retrieval between carried modalities: class-level tasks alone (unpaired pools, zero-shot)
+cannot see the instance-level ranking the channel is there to keep, so they leave κ at its prior.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class LambdaChoice:
     candidates: dict[str, float] = field(default_factory=dict)  # worst margin of each candidate's best λ
     channels: dict[str, float] | None = None  # κ chosen per modality (None: the bond has no channel)
     channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
+    channel_unmoved: str = ""  # why κ stayed at its prior without a search ("": it was searched)
     groups: str | None = None  # item attribute the bootstrap resampled whole (None: each item)
 
     def to_json(self) -> dict[str, Any]:
@@ -308,6 +311,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     in_force = first["hits"](first["chosen"])
     channels = None
     share = None
+    unmoved = ""
     if len(channelled) >= 2:
         # stage 2: κ of the channel, on the tasks between modalities it carries (the only ones it
         # changes); the prior keeps the projected side's own ranking of those pairs
@@ -320,7 +324,13 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, like=tasks[""])}
         carried = {t[0] for t in second[""].names
                    if t[1] in channelled and (t[2] in channelled or (t[2] == "classes" and "text" in channelled))}
-        if carried:
+        if carried and not any(t.endswith(" R@1") for t in carried):
+            # only class-level evidence (unpaired pools, zero-shot): it cannot see the instance-level
+            # ranking the channel keeps, so it does not move κ
+            channels = {p.removeprefix(CHANNEL): v for p, v in prior.items()}
+            unmoved = "the split has no paired items of the modalities the channel carries"
+            in_force = {**in_force, **second[""].fused_hits(prior)}
+        elif carried:
             picked = _select(second, params, prior, kappas, best_part, [prior, {p: 0.5 for p in params}],
                              resamples, confidence, seed, only=carried)
             channels = {p.removeprefix(CHANNEL): v for p, v in picked["chosen"][1].items()}
@@ -332,4 +342,4 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     return LambdaChoice(lambdas=dict(lambdas), coarse=coarse, split=split, objective=round(objective(first["best"])[0], 4),
                         coarse_objective=round(objective(("", coarse))[0], 4), confidence=first["share"],
                         kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
-                        channels=channels, channel_confidence=share, groups=groups)
+                        channels=channels, channel_confidence=share, channel_unmoved=unmoved, groups=groups)

@@ -142,9 +142,10 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
     if lam and lam.get("channels"):
         kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())
         unused = " (no channel)" if not any(lam["channels"].values()) else ""
+        why = (f"kept at the prior: {lam['channel_unmoved']}" if lam.get("channel_unmoved") else
+               f"the best κ beat the prior in {100 * (lam.get('channel_confidence') or 0):.0f} % of bootstrap resamples")
         lines.append(f"- bond {node['index']}, channel of the projected side's own embeddings on the {lam['split']} "
-                     f"split: κ {kappas}{unused}; the best κ beat the prior in "
-                     f"{100 * (lam.get('channel_confidence') or 0):.0f} % of bootstrap resamples")
+                     f"split: κ {kappas}{unused}; {why}")
     projector = choices.get("projector")
     if projector:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())

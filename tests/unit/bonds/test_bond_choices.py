@@ -35,10 +35,11 @@ def identity_head(dim: int) -> LinearMap:
     return head.eval()
 
 
-def world(noisy_target_audio: bool = True, same_spaces: bool = False):
+def world(noisy_target_audio: bool = True, same_spaces: bool = False, unpaired_val: bool = False):
     """Items of 6 classes with text and audio. The target T embeds text by class (reliable) and
     audio as noise (unreliable); the expert E embeds both by class and item. Each item has its own
-    direction too, so retrieval is instance-level."""
+    direction too, so retrieval is instance-level. `unpaired_val`: each val item is split into a
+    text-only and an audio-only item (labelled pools, as with pseudo datasets)."""
     g = torch.Generator().manual_seed(0)
     dim = 16
     t_class, e_class = unit(torch.randn(6, dim, generator=g)), unit(torch.randn(6, dim, generator=g))
@@ -47,11 +48,17 @@ def world(noisy_target_audio: bool = True, same_spaces: bool = False):
         for i in range(n):
             k, item = i % 6, f"{split}{i}"
             own = torch.randn(dim, generator=g)
-            items.append(Item(item, split, CLASSES[k], {"text": f"caption {item}", "audio": f"{item}.wav"}, {}))
-            e_table["text"][item] = unit(e_class[k] + 0.3 * own)
-            e_table["audio"][item] = unit(e_class[k] + 0.3 * own + 0.1 * torch.randn(dim, generator=g))
-            t_table["text"][item] = unit(t_class[k] + 0.3 * own)
-            t_table["audio"][item] = unit(torch.randn(dim, generator=g)) if noisy_target_audio else t_table["text"][item]
+            text_id, audio_id = (f"{item}t", f"{item}a") if unpaired_val and split == "val" else (item, item)
+            if text_id == audio_id:
+                items.append(Item(item, split, CLASSES[k], {"text": f"caption {item}", "audio": f"{item}.wav"}, {}))
+            else:
+                items += [Item(text_id, split, CLASSES[k], {"text": f"caption {item}"}, {}),
+                          Item(audio_id, split, CLASSES[k], {"audio": f"{item}.wav"}, {})]
+            e_table["text"][text_id] = unit(e_class[k] + 0.3 * own)
+            e_table["audio"][audio_id] = unit(e_class[k] + 0.3 * own + 0.1 * torch.randn(dim, generator=g))
+            t_table["text"][text_id] = unit(t_class[k] + 0.3 * own)
+            t_table["audio"][audio_id] = (unit(torch.randn(dim, generator=g)) if noisy_target_audio
+                                          else t_table["text"][text_id])
     if same_spaces:
         t_table, t_class = e_table, e_class
     prompts = {c: t_class[k] for k, c in enumerate(CLASSES)}
@@ -222,6 +229,22 @@ def test_a_combination_channel_keeps_the_experts_pairs_unless_val_shows_better()
             assert min(choice["margins"][k] for k in ("text→audio R@1", "audio→text R@1")) >= 0
     plain = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", channel=False, progress=False)
     assert plain.channels is None and plain.dim == 16 and plain.choices["lambdas"]["channels"] is None
+
+
+def test_class_level_evidence_alone_leaves_the_channel_at_its_prior(tmp_path: Path) -> None:
+    """Val holds unpaired pools: class-level tasks only, which cannot see the instance-level ranking
+    the channel keeps, so κ is not searched. With paired val items it is searched (same bond)."""
+    t, e, caches, dataset = world(unpaired_val=True)
+    space = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", progress=False)
+    choice = space.choices["lambdas"]
+    assert choice["channels"] == {"text": 0.999, "audio": 0.999} and choice["channel_confidence"] is None
+    assert choice["channel_unmoved"] == "the split has no paired items of the modalities the channel carries"
+    assert {"text→audio class P@1", "audio zero-shot acc1"} <= set(choice["margins"])  # there was class-level evidence
+    card = (space.save(tmp_path / "ckpt") / "README.md").read_text()
+    assert "kept at the prior: the split has no paired items" in card
+    t, e, caches, dataset = world()
+    paired = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", progress=False)
+    assert paired.choices["lambdas"]["channel_unmoved"] == "" and paired.choices["lambdas"]["channel_confidence"] is not None
 
 
 def test_the_guard_resamples_whole_groups_so_one_speakers_gain_is_not_ten_pieces_of_evidence() -> None:

@@ -153,7 +153,7 @@ class _Tasks:
         return {t[0]: torch.tensor([index.setdefault(group(i), len(index)) for i in self.query_ids(t)],
                                    dtype=torch.long) for t in self.names}
 
-    def hits(self, query: torch.Tensor, query_ids: list[str], target: torch.Tensor | None, task: tuple[str, str, str],
+    def hits(self, query: torch.Tensor, target: torch.Tensor | None, task: tuple[str, str, str],
              classes: torch.Tensor | None = None) -> torch.Tensor:
         """Per-query correctness (bool) of one task from its query-side and target-side embeddings."""
         _, a, b = task
@@ -165,7 +165,7 @@ class _Tasks:
             qa, gb = self.labels[a] >= 0, self.labels[b] >= 0
             top = (query[qa] @ target[gb].T).argmax(dim=1)
             return self.labels[b][gb][top] == self.labels[a][qa]
-        shared = [i for i in query_ids if i in self.row[b]]  # as `query_ids`
+        shared = self.query_ids(task)
         q = query[[self.row[a][i] for i in shared]]
         g = target[[self.row[b][i] for i in shared]]
         return (q @ g.T).argmax(dim=1) == torch.arange(len(shared))
@@ -176,7 +176,7 @@ class _Tasks:
             return tuple(setting[p] for p in self.params.get(m, []))
 
         classes = self.fused_classes[key("text")] if self.fused_classes else None
-        return {t[0]: self.hits(self.fused[t[1]][key(t[1])], self.ids[t[1]],
+        return {t[0]: self.hits(self.fused[t[1]][key(t[1])],
                                 None if t[2] == "classes" else self.fused[t[2]][key(t[2])], t, classes)
                 for t in self.names}
 
@@ -193,7 +193,7 @@ class _Tasks:
                 label, a, b = task
                 if a not in emb or (b == "classes" and classes is None) or (b != "classes" and b not in emb):
                     continue
-                hit = self.hits(emb[a], self.ids[a], emb.get(b), task, classes)
+                hit = self.hits(emb[a], emb.get(b), task, classes)
                 if label not in best or hit.float().mean() > best[label].float().mean():
                     best[label] = hit
         return best

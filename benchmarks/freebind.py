@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.reference_bond import combine, reference_bond
+from spacebind.bonds.bind import VERSATILE
 from spacebind.cache import CacheSet, dataset_key, ensure_caches
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.metrics import retrieval_recall
@@ -32,7 +33,7 @@ from spacebind.io.datasets import Dataset
 from spacebind.recipe import validate_recipe
 from spacebind.space import Space
 
-PRESETS = {"versatile": {"text": 0.1, "audio": 0.5}, "expertise": {"text": 0.5, "audio": 0.8}}
+PRESETS = {"versatile": dict(VERSATILE), "expertise": {"text": 0.5, "audio": 0.8}}
 EXPERTS = {"unified": "world_unified", "image_text": "world_image_text", "audio_text": "world_audio_text"}
 TRAIN = {"epochs": 30, "batch_size": 256, "hidden": 512}
 COMBINATION = {"type": "combination", "expert": "audio_text", "lambdas": PRESETS["versatile"], "mixture": 3,

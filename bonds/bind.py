@@ -37,6 +37,10 @@ from spacebind.modalities import check_modality
 from spacebind.space import Space
 
 AUTO_PROJECTORS = ("mlp", "procrustes")  # `projector: auto`'s candidates, FreeBind's first
+DEFAULT_LAMBDA = 0.5  # λ of a modality the bond sets none for
+# a combination's default λ: FreeBind's `versatile` preset keeps the base's text, the hub of its pairs
+# (ImageNet 76.32 against ImageBind's 76.31); the channel carries the expert's own pairs
+VERSATILE = {"text": 0.1, "audio": 0.5}
 
 
 def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
@@ -124,8 +128,11 @@ class BoundSpace(BondNode):
         return f"{base} + {self.kind[0]}({inner}){channel}"
 
     def lambda_for(self, modality: str) -> float:
-        """λ_m: the weight on the projected side (0.5 when the bond does not set it)."""
-        return self.lambdas.get(modality, 0.5)
+        """λ_m: the weight on the projected side. Where the bond sets none: a combination's is
+        FreeBind's `versatile` preset (text 0.1, so the base's text and its pairs stay; 0.5
+        elsewhere), a displacement's 0.5."""
+        default = VERSATILE.get(modality, DEFAULT_LAMBDA) if self.kind == "combination" else DEFAULT_LAMBDA
+        return self.lambdas.get(modality, default)
 
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "BoundSpace":
         """The same space (heads shared) with other λ on this bond: a preset name or a mapping;

@@ -20,6 +20,10 @@ channel starts at `CHANNEL_PRIOR` (the experts rank their own pairs, as the expe
 breaks near-ties), a displacement's at 0 (FreeBind's bond). κ moves only on evidence that includes
 paired retrieval between carried modalities: class-level tasks alone (unpaired pools, zero-shot)
 cannot see the instance-level ranking the channel is there to keep, so they leave κ at its prior.
+Where κ ends at a combination's prior, the experts rank the pairs between carried modalities, and a
+λ (or heads) chosen on those pairs in the first stage no longer changes them: a λ keeps its choice
+only if a task outside them depends on it, else it returns to the coarse λ (the bond's, by default
+FreeBind's `versatile` preset), so nothing moves on evidence that does not bear on what it changes.
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ class LambdaChoice:
     channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
     channel_unmoved: str = ""  # why κ stayed at its prior without a search ("": it was searched)
     groups: str | None = None  # item attribute the bootstrap resampled whole (None: each item)
+    # stage-1 choices returned to coarse once κ was chosen (λ by modality, "projector"), and why
+    undone: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,6 +205,18 @@ class _Tasks:
         return best
 
 
+def _between(task: tuple[str, str, str], modalities: Sequence[str]) -> bool:
+    """Whether both sides of a task are among `modalities` (class prompts are text)."""
+    _, a, b = task
+    return a in modalities and ("text" if b == "classes" else b) in modalities
+
+
+def _involves(task: tuple[str, str, str], modality: str) -> bool:
+    """Whether a task's score depends on `modality`'s embeddings (class prompts are text)."""
+    _, a, b = task
+    return modality in (a, "text" if b == "classes" else b)
+
+
 def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tensor],
                weights: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:
     """(worst margin over tasks, mean fused score), each query weighted by `weights` (a bootstrap
@@ -312,6 +330,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     channels = None
     share = None
     unmoved = ""
+    undone: dict[str, str] = {}
     if len(channelled) >= 2:
         # stage 2: κ of the channel, on the tasks between modalities it carries (the only ones it
         # changes); the prior keeps the projected side's own ranking of those pairs
@@ -322,24 +341,41 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         prior = {p: CHANNEL_PRIOR if space.kind == "combination" else 0.0 for p in params}
         kappas = sorted({*grid[:-1], CHANNEL_PRIOR})  # κ = 1 would drop the bond from those modalities
         second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, like=tasks[""])}
-        carried = {t[0] for t in second[""].names
-                   if t[1] in channelled and (t[2] in channelled or (t[2] == "classes" and "text" in channelled))}
+        carried = {t[0] for t in second[""].names if _between(t, channelled)}
         if carried and not any(t.endswith(" R@1") for t in carried):
             # only class-level evidence (unpaired pools, zero-shot): it cannot see the instance-level
             # ranking the channel keeps, so it does not move κ
-            channels = {p.removeprefix(CHANNEL): v for p, v in prior.items()}
+            kept = dict(prior)
             unmoved = "the split has no paired items of the modalities the channel carries"
-            in_force = {**in_force, **second[""].fused_hits(prior)}
         elif carried:
             picked = _select(second, params, prior, kappas, best_part, [prior, {p: 0.5 for p in params}],
                              resamples, confidence, seed, only=carried)
-            channels = {p.removeprefix(CHANNEL): v for p, v in picked["chosen"][1].items()}
-            share = picked["share"]
-            in_force = {**in_force, **second[""].fused_hits(picked["chosen"][1])}
+            kept, share = picked["chosen"][1], picked["share"]
+        else:
+            kept = {}
+        channels = {p.removeprefix(CHANNEL): v for p, v in kept.items()} or None
+        # stage 3 (no search): where the channel keeps the experts' pairs at the prior κ, a λ chosen
+        # on those pairs in stage 1 no longer changes them; it keeps its stage-1 value only if a task
+        # outside them depends on it, else it returns to the coarse λ (the heads: if no task is left)
+        at_prior = [m for m, v in (channels or {}).items() if space.kind == "combination" and v == CHANNEL_PRIOR]
+        free = [t for t in second[""].names if not _between(t, at_prior)]
+        why = f"every {split} task it changes is between modalities whose experts' pairs the channel keeps"
+        undone = {m: why for m in lambda_params if lambdas[m] != coarse[m] and not any(_involves(t, m) for t in free)}
+        if name and not free:
+            undone["projector"] = why
+        if undone:
+            name = "" if "projector" in undone else name
+            lambdas = {**lambdas, **{m: coarse[m] for m in undone if m in coarse}}
+            bond = candidates[name].with_lambdas(lambdas)
+            second = {"": _Tasks(bond, parts, caches, dataset, split, params, sorted(set(kept.values())),
+                                 like=tasks[""])}
+        if kept:
+            in_force = second[""].fused_hits(kept)
     margins = {t: round(float(h.float().mean()) - float(best_part[t].float().mean()), 4)
                for t, h in in_force.items() if t in best_part}
     objective = first["objective"]
     return LambdaChoice(lambdas=dict(lambdas), coarse=coarse, split=split, objective=round(objective(first["best"])[0], 4),
                         coarse_objective=round(objective(("", coarse))[0], 4), confidence=first["share"],
                         kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
-                        channels=channels, channel_confidence=share, channel_unmoved=unmoved, groups=groups)
+                        channels=channels, channel_confidence=share, channel_unmoved=unmoved, groups=groups,
+                        undone=undone)

@@ -139,6 +139,9 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
         lines.append(f"- bond {node['index']}, λ on the {lam['split']} split: {verdict} {chosen} (coarse {coarse}; "
                      f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples{resampled})"
                      + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
+    for what, why in ((lam or {}).get("undone") or {}).items():
+        back = "the bond's own heads" if what == "projector" else f"λ {what} {lam['coarse'][what]:g}"
+        lines.append(f"- bond {node['index']}, back to {back} after κ: {why}")
     if lam and lam.get("channels"):
         kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())
         unused = " (no channel)" if not any(lam["channels"].values()) else ""

@@ -35,11 +35,13 @@ def identity_head(dim: int) -> LinearMap:
     return head.eval()
 
 
-def world(noisy_target_audio: bool = True, same_spaces: bool = False, unpaired_val: bool = False):
+def world(noisy_target_audio: bool = True, same_spaces: bool = False, unpaired_val: bool = False,
+          image: bool = False):
     """Items of 6 classes with text and audio. The target T embeds text by class (reliable) and
     audio as noise (unreliable); the expert E embeds both by class and item. Each item has its own
     direction too, so retrieval is instance-level. `unpaired_val`: each val item is split into a
-    text-only and an audio-only item (labelled pools, as with pseudo datasets)."""
+    text-only and an audio-only item (labelled pools, as with pseudo datasets). `image`: items have
+    an image too, which only T embeds (as its text: a pair of T's own that E cannot carry)."""
     g = torch.Generator().manual_seed(0)
     dim = 16
     t_class, e_class = unit(torch.randn(6, dim, generator=g)), unit(torch.randn(6, dim, generator=g))
@@ -50,13 +52,16 @@ def world(noisy_target_audio: bool = True, same_spaces: bool = False, unpaired_v
             own = torch.randn(dim, generator=g)
             text_id, audio_id = (f"{item}t", f"{item}a") if unpaired_val and split == "val" else (item, item)
             if text_id == audio_id:
-                items.append(Item(item, split, CLASSES[k], {"text": f"caption {item}", "audio": f"{item}.wav"}, {}))
+                fields = {"text": f"caption {item}", "audio": f"{item}.wav", **({"image": f"{item}.png"} if image else {})}
+                items.append(Item(item, split, CLASSES[k], fields, {}))
             else:
                 items += [Item(text_id, split, CLASSES[k], {"text": f"caption {item}"}, {}),
                           Item(audio_id, split, CLASSES[k], {"audio": f"{item}.wav"}, {})]
             e_table["text"][text_id] = unit(e_class[k] + 0.3 * own)
             e_table["audio"][audio_id] = unit(e_class[k] + 0.3 * own + 0.1 * torch.randn(dim, generator=g))
             t_table["text"][text_id] = unit(t_class[k] + 0.3 * own)
+            if image:
+                t_table.setdefault("image", {})[item] = unit(t_class[k] + 0.3 * own + 0.1 * torch.randn(dim, generator=g))
             t_table["audio"][audio_id] = (unit(torch.randn(dim, generator=g)) if noisy_target_audio
                                           else t_table["text"][text_id])
     if same_spaces:
@@ -64,7 +69,8 @@ def world(noisy_target_audio: bool = True, same_spaces: bool = False, unpaired_v
     prompts = {c: t_class[k] for k, c in enumerate(CLASSES)}
     e_prompts = {c: e_class[k] for k, c in enumerate(CLASSES)}
     t = Space.from_encoders("T", {"text": lambda xs: torch.stack([prompts[x] for x in xs]),
-                                  "audio": lambda xs: torch.zeros(len(xs), dim)}, dim=dim)
+                                  "audio": lambda xs: torch.zeros(len(xs), dim),
+                                  **({"image": lambda xs: torch.zeros(len(xs), dim)} if image else {})}, dim=dim)
     e = Space.from_encoders("E", {"text": lambda xs: torch.stack([e_prompts[x] for x in xs]),
                                   "audio": lambda xs: torch.zeros(len(xs), dim)}, dim=dim)
     dataset = Dataset.of_items(Path("."), items, [ClassInfo(c) for c in CLASSES])
@@ -245,6 +251,31 @@ def test_class_level_evidence_alone_leaves_the_channel_at_its_prior(tmp_path: Pa
     t, e, caches, dataset = world()
     paired = train_bond(t, [e], "combination", caches, dataset, projector="procrustes", progress=False)
     assert paired.choices["lambdas"]["channel_unmoved"] == "" and paired.choices["lambdas"]["channel_confidence"] is not None
+
+
+def test_a_lambda_chosen_on_pairs_the_channel_then_keeps_returns_to_coarse(tmp_path: Path) -> None:
+    """Stage 1 moves λ on text↔audio at κ = 0; κ stays at the prior, so the expert ranks those pairs
+    and that λ changes nothing the split can see: it returns to the coarse λ, and the card says so.
+    With images (a pair only the base has, which λ text and λ audio still change) it stays."""
+    t, e, caches, dataset = world(unpaired_val=True)
+    head = fit_procrustes(*(torch.cat([caches.embeddings(s, m, [it.id for it in dataset.select("train")])
+                                       for m in ("text", "audio")]) for s in (e, t)))
+    unweighed = BoundSpace(t, [e], "combination", {"E": head}, channels={})
+    assert {m: unweighed.lambda_for(m) for m in ("text", "audio")} == {"text": 0.1, "audio": 0.5}  # versatile
+    stage1 = choose_lambdas(BoundSpace(t, [e], "combination", {"E": head}), [t, e], caches, dataset)
+    assert stage1.channels is None and stage1.lambdas["audio"] >= 0.8  # no channel: the λ move stands
+    choice = choose_lambdas(unweighed, [t, e], caches, dataset)
+    assert choice.channels == {"text": 0.999, "audio": 0.999} and not choice.kept_coarse
+    assert choice.lambdas == choice.coarse == {"text": 0.1, "audio": 0.5}
+    assert "audio" in choice.undone and "channel keeps" in choice.undone["audio"]
+    kept = BoundSpace(t, [e], "combination", {"E": head}, lambdas=choice.lambdas, channels=choice.channels,
+                      choices={"lambdas": choice.to_json()})
+    card = (kept.save(tmp_path / "ckpt") / "README.md").read_text()
+    assert "back to λ audio 0.5 after κ: every val task it changes" in card
+    t, e, caches, dataset = world(image=True)
+    with_image = choose_lambdas(BoundSpace(t, [e], "combination", {"E": head}, channels={}), [t, e], caches, dataset)
+    assert "image→text R@1" in with_image.margins and with_image.undone == {}
+    assert with_image.lambdas != with_image.coarse
 
 
 def test_the_guard_resamples_whole_groups_so_one_speakers_gain_is_not_ten_pieces_of_evidence() -> None:

@@ -6,7 +6,9 @@ over all pairs (a pair a space lacks counts 0), averaged over seeds; then the ro
 candidate space and modality on the test split, its mean and its sd over inputs. `--recipe
 omnibind_world_pools` runs OmniBind as published: unimodal train pools, pseudo pairs and pseudo
 tuples (recipes/omnibind_world_pools.yaml); `--recipe omnibind_world_specialists` routes between
-two domain-specialist audio-text experts (recipes/omnibind_world_specialists.yaml).
+two domain-specialist audio-text experts (recipes/omnibind_world_specialists.yaml), and adds two
+columns that bound what routing by domain can add: the candidates weighted by an oracle that knows
+each test item's concept (the specialist that never learned it out; or only the one that did).
 Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from spacebind.bonds.route import RouterConfig, train_routers
+from spacebind.bonds.route import RouterConfig, mix, train_routers
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.report import task_scores
@@ -29,6 +31,7 @@ from spacebind.fuse import fuse
 from spacebind.io.datasets import Dataset
 from spacebind.modalities import modality_pairs
 from spacebind.recipe import validate_recipe
+from spacebind.world.experts import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "audio", "point")
@@ -61,7 +64,44 @@ def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibi
     for label, space in spaces.items():
         columns[label] = task_scores(evaluate_space(space, "fused", caches, dataset, "test", [1]))
     weights = {label: route_weights(space, caches, dataset) for label, space in list(spaces.items())[2:]}
+    domains = {key: CONFIGS[name].domain for key, name in raw["experts"].items()
+               if name in CONFIGS and CONFIGS[name].domain is not None}
+    if domains:
+        for label, own_only in (("domain oracle: other specialist out", False), ("domain oracle: own specialist", True)):
+            columns[label] = domain_oracle(routed, caches, dataset, domains, own_only)
     return {k: with_mean(v) for k, v in columns.items()}, weights
+
+
+def oracle_weights(routes: list[str], concept: torch.Tensor, domains: dict[str, tuple[int, int]],
+                   own_only: bool) -> torch.Tensor:
+    """Per item [N, K] (rows sum to 1): a specialist (`domains`: name → (k, n), it learned the concepts
+    whose index is k mod n) gets weight 0 on the concepts it never learned, the other candidates
+    share the rest; `own_only`: the specialist that learned the item's concept gets all of it."""
+    weights = torch.ones(len(concept), len(routes))
+    for k, name in enumerate(routes):
+        if name in domains:
+            learned = (concept % domains[name][1] == domains[name][0]).float()
+            weights[:, k] = learned
+            if own_only:
+                others = [j for j in range(len(routes)) if j != k]
+                weights[:, others] *= 1 - learned.unsqueeze(1)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def domain_oracle(space, caches, dataset, domains: dict[str, tuple[int, int]], own_only: bool) -> dict[str, float]:
+    """Test R@1 of the routed space's candidates weighted by `oracle_weights`, which know each item's
+    concept: a bound on what routing by domain can add over the uniform mixture (modalities no
+    specialist covers stay uniform)."""
+    items = dataset.select("test")
+    ids = [it.id for it in items]
+    concept = torch.tensor([dataset.class_names.index(it.label) for it in items])
+    fused = {}
+    for m in MODALITIES:
+        leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
+        fused[m] = mix(space.candidates(m, leaf), oracle_weights(space.routes(m), concept, domains, own_only))
+    return {f"{a}→{b} R@1": float(((fused[a] @ fused[b].T).argmax(dim=1) == torch.arange(len(ids))).float().mean())
+            for x, y in modality_pairs(MODALITIES) for a, b in ((x, y), (y, x))}
 
 
 @torch.no_grad()

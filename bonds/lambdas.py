@@ -66,8 +66,8 @@ class LambdaChoice:
     channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
     channel_unmoved: str = ""  # why κ stayed at its prior without a search ("": it was searched)
     groups: str | None = None  # item attribute the bootstrap resampled whole (None: each item)
-    # stage-1 choices returned to coarse once κ was chosen (λ by modality, "projector"), and why
-    undone: dict[str, str] = field(default_factory=dict)
+    # stage-1 choices that went back to coarse once κ was chosen: λ by modality, "projector": the heads
+    undone: dict[str, float | str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -330,7 +330,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     channels = None
     share = None
     unmoved = ""
-    undone: dict[str, str] = {}
+    undone: dict[str, float | str] = {}
     if len(channelled) >= 2:
         # stage 2: κ of the channel, on the tasks between modalities it carries (the only ones it
         # changes); the prior keeps the projected side's own ranking of those pairs
@@ -359,10 +359,10 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         # outside them depends on it, else it returns to the coarse λ (the heads: if no task is left)
         at_prior = [m for m, v in (channels or {}).items() if space.kind == "combination" and v == CHANNEL_PRIOR]
         free = [t for t in second[""].names if not _between(t, at_prior)]
-        why = f"every {split} task it changes is between modalities whose experts' pairs the channel keeps"
-        undone = {m: why for m in lambda_params if lambdas[m] != coarse[m] and not any(_involves(t, m) for t in free)}
+        undone = {m: lambdas[m] for m in lambda_params
+                  if lambdas[m] != coarse[m] and not any(_involves(t, m) for t in free)}
         if name and not free:
-            undone["projector"] = why
+            undone["projector"] = name
         if undone:
             name = "" if "projector" in undone else name
             lambdas = {**lambdas, **{m: coarse[m] for m in undone if m in coarse}}

@@ -131,17 +131,21 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
         lines.append(f"- bond {node['index']}, {member}: pairing `{t['pairing']}`, targets {', '.join(t['kept'])}{why}")
     lam = choices.get("lambdas")
     if lam:
-        chosen = ", ".join(f"{m} {v:g}" for m, v in lam["lambdas"].items())
+        undone = lam.get("undone") or {}
+        first = {**lam["lambdas"], **{m: v for m, v in undone.items() if m != "projector"}}  # stage 1's λ
+        chosen = ", ".join(f"{m} {v:g}" for m, v in first.items())
         coarse = ", ".join(f"{m} {v:g}" for m, v in lam["coarse"].items())
-        verdict = "kept the coarse λ" if lam["lambdas"] == lam["coarse"] else "chose"
+        verdict = "kept the coarse λ" if first == lam["coarse"] else "chose"
         worst = min(lam["margins"].items(), key=lambda kv: kv[1]) if lam["margins"] else None
         resampled = f" (whole {lam['groups']} groups)" if lam.get("groups") else ""
         lines.append(f"- bond {node['index']}, λ on the {lam['split']} split: {verdict} {chosen} (coarse {coarse}; "
                      f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples{resampled})"
                      + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
-    for what, why in ((lam or {}).get("undone") or {}).items():
-        back = "the bond's own heads" if what == "projector" else f"λ {what} {lam['coarse'][what]:g}"
-        lines.append(f"- bond {node['index']}, back to {back} after κ: {why}")
+    if lam and lam.get("undone"):
+        back = [f"λ {m} to {lam['coarse'][m]:g}" for m in lam["undone"] if m != "projector"]
+        back += [f"the heads from {lam['undone']['projector']} to the bond's own"] if "projector" in lam["undone"] else []
+        lines.append(f"- bond {node['index']}, after κ back to coarse: {', '.join(back)} (every {lam['split']} task "
+                     "they change is between modalities whose experts' pairs the channel keeps)")
     if lam and lam.get("channels"):
         kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())
         unused = " (no channel)" if not any(lam["channels"].values()) else ""

@@ -288,7 +288,7 @@ def bind(
         expert: the expert space(s) to bring in.
         bond: "combination" (stay in base's space) or "displacement" (move to the expert's space).
         data: a dataset directory / manifest, or a loaded `Dataset`; train and val splits are used.
-        lambdas: per-modality λ (weight of the projected side).
+        lambdas: per-modality λ (weight of the projected side; unset: see `BoundSpace.lambda_for`).
         cache_dir: where leaf embedding caches live (default `$SPACEBIND_HOME/caches/<dataset key>`).
         work_dir: where resumable projector checkpoints go (default: none, train in memory).
         head_kwargs: `tune` (choose λ on val, default True), `projector` ("auto", the default, or

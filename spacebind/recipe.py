@@ -187,8 +187,10 @@ class BondConfig(Strict):
 
     type: str
     experts: list[str] = Field(min_length=1)
-    lambdas: dict[str, float] = Field(default_factory=dict)
-    projector: str = Field("auto", description="projector type, or auto: procrustes unless an MLP is better on val")
+    lambdas: dict[str, float] = Field(default_factory=dict, description=(
+        "λ per modality, the weight of the projected side; unset: 0.5, a combination's text 0.1 (FreeBind's versatile)"))
+    projector: str = Field("auto", description=(
+        "projector type, or auto: FreeBind's MLP unless Procrustes is better on val beyond the noise"))
     mixture: int = Field(1, ge=1)
     pairing: Literal["auto", "same", "cross", "all"] = Field(
         "auto", description="target modalities each projector learns from (auto: the target's reliable ones)")

@@ -56,6 +56,21 @@ def test_fused_beats_base_on_audio_text_and_keeps_image_text(fused_run) -> None:
     assert fused >= expert - 0.01  # mean of both directions: within 1 point of the image-text expert
 
 
+def test_fused_is_not_below_the_audio_text_expert_on_its_own_pair(fused_run) -> None:
+    """The default (channel at the prior unless val shows better) ranks audio↔text as the expert
+    does, and classifies audio as it does: never below it on its pair, on a held-out world."""
+    result, _ = fused_run
+    rec = result.records
+    for key in ["audio_retrieval_recall@1", "text_retrieval_recall@1"]:
+        assert r1(rec, "fused", ["text", "audio"], key) >= r1(rec, "expert", ["text", "audio"], key) - 0.004, key
+
+    def acc1(role: str) -> float:
+        return next(r["metrics"]["acc1"] for r in rec if r["role"] == role and r["task"] == "zeroshot_classification"
+                    and r["modalities"] == ["audio", "text"])
+
+    assert acc1("fused") >= acc1("expert") - 0.004
+
+
 def test_loaded_checkpoint_encodes_raw_files_like_the_trained_space(fused_run) -> None:
     result, world = fused_run
     wav = world.select("test", "audio")[0].fields["audio"]

@@ -26,6 +26,7 @@ from rich.table import Table
 from spacebind.bonds.route import RouterConfig, mix, train_routers
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.evaluation.evaluate import evaluate_space
+from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.evaluation.report import task_scores
 from spacebind.fuse import fuse
 from spacebind.io.datasets import Dataset
@@ -100,7 +101,8 @@ def domain_oracle(space, caches, dataset, domains: dict[str, tuple[int, int]], o
     for m in MODALITIES:
         leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
         fused[m] = mix(space.candidates(m, leaf), oracle_weights(space.routes(m), concept, domains, own_only))
-    return {f"{a}→{b} R@1": float(((fused[a] @ fused[b].T).argmax(dim=1) == torch.arange(len(ids))).float().mean())
+    diagonal = list(range(len(ids)))
+    return {f"{a}→{b} R@1": retrieval_recall(fused[a], fused[b], diagonal, (1,))[1]
             for x, y in modality_pairs(MODALITIES) for a, b in ((x, y), (y, x))}
 
 

@@ -205,16 +205,15 @@ class _Tasks:
         return best
 
 
+def _sides(task: tuple[str, str, str]) -> tuple[str, str]:
+    """The modalities whose embeddings a task's score depends on (class prompts are text)."""
+    _, a, b = task
+    return a, "text" if b == "classes" else b
+
+
 def _between(task: tuple[str, str, str], modalities: Sequence[str]) -> bool:
-    """Whether both sides of a task are among `modalities` (class prompts are text)."""
-    _, a, b = task
-    return a in modalities and ("text" if b == "classes" else b) in modalities
-
-
-def _involves(task: tuple[str, str, str], modality: str) -> bool:
-    """Whether a task's score depends on `modality`'s embeddings (class prompts are text)."""
-    _, a, b = task
-    return modality in (a, "text" if b == "classes" else b)
+    """Whether both sides of a task are among `modalities`."""
+    return all(m in modalities for m in _sides(task))
 
 
 def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tensor],
@@ -360,7 +359,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         at_prior = [m for m, v in (channels or {}).items() if space.kind == "combination" and v == CHANNEL_PRIOR]
         free = [t for t in second[""].names if not _between(t, at_prior)]
         undone = {m: lambdas[m] for m in lambda_params
-                  if lambdas[m] != coarse[m] and not any(_involves(t, m) for t in free)}
+                  if lambdas[m] != coarse[m] and not any(m in _sides(t) for t in free)}
         if name and not free:
             undone["projector"] = name
         if undone:

@@ -145,9 +145,19 @@ class BoundSpace(BondNode):
             lambdas = self.presets[lambdas]
         if channels and self.channels is None:
             raise InputError(f"space {self.name!r} has no channel to weigh")
-        return BoundSpace(self.base, self.experts, self.kind, self.heads, lambdas={**self.lambdas, **lambdas},
-                          name=self.name, presets=self.presets, choices=self.choices,
-                          channels=None if self.channels is None else {**self.channels, **(channels or {})})
+        return self._replaced(lambdas={**self.lambdas, **lambdas},
+                              channels=None if self.channels is None else {**self.channels, **(channels or {})})
+
+    def with_presets(self, presets: Mapping[str, Mapping[str, float]]) -> "BoundSpace":
+        """The same space (heads, λ, κ and choices shared) with `presets` added; a name it already
+        has takes the new values."""
+        return self._replaced(presets={**self.presets, **presets})
+
+    def _replaced(self, **changes: Any) -> "BoundSpace":
+        """A copy of this space (heads shared) with some constructor arguments changed."""
+        current = dict(lambdas=self.lambdas, name=self.name, presets=self.presets, choices=self.choices,
+                       channels=self.channels)
+        return BoundSpace(self.base, self.experts, self.kind, self.heads, **{**current, **changes})
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],

@@ -52,9 +52,7 @@ def preset_name(task: str) -> str:
 
 def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
     """The space with one preset per task, `best:<task>`, holding the λ that scored best."""
-    presets = {**space.presets, **{preset_name(t): lam for t, lam in result.best.items()}}
-    return BoundSpace(space.base, space.experts, space.kind, space.heads, lambdas=space.lambdas,
-                      name=space.name, presets=presets, choices=space.choices)
+    return space.with_presets({preset_name(t): lam for t, lam in result.best.items()})
 
 
 def sweep(

@@ -123,4 +123,8 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     tuned = spacebind.load(result.out, preset="best:text-audio")
     assert tuned.lambdas == {**result.space.lambdas, **best}
     assert spacebind.load(result.out, preset="versatile").lambdas == {"audio": 0.5, "text": 0.1}  # coarse presets kept
-    assert spacebind.load(result.out).choices == result.space.choices  # the sweep keeps what training chose
+    reloaded = spacebind.load(result.out)
+    assert reloaded.choices == result.space.choices  # the sweep keeps what training chose
+    assert reloaded.channels == result.space.channels and reloaded.dim == result.space.dim  # and the channel
+    texts = ["a dog barking", "rain on a roof"]
+    torch.testing.assert_close(reloaded.encode("text", texts), result.space.encode("text", texts))

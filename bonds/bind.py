@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spacebind.bonds.fit import train_heads
-from spacebind.bonds.lambdas import choose_lambdas
+from spacebind.bonds.lambdas import CHANNEL, choose_lambdas
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
 from spacebind.errors import InputError
@@ -77,7 +77,7 @@ class BoundSpace(BondNode):
         self._init_node(base, experts, heads, "bond")
         self.kind = kind
         self.lambdas = _checked(lambdas or {})
-        self.presets = {name: _checked(values) for name, values in (presets or {}).items()}
+        self.presets = {name: checked_setting(values) for name, values in (presets or {}).items()}
         # κ per modality of the channel (None: no channel, FreeBind's formula and dimension)
         self.channels = _checked(channels, "channel weight") if channels is not None else None
         bond_dim = base.dim if kind == "combination" else experts[0].dim
@@ -135,18 +135,21 @@ class BoundSpace(BondNode):
         return self.lambdas.get(modality, default)
 
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "BoundSpace":
-        """The same space (heads shared) with other λ on this bond: a preset name or a mapping;
-        modalities the mapping does not name keep their λ. Coarse-to-fine inference picks presets.
-        `channels`: other κ (the space must have a channel)."""
+        """The same space (heads shared) with other λ on this bond: a preset name or a mapping of λ
+        by modality and, under `channel:<modality>` keys, κ of the channel; what the mapping does not
+        name keeps its value. Coarse-to-fine inference picks presets. `channels`: other κ by
+        modality (the space must have a channel for any κ)."""
         if isinstance(lambdas, str):
             if lambdas not in self.presets:
                 known = ", ".join(self.presets) or "(none)"
                 raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: {known}")
             lambdas = self.presets[lambdas]
-        if channels and self.channels is None:
-            raise InputError(f"space {self.name!r} has no channel to weigh")
+        lambdas, kappas = split_setting(lambdas)
+        kappas.update(channels or {})
+        if kappas and self.channels is None:
+            raise InputError(f"space {self.name!r} has no channel to weigh (κ given for {', '.join(kappas)})")
         return self._replaced(lambdas={**self.lambdas, **lambdas},
-                              channels=None if self.channels is None else {**self.channels, **(channels or {})})
+                              channels=None if self.channels is None else {**self.channels, **kappas})
 
     def with_presets(self, presets: Mapping[str, Mapping[str, float]]) -> "BoundSpace":
         """The same space (heads, λ, κ and choices shared) with `presets` added; a name it already
@@ -204,6 +207,19 @@ class BoundSpace(BondNode):
         if x is None:
             return F.normalize(projected, dim=-1)
         return F.normalize(lam * projected + (1.0 - lam) * x, dim=-1)
+
+
+def split_setting(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """A preset or sweep point split into λ by modality and κ by modality (its `channel:<modality>` keys)."""
+    lambdas = {m: v for m, v in values.items() if not m.startswith(CHANNEL)}
+    kappas = {m.removeprefix(CHANNEL): v for m, v in values.items() if m.startswith(CHANNEL)}
+    return lambdas, kappas
+
+
+def checked_setting(values: Mapping[str, float]) -> dict[str, float]:
+    """A preset's λ and κ (`split_setting`), each key a modality and each value in [0, 1]."""
+    lambdas, kappas = split_setting(values)
+    return {**_checked(lambdas), **{CHANNEL + m: v for m, v in _checked(kappas, "channel weight").items()}}
 
 
 def _checked(lambdas: Mapping[str, float], what: str = "lambda") -> dict[str, float]:

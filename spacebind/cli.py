@@ -444,8 +444,9 @@ def sweep(
     data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl (its validation split is used)."),
     split: str = typer.Option("val", help="Split to tune on (never the test split you report)."),
     grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ values."),
-    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ (repeatable; at most two for the heatmap)."),
-    save: bool = typer.Option(True, help="Store the best λ per task as presets `best:<task>` in the checkpoint."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ, or κ as channel:<modality> (repeatable; at most two for the heatmap)."),
+    channel: bool = typer.Option(False, "--channel", help="Sweep the channel's κ of every modality it carries (at the current λ) instead of λ."),
+    save: bool = typer.Option(True, help="Store the best setting per task as presets `best:<task>` in the checkpoint."),
     held_out: str = typer.Option("test", help="Also score the current and best λ on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
@@ -454,8 +455,9 @@ def sweep(
 ) -> None:
     """Fine λ tuning: evaluate a λ grid of the last bond, pick the best per task, draw heatmaps.
 
-    Writes FUSED/sweep.json and FUSED/sweep.png; with --save the best λ become presets
-    (`spacebind.load(FUSED, preset="best:text-audio")`).
+    Writes FUSED/sweep.json and FUSED/sweep.png; with --save the best settings become presets
+    (`spacebind.load(FUSED, preset="best:text-audio")`). With --channel the grid is over the κ of
+    the bond's channel (how much the experts' own ranking weighs on the pairs they carry).
 
     Example: spacebind sweep runs/demo data/world --grid 0,0.25,0.5,0.75,1
     """
@@ -464,13 +466,13 @@ def sweep(
     values = [float(v) for v in grid.split(",") if v.strip()]
     with _verbosity(quiet, verbose):
         result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
-                                               save=save, held_out=held_out or None, cache_dir=cache_dir,
+                                               channel=channel, save=save, held_out=held_out or None, cache_dir=cache_dir,
                                                trust_remote_code=trust_remote_code))
     from rich.table import Table
 
     other = result.held_out_split
-    columns = ["task", "now", "best", *([f"now ({other})", f"best ({other})"] if other else []), "best λ", "preset"]
-    table = Table(*columns, title=f"λ sweep on {split} (%)")
+    columns = ["task", "now", "best", *([f"now ({other})", f"best ({other})"] if other else []), "best setting", "preset"]
+    table = Table(*columns, title=f"sweep of {', '.join(result.modalities)} on {split} (%)")
     for task, best in result.best.items():
         score = max(result.scores[task] + [result.baseline[task]])
         lam = ", ".join(f"{m} {v:g}" for m, v in best.items())

@@ -197,4 +197,10 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
         'space = spacebind.load("path/to/this/directory")',
         f'emb = space.encode("{space.modalities[0]}", [...])  # Tensor[N, {space.dim}], unit-norm', "```", "",
     ]
+    presets = config["space"].get("presets") or {}
+    if presets:
+        lines += ["Named inference settings of the last bond (λ by modality; κ of its channel as "
+                  "`channel:<modality>`), loaded with `spacebind.load(path, preset=name)`:", "",
+                  *(f"- `{name}`: " + ", ".join(f"{k} {v:g}" for k, v in values.items()) for name, values in presets.items()),
+                  ""]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from spacebind.bonds import bond_kinds
+from spacebind.bonds.bind import split_setting
 from spacebind.bonds.heads import projector_types
 from spacebind.bonds.route import RouterConfig
 from spacebind.errors import RecipeError
@@ -201,7 +202,9 @@ class BondConfig(Strict):
         "default: each item on its own"))
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     relative: RelativeConfig = Field(default_factory=RelativeConfig)
-    presets: dict[str, dict[str, float]] = Field(default_factory=dict)
+    presets: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
+        "named inference settings to load by name (coarse-to-fine): λ by modality, and κ of the channel "
+        "under channel:<modality>"))
     pseudo: list[PseudoDataset] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -232,9 +235,10 @@ class BondConfig(Strict):
     @field_validator("presets")
     @classmethod
     def _preset_values(cls, presets: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for name, lambdas in presets.items():
+        for name, values in presets.items():
             try:
-                _check_lambdas(lambdas)
+                for part in split_setting(values):
+                    _check_lambdas(part)
             except ValueError as exc:
                 raise ValueError(f"preset {name!r}: {exc}") from None
         return presets

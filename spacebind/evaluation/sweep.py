@@ -1,5 +1,6 @@
 """Fine λ tuning (FreeBind's coarse-to-fine inference): evaluate a grid of λ for the outermost
-bond on a validation split, pick the best λ per task, and draw the change per task as heatmaps."""
+bond on a validation split, pick the best λ per task, and draw the change per task as heatmaps.
+A bond with a channel can sweep the channel's κ the same way (parameters `channel:<modality>`)."""
 from __future__ import annotations
 
 import itertools
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spacebind.bonds.bind import BoundSpace
+from spacebind.bonds.lambdas import CHANNEL
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, save_space
 from spacebind.errors import InputError
@@ -22,7 +24,8 @@ DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 @dataclass
 class SweepResult:
-    """Scores of every task at every grid point, and the best λ per task."""
+    """Scores of every task at every grid point, and the best λ per task (`modalities`: the swept
+    parameters, λ by modality or κ as `channel:<modality>`)."""
 
     modalities: list[str]
     grid: list[float]
@@ -55,6 +58,19 @@ def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
     return space.with_presets({preset_name(t): lam for t, lam in result.best.items()})
 
 
+def sweepable(space: BoundSpace) -> list[str]:
+    """The parameters a sweep may vary: λ of the modalities the bond mixes, κ of those its channel carries."""
+    kappas = [CHANNEL + m for m in space.channel_modalities()] if space.channels is not None else []
+    return [*space.tunable_modalities(), *kappas]
+
+
+def current_value(space: BoundSpace, parameter: str) -> float:
+    """The space's λ of a modality, or κ of `channel:<modality>`."""
+    if parameter.startswith(CHANNEL):
+        return space.channel_for(parameter.removeprefix(CHANNEL))
+    return space.lambda_for(parameter)
+
+
 def sweep(
     space: BoundSpace,
     caches: CacheSet,
@@ -65,12 +81,13 @@ def sweep(
     modalities: Sequence[str] | None = None,
     progress: bool = True,
 ) -> SweepResult:
-    """Evaluate every λ combination of the grid over `modalities` (default: all that matter). A
-    task's best λ is the current one unless a grid point scores strictly higher."""
+    """Evaluate every combination of the grid over `modalities` (default: the λ of every modality
+    the bond mixes; `channel:<modality>` sweeps the channel's κ of it, see `sweepable`). A task's
+    best setting is the current one unless a grid point scores strictly higher."""
     mods = list(modalities or space.tunable_modalities())
-    unknown = [m for m in mods if m not in space.tunable_modalities()]
+    unknown = [m for m in mods if m not in sweepable(space)]
     if unknown or not mods:
-        raise InputError(f"cannot sweep λ of {unknown or mods}; the bond mixes {space.tunable_modalities()}")
+        raise InputError(f"cannot sweep {unknown or mods}; the bond's parameters are {sweepable(space)}")
     if not dataset.count(split):
         raise InputError(f"dataset {dataset.root} has no {split!r} items to sweep on")
     points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
@@ -80,7 +97,7 @@ def sweep(
         got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
         for task in scores:
             scores[task].append(got[task])
-    current = {m: space.lambda_for(m) for m in mods}
+    current = {m: current_value(space, m) for m in mods}
     best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
             for task, values in scores.items()}
     return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current,
@@ -107,6 +124,7 @@ def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any
     import numpy as np
 
     plt = pyplot()
+    swept = " and ".join(dict.fromkeys(_axis(p).split()[0] for p in result.modalities))  # λ, κ or both
     tasks = list(tasks or result.scores)
     n = len(result.grid)
     deltas = {t: 100 * (np.array(result.scores[t]) - result.baseline[t]) for t in tasks}
@@ -124,14 +142,14 @@ def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any
             ax.set_ylim(-1.1 * limit, 1.1 * limit)
             ax.set_ylabel("Δ (points)")
             if where[0] is not None:
-                ax.axvline(where[0], color="black", linewidth=1, label="current λ")
+                ax.axvline(where[0], color="black", linewidth=1, label=f"current {swept}")
             if best[0] is not None:
                 ax.plot(best[0], deltas[task][best[0]], marker="*", markersize=14, color="gold", markeredgecolor="black")
         else:
             grid = deltas[task].reshape(n, n)  # rows: first modality, columns: second
             image = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
             ax.set_yticks(range(n), [f"{v:g}" for v in result.grid])
-            ax.set_ylabel(f"λ {result.modalities[0]}")
+            ax.set_ylabel(_axis(result.modalities[0]))
             if n <= 6:
                 for (y, x), v in np.ndenumerate(grid):
                     ax.text(x, y, f"{v:+.1f}", ha="center", va="center", fontsize=7)
@@ -140,15 +158,20 @@ def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any
             if None not in best:
                 ax.plot(best[1], best[0], marker="*", markersize=14, color="gold", markeredgecolor="black")
         ax.set_xticks(range(n), [f"{v:g}" for v in result.grid])
-        ax.set_xlabel(f"λ {result.modalities[-1]}")
+        ax.set_xlabel(_axis(result.modalities[-1]))
         ax.set_title(task, fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=list(axes.flat), label="Δ vs current λ (points)")
+        fig.colorbar(image, ax=list(axes.flat), label=f"Δ vs current {swept} (points)")
     items = f", n = {result.n_items} items" if result.n_items is not None else ""
-    fig.suptitle(f"λ sweep on the {result.split} split{items}: □ current λ, ★ best", fontsize=10)
+    fig.suptitle(f"{swept} sweep on the {result.split} split{items}: □ current {swept}, ★ best", fontsize=10)
     return fig
+
+
+def _axis(parameter: str) -> str:
+    """"λ text" for a λ, "κ audio" for a channel's κ."""
+    return f"κ {parameter.removeprefix(CHANNEL)}" if parameter.startswith(CHANNEL) else f"λ {parameter}"
 
 
 def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | None = None) -> Path:
@@ -157,16 +180,23 @@ def plot_sweep(result: SweepResult, path: str | Path, tasks: Sequence[str] | Non
 
 
 def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val", grid: Sequence[float] = DEFAULT_GRID,
-                     modalities: Sequence[str] | None = None, save: bool = True, held_out: str | None = "test",
-                     cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> SweepResult:
-    """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split; writes
-    FUSED/sweep.json and (for at most two swept λ) FUSED/sweep.png; with `save`, the best λ per task
-    become presets `best:<task>` in the checkpoint. With `held_out`, each task's current and best λ
-    are also scored on that split (reported beside the tuning split, never used to choose)."""
+                     modalities: Sequence[str] | None = None, channel: bool = False, save: bool = True,
+                     held_out: str | None = "test", cache_dir: str | Path | None = None,
+                     trust_remote_code: bool = False) -> SweepResult:
+    """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split (with
+    `channel`, and no `modalities`, the κ of every modality its channel carries instead); writes
+    FUSED/sweep.json and (for at most two swept parameters) FUSED/sweep.png; with `save`, the best
+    setting per task becomes a preset `best:<task>` in the checkpoint. With `held_out`, each task's
+    current and best setting are also scored on that split (reported beside the tuning split, never
+    used to choose)."""
     fused = Path(fused)
     space = load(fused, trust_remote_code=trust_remote_code)
     if not isinstance(space, BoundSpace):
         raise InputError(f"{fused} holds no bond with λ: nothing to sweep")
+    if channel and not modalities:
+        if space.channels is None:
+            raise InputError(f"{fused}: the bond {space.name!r} has no channel: no κ to sweep")
+        modalities = [p for p in sweepable(space) if p.startswith(CHANNEL)]
     dataset = Dataset.load(data)
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)

@@ -128,3 +128,14 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     assert reloaded.channels == result.space.channels and reloaded.dim == result.space.dim  # and the channel
     texts = ["a dog barking", "rain on a roof"]
     torch.testing.assert_close(reloaded.encode("text", texts), result.space.encode("text", texts))
+    # the channel's κ swept the same way: its best per task becomes the preset of that name
+    swept = runner.invoke(app, ["sweep", str(result.out), str(world.root), "--channel", "--grid", "0,0.5",
+                                "--cache-dir", str(tmp_path)])
+    assert swept.exit_code == 0, swept.output
+    report = json.loads((result.out / "sweep.json").read_text())
+    assert report["modalities"] == ["channel:text", "channel:audio"] and len(report["points"]) == 4
+    assert report["current"] == {f"channel:{m}": v for m, v in result.space.channels.items()}
+    best = report["best"]["audio zero-shot acc1"]
+    zero_shot = spacebind.load(result.out, preset="best:zeroshot-audio")
+    assert zero_shot.channels == {m.removeprefix("channel:"): v for m, v in best.items()}
+    assert zero_shot.lambdas == result.space.lambdas

@@ -60,6 +60,8 @@ def test_all_errors_reported_at_once() -> None:
         (lambda r: r["bonds"][0].update(experts=["audio_text"]), "give 'expert' or 'experts', not both"),
         (lambda r: r["bonds"][1].update(expert="image_text"), "already part of the space"),
         (lambda r: r["bonds"][0].update(lambdas={"text": 2}), "lambda for 'text' is 2"),
+        (lambda r: r["bonds"][1]["presets"].update(zs={"channel:audio": 1.5}), "preset 'zs': lambda for 'audio' is 1.5"),
+        (lambda r: r["bonds"][1]["presets"].update(zs={"channel:smell": 0.5}), "preset 'zs': unknown modality 'smell'"),
         (lambda r: r["experts"].update(mine={"import": "nocolon"}), "must look like 'package.module:attribute'"),
         (lambda r: r.update(bonds=[{"type": "displacement", "experts": ["image_text", "audio_text"]}]), "exactly one"),
     ],

@@ -17,6 +17,7 @@ from spacebind.bonds.mixture import ProjectorMixture
 from spacebind.bonds.projector import MLPProjector
 from spacebind.bonds.targets import choose_targets
 from spacebind.cache import CacheSet
+from spacebind.errors import InputError
 from spacebind.evaluation.sweep import sweep
 from spacebind.io.datasets import ClassInfo, Item
 from spacebind.training.trainer import TrainConfig
@@ -183,6 +184,32 @@ def test_sweep_keeps_the_current_lambda_unless_beaten() -> None:
     for task, best in result.best.items():
         beaten = max(result.scores[task]) > result.baseline[task]
         assert beaten or best == {"text": 0.3, "audio": 0.6}, task
+
+
+def test_sweep_over_the_channels_kappa_keeps_the_current_unless_beaten_and_saves_it_as_presets() -> None:
+    from spacebind.evaluation.sweep import with_best_presets
+
+    t, e, caches, dataset = world()
+    space = BoundSpace(t, [e], "combination", {"E": identity_head(16)}, lambdas={"text": 0.3, "audio": 0.6},
+                       channels={"text": 0.999, "audio": 0.999})
+    params = ["channel:text", "channel:audio"]
+    result = sweep(space, caches, dataset, split="val", grid=[0.0, 0.5], modalities=params, progress=False)
+    assert result.current == {"channel:text": 0.999, "channel:audio": 0.999} and len(result.points) == 4
+    for task, best in result.best.items():
+        beaten = max(result.scores[task]) > result.baseline[task]
+        assert beaten or best == result.current, task
+        if beaten:
+            assert result.scores[task][result.points.index(best)] == max(result.scores[task])
+    # a κ of 0.0 on both sides turns the expert's part off: audio↔text is the bond's alone, which differs
+    at_zero = result.points.index({"channel:text": 0.0, "channel:audio": 0.0})
+    assert result.scores["text→audio R@1"][at_zero] != result.baseline["text→audio R@1"]
+    saved = with_best_presets(space, result)
+    task = "audio→text R@1"
+    kappas = {p.removeprefix("channel:"): v for p, v in result.best[task].items()}
+    assert saved.with_lambdas("best:audio-text").channels == kappas and saved.channels == space.channels
+    with pytest.raises(InputError, match="cannot sweep"):
+        sweep(BoundSpace(t, [e], "combination", {"E": identity_head(16)}), caches, dataset, modalities=params,
+              progress=False)
 
 
 @pytest.mark.parametrize("pairing", ["nope"])

@@ -107,6 +107,32 @@ def test_a_channelled_bond_survives_a_checkpoint_round_trip(tmp_path: Path) -> N
     assert "channel text 0.4, audio 0.7" in (out / "README.md").read_text()
 
 
+def test_a_preset_carries_the_channels_kappa_and_loads_by_name(tmp_path: Path) -> None:
+    space, leaves = spaces()
+    channelled = BoundSpace(space.base, space.experts, "combination", space.heads, lambdas=space.lambdas,
+                            channels={"text": 0.999, "audio": 0.999}, name="fused",
+                            presets={"zero_shot": {"audio": 0.8, "channel:audio": 0.3, "channel:text": 0.2}})
+    tuned = channelled.with_lambdas("zero_shot")
+    assert tuned.lambdas == {"text": 0.3, "audio": 0.8} and tuned.channels == {"text": 0.2, "audio": 0.3}
+    want = channelled.with_lambdas({"audio": 0.8}, {"text": 0.2, "audio": 0.3})
+    torch.testing.assert_close(tuned.combine("audio", leaves), want.combine("audio", leaves), rtol=0, atol=0)
+    assert not torch.allclose(tuned.combine("audio", leaves), channelled.combine("audio", leaves))
+    out = channelled.save(tmp_path / "ckpt")
+    loaded = spacebind.load(out, experts={e.name: e for e in channelled.leaves()}, preset="zero_shot")
+    assert loaded.channels == {"text": 0.2, "audio": 0.3} and loaded.lambdas == tuned.lambdas
+    torch.testing.assert_close(loaded.encode("text", TEXTS), tuned.encode("text", TEXTS), rtol=0, atol=0)
+    assert "- `zero_shot`: audio 0.8, channel:audio 0.3, channel:text 0.2" in (out / "README.md").read_text()
+
+
+def test_preset_kappas_are_checked_and_need_a_channel() -> None:
+    space, _ = spaces()
+    with pytest.raises(InputError, match="channel weight for 'audio' is 1.5"):
+        BoundSpace(space.base, space.experts, "combination", space.heads, presets={"p": {"channel:audio": 1.5}})
+    plain = BoundSpace(space.base, space.experts, "combination", space.heads, presets={"p": {"channel:audio": 0.5}})
+    with pytest.raises(InputError, match=r"no channel to weigh \(κ given for audio\)"):
+        plain.with_lambdas("p")
+
+
 def test_unibind_centres_keep_each_part_of_a_channelled_space() -> None:
     from spacebind.unibind.centres import centres_from
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.evaluation.report import task_scores
 from spacebind.fuse import fuse
-from spacebind.io.datasets import Dataset
+from spacebind.io.datasets import Dataset, Item
 from spacebind.recipe import validate_recipe
 from spacebind.space import Space
 
@@ -47,21 +48,28 @@ AUDIO_TEXT = ("text→audio R@1", "audio→text R@1", "audio zero-shot acc1")
 IMAGE_TEXT = ("text→image R@1", "image→text R@1")
 
 
-def reference_scores(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:
-    """The reference bond base + c(expert): one MLP on every (expert modality → base modality) pair of
-    the paired train items, combined at λ audio 0.8 / text 0.5; its test R@1 on audio↔text."""
+def reference_fused(base: Space, expert: Space, caches: CacheSet, train: Sequence[Item], items: Sequence[Item],
+                    seed: int) -> dict[str, torch.Tensor]:
+    """The reference bond base + c(expert) trained on every (expert modality → base modality) pair of
+    the `train` items, combined at λ audio 0.8 / text 0.5: its fused audio and text of `items`."""
     xs, ys = [], []
     for a in expert.modalities:
         for b in base.modalities:
-            ids = [it.id for it in dataset.select("train") if a in it.fields and b in it.fields]
+            ids = [it.id for it in train if a in it.fields and b in it.fields]
             xs.append(caches.embeddings(expert, a, ids))
             ys.append(caches.embeddings(base, b, ids))
     projector = reference_bond(torch.cat(xs), torch.cat(ys), seed=seed)
-    ids = [it.id for it in dataset.select("test") if "audio" in it.fields and "text" in it.fields]
+    ids = [it.id for it in items]
     with torch.no_grad():
-        fused = {m: combine(caches.embeddings(base, m, ids), projector(caches.embeddings(expert, m, ids)), lam)
-                 for m, lam in (("audio", 0.8), ("text", 0.5))}
-    diagonal = list(range(len(ids)))
+        return {m: combine(caches.embeddings(base, m, ids), projector(caches.embeddings(expert, m, ids)), lam)
+                for m, lam in (("audio", 0.8), ("text", 0.5))}
+
+
+def reference_scores(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:
+    """The reference bond (`reference_fused`) on the paired train items: its test R@1 on audio↔text."""
+    items = [it for it in dataset.select("test") if "audio" in it.fields and "text" in it.fields]
+    fused = reference_fused(base, expert, caches, dataset.select("train"), items, seed)
+    diagonal = list(range(len(items)))
     return {"text→audio R@1": retrieval_recall(fused["text"], fused["audio"], diagonal, (1,))[1],
             "audio→text R@1": retrieval_recall(fused["audio"], fused["text"], diagonal, (1,))[1]}
 

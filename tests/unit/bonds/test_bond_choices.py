@@ -2,6 +2,7 @@
 members applied to each modality, and λ chosen on val (never worse than the parts, ties kept)."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,36 @@ def test_groups_name_an_item_attribute_and_items_without_it_stand_alone(tmp_path
                               choices={"lambdas": by_speaker.to_json()})
     card = (spoken_space.save(tmp_path / "ckpt") / "README.md").read_text()
     assert "bootstrap resamples (whole speaker groups)" in card
+
+
+def test_out_of_fold_hits_score_every_train_item_once_with_a_bond_that_never_saw_it(monkeypatch) -> None:
+    """`benchmarks/kappa_crossfit.py`: each fold is scored by a bond trained without it."""
+    from benchmarks.kappa_crossfit import CARRIED, KAPPAS, fold_hits
+
+    bind = importlib.import_module("spacebind.bonds.bind")  # the module (the package exports a function `bind`)
+
+    t, e, caches, dataset = world(noisy_target_audio=False)
+    config = TrainConfig(epochs=2, batch_size=64, hidden=16, seed=0)
+    heads = train_bond(t, [e], "combination", caches, dataset, projector="mlp", tune=False, train=config,
+                       progress=False).heads
+    space = BoundSpace(t, [e], "combination", heads, channels={"text": 0.999, "audio": 0.999})
+    learned: list[set[str]] = []  # the train items each fold's bond learns from
+    original = bind.train_heads
+
+    def spy(src, tgt, caches, split, **kwargs):
+        learned.append({it.id for it in split.select("train")})
+        return original(src, tgt, caches, split, **kwargs)
+
+    monkeypatch.setattr(bind, "train_heads", spy)
+    fused, expert, reference, expert_paired = fold_hits(space, caches, dataset, 3, config, seed=0)
+    train_ids = {it.id for it in dataset.select("train")}
+    held_out = [train_ids - ids for ids in learned]
+    assert len(learned) == 3 and all(len(ids) == 160 for ids in learned)
+    assert set.union(*held_out) == train_ids and sum(map(len, held_out)) == len(train_ids)  # each once
+    for k in KAPPAS:
+        assert {t: len(h) for t, h in fused[k].items()} == {t: len(train_ids) for t in CARRIED}
+    assert {t: len(h) for t, h in reference.items()} == {t: len(train_ids) for t in CARRIED[:2]}
+    # near κ = 1 the channel ranks as the expert: its out-of-fold hits are the expert's
+    for task in CARRIED[:2]:
+        assert abs(fused[0.999][task].float().mean() - expert[task].float().mean()) <= 2 / len(train_ids)
+        torch.testing.assert_close(expert[task].float().mean(), expert_paired[task].float().mean())

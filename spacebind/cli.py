@@ -443,7 +443,7 @@ def sweep(
     fused: Path = typer.Argument(..., help="Fused checkpoint directory."),
     data: Path = typer.Argument(..., help="Dataset directory or manifest.jsonl (its validation split is used)."),
     split: str = typer.Option("val", help="Split to tune on (never the test split you report)."),
-    grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ values."),
+    grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ (or κ) values; a κ grid stops at the channel's prior."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ, or κ as channel:<modality> (repeatable; at most two for the heatmap)."),
     channel: bool = typer.Option(False, "--channel", help="Sweep the channel's κ of every modality it carries (at the current λ) instead of λ."),
     save: bool = typer.Option(True, help="Store the best setting per task as presets `best:<task>` in the checkpoint."),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spacebind.bonds.bind import BoundSpace
-from spacebind.bonds.lambdas import CHANNEL
+from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, save_space
 from spacebind.errors import InputError
@@ -82,18 +82,25 @@ def sweep(
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every combination of the grid over `modalities` (default: the λ of every modality
-    the bond mixes; `channel:<modality>` sweeps the channel's κ of it, see `sweepable`). A task's
-    best setting is the current one unless a grid point scores strictly higher."""
+    the bond mixes; or κ of the channel as `channel:<modality>`, see `sweepable`; one kind at a
+    time). A κ grid stops at the channel's prior: κ = 1 would drop the bond from the modality and
+    its similarities to uncarried ones. A task's best setting is the current one unless a grid
+    point scores strictly higher."""
     mods = list(modalities or space.tunable_modalities())
     unknown = [m for m in mods if m not in sweepable(space)]
     if unknown or not mods:
         raise InputError(f"cannot sweep {unknown or mods}; the bond's parameters are {sweepable(space)}")
+    kappas = [m.startswith(CHANNEL) for m in mods]
+    if any(kappas) and not all(kappas):
+        raise InputError(f"sweep λ or the channel's κ, not both at once (got {', '.join(mods)})")
+    if all(kappas):
+        grid = sorted({min(float(v), CHANNEL_PRIOR) for v in grid})
     if not dataset.count(split):
         raise InputError(f"dataset {dataset.root} has no {split!r} items to sweep on")
     points = [dict(zip(mods, values)) for values in itertools.product(list(grid), repeat=len(mods))]
     baseline = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
     scores: dict[str, list[float]] = {task: [] for task in baseline}
-    for point in track(points, f"sweeping λ of {', '.join(mods)}", show=progress, unit="λ settings"):
+    for point in track(points, f"sweeping {', '.join(map(_axis, mods))}", show=progress, unit="settings"):
         got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
         for task in scores:
             scores[task].append(got[task])
@@ -157,7 +164,7 @@ def sweep_figure(result: SweepResult, tasks: Sequence[str] | None = None) -> Any
                 ax.plot(where[1], where[0], marker="s", markersize=12, fillstyle="none", color="black")
             if None not in best:
                 ax.plot(best[1], best[0], marker="*", markersize=14, color="gold", markeredgecolor="black")
-        ax.set_xticks(range(n), [f"{v:g}" for v in result.grid])
+        ax.set_xticks(range(n), [f"{v:g}" for v in result.grid], rotation=90 if n > 6 else 0)
         ax.set_xlabel(_axis(result.modalities[-1]))
         ax.set_title(task, fontsize=9)
     for ax in list(axes.flat)[len(tasks):]:

@@ -194,8 +194,9 @@ def test_sweep_over_the_channels_kappa_keeps_the_current_unless_beaten_and_saves
     space = BoundSpace(t, [e], "combination", {"E": identity_head(16)}, lambdas={"text": 0.3, "audio": 0.6},
                        channels={"text": 0.999, "audio": 0.999})
     params = ["channel:text", "channel:audio"]
-    result = sweep(space, caches, dataset, split="val", grid=[0.0, 0.5], modalities=params, progress=False)
-    assert result.current == {"channel:text": 0.999, "channel:audio": 0.999} and len(result.points) == 4
+    result = sweep(space, caches, dataset, split="val", grid=[0.0, 0.5, 1.0], modalities=params, progress=False)
+    assert result.current == {"channel:text": 0.999, "channel:audio": 0.999}
+    assert result.grid == [0.0, 0.5, 0.999] and len(result.points) == 9  # κ stops at the prior, not 1
     for task, best in result.best.items():
         beaten = max(result.scores[task]) > result.baseline[task]
         assert beaten or best == result.current, task
@@ -211,6 +212,8 @@ def test_sweep_over_the_channels_kappa_keeps_the_current_unless_beaten_and_saves
     with pytest.raises(InputError, match="cannot sweep"):
         sweep(BoundSpace(t, [e], "combination", {"E": identity_head(16)}), caches, dataset, modalities=params,
               progress=False)
+    with pytest.raises(InputError, match="not both at once"):
+        sweep(space, caches, dataset, modalities=["text", "channel:audio"], progress=False)
 
 
 @pytest.mark.parametrize("pairing", ["nope"])

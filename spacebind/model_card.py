@@ -109,20 +109,21 @@ def front_matter(space: Space, config: dict[str, Any], metrics: list[dict[str, A
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
 
 
-def _bond_rows(node: dict[str, Any], out: list[str], fitted: list[str]) -> None:
+def _bond_rows(node: dict[str, Any], out: list[str], fitted: list[str], outermost: bool = True) -> None:
     if node["type"] != "bond":
         return
-    _bond_rows(node["base"], out, fitted)
+    _bond_rows(node["base"], out, fitted, outermost=False)
     for child in node["experts"]:
-        _bond_rows(child, out, fitted)
-    fitted += _fitted_lines(node)
+        _bond_rows(child, out, fitted, outermost=False)
+    fitted += _fitted_lines(node, outermost)
     lambdas = BONDS.entry(node["bond"]).factory.card_weights(node)
     heads = "; ".join(f"{k}: {head_summary(h)}" for k, h in node["heads"].items())
     out.append(f"| {node['index']} | {node['bond']} | {node['name']} | {node['dim']} | {lambdas} | {heads} |")
 
 
-def _fitted_lines(node: dict[str, Any]) -> list[str]:
-    """What training chose for a bond, and why: target modalities per member, λ on val."""
+def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
+    """What training chose for a bond, and why: target modalities per member, λ on val (and, for
+    the outermost bond, which `spacebind sweep` tunes, how to score other κ)."""
     choices = node.get("choices") or {}
     lines = []
     for member, t in (choices.get("targets") or {}).items():
@@ -152,7 +153,9 @@ def _fitted_lines(node: dict[str, Any]) -> list[str]:
         why = (f"kept at the prior: {lam['channel_unmoved']}" if lam.get("channel_unmoved") else
                f"the best κ beat the prior in {100 * (lam.get('channel_confidence') or 0):.0f} % of bootstrap resamples")
         lines.append(f"- bond {node['index']}, channel of the projected side's own embeddings on the {lam['split']} "
-                     f"split: κ {kappas}{unused}; {why}")
+                     f"split: κ {kappas}{unused}; {why}"
+                     + ("; other κ per task: `spacebind sweep FUSED DATA --channel` (saved as presets)"
+                        if outermost and not unused else ""))
     projector = choices.get("projector")
     if projector:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())

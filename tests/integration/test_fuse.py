@@ -43,6 +43,10 @@ def test_export_holds_everything(fused_run) -> None:
     config = json.loads((result.out / "config.json").read_text())
     assert config["space"]["base"]["experts"][0]["source"] == "world_image_text"
     assert len(config["space"]["base"]["experts"][0]["sha256"]) == 64
+    card = (result.out / "README.md").read_text()
+    assert "- `versatile`: text 0.1, audio 0.5" in card  # the recipe's presets, loadable by name
+    if result.space.channels:  # how to score other κ, on the outermost bond's channel line only
+        assert card.count("spacebind sweep FUSED DATA --channel") == 1
 
 
 def test_fused_beats_base_on_audio_text_and_keeps_image_text(fused_run) -> None:

@@ -447,7 +447,7 @@ def sweep(
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ, or κ as channel:<modality> (repeatable; at most two for the heatmap)."),
     channel: bool = typer.Option(False, "--channel", help="Sweep the channel's κ of every modality it carries (at the current λ) instead of λ."),
     save: bool = typer.Option(True, help="Store the best setting per task as presets `best:<task>` in the checkpoint."),
-    held_out: str = typer.Option("test", help="Also score the current and best λ on this split (reported, never used to choose; '' for none)."),
+    held_out: str = typer.Option("test", help="Also score the current and best setting on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's user-code or remote-code experts to run."),
     quiet: Quiet = False,

@@ -8,14 +8,14 @@ from unpaired pools instead. U may itself be a bound space: its embeddings come 
 over the leaf caches, so a later bond targets the space built so far and no expert ever
 re-encodes the data.
 
-With `train.stream_mb` set and both sides leaf experts with caches on disk, the training pairs
-are not read into memory: a `spacebind.training.pairs.CachePairs` holds the same (cache,
-modality, ids) parts in the same order, the MLP projectors train from it batch by batch (at most
-`stream_mb` MB of float16 shards held, its shard-block batch order) and the closed-form heads fit
-from it chunk by chunk (`fit_source`: Procrustes and least squares accumulate srcᵀ·tgt / xᵀx, xᵀy;
-relative representations read only their anchors). A bound space's embeddings come from
-`combine` over several caches and pseudo datasets are mined in memory: those pairs stay tensors
-(a status line says so). Validation pairs are always tensors (val splits are small).
+With `train.stream_mb` set and every leaf's cache on disk, the training pairs are not read into
+memory: a `spacebind.training.pairs.CachePairs` holds the same (cache, modality, ids) parts in the
+same order (a bound space's side combines its leaves' rows batch by batch, `SpaceSide`), the MLP
+projectors train from it batch by batch (at most `stream_mb` MB of float16 shards held, its
+shard-block batch order) and the closed-form heads fit from it chunk by chunk (`fit_source`:
+Procrustes and least squares accumulate srcᵀ·tgt / xᵀx, xᵀy; relative representations read only
+their anchors). Pseudo datasets are mined in memory: those pairs stay tensors (a status line says
+so). Validation pairs are always tensors (val splits are small).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from spacebind.io.datasets import Dataset
 from spacebind.io.progress import note
 from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Expert, Space
-from spacebind.training.pairs import CachePairs
+from spacebind.training.pairs import CachePairs, SpaceSide
 from spacebind.training.trainer import TrainConfig
 
 Pairs = tuple[torch.Tensor, torch.Tensor, list[str]]
@@ -95,16 +95,22 @@ def _tensors(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part]) ->
 
 def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part], max_mb: float
               ) -> tuple[CachePairs | None, str]:
-    """The pairs of `parts` as a shard source (same parts, same order), or None and why not: only
-    a leaf expert's embeddings are rows of one cache (a bound space combines several)."""
+    """The pairs of `parts` as a shard source (same parts, same order), or None and why not: every
+    leaf involved needs an embedding cache on disk. A leaf expert's rows are read as they are; a
+    bound space's are combined from its leaves' rows batch by batch (`SpaceSide`)."""
     for side in (src, tgt):
-        if not isinstance(side, Expert):
-            return None, f"{side.name!r} is a bound space (its embeddings are combined from several caches)"
-        if not isinstance(caches.caches.get(side.name), EmbeddingCache):
-            return None, f"the cache of {side.name!r} is not an embedding cache on disk"
+        for leaf in side.leaves():
+            if not isinstance(caches.caches.get(leaf.name), EmbeddingCache):
+                return None, f"the cache of {leaf.name!r} is not an embedding cache on disk"
+
+    def side(space: Space, modality_keys: list[tuple[str, np.ndarray]]) -> list | SpaceSide:
+        if isinstance(space, Expert):
+            return [(caches.caches[space.name], m, keys) for m, keys in modality_keys]
+        return SpaceSide(space, caches.caches, modality_keys)
+
     try:
-        return CachePairs([(caches.caches[src.name], a, keys) for a, _, keys in parts],
-                          [(caches.caches[tgt.name], b, keys) for _, b, keys in parts], max_mb=max_mb), ""
+        return CachePairs(side(src, [(a, keys) for a, _, keys in parts]),
+                          side(tgt, [(b, keys) for _, b, keys in parts]), max_mb=max_mb), ""
     except InputError as exc:
         raise InputError(f"train.stream_mb: {exc}") from None
 
@@ -145,8 +151,8 @@ def train_heads(
     items whose text is nearest to the class prompts in the target's text side (the source's if
     the target has none); see `bonds.curation`. `relative`: `anchors`, `k`, `power` of the
     relative-representation projector.
-    With `train.stream_mb`, pairs between two leaf experts are read from the cache shards instead
-    of memory (see the module docstring); other pairs fall back to tensors with a status line."""
+    With `train.stream_mb`, the pairs of paired items are read from the cache shards instead of
+    memory (see the module docstring); other pairs fall back to tensors with a status line."""
     for projector in projectors:
         if projector not in projector_types():
             raise InputError(f"unknown projector {projector!r}; expected one of {', '.join(projector_types())}")
@@ -185,8 +191,8 @@ def _paired_data(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, tar
                  stream_mb: float | None, validate: bool, progress: bool
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, CachePairs | None, list[str], torch.Tensor,
                             torch.Tensor]:
-    """The training pairs of the paired train items, as tensors (x, y) or, with `stream_mb` and two
-    leaf experts, as a shard source; their source modalities; and, if `validate`, the val pairs."""
+    """The training pairs of the paired train items, as tensors (x, y) or, with `stream_mb` and every
+    leaf's cache on disk, as a shard source; their source modalities; and, if `validate`, the val pairs."""
     keep = None
     if curate is not None:
         judge = tgt if "text" in tgt.modalities else src

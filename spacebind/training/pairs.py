@@ -8,6 +8,9 @@ pairs in shard blocks: the source side's shards in a (seed, epoch)-shuffled orde
 of `window` shards, rows shuffled within each window; so a batch touches about `window` source
 shards and every shard is read about once an epoch when both sides follow the same item order.
 
+A side may also be a `SpaceSide`: a bound space's rows, combined batch by batch from the rows of
+its leaves' shards (the same LRU), so a bond onto a bound space streams too.
+
 `train_projector(CachePairs(...), None, config=...)` trains on it; its epoch order differs from
 the in-memory path's, so the weights do too, by order only: the same order gives the same weights
 bit for bit (`tests/unit/training/test_pairs.py`). Shards are checked against their checksums on
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +32,9 @@ from safetensors import safe_open
 
 from spacebind.cache.store import EmbeddingCache, verified_shard
 from spacebind.errors import CacheError, InputError
+
+if TYPE_CHECKING:
+    from spacebind.space import Space
 
 DEFAULT_MB = 256.0
 
@@ -147,9 +154,80 @@ class _Side:
             out[at] = lru.get(self.shards[k])[self.row[idx[at]].long()].float()
         return out
 
+    @property
+    def files(self) -> list[ShardFile]:
+        """Every shard this side reads."""
+        return self.shards
+
+    @property
+    def block_bytes(self) -> int:
+        """The most shard data one source shard of a block brings in on this side (at least 1)."""
+        return max((s.nbytes for s in self.shards), default=1)
+
     def key(self) -> list[torch.Tensor]:
         ident = hashlib.sha256("\n".join(f"{s.sha256}:{s.rows}:{s.dim}" for s in self.shards).encode()).digest()
         return [torch.frombuffer(bytearray(ident), dtype=torch.uint8), self.shard, self.row]
+
+
+class SpaceSide:
+    """One side of the pairs whose rows are a space's `combine` of its leaves' cached rows (a bound
+    space, whose embeddings come from several caches). A part `(modality, keys)` reads every leaf
+    covering the modality through a `_Side` of that leaf's cache, and each batch is combined as it
+    is read. The shard-block order follows the part's first leaf.
+
+    Args:
+        space: the space whose rows these are (`combine` over its leaves).
+        caches: each leaf's embedding cache, by leaf name.
+        parts: `(modality, id_keys)` in order, concatenated like `torch.cat`.
+    """
+
+    def __init__(self, space: "Space", caches: Mapping[str, EmbeddingCache],
+                 parts: Sequence[tuple[str, np.ndarray]]) -> None:
+        self.space, self.dim = space, space.dim
+        self.parts: list[tuple[str, int, int, dict[str, _Side]]] = []
+        self.shards: list[ShardFile] = []
+        shard_ids, start = [], 0
+        for modality, keys in parts:
+            leaves = {leaf.name: _Side([(caches[leaf.name], modality, keys)]) for leaf in space.leaves_for(modality)}
+            first = next(iter(leaves.values()))
+            shard_ids.append(first.shard.long() + len(self.shards))
+            self.shards += first.shards
+            self.parts.append((modality, start, start + len(keys), leaves))
+            start += len(keys)
+        self.shard = torch.cat(shard_ids).to(torch.int32) if shard_ids else torch.empty(0, dtype=torch.int32)
+
+    @property
+    def files(self) -> list[ShardFile]:
+        """Every shard this side reads: each part's leaves'."""
+        return [f for *_, leaves in self.parts for side in leaves.values() for f in side.shards]
+
+    @property
+    def block_bytes(self) -> int:
+        """The most shard data one shard of a block brings in: a shard of every leaf of a part."""
+        return max((sum(side.block_bytes for side in leaves.values()) for *_, leaves in self.parts), default=1)
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        """Float32 rows of pairs `idx`: each part's leaf rows, combined by the space."""
+        out = torch.empty(len(idx), self.dim)
+        for modality, start, stop, leaves in self.parts:
+            at = ((idx >= start) & (idx < stop)).nonzero().squeeze(1)
+            if len(at):
+                local = idx[at] - start
+                out[at] = self.space.combine(modality, {name: side.gather(local, lru) for name, side in leaves.items()})
+        return out
+
+    def key(self) -> list[torch.Tensor]:
+        """Each leaf side's key, and what decides how the space combines them: every bond's λ, κ and
+        head weights."""
+        digest = hashlib.sha256()
+        for node in getattr(self.space, "bonds", list)():
+            digest.update(repr((node.lambdas, getattr(node, "channels", None))).encode())
+            for name, head in sorted(node.heads.items()):
+                for key, tensor in head.state_dict().items():
+                    digest.update(f"{name}.{key}".encode())
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        keys = [side.key() for *_, leaves in self.parts for side in leaves.values()]
+        return [torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8), *(t for k in keys for t in k)]
 
 
 class CachePairs:
@@ -158,8 +236,9 @@ class CachePairs:
     concatenated in order like `torch.cat` of their tensors.
 
     Args:
-        src, tgt: parts `(cache, modality, ids)`, the ids as strings or as `id_keys`; the parts of a
-            side must have one width, and the two sides the same number of ids in all.
+        src, tgt: parts `(cache, modality, ids)`, the ids as strings or as `id_keys`, or a
+            `SpaceSide`; the parts of a side must have one width, and the two sides the same number
+            of ids in all.
         max_mb: shard data held in memory at most (MB of float16, both sides together).
         window: source shards per block of the epoch order (default: as many source and target
             shards as fit in half of `max_mb`, at least 1).
@@ -169,20 +248,18 @@ class CachePairs:
         CacheError: an id missing from its cache, or an unreadable shard header.
     """
 
-    def __init__(self, src: Sequence[Part],
-                 tgt: Sequence[Part], *, max_mb: float = DEFAULT_MB,
+    def __init__(self, src: Sequence[Part] | SpaceSide,
+                 tgt: Sequence[Part] | SpaceSide, *, max_mb: float = DEFAULT_MB,
                  window: int | None = None) -> None:
-        self.src, self.tgt = _Side(src), _Side(tgt)
+        self.src, self.tgt = (side if isinstance(side, SpaceSide) else _Side(side) for side in (src, tgt))
         if len(self.src.shard) != len(self.tgt.shard):
             raise InputError(f"paired sides of {len(self.src.shard)} and {len(self.tgt.shard)} rows")
         self.lru = ShardLRU(int(max_mb * 2**20))
-        largest = max((s.nbytes for s in self.src.shards + self.tgt.shards), default=0)
+        largest = max((s.nbytes for s in self.src.files + self.tgt.files), default=0)
         if largest > self.lru.max_bytes:
             raise InputError(f"a shard of {largest / 2**20:.1f} MB does not fit max_mb={max_mb}")
         if window is None:
-            per_block = max((s.nbytes for s in self.src.shards), default=1) + max((s.nbytes for s in self.tgt.shards),
-                                                                                  default=1)
-            window = max(1, self.lru.max_bytes // 2 // max(1, per_block))
+            window = max(1, self.lru.max_bytes // 2 // max(1, self.src.block_bytes + self.tgt.block_bytes))
         if window < 1:
             raise InputError(f"window must be at least 1 shard, got {window}")
         self.window = window

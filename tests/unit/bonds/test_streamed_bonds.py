@@ -1,7 +1,8 @@
 """Bonds trained from the cache shards (`train.stream_mb`): the pairs of two leaf experts become a
 `CachePairs` (same parts, same order), the MLP mixture trains from it and the closed-form heads
-fit from it chunk by chunk; bound spaces fall back to tensors with a status line; a recipe with
-`train: {stream_mb: ...}` fuses end to end."""
+fit from it chunk by chunk; a bound space's side combines its leaves' rows batch by batch; pairs
+whose leaves are not on disk fall back to tensors; a recipe with `train: {stream_mb: ...}` fuses
+end to end."""
 from __future__ import annotations
 
 import json
@@ -144,18 +145,47 @@ def test_closed_form_heads_fit_from_the_shards_as_in_memory(text_world, spy: typ
                for k in streamed["relative"].state_dict())
 
 
-def test_a_bound_space_side_falls_back_to_tensors_with_a_status_line(text_world, spy: type[Spy],
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def random_map(seed: int) -> LinearMap:
+    """A fixed random linear head E (16-d) → T (12-d)."""
+    head = LinearMap(16, 12)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(16, 12, generator=torch.Generator().manual_seed(seed)))
+    return head.eval()
+
+
+def test_a_bound_space_side_streams_its_leaves_rows_combined_batch_by_batch(text_world, spy: type[Spy],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     t, e, caches, dataset = text_world
     lines = []
     monkeypatch.setattr(fit, "note", lambda message, show=True: lines.append(message))
-    bound = BoundSpace(t, [e], "combination", {"E": LinearMap(16, 12).eval()}, lambdas={"text": 0.5})
+    bound = BoundSpace(t, [e], "combination", {"E": random_map(0)}, lambdas={"text": 0.5})
     heads, _ = train_heads(e, bound, caches, dataset, train=CFG.model_copy(update={"epochs": 1}), progress=False)
-    assert "mlp" in heads and not spy.made
-    assert any("not streamed" in line and "bound space" in line for line in lines), lines
-    lines.clear()
-    train_heads(e, t, caches, dataset, projectors=("procrustes",), train=CFG, progress=False)
+    (pairs,) = spy.made
+    assert "mlp" in heads and pairs.gathers > 0 and pairs.dims == (16, 12)
     assert any("read from the cache shards" in line for line in lines), lines
+    assert pairs.lru.max_held_bytes <= CFG.stream_mb * 2**20  # both leaves of the bound side, within budget
+    # its rows are the bound space's own embeddings of the same items, in the same order
+    parts = _pair_parts(e, bound, caches, dataset, "train", choose_targets("auto", bound, caches, dataset))
+    x, y, _ = _tensors(e, bound, caches, parts)
+    idx = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))[:100]
+    gx, gy = pairs.gather(idx)
+    torch.testing.assert_close(gx, x[idx], rtol=0, atol=0)
+    torch.testing.assert_close(gy, y[idx], rtol=1e-6, atol=1e-6)  # combined per batch instead of all at once
+    # a run's key covers how the bound space combines (its heads), so a resumed run sees another bond
+    other = BoundSpace(t, [e], "combination", {"E": random_map(1)}, lambdas={"text": 0.5})
+    keys = [_streamed(e, space, caches, parts, 1.0)[0].key_tensors() for space in (bound, bound, other)]
+    assert all(torch.equal(a, b) for a, b in zip(keys[0], keys[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(keys[0], keys[2]))
+
+
+def test_pairs_fall_back_to_tensors_with_a_status_line_when_a_leaf_cache_is_not_on_disk(text_world) -> None:
+    from memory_cache import MemoryCache
+
+    t, e, caches, dataset = text_world
+    parts = _pair_parts(e, t, caches, dataset, "train", choose_targets("auto", t, caches, dataset))
+    in_memory = CacheSet({"T": MemoryCache({"text": {}}), "E": caches.caches["E"]})
+    source, why = _streamed(e, t, in_memory, parts, 1.0)
+    assert source is None and why == "the cache of 'T' is not an embedding cache on disk"
 
 
 def test_stream_mb_is_checked_and_a_shard_over_the_budget_names_it(text_world) -> None:

@@ -217,11 +217,11 @@ class SpaceSide:
         return out
 
     def key(self) -> list[torch.Tensor]:
-        """Each leaf side's key, and what decides how the space combines them: every bond's λ, κ and
-        head weights."""
+        """Each leaf side's key, and what decides how the space combines them: every bond's λ, κ
+        (routed: scales), and head weights."""
         digest = hashlib.sha256()
         for node in getattr(self.space, "bonds", list)():
-            digest.update(repr((node.lambdas, getattr(node, "channels", None))).encode())
+            digest.update(repr((node.lambdas, getattr(node, "channels", None), getattr(node, "scales", None))).encode())
             for name, head in sorted(node.heads.items()):
                 for key, tensor in head.state_dict().items():
                     digest.update(f"{name}.{key}".encode())

@@ -8,14 +8,16 @@ from unpaired pools instead. U may itself be a bound space: its embeddings come 
 over the leaf caches, so a later bond targets the space built so far and no expert ever
 re-encodes the data.
 
-With `train.stream_mb` set and every leaf's cache on disk, the training pairs are not read into
-memory: a `spacebind.training.pairs.CachePairs` holds the same (cache, modality, ids) parts in the
-same order (a bound space's side combines its leaves' rows batch by batch, `SpaceSide`), the MLP
-projectors train from it batch by batch (at most `stream_mb` MB of float16 shards held, its
-shard-block batch order) and the closed-form heads fit from it chunk by chunk (`fit_source`:
-Procrustes and least squares accumulate srcᵀ·tgt / xᵀx, xᵀy; relative representations read only
-their anchors). Pseudo datasets are mined in memory: those pairs stay tensors (a status line says
-so). Validation pairs are always tensors (val splits are small).
+Pairs are described by item keys first (`spacebind.retrieval.pseudo.PairBlock`: paired items, or
+a pseudo dataset's own, mined and mirror pairs) and read into memory only when needed. With
+`train.stream_mb` set and every leaf's cache on disk they are not: a
+`spacebind.training.pairs.CachePairs` holds the same blocks in the same order (a bound space's
+side combines its leaves' rows batch by batch, `SpaceSide`; a mined partner is the weighted mean of
+its neighbours' rows, `MeanSide`), the MLP projectors train from it batch by batch (at most
+`stream_mb` MB of float16 shards held, its shard-block batch order; a pseudo dataset's member from
+its own subset) and the closed-form heads fit from it chunk by chunk (`fit_source`: Procrustes and
+least squares accumulate srcᵀ·tgt / xᵀx, xᵀy; relative representations read only their anchors).
+Validation pairs are always tensors (val splits are small).
 """
 from __future__ import annotations
 
@@ -37,17 +39,16 @@ from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
 from spacebind.io.progress import note
-from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
+from spacebind.retrieval.pseudo import PairBlock, PseudoDataset, block_pairs, pseudo_pairs, pseudo_parts
 from spacebind.space import Expert, Space
-from spacebind.training.pairs import CachePairs, SpaceSide
+from spacebind.training.pairs import CachePairs, ConcatSide, MeanSide, Side, SpaceSide, cache_side
 from spacebind.training.trainer import TrainConfig
 
 Pairs = tuple[torch.Tensor, torch.Tensor, list[str]]
-Part = tuple[str, str, np.ndarray]  # (source modality a, target modality b, `id_keys` of the items)
 
 
 def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
-                keep: set[str] | None = None) -> list[Part]:
+                keep: set[str] | None = None) -> list[PairBlock]:
     """Which pairs train a projector src → tgt: for every a of the source and every b of the
     target that `targets` admits, the items of the split holding both (and embedded by every leaf
     involved), as keys in manifest order (the items are streamed, not held). A modality only the
@@ -68,13 +69,13 @@ def _pair_parts(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, spli
             if len(keys):
                 keys = keys[caches.usable(space, m, keys)]
         if len(keys):
-            parts.append((a, b, keys))
+            parts.append(PairBlock(a, keys, b, keys))
     return parts
 
 
-def _part_sources(parts: Sequence[Part]) -> list[str]:
+def _part_sources(parts: Sequence[PairBlock]) -> list[str]:
     """The source modalities the pairs hold, in order."""
-    return list(dict.fromkeys(a for a, _, _ in parts))
+    return list(dict.fromkeys(part.source for part in parts))
 
 
 def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: str, targets: Targets,
@@ -84,35 +85,40 @@ def _pairs(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, split: st
     return _tensors(src, tgt, caches, _pair_parts(src, tgt, caches, dataset, split, targets, keep))
 
 
-def _tensors(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part]) -> Pairs:
+def _tensors(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[PairBlock]) -> Pairs:
     """The pairs of `parts` read into memory, concatenated in order, and their source modalities."""
-    if not parts:
-        return torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
-    xs = [caches.embeddings_of_keys(src, a, keys) for a, _, keys in parts]
-    ys = [caches.embeddings_of_keys(tgt, b, keys) for _, b, keys in parts]
-    return torch.cat(xs), torch.cat(ys), _part_sources(parts)
+    return (*block_pairs(parts, src, tgt, caches), _part_sources(parts))
 
 
-def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[Part], max_mb: float
+def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[PairBlock], max_mb: float
               ) -> tuple[CachePairs | None, str]:
     """The pairs of `parts` as a shard source (same parts, same order), or None and why not: every
-    leaf involved needs an embedding cache on disk. A leaf expert's rows are read as they are; a
-    bound space's are combined from its leaves' rows batch by batch (`SpaceSide`)."""
+    leaf involved needs an embedding cache on disk. A leaf expert's rows are read as they are, a
+    bound space's are combined from its leaves' rows batch by batch (`SpaceSide`), and a mined
+    partner is the weighted mean of its neighbours' rows (`MeanSide`)."""
     for side in (src, tgt):
         for leaf in side.leaves():
             if not isinstance(caches.caches.get(leaf.name), EmbeddingCache):
                 return None, f"the cache of {leaf.name!r} is not an embedding cache on disk"
-
-    def side(space: Space, modality_keys: list[tuple[str, np.ndarray]]) -> list | SpaceSide:
-        if isinstance(space, Expert):
-            return [(caches.caches[space.name], m, keys) for m, keys in modality_keys]
-        return SpaceSide(space, caches.caches, modality_keys)
-
+    if all(part.weights is None for part in parts):
+        targets = _side(tgt, caches, [(part.target, part.tgt_keys) for part in parts])
+    else:
+        targets = ConcatSide([_side(tgt, caches, [(part.target, part.tgt_keys)]) if part.weights is None else
+                              MeanSide(_side(tgt, caches, [(part.target, part.tgt_keys)]), part.weights)
+                              for part in parts])
     try:
-        return CachePairs(side(src, [(a, keys) for a, _, keys in parts]),
-                          side(tgt, [(b, keys) for _, b, keys in parts]), max_mb=max_mb), ""
+        return CachePairs(_side(src, caches, [(part.source, part.src_keys) for part in parts]), targets,
+                          max_mb=max_mb), ""
     except InputError as exc:
         raise InputError(f"train.stream_mb: {exc}") from None
+
+
+def _side(space: Space, caches: CacheSet, blocks: Sequence[tuple[str, np.ndarray]]) -> Side:
+    """`space`'s rows of the items of each (modality, `id_keys`) block, one after another, read from
+    the shards: a leaf's as they are, a bound space's combined from its leaves' (`SpaceSide`)."""
+    if isinstance(space, Expert):
+        return cache_side([(caches.caches[space.name], m, keys) for m, keys in blocks])
+    return ConcatSide([SpaceSide(space, caches.caches, m, keys) for m, keys in blocks])
 
 
 def train_head(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, *, projector: str = "mlp",
@@ -160,13 +166,10 @@ def train_heads(
     config = train or TrainConfig()
     subsets = source = None
     if pseudo:
-        if config.stream_mb is not None:
-            note(f"{src.name} → {tgt.name}: pseudo pairs are mined in memory; training reads them from memory, "
-                 f"not from the cache shards (train.stream_mb)", progress)
         if curate is not None:
             raise InputError("curation selects paired items; a bond with pseudo datasets has none to select")
-        x, y, subsets, sources, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "", targets,
-                                                      checkpoint_dir)
+        x, y, source, subsets, sources, vx, vy = _pseudo_data(pseudo, src, tgt, caches, dataset, miner or "",
+                                                              targets, checkpoint_dir, config.stream_mb, progress)
         mixture = len(pseudo)
     else:
         x, y, source, seen, vx, vy = _paired_data(src, tgt, caches, dataset, targets, curate, config.stream_mb,
@@ -204,16 +207,7 @@ def _paired_data(src: Space, tgt: Space, caches: CacheSet, dataset: Dataset, tar
             f"{list(tgt.modalities)} in the train split of {dataset.root}: they share no modality with data "
             f"(pairing {targets.pairing!r}, target modalities kept: {targets.kept})"
         )
-    source = None
-    if stream_mb is not None:
-        source, why = _streamed(src, tgt, caches, parts, stream_mb)
-        note(f"{src.name} → {tgt.name}: {len(source)} training pairs read from the cache shards "
-             f"(at most {stream_mb:g} MB held)" if source is not None else
-             f"{src.name} → {tgt.name}: training pairs read into memory, not streamed (train.stream_mb): {why}",
-             progress)
-    x = y = None
-    if source is None:
-        x, y, _ = _tensors(src, tgt, caches, parts)
+    x, y, source = _read(src, tgt, caches, parts, stream_mb, "training pairs", progress)
     vx = vy = torch.empty(0)
     if validate:
         vx, vy, _ = _pairs(src, tgt, caches, dataset, "val", targets)
@@ -234,26 +228,44 @@ def _closed_form(projector: str, x: torch.Tensor | None, y: torch.Tensor | None,
 
 
 def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,
-                 default_miner: str, targets: Targets, work: Path | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[list[str]], torch.Tensor, torch.Tensor]:
-    """All pseudo datasets' training pairs with one row subset per dataset (one mixture member
-    each) and the source modalities of each, and their validation pairs pooled for early stopping."""
-    xs, ys, subsets, sources, vxs, vys = [], [], [], [], [], []
-    start = 0
+                 default_miner: str, targets: Targets, work: Path | None, stream_mb: float | None, progress: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, CachePairs | None, list[torch.Tensor],
+                            list[list[str]], torch.Tensor, torch.Tensor]:
+    """All pseudo datasets' training pairs, as tensors (x, y) or, with `stream_mb` and every leaf's
+    cache on disk, as a shard source; one row subset per dataset (one mixture member each) and the
+    source modalities of each; and their validation pairs pooled for early stopping (tensors)."""
+    blocks: list[PairBlock] = []
+    subsets, sources, vxs, vys = [], [], [], []
     for spec in pseudo:
         miner = spec.miner or default_miner
         if miner not in caches.caches:
             raise InputError(f"pseudo dataset {spec.label!r}: miner {miner!r} is not an expert of this space "
                              f"(experts: {', '.join(caches.caches)})")
         out = work / "pseudo" if work is not None else None
-        x, y, seen = pseudo_pairs(spec, src, tgt, caches, dataset, "train", miner, targets.admits, out)
-        if len(x) == 0:
+        found, seen = pseudo_parts(spec, src, tgt, caches, dataset, "train", miner, targets.admits, out)
+        if not found:
             raise InputError(f"pseudo dataset {spec.label!r} gave no training pairs in {dataset.root} "
                              f"(pairing {targets.pairing!r}, target modalities kept: {targets.kept})")
         vx, vy, _ = pseudo_pairs(spec, src, tgt, caches, dataset, "val", miner, targets.admits, out)
-        for bucket, part in ((xs, x), (ys, y), (vxs, vx), (vys, vy)):
-            bucket.append(part)
-        subsets.append(torch.arange(start, start + len(x)))
+        start = sum(map(len, blocks))
+        blocks += found
+        subsets.append(torch.arange(start, start + sum(map(len, found))))
         sources.append(seen)
-        start += len(x)
-    return torch.cat(xs), torch.cat(ys), subsets, sources, torch.cat(vxs), torch.cat(vys)
+        vxs.append(vx)
+        vys.append(vy)
+    x, y, source = _read(src, tgt, caches, blocks, stream_mb, "pseudo pairs", progress)
+    return x, y, source, subsets, sources, torch.cat(vxs), torch.cat(vys)
+
+
+def _read(src: Space, tgt: Space, caches: CacheSet, blocks: Sequence[PairBlock], stream_mb: float | None, what: str,
+          progress: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, CachePairs | None]:
+    """The pairs of `blocks` as tensors (x, y, None) or, with `stream_mb` and every leaf's cache on
+    disk, as a shard source (None, None, source); a status line says which under `stream_mb`."""
+    if stream_mb is not None:
+        source, why = _streamed(src, tgt, caches, blocks, stream_mb)
+        note(f"{src.name} → {tgt.name}: {len(source)} {what} read from the cache shards (at most {stream_mb:g} MB "
+             f"held)" if source is not None else
+             f"{src.name} → {tgt.name}: {what} read into memory, not streamed (train.stream_mb): {why}", progress)
+        if source is not None:
+            return None, None, source
+    return (*block_pairs(blocks, src, tgt, caches), None)

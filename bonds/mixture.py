@@ -87,23 +87,22 @@ def train_mixture(
     same state files; `batched=False` trains them one by one.
 
     `src` may be a shard source (`spacebind.training.pairs.CachePairs`, `tgt` None; see
-    `train_projector`): the members then train one by one, each reading every pair from the shards
-    in its own seed's shard-block order (batched members would read different shards at each step).
+    `train_projector`): the members then train one by one, each reading its pairs (all, or its
+    subset's) from the shards in its own seed's shard-block order (batched members would read
+    different shards at each step).
 
     Raises:
-        InputError: `subsets` not of length `n`, a subset with fewer than 2 pairs, or `subsets`
-            with a shard source.
+        InputError: `subsets` not of length `n`, or a subset with fewer than 2 pairs.
     """
     if subsets is not None and len(subsets) != n:
         raise InputError(f"got {len(subsets)} subsets for {n} mixture members; expected one per member")
-    if _is_source(src) and subsets is not None:
-        raise InputError("mixture members trained from cache shards take all the pairs; row subsets need tensors")
     rows = list(subsets) if subsets is not None else [slice(None)] * n
     configs = [config.model_copy(update={"seed": config.seed + i}) for i in range(n)]
     dirs = [checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None for i in range(n)]
     if _is_source(src):
-        results = [train_projector(src, None, config=c, val_src=val_src, val_tgt=val_tgt, progress=progress,
-                                   checkpoint_dir=d) for c, d in zip(configs, dirs)]
+        results = [train_projector(src if subsets is None else src.subset(r), None, config=c, val_src=val_src,
+                                   val_tgt=val_tgt, progress=progress, checkpoint_dir=d)
+                   for r, c, d in zip(rows, configs, dirs)]
     elif batched and not distributed.is_distributed():
         results = train_projectors(src, tgt, configs=configs, rows=rows, val_src=val_src, val_tgt=val_tgt,
                                    checkpoint_dirs=dirs, progress=progress)

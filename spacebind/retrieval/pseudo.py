@@ -10,15 +10,19 @@ neighbours' target-space embeddings. A projector src → tgt then learns from
 mixture member sees every modality it will be applied to; the bond's chosen target modalities
 decide which of these are kept. Seeds and pools come from the same split, so validation pairs
 never see training items. Items travel as numpy arrays (128-bit id keys, cache rows, masks), never
-as lists or sets of ids, so a pool of millions costs tens of bytes an item besides its pairs."""
+as lists or sets of ids, so a pool of millions costs tens of bytes an item besides its pairs.
+`pseudo_parts` gives the pairs as blocks of keys (`PairBlock`; a mined block keeps its neighbours'
+keys and weights), which `pseudo_pairs` reads into memory and a bond under `train.stream_mb` reads
+from the cache shards batch by batch."""
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from spacebind.cache.keys import id_keys
@@ -50,7 +54,24 @@ def _selected(dataset: Dataset | Manifest, split: str, modality: str) -> np.ndar
     return id_keys(it.id for it in dataset.iter_items() if it.split == split and modality in it.fields)
 
 
-def pseudo_pairs(
+@dataclass
+class PairBlock:
+    """A block of training pairs by item keys: the source's `source` embeddings of the items
+    `src_keys`, each paired with the target's `target` embedding of the item in `tgt_keys` at the
+    same position or, with `weights` [n, k] (mined partners), with the normalised `weights`-mean of
+    the target's embeddings of k items (`tgt_keys` holds n·k, k per pair)."""
+
+    source: str
+    src_keys: np.ndarray
+    target: str
+    tgt_keys: np.ndarray
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.src_keys)
+
+
+def pseudo_parts(
     spec: PseudoDataset,
     src: Space,
     tgt: Space,
@@ -60,10 +81,11 @@ def pseudo_pairs(
     miner: str,
     admits: Callable[[str, str], bool] = lambda source, target: True,
     out: Path | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The (src, tgt) training pairs one pseudo dataset gives on one split, and the source
-    modalities among them. `admits(source modality, target modality)` says which pairs to keep
-    (a bond's chosen target modalities; all by default).
+) -> tuple[list[PairBlock], list[str]]:
+    """The (src, tgt) training pairs one pseudo dataset gives on one split, as blocks of item keys
+    (nothing embedded yet; `pseudo_pairs` reads them into memory, `spacebind.bonds.fit` from the
+    shards), and the source modalities among them. `admits(source modality, target modality)` says
+    which pairs to keep (a bond's chosen target modalities; all by default).
 
     Items are handled as numpy arrays (`id_keys` of the split's items, cache rows, masks), not as
     id lists or sets: besides the pairs themselves, memory is a few dozen bytes an item."""
@@ -71,22 +93,18 @@ def pseudo_pairs(
         raise InputError(f"pseudo dataset {spec.label!r}: the source space {src.name!r} does not cover {spec.seed!r}")
     seeds = _selected(dataset, split, spec.seed)
     seeds = seeds[caches.usable(src, spec.seed, seeds)]
-    empty = torch.empty(0, src.dim), torch.empty(0, tgt.dim), []
     if not len(seeds):
-        return empty
-    x = caches.embeddings_of_keys(src, spec.seed, seeds)
-    xs, ys, sources = [], [], []
+        return [], []
+    parts, sources = [], []
 
-    def add(source: str, src_rows: torch.Tensor, tgt_rows: torch.Tensor) -> None:
-        xs.append(src_rows)
-        ys.append(tgt_rows)
-        if source not in sources:
-            sources.append(source)
+    def add(part: PairBlock) -> None:
+        parts.append(part)
+        if part.source not in sources:
+            sources.append(part.source)
 
     own = caches.usable(tgt, spec.seed, seeds) if spec.seed in tgt.modalities else np.zeros(len(seeds), dtype=bool)
     if own.any() and admits(spec.seed, spec.seed):
-        add(spec.seed, caches.embeddings_of_keys(src, spec.seed, seeds[own]),
-            caches.embeddings_of_keys(tgt, spec.seed, seeds[own]))
+        add(PairBlock(spec.seed, seeds[own], spec.seed, seeds[own]))
     miner_cache = caches.caches[miner]
     seed_rows = miner_cache.rows(spec.seed, seeds) if spec.partners else np.empty(0, dtype=np.int64)
     mined = np.flatnonzero(seed_rows >= 0)  # positions in `seeds` of the seeds the miner has embedded
@@ -103,23 +121,44 @@ def pseudo_pairs(
         found = mine(miner_cache, spec.seed, partner, k=spec.k, seed_rows=seed_rows[mined], pool_rows=pool_rows,
                      out=where, progress=False)
         if admits(spec.seed, partner):
-            seed_x = x[torch.from_numpy(mined)] if len(mined) != len(seeds) else x
-            add(spec.seed, seed_x, found.targets_at(partial(_embed_pool, caches, tgt, partner, pool), spec.mode,
-                                                    spec.temperature))
+            add(PairBlock(spec.seed, seeds[mined], partner, pool[found.indices.flatten().numpy()],
+                           found.weights(spec.mode, spec.temperature)))
         # the mirror pair: each seed's top partner, seen by the source, → the seed in the target
         if partner in src.modalities and admits(partner, spec.seed):
             keep = own[mined]
             tops, own_seeds = pool[found.indices[:, 0].numpy()[keep]], seeds[mined[keep]]
             usable = caches.usable(src, partner, tops)
-            tops, own_seeds = tops[usable], own_seeds[usable]
-            if len(tops):
-                add(partner, caches.embeddings_of_keys(src, partner, tops), caches.embeddings_of_keys(tgt, spec.seed, own_seeds))
-    if not xs:
-        return empty
-    return torch.cat(xs), torch.cat(ys), sources
+            if usable.any():
+                add(PairBlock(partner, tops[usable], spec.seed, own_seeds[usable]))
+    return parts, sources
 
 
-def _embed_pool(caches: "CacheSet", space: Space, modality: str, pool: np.ndarray,  # noqa: F821
-                at: np.ndarray) -> torch.Tensor:
-    """`space`'s embeddings of the pool items at positions `at` (`pool` holds their `id_keys`)."""
-    return caches.embeddings_of_keys(space, modality, pool[at])
+def pseudo_pairs(spec: PseudoDataset, src: Space, tgt: Space, caches: "CacheSet",  # noqa: F821
+                 *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The (src, tgt) training pairs of `pseudo_parts` (same arguments), read into memory, and their
+    source modalities."""
+    parts, sources = pseudo_parts(spec, src, tgt, caches, *args, **kwargs)
+    return (*block_pairs(parts, src, tgt, caches), sources)
+
+
+def block_pairs(blocks: Sequence[PairBlock], src: Space, tgt: Space,
+                caches: "CacheSet") -> tuple[torch.Tensor, torch.Tensor]:  # noqa: F821
+    """The pairs of `blocks` read into memory, one block after another: (src rows, tgt rows)."""
+    if not blocks:
+        return torch.empty(0, src.dim), torch.empty(0, tgt.dim)
+    xs = [caches.embeddings_of_keys(src, block.source, block.src_keys) for block in blocks]
+    return torch.cat(xs), torch.cat([_targets(caches, tgt, block) for block in blocks])
+
+
+def _targets(caches: "CacheSet", tgt: Space, part: PairBlock, chunk_size: int = 65536) -> torch.Tensor:  # noqa: F821
+    """The target side of a block in memory: the rows, or the weighted means `chunk_size` pairs at
+    a time (the [n, k, dim] neighbour embeddings are never held whole)."""
+    if part.weights is None:
+        return caches.embeddings_of_keys(tgt, part.target, part.tgt_keys)
+    n, k = part.weights.shape
+    means = []
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        stacked = caches.embeddings_of_keys(tgt, part.target, part.tgt_keys[a * k:b * k]).view(b - a, k, -1)
+        means.append(F.normalize((part.weights[a:b].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
+    return torch.cat(means)

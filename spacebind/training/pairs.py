@@ -8,8 +8,9 @@ pairs in shard blocks: the source side's shards in a (seed, epoch)-shuffled orde
 of `window` shards, rows shuffled within each window; so a batch touches about `window` source
 shards and every shard is read about once an epoch when both sides follow the same item order.
 
-A side may also be a `SpaceSide`: a bound space's rows, combined batch by batch from the rows of
-its leaves' shards (the same LRU), so a bond onto a bound space streams too.
+A side may also be a `SpaceSide` (a bound space's rows, combined batch by batch from the rows of
+its leaves' shards, the same LRU), a `MeanSide` (weighted means of k rows: pseudo partners) or a
+`ConcatSide` of sides; `subset(rows)` is a mixture member's share of the pairs.
 
 `train_projector(CachePairs(...), None, config=...)` trains on it; its epoch order differs from
 the in-memory path's, so the weights do too, by order only: the same order gives the same weights
@@ -19,6 +20,7 @@ than memory).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -118,7 +120,31 @@ def _read(shard: ShardFile) -> torch.Tensor:
 Part = tuple[EmbeddingCache, str, "Sequence[str] | np.ndarray"]  # (cache, modality, ids or `id_keys`)
 
 
-class _Side:
+class Side:
+    """One side of N pairs read from shards: `dim`, each pair's shard in `shards` (`shard`, which
+    orders an epoch's blocks), every shard it reads (`files`), the most shard data one block shard
+    brings in (`block_bytes`), `gather(idx, lru)` → float32 rows, and `key()` (what identifies it)."""
+
+    dim: int
+    shards: list[ShardFile]
+    shard: torch.Tensor
+
+    @property
+    def files(self) -> list[ShardFile]:
+        return self.shards
+
+    @property
+    def block_bytes(self) -> int:
+        return max((s.nbytes for s in self.shards), default=1)
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class _Side(Side):
     """One side of the pairs: the shard table and each pair's (shard, row)."""
 
     def __init__(self, parts: Sequence[Part]) -> None:
@@ -154,67 +180,46 @@ class _Side:
             out[at] = lru.get(self.shards[k])[self.row[idx[at]].long()].float()
         return out
 
-    @property
-    def files(self) -> list[ShardFile]:
-        """Every shard this side reads."""
-        return self.shards
-
-    @property
-    def block_bytes(self) -> int:
-        """The most shard data one source shard of a block brings in on this side (at least 1)."""
-        return max((s.nbytes for s in self.shards), default=1)
-
     def key(self) -> list[torch.Tensor]:
         ident = hashlib.sha256("\n".join(f"{s.sha256}:{s.rows}:{s.dim}" for s in self.shards).encode()).digest()
         return [torch.frombuffer(bytearray(ident), dtype=torch.uint8), self.shard, self.row]
 
 
-class SpaceSide:
+def cache_side(parts: Sequence[Part]) -> Side:
+    """The rows of cache parts `(cache, modality, ids)`, one after another (one width)."""
+    return _Side(parts)
+
+
+class SpaceSide(Side):
     """One side of the pairs whose rows are a space's `combine` of its leaves' cached rows (a bound
-    space, whose embeddings come from several caches). A part `(modality, keys)` reads every leaf
-    covering the modality through a `_Side` of that leaf's cache, and each batch is combined as it
-    is read. The shard-block order follows the part's first leaf.
+    space, whose embeddings come from several caches): the items `keys` in `modality`, each leaf
+    covering the modality read through a `_Side` of its cache, combined batch by batch. The
+    shard-block order follows the first leaf. Several modalities: a `ConcatSide` of these.
 
     Args:
         space: the space whose rows these are (`combine` over its leaves).
         caches: each leaf's embedding cache, by leaf name.
-        parts: `(modality, id_keys)` in order, concatenated like `torch.cat`.
+        modality, keys: the modality and the items (`id_keys`), in order.
     """
 
-    def __init__(self, space: "Space", caches: Mapping[str, EmbeddingCache],
-                 parts: Sequence[tuple[str, np.ndarray]]) -> None:
-        self.space, self.dim = space, space.dim
-        self.parts: list[tuple[str, int, int, dict[str, _Side]]] = []
-        self.shards: list[ShardFile] = []
-        shard_ids, start = [], 0
-        for modality, keys in parts:
-            leaves = {leaf.name: _Side([(caches[leaf.name], modality, keys)]) for leaf in space.leaves_for(modality)}
-            first = next(iter(leaves.values()))
-            shard_ids.append(first.shard.long() + len(self.shards))
-            self.shards += first.shards
-            self.parts.append((modality, start, start + len(keys), leaves))
-            start += len(keys)
-        self.shard = torch.cat(shard_ids).to(torch.int32) if shard_ids else torch.empty(0, dtype=torch.int32)
+    def __init__(self, space: "Space", caches: Mapping[str, EmbeddingCache], modality: str,
+                 keys: np.ndarray) -> None:
+        self.space, self.modality, self.dim = space, modality, space.dim
+        self.leaves = {leaf.name: _Side([(caches[leaf.name], modality, keys)]) for leaf in space.leaves_for(modality)}
+        first = next(iter(self.leaves.values()))
+        self.shards, self.shard = first.shards, first.shard
 
     @property
     def files(self) -> list[ShardFile]:
-        """Every shard this side reads: each part's leaves'."""
-        return [f for *_, leaves in self.parts for side in leaves.values() for f in side.shards]
+        return [f for side in self.leaves.values() for f in side.shards]
 
     @property
     def block_bytes(self) -> int:
-        """The most shard data one shard of a block brings in: a shard of every leaf of a part."""
-        return max((sum(side.block_bytes for side in leaves.values()) for *_, leaves in self.parts), default=1)
+        """A shard of every leaf."""
+        return sum(side.block_bytes for side in self.leaves.values())
 
     def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
-        """Float32 rows of pairs `idx`: each part's leaf rows, combined by the space."""
-        out = torch.empty(len(idx), self.dim)
-        for modality, start, stop, leaves in self.parts:
-            at = ((idx >= start) & (idx < stop)).nonzero().squeeze(1)
-            if len(at):
-                local = idx[at] - start
-                out[at] = self.space.combine(modality, {name: side.gather(local, lru) for name, side in leaves.items()})
-        return out
+        return self.space.combine(self.modality, {name: side.gather(idx, lru) for name, side in self.leaves.items()})
 
     def key(self) -> list[torch.Tensor]:
         """Each leaf side's key, and what decides how the space combines them: every bond's λ, κ
@@ -226,8 +231,92 @@ class SpaceSide:
                 for key, tensor in head.state_dict().items():
                     digest.update(f"{name}.{key}".encode())
                     digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        keys = [side.key() for *_, leaves in self.parts for side in leaves.values()]
-        return [torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8), *(t for k in keys for t in k)]
+        leaves = [t for side in self.leaves.values() for t in side.key()]
+        return [torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8), *leaves]
+
+
+class _Over(Side):
+    """A side computed from another, `inner`, whose shards it reads."""
+
+    inner: Side
+
+    @property
+    def files(self) -> list[ShardFile]:
+        return self.inner.files
+
+    @property
+    def block_bytes(self) -> int:
+        return self.inner.block_bytes
+
+
+class MeanSide(_Over):
+    """One side whose row i is the normalised `weights[i]`-mean of k rows of `inner` (rows i·k …
+    i·k + k − 1): a pseudo partner, the weighted mean of mined neighbours' target embeddings
+    (`spacebind.retrieval.pseudo`), computed per batch instead of stored."""
+
+    def __init__(self, inner: Side, weights: torch.Tensor) -> None:
+        n, k = weights.shape
+        if len(inner.shard) != n * k:
+            raise InputError(f"a mean of {k} rows for {n} pairs needs {n * k} rows, got {len(inner.shard)}")
+        self.inner, self.weights, self.k = inner, weights.float(), k
+        self.dim, self.shards, self.shard = inner.dim, inner.shards, inner.shard[::k]
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k)).flatten()
+        stacked = self.inner.gather(rows, lru).view(len(idx), self.k, -1)
+        return torch.nn.functional.normalize((self.weights[idx].unsqueeze(-1) * stacked).sum(dim=1), dim=-1)
+
+    def key(self) -> list[torch.Tensor]:
+        return [*self.inner.key(), self.weights]
+
+
+class ConcatSide(Side):
+    """Sides one after another, like `torch.cat` of their rows (one width)."""
+
+    def __init__(self, sides: Sequence[Side]) -> None:
+        dims = {side.dim for side in sides}
+        if len(dims) > 1:
+            raise InputError(f"pairs read from caches of different widths {sorted(dims)} on one side")
+        self.sides, self.dim = list(sides), dims.pop() if dims else 0
+        self.starts = np.cumsum([0, *(len(side.shard) for side in self.sides)])
+        self.shards, shard_ids = [], []
+        for side in self.sides:
+            shard_ids.append(side.shard.long() + len(self.shards))
+            self.shards = self.shards + side.shards
+        self.shard = torch.cat(shard_ids).to(torch.int32) if shard_ids else torch.empty(0, dtype=torch.int32)
+
+    @property
+    def files(self) -> list[ShardFile]:
+        return [f for side in self.sides for f in side.files]
+
+    @property
+    def block_bytes(self) -> int:
+        return max((side.block_bytes for side in self.sides), default=1)
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        out = torch.empty(len(idx), self.dim)
+        for side, start, stop in zip(self.sides, self.starts[:-1].tolist(), self.starts[1:].tolist()):
+            at = ((idx >= start) & (idx < stop)).nonzero().squeeze(1)
+            if len(at):
+                out[at] = side.gather(idx[at] - start, lru)
+        return out
+
+    def key(self) -> list[torch.Tensor]:
+        return [t for side in self.sides for t in side.key()]
+
+
+class _RowsSide(_Over):
+    """The pairs `rows` of another side (a mixture member's subset)."""
+
+    def __init__(self, inner: Side, rows: torch.Tensor) -> None:
+        self.inner, self.rows = inner, rows.long()
+        self.dim, self.shards, self.shard = inner.dim, inner.shards, inner.shard[self.rows]
+
+    def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
+        return self.inner.gather(self.rows[idx], lru)
+
+    def key(self) -> list[torch.Tensor]:
+        return [*self.inner.key(), self.rows]
 
 
 class CachePairs:
@@ -236,9 +325,9 @@ class CachePairs:
     concatenated in order like `torch.cat` of their tensors.
 
     Args:
-        src, tgt: parts `(cache, modality, ids)`, the ids as strings or as `id_keys`, or a
-            `SpaceSide`; the parts of a side must have one width, and the two sides the same number
-            of ids in all.
+        src, tgt: parts `(cache, modality, ids)`, the ids as strings or as `id_keys`, or a `Side`
+            (`SpaceSide`, `MeanSide`, `ConcatSide`); the parts of a side must have one width, and
+            the two sides the same number of ids in all.
         max_mb: shard data held in memory at most (MB of float16, both sides together).
         window: source shards per block of the epoch order (default: as many source and target
             shards as fit in half of `max_mb`, at least 1).
@@ -248,10 +337,10 @@ class CachePairs:
         CacheError: an id missing from its cache, or an unreadable shard header.
     """
 
-    def __init__(self, src: Sequence[Part] | SpaceSide,
-                 tgt: Sequence[Part] | SpaceSide, *, max_mb: float = DEFAULT_MB,
+    def __init__(self, src: Sequence[Part] | Side,
+                 tgt: Sequence[Part] | Side, *, max_mb: float = DEFAULT_MB,
                  window: int | None = None) -> None:
-        self.src, self.tgt = (side if isinstance(side, SpaceSide) else _Side(side) for side in (src, tgt))
+        self.src, self.tgt = (side if isinstance(side, Side) else _Side(side) for side in (src, tgt))
         if len(self.src.shard) != len(self.tgt.shard):
             raise InputError(f"paired sides of {len(self.src.shard)} and {len(self.tgt.shard)} rows")
         self.lru = ShardLRU(int(max_mb * 2**20))
@@ -281,6 +370,12 @@ class CachePairs:
         if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
             raise InputError("training pairs: a cached row holds NaN or infinite values")
         return x, y
+
+    def subset(self, rows: torch.Tensor) -> "CachePairs":
+        """The pairs `rows` of these (e.g. one mixture member's), sharing their shard LRU and window."""
+        view = copy.copy(self)
+        view.src, view.tgt = _RowsSide(self.src, rows), _RowsSide(self.tgt, rows)
+        return view
 
     def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
         """The (seed, epoch)-determined order of the pairs in one epoch, in blocks of `window`

@@ -25,6 +25,7 @@ from spacebind.cache.store import EmbeddingCache, embed_dataset
 from spacebind.errors import InputError, RecipeError
 from spacebind.io.datasets import Dataset
 from spacebind.recipe import validate_recipe
+from spacebind.retrieval.pseudo import PseudoDataset, block_pairs, pseudo_parts
 from spacebind.space import Space
 from spacebind.training import batched, trainer
 from spacebind.training.pairs import CachePairs
@@ -50,11 +51,17 @@ class Spy(CachePairs):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gathers = 0
+        self.views: list[tuple[torch.Tensor, CachePairs]] = []  # the subsets taken (mixture members)
         Spy.made.append(self)
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.gathers += 1
         return super().gather(idx)
+
+    def subset(self, rows: torch.Tensor) -> CachePairs:
+        view = super().subset(rows)
+        self.views.append((rows, view))
+        return view
 
 
 @pytest.fixture
@@ -188,6 +195,39 @@ def test_pairs_fall_back_to_tensors_with_a_status_line_when_a_leaf_cache_is_not_
     assert source is None and why == "the cache of 'T' is not an embedding cache on disk"
 
 
+def test_pseudo_pairs_stream_from_the_shards_and_each_member_trains_on_its_own_subset(
+        text_world, spy: type[Spy], monkeypatch: pytest.MonkeyPatch) -> None:
+    t, e, caches, dataset = text_world
+    specs = [PseudoDataset(seed="text", partners=["text"], k=3), PseudoDataset(seed="text")]
+    blocks, _ = pseudo_parts(specs[0], e, t, caches, dataset, "train", "E")
+    assert [b.weights is None for b in blocks] == [True, False, True]  # own, mined means, mirror
+    source, why = _streamed(e, t, caches, blocks, 1.0)
+    x, y = block_pairs(blocks, e, t, caches)
+    gx, gy = source.gather(torch.randperm(len(source), generator=torch.Generator().manual_seed(0)))
+    assert why == "" and len(source) == len(x) == 3 * N_TRAIN
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gx, x[order], rtol=0, atol=0)
+    torch.testing.assert_close(gy, y[order], rtol=0, atol=1e-6)  # the means computed per batch
+    # a bond: one member per pseudo dataset, each trained from its own subset of the pooled pairs
+    kwargs = {"lambdas": {"text": 0.5}, "tune": False, "projector": "mlp", "pseudo": specs, "progress": False}
+    streamed = train_bond(t, [e], "combination", caches, dataset, train=CFG, **kwargs)
+    _, pairs = spy.made  # the source above, then the bond's
+    assert len(pairs) == 4 * N_TRAIN and [len(rows) for rows, _ in pairs.views] == [3 * N_TRAIN, N_TRAIN]
+    assert pairs.lru.max_held_bytes <= CFG.stream_mb * 2**20
+    # the in-memory bond, each member in its subset's shard-block order, gives the same members bit for bit
+    views = {CFG.seed + i: view for i, (_, view) in enumerate(pairs.views)}
+    same_order = lambda n, seed, epoch: views[seed].epoch_order(seed, epoch)  # noqa: E731
+    monkeypatch.setattr(trainer, "epoch_order", same_order)
+    monkeypatch.setattr(batched, "epoch_order", same_order)
+    in_memory = train_bond(t, [e], "combination", caches, dataset, train=_in_memory(CFG), **kwargs)
+    a, b = streamed.heads["E"], in_memory.heads["E"]
+    assert len(a.members) == 2 and a.sources == b.sources == [["text"], ["text"]]
+    for ma, mb in zip(a.members, b.members):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
 def test_stream_mb_is_checked_and_a_shard_over_the_budget_names_it(text_world) -> None:
     t, e, caches, dataset = text_world
     with pytest.raises(RecipeError, match="train.stream_mb"):
@@ -223,7 +263,7 @@ def test_a_recipe_with_stream_mb_fuses_end_to_end_from_the_shards(tmp_path: Path
     caches = CacheSet({name: EmbeddingCache.open(tmp_path / "work" / "cache" / dataset_key(dataset) / name)
                        for name in ("u", "e")})
     parts = _pair_parts(e, u, caches, dataset, "train", choose_targets("all", u, caches, dataset))
-    assert [(a, b) for a, b, _ in parts] == [("text", "text"), ("text", "image"), ("image", "text"), ("image", "image")]
+    assert [(p.source, p.target) for p in parts] == [("text", "text"), ("text", "image"), ("image", "text"), ("image", "image")]
     source, why = _streamed(e, u, caches, parts, 1.0)
     x, y, seen = _tensors(e, u, caches, parts)
     assert why == "" and seen == ["text", "image"] and len(source) == len(x) == 4 * 24

@@ -8,8 +8,11 @@ memory (total, and above the same process after imports and a warm-up run on two
 the most shard data the LRU held, shard reads, time and pairs/s. Flat peak memory: the two cache sizes give about
 the same peak; what still grows with the cache is the pair index (16 B a pair) and the cache
 manifests' id lists (printed per pair). `--in-memory` adds the in-memory path on the small cache
-for contrast (its data are float32: twice the cache).
-Run: python -m benchmarks.train_memory [--cache-mb 600 --small-mb 200 --budget-mb 200 --in-memory --json PATH]
+for contrast (its data are float32: twice the cache). `--pseudo` adds pseudo pairs streamed as a bond
+streams them (each target the softmax-weighted mean of 5 target rows at random positions, a
+`MeanSide`) on both caches: mined neighbours sit anywhere in the target cache, so shard reads count
+the re-reads that cost when it is larger than the budget.
+Run: python -m benchmarks.train_memory [--cache-mb 600 --small-mb 200 --budget-mb 200 --in-memory --pseudo --json PATH]
 (about 5 minutes on 2 shared cores; most of it writing the caches)"""
 from __future__ import annotations
 
@@ -82,7 +85,25 @@ def write_caches(root: Path, n: int, d_src: int = D_SRC, d_tgt: int = D_TGT, sha
                  for e in (src, tgt))
 
 
-def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, queue: mp.Queue) -> None:
+def _pseudo_pairs(src: Any, tgt: Any, budget_mb: float, k: int = 5) -> Any:
+    """Pseudo pairs as a bond streams them: each source item with the normalised softmax-weighted
+    mean of k target rows (seeded random neighbours), a `MeanSide` over the target cache."""
+    import numpy as np
+    import torch
+
+    from spacebind.cache.keys import id_keys
+    from spacebind.training.pairs import CachePairs, MeanSide, cache_side
+
+    keys = id_keys(src.ids("text"))
+    g = torch.Generator().manual_seed(0)
+    neighbours = torch.randint(len(keys), (len(keys), k), generator=g).numpy()
+    weights = torch.softmax(torch.randn(len(keys), k, generator=g) / 0.05, dim=1)
+    partners = MeanSide(cache_side([(tgt, "text", keys[neighbours.reshape(-1)])]), weights)
+    del neighbours
+    return CachePairs([(src, "text", np.asarray(keys))], partners, max_mb=budget_mb)
+
+
+def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, pseudo: bool, queue: mp.Queue) -> None:
     import torch
 
     from spacebind.cache.store import EmbeddingCache
@@ -100,10 +121,13 @@ def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, que
                     config=config, progress=False)
     base = reset_peak_kb()
     start = time.perf_counter()
-    if stream:
+    if pseudo:
+        pairs = _pseudo_pairs(src, tgt, budget_mb)
+    if stream and not pseudo:
         ids = src.ids("text")
         pairs = CachePairs([(src, "text", ids)], [(tgt, "text", ids)], max_mb=budget_mb)
         del ids
+    if stream:
         result = train_projector(pairs, None, config=config, progress=False)
         lru = {"LRU max MB": pairs.lru.max_held_bytes / 2**20, "LRU max shards": pairs.lru.max_held_shards,
                "shard reads": pairs.lru.reads, "shards": len(pairs.src.shards) + len(pairs.tgt.shards),
@@ -120,11 +144,12 @@ def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, que
 
 
 def measure(cache_mb: float, budget_mb: float, batch: int, hidden: int, shard_size: int, stream: bool,
-            tmp: Path, caches: dict[float, Path]) -> dict[str, Any]:
-    """Train one epoch on a cache of about `cache_mb` (written once under `tmp`) in a spawned process."""
+            tmp: Path, caches: dict[float, Path], pseudo: bool = False) -> dict[str, Any]:
+    """Train one epoch on a cache of about `cache_mb` (written once under `tmp`) in a spawned process
+    (`pseudo`: streamed pseudo pairs, each target a mean of 5 rows)."""
     n = int(cache_mb * 2**20 / (2 * (D_SRC + D_TGT)))
-    row: dict[str, Any] = {"cache MB": cache_mb, "path": "streamed" if stream else "in memory",
-                           "budget MB": budget_mb if stream else None}
+    path = "streamed pseudo (k 5)" if pseudo else "streamed" if stream else "in memory"
+    row: dict[str, Any] = {"cache MB": cache_mb, "path": path, "budget MB": budget_mb if stream else None}
     if cache_mb not in caches:
         start = time.perf_counter()
         write_caches(tmp / f"c{n}", n, shard_size=shard_size)
@@ -132,7 +157,7 @@ def measure(cache_mb: float, budget_mb: float, batch: int, hidden: int, shard_si
         caches[cache_mb] = tmp / f"c{n}"
     on_disk = sum(p.stat().st_size for p in caches[cache_mb].rglob("*.safetensors")) / 2**20
     row.update({"cache MB": on_disk, "cache/budget": on_disk / budget_mb})
-    row.update(_spawn(_run, str(caches[cache_mb]), stream, budget_mb, batch, hidden))
+    row.update(_spawn(_run, str(caches[cache_mb]), stream, budget_mb, batch, hidden, pseudo))
     return row
 
 
@@ -145,6 +170,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--in-memory", action="store_true", help="also train in memory on the small cache")
+    parser.add_argument("--pseudo", action="store_true",
+                        help="also stream pseudo pairs (targets: means of 5 rows, as mined partners) on both caches")
     parser.add_argument("--json", type=Path, default=None)
     a = parser.parse_args()
     start = time.perf_counter()
@@ -154,6 +181,9 @@ def main() -> None:
                 for mb in (a.small_mb, a.cache_mb)]
         if a.in_memory:
             rows.append(measure(a.small_mb, a.budget_mb, a.batch, a.hidden, a.shard_size, False, Path(tmp), caches))
+        if a.pseudo:
+            rows += [measure(mb, a.budget_mb, a.batch, a.hidden, a.shard_size, True, Path(tmp), caches, pseudo=True)
+                     for mb in (a.small_mb, a.cache_mb)]
     small, large = rows[0], rows[1]
     growth = (large["peak MB"] - small["peak MB"]) * 2**20 / max(1, large["pairs"] - small["pairs"])
     columns = ["path", "cache MB", "budget MB", "cache/budget", "pairs", "seconds", "pairs/s", "peak MB",

@@ -11,8 +11,9 @@ manifests' id lists (printed per pair). `--in-memory` adds the in-memory path on
 for contrast (its data are float32: twice the cache). `--pseudo` adds pseudo pairs streamed as a bond
 streams them (each target the softmax-weighted mean of 5 target rows at random positions, a
 `MeanSide`) on both caches: mined neighbours sit anywhere in the target cache, so shard reads count
-the re-reads that cost when it is larger than the budget.
-Run: python -m benchmarks.train_memory [--cache-mb 600 --small-mb 200 --budget-mb 200 --in-memory --pseudo --json PATH]
+the re-reads that cost when it is larger than the budget. `--bound` adds pairs onto a bound space
+(`tgt + c(src)`, a `SpaceSide` combining both caches' rows per batch), as a sequential bond streams them.
+Run: python -m benchmarks.train_memory [--cache-mb 600 --small-mb 200 --budget-mb 200 --in-memory --pseudo --bound --json PATH]
 (about 5 minutes on 2 shared cores; most of it writing the caches)"""
 from __future__ import annotations
 
@@ -103,7 +104,30 @@ def _pseudo_pairs(src: Any, tgt: Any, budget_mb: float, k: int = 5) -> Any:
     return CachePairs([(src, "text", np.asarray(keys))], partners, max_mb=budget_mb)
 
 
-def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, pseudo: bool, queue: mp.Queue) -> None:
+def _bound_pairs(src: Any, tgt: Any, budget_mb: float) -> Any:
+    """Pairs onto a bound space as a sequential bond streams them: the target side is
+    `tgt + c(src)` (a fixed random linear head src → tgt, λ 0.5), combined per batch from both
+    caches (`SpaceSide`)."""
+    import torch
+
+    from spacebind.bonds.bind import BoundSpace
+    from spacebind.bonds.linear import LinearMap
+    from spacebind.space import Space
+    from spacebind.training.pairs import CachePairs, SpaceSide
+
+    def stub(name: str, dim: int) -> Any:
+        return Space.from_encoders(name, {"text": lambda xs: torch.zeros(len(xs), dim)}, dim=dim)
+
+    head = LinearMap(D_SRC, D_TGT)
+    with torch.no_grad():
+        head.weight.copy_(_map(D_SRC, D_TGT))
+    bound = BoundSpace(stub("tgt", D_TGT), [stub("src", D_SRC)], "combination", {"src": head.eval()},
+                       lambdas={"text": 0.5})
+    ids = src.ids("text")
+    return CachePairs([(src, "text", ids)], SpaceSide(bound, {"src": src, "tgt": tgt}, "text", ids), max_mb=budget_mb)
+
+
+def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, kind: str, queue: mp.Queue) -> None:
     import torch
 
     from spacebind.cache.store import EmbeddingCache
@@ -121,9 +145,11 @@ def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, pse
                     config=config, progress=False)
     base = reset_peak_kb()
     start = time.perf_counter()
-    if pseudo:
+    if kind == "pseudo":
         pairs = _pseudo_pairs(src, tgt, budget_mb)
-    if stream and not pseudo:
+    elif kind == "bound":
+        pairs = _bound_pairs(src, tgt, budget_mb)
+    elif stream:
         ids = src.ids("text")
         pairs = CachePairs([(src, "text", ids)], [(tgt, "text", ids)], max_mb=budget_mb)
         del ids
@@ -143,12 +169,15 @@ def _run(root: str, stream: bool, budget_mb: float, batch: int, hidden: int, pse
                **lru})
 
 
+KINDS = {"pairs": "streamed", "pseudo": "streamed pseudo (k 5)", "bound": "streamed onto a bound space"}
+
+
 def measure(cache_mb: float, budget_mb: float, batch: int, hidden: int, shard_size: int, stream: bool,
-            tmp: Path, caches: dict[float, Path], pseudo: bool = False) -> dict[str, Any]:
+            tmp: Path, caches: dict[float, Path], kind: str = "pairs") -> dict[str, Any]:
     """Train one epoch on a cache of about `cache_mb` (written once under `tmp`) in a spawned process
-    (`pseudo`: streamed pseudo pairs, each target a mean of 5 rows)."""
+    (`kind`: paired rows, pseudo pairs whose targets are means of 5 rows, or a bound-space target)."""
     n = int(cache_mb * 2**20 / (2 * (D_SRC + D_TGT)))
-    path = "streamed pseudo (k 5)" if pseudo else "streamed" if stream else "in memory"
+    path = KINDS[kind] if stream else "in memory"
     row: dict[str, Any] = {"cache MB": cache_mb, "path": path, "budget MB": budget_mb if stream else None}
     if cache_mb not in caches:
         start = time.perf_counter()
@@ -157,7 +186,7 @@ def measure(cache_mb: float, budget_mb: float, batch: int, hidden: int, shard_si
         caches[cache_mb] = tmp / f"c{n}"
     on_disk = sum(p.stat().st_size for p in caches[cache_mb].rglob("*.safetensors")) / 2**20
     row.update({"cache MB": on_disk, "cache/budget": on_disk / budget_mb})
-    row.update(_spawn(_run, str(caches[cache_mb]), stream, budget_mb, batch, hidden, pseudo))
+    row.update(_spawn(_run, str(caches[cache_mb]), stream, budget_mb, batch, hidden, kind))
     return row
 
 
@@ -172,6 +201,8 @@ def main() -> None:
     parser.add_argument("--in-memory", action="store_true", help="also train in memory on the small cache")
     parser.add_argument("--pseudo", action="store_true",
                         help="also stream pseudo pairs (targets: means of 5 rows, as mined partners) on both caches")
+    parser.add_argument("--bound", action="store_true",
+                        help="also stream pairs onto a bound space (tgt + c(src), combined per batch) on both caches")
     parser.add_argument("--json", type=Path, default=None)
     a = parser.parse_args()
     start = time.perf_counter()
@@ -181,8 +212,8 @@ def main() -> None:
                 for mb in (a.small_mb, a.cache_mb)]
         if a.in_memory:
             rows.append(measure(a.small_mb, a.budget_mb, a.batch, a.hidden, a.shard_size, False, Path(tmp), caches))
-        if a.pseudo:
-            rows += [measure(mb, a.budget_mb, a.batch, a.hidden, a.shard_size, True, Path(tmp), caches, pseudo=True)
+        for kind in [k for k in ("pseudo", "bound") if getattr(a, k)]:
+            rows += [measure(mb, a.budget_mb, a.batch, a.hidden, a.shard_size, True, Path(tmp), caches, kind)
                      for mb in (a.small_mb, a.cache_mb)]
     small, large = rows[0], rows[1]
     growth = (large["peak MB"] - small["peak MB"]) * 2**20 / max(1, large["pairs"] - small["pairs"])

@@ -127,13 +127,20 @@ class Neighbours:
                    temperature: float = 0.05, chunk_size: int = 65536) -> torch.Tensor:
         """`targets` from `embed_at(positions in pool_rows)`, `chunk_size` seeds at a time (so the
         [N, k, dim] neighbour embeddings are never held whole)."""
-        w = self.weights(mode, temperature)
-        parts = []
-        for a in range(0, len(self.indices), chunk_size):
-            idx = self.indices[a:a + chunk_size]
-            stacked = embed_at(idx.flatten().numpy()).view(*idx.shape, -1)
-            parts.append(torch.nn.functional.normalize((w[a:a + chunk_size].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
-        return torch.cat(parts) if parts else embed_at(np.empty(0, dtype=np.int64))[:0]
+        return weighted_means(self.weights(mode, temperature), self.indices, embed_at, chunk_size)
+
+
+def weighted_means(weights: torch.Tensor, neighbours: torch.Tensor, embed_at: Callable[[np.ndarray], torch.Tensor],
+                   chunk_size: int = 65536) -> torch.Tensor:
+    """Row i: the L2-normalised `weights[i]`-weighted sum of `embed_at(neighbours[i])` (weights and
+    neighbours [N, k]; `embed_at` maps positions to rows), `chunk_size` rows at a time (so the
+    [N, k, dim] neighbour embeddings are never held whole). A pseudo partner (`Neighbours.targets`)."""
+    parts = []
+    for a in range(0, len(neighbours), chunk_size):
+        idx = neighbours[a:a + chunk_size]
+        stacked = embed_at(idx.flatten().numpy()).view(*idx.shape, -1)
+        parts.append(torch.nn.functional.normalize((weights[a:a + chunk_size].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
+    return torch.cat(parts) if parts else embed_at(np.empty(0, dtype=np.int64))[:0]
 
 
 def _embedding_chunks(chunks: Iterable[tuple[Sequence[str], torch.Tensor]], ids: list[str]) -> Iterator[torch.Tensor]:

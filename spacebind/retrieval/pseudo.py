@@ -22,13 +22,12 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset, Manifest
-from spacebind.retrieval.mining import mine
+from spacebind.retrieval.mining import mine, weighted_means
 from spacebind.space import Space
 
 
@@ -150,15 +149,10 @@ def block_pairs(blocks: Sequence[PairBlock], src: Space, tgt: Space,
     return torch.cat(xs), torch.cat([_targets(caches, tgt, block) for block in blocks])
 
 
-def _targets(caches: "CacheSet", tgt: Space, part: PairBlock, chunk_size: int = 65536) -> torch.Tensor:  # noqa: F821
-    """The target side of a block in memory: the rows, or the weighted means `chunk_size` pairs at
-    a time (the [n, k, dim] neighbour embeddings are never held whole)."""
+def _targets(caches: "CacheSet", tgt: Space, part: PairBlock) -> torch.Tensor:  # noqa: F821
+    """The target side of a block in memory: the rows, or the weighted means of k rows each."""
     if part.weights is None:
         return caches.embeddings_of_keys(tgt, part.target, part.tgt_keys)
     n, k = part.weights.shape
-    means = []
-    for a in range(0, n, chunk_size):
-        b = min(a + chunk_size, n)
-        stacked = caches.embeddings_of_keys(tgt, part.target, part.tgt_keys[a * k:b * k]).view(b - a, k, -1)
-        means.append(F.normalize((part.weights[a:b].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
-    return torch.cat(means)
+    return weighted_means(part.weights, torch.arange(n * k).view(n, k),
+                          lambda at: caches.embeddings_of_keys(tgt, part.target, part.tgt_keys[at]))

@@ -34,6 +34,7 @@ from safetensors import safe_open
 
 from spacebind.cache.store import EmbeddingCache, verified_shard
 from spacebind.errors import CacheError, InputError
+from spacebind.retrieval.mining import weighted_means
 
 if TYPE_CHECKING:
     from spacebind.space import Space
@@ -262,9 +263,9 @@ class MeanSide(_Over):
         self.dim, self.shards, self.shard = inner.dim, inner.shards, inner.shard[::k]
 
     def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
-        rows = (idx.unsqueeze(1) * self.k + torch.arange(self.k)).flatten()
-        stacked = self.inner.gather(rows, lru).view(len(idx), self.k, -1)
-        return torch.nn.functional.normalize((self.weights[idx].unsqueeze(-1) * stacked).sum(dim=1), dim=-1)
+        rows = idx.unsqueeze(1) * self.k + torch.arange(self.k)
+        return weighted_means(self.weights[idx], rows, lambda at: self.inner.gather(torch.from_numpy(at), lru),
+                              chunk_size=max(1, len(idx)))
 
     def key(self) -> list[torch.Tensor]:
         return [*self.inner.key(), self.weights]

@@ -54,7 +54,7 @@ def preset_name(task: str) -> str:
 
 
 def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
-    """The space with one preset per task, `best:<task>`, holding the λ that scored best."""
+    """The space with one preset per task, `best:<task>`, holding the setting (λ or κ) that scored best."""
     return space.with_presets({preset_name(t): lam for t, lam in result.best.items()})
 
 

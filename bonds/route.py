@@ -31,6 +31,11 @@ pseudo tuples mined for unimodal items, see `route_data`):
 
 The best epoch by validation mean R@1 over every modality pair and direction is kept.
 Deterministic on CPU for a fixed seed.
+
+With `router.stream_mb`, a split's candidates and router inputs are not held: the leaves' rows are
+read from their cache shards through one byte-bounded shard LRU (`spacebind.training.pairs`) and
+the frozen candidates computed batch by batch; an epoch visits the tuples in shard blocks (the
+shard of each tuple's first row), and mining and validation go chunk by chunk.
 """
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ from spacebind.retrieval.mining import build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
+from spacebind.training.pairs import ShardLRU, Side, block_order, cache_side
 from spacebind.training.trainer import TrainConfig, adamw, warmup_cosine
 
 DEFAULT_SCALES: dict[str, float] = {"text": 10.0}
@@ -198,27 +204,105 @@ class RouterConfig(BaseModel):
     miners: dict[str, str] = Field(default_factory=dict, description=(
         "expert that mines each modality pair's pseudo tuples from unimodal items, e.g. {audio-text: audio_text}; "
         "default: the expert covering both with the fewest modalities"))
+    stream_mb: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
+        "compute the candidates batch by batch from the cache shards, at most this many MB of float16 shards "
+        "held (splits larger than memory; its own shard-block batch order); None: candidates in memory"))
+
+
+CHUNK = 65_536  # rows per chunk when mining and validating
+
+
+class _Held:
+    """Every item's candidates and router inputs of each modality, computed once and held."""
+
+    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]]) -> None:
+        self.candidates, self.inputs = {}, {}
+        for m, ids in pool.items():
+            leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
+            self.candidates[m], self.inputs[m] = space.candidates(m, leaf), space.router_input(m, leaf)
+
+    def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.candidates[m][rows], self.inputs[m][rows]
+
+    def order(self, rows: Mapping[str, torch.Tensor], seed: int, epoch: int) -> torch.Tensor:
+        n = len(next(iter(rows.values())))
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class _Streamed:
+    """Candidates and router inputs computed on demand from the leaves' rows in their cache shards
+    (one `ShardLRU` of `stream_mb` MB for every modality and leaf)."""
+
+    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]], stream_mb: float) -> None:
+        self.space, self.lru = space, ShardLRU(int(stream_mb * 2**20))
+        self.sides: dict[str, dict[str, Side]] = {
+            m: {e.name: cache_side([(caches.caches[e.name], m, ids)]) for e in space.leaves_for(m)}
+            for m, ids in pool.items()}
+        files = [f for sides in self.sides.values() for side in sides.values() for f in side.files]
+        largest = max((f.nbytes for f in files), default=0)
+        if largest > self.lru.max_bytes:
+            raise InputError(f"routed.router.stream_mb: a shard of {largest / 2**20:.1f} MB does not fit "
+                             f"{stream_mb} MB")
+        block = sum(side.block_bytes for sides in self.sides.values() for side in sides.values())
+        self.window = max(1, self.lru.max_bytes // 2 // max(1, block))
+
+    @torch.no_grad()
+    def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = {name: side.gather(rows, self.lru) for name, side in self.sides[m].items()}
+        return self.space.candidates(m, leaf), self.space.router_input(m, leaf)
+
+    def order(self, rows: Mapping[str, torch.Tensor], seed: int, epoch: int) -> torch.Tensor:
+        """Tuples in blocks of `window` shards: each tuple's shard is that of its first row (first
+        modality it has, first leaf)."""
+        n = len(next(iter(rows.values())))
+        shard, offset = torch.full((n,), -1, dtype=torch.long), 0
+        for m, r in rows.items():
+            first = next(iter(self.sides[m].values()))
+            todo = (shard < 0) & (r >= 0)
+            shard[todo] = first.shard[r[todo]].long() + offset
+            offset += len(first.shards)
+        return block_order(shard, offset, self.window, seed, epoch)
 
 
 @dataclass
 class RouteData:
-    """Cached candidates and router inputs of one split's tuples. `rows[m][i]` is tuple i's row in
-    `candidates[m]` / `inputs[m]`, or -1 when the tuple lacks m."""
+    """One split's tuples: `rows[m][i]` is tuple i's row among the split's items of m (-1 when the
+    tuple lacks m); `gather(m, rows)` gives those rows' candidates [n, K, dim] and router inputs."""
 
     ids: list[str]
-    candidates: dict[str, torch.Tensor]
-    inputs: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
+    source: _Held | _Streamed
     mined: int = 0  # how many tuples (the last ones) were mined from unimodal items
+
+    def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.gather(m, rows)
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The (seed, epoch)-determined order of the tuples in one epoch."""
+        return self.source.order(self.rows, seed, epoch)
+
+
+def _uniform_chunks(source: _Held | _Streamed, m: str, rows: torch.Tensor):
+    """The uniform mixture of m's candidates at `rows`, chunk by chunk (FAISS `build_index`/`search` chunks)."""
+    for start in range(0, len(rows), CHUNK):
+        cands, _ = source.gather(m, rows[start:start + CHUNK])
+        yield list(range(start, start + len(cands))), mix(cands, cands.new_full(cands.shape[:2], 1.0 / cands.shape[1]))
+
+
+def _cache_chunks(cache, m: str, ids: Sequence[str]):
+    """A miner cache's normalised embeddings of `ids`, chunk by chunk."""
+    for start in range(0, len(ids), CHUNK):
+        part = ids[start:start + CHUNK]
+        yield list(range(start, start + len(part))), F.normalize(cache.embeddings(m, part), dim=-1)
 
 
 @torch.no_grad()
 def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str,
-               miners: Mapping[str, str] | None = None) -> RouteData:
+               miners: Mapping[str, str] | None = None, stream_mb: float | None = None) -> RouteData:
     """The tuples of a split, from the caches: every item carrying two or more of the space's
     modalities, then one pseudo tuple per unimodal item (OmniBind's unpaired pools): the item with
     its nearest item of every other modality, found by exact FAISS search over the split's items
-    in the pair's miner (see `tuple_miner`)."""
+    in the pair's miner (see `tuple_miner`). `stream_mb`: see `RouterConfig`."""
     mods = list(space.modalities)
     order, of = [], {m: [] for m in mods}  # the split's ids: all of the space's, and per modality
     for it in dataset.iter_items(split):
@@ -227,13 +311,8 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
             order.append(it.id)
         for m in carried:
             of[m].append(it.id)
-    candidates, inputs, pool = {}, {}, {}
-    for m in mods:
-        have = caches.usable_ids(space, m, of.pop(m))
-        if not have:
-            continue
-        leaf = {e.name: caches.caches[e.name].embeddings(m, have) for e in space.leaves_for(m)}
-        candidates[m], inputs[m], pool[m] = space.candidates(m, leaf), space.router_input(m, leaf), have
+    pool = {m: have for m in mods if (have := caches.usable_ids(space, m, of.pop(m)))}
+    source = _Held(space, caches, pool) if stream_mb is None else _Streamed(space, caches, pool, stream_mb)
     row_of = {m: {i: r for r, i in enumerate(ids)} for m, ids in pool.items()}
     paired = [i for i in order if sum(i in row_of[m] for m in row_of) >= 2]
     seeds = {m: [i for i in order if i in row_of[m] and sum(i in row_of[o] for o in row_of) == 1] for m in row_of}
@@ -241,7 +320,6 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
     rows = {m: torch.full((len(ids),), -1, dtype=torch.long) for m in row_of}
     for m in row_of:
         rows[m][: len(paired)] = torch.tensor([row_of[m].get(i, -1) for i in paired], dtype=torch.long)
-    uniform = {m: mix(c, c.new_full(c.shape[:2], 1.0 / c.shape[1])) for m, c in candidates.items()}
     start = len(paired)
     for m, seed_ids in seeds.items():
         if not seed_ids:
@@ -254,13 +332,15 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
                 continue
             miner = tuple_miner(space, m, other, miners or {})
             if miner is None:
-                rows[other][span] = _nearest(uniform[m][own], uniform[other])
+                everyone = torch.arange(len(pool[other]))
+                rows[other][span] = _nearest(_uniform_chunks(source, m, own), _uniform_chunks(source, other, everyone),
+                                             space.dim)
             else:
                 cache = caches.caches[miner]
-                rows[other][span] = _nearest(F.normalize(cache.embeddings(m, seed_ids), dim=-1),
-                                             F.normalize(cache.embeddings(other, pool[other]), dim=-1))
+                rows[other][span] = _nearest(_cache_chunks(cache, m, seed_ids), _cache_chunks(cache, other, pool[other]),
+                                             space._leaf(miner).dim)
         start += len(own)
-    return RouteData(ids, candidates, inputs, rows, mined=len(ids) - len(paired))
+    return RouteData(ids, rows, source, mined=len(ids) - len(paired))
 
 
 def tuple_miner(space: RoutedSpace, a: str, b: str, miners: Mapping[str, str]) -> str | None:
@@ -278,34 +358,33 @@ def tuple_miner(space: RoutedSpace, a: str, b: str, miners: Mapping[str, str]) -
     return min(leaves, key=lambda leaf: len(leaf.modalities)).name if leaves else None
 
 
-def _nearest(queries: torch.Tensor, gallery: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
-    """Row of each query's nearest gallery item (inner product), through a flat FAISS index."""
-    def chunks(x: torch.Tensor):
-        return ((list(range(i, min(i + chunk, len(x)))), x[i:i + chunk]) for i in range(0, len(x), chunk))
-
-    index, _ = build_index(chunks(gallery), gallery.shape[1])
-    _, _, found = search(index, chunks(queries), 1)
+def _nearest(queries, gallery, dim: int) -> torch.Tensor:
+    """Row of each query's nearest gallery item (inner product), through a flat FAISS index; both
+    given as `(positions, embeddings)` chunks."""
+    index, _ = build_index(gallery, dim)
+    _, _, found = search(index, queries, 1)
     return found[:, 0]
 
 
 def _routed(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData, m: str,
-            positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routed embeddings of m for the batch positions that have m, and the mask of those positions."""
+            positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Routed embeddings of m for the batch positions that have m, the mask of those positions, and
+    their candidates."""
     rows = data.rows[m][positions]
     present = rows >= 0
-    cands = data.candidates[m][rows[present]]
-    weights = routing_weights(routers.get(m), data.inputs[m][rows[present]], cands.shape[1], space.scales[m])
-    return mix(cands, weights), present
+    cands, inputs = data.gather(m, rows[present])
+    weights = routing_weights(routers.get(m), inputs, cands.shape[1], space.scales[m])
+    return mix(cands, weights), present, cands
 
 
 def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData, positions: torch.Tensor,
                 config: RouterConfig) -> torch.Tensor:
     """(1) mean pairwise InfoNCE + `decoupling` × (2) the text regret (see the module docstring)."""
     scale = 1.0 / config.temperature
-    routed = {m: _routed(space, routers, data, m, positions) for m in data.candidates}
+    routed = {m: _routed(space, routers, data, m, positions) for m in data.rows}
     pair_losses, regrets = [], []
     for a, b in modality_pairs(list(routed)):
-        (ea, pa), (eb, pb) = routed[a], routed[b]
+        (ea, pa, _), (eb, pb, _) = routed[a], routed[b]
         both = pa & pb
         if int(both.sum()) < 2:
             continue
@@ -313,8 +392,7 @@ def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: Rout
         pair_losses.append(info_nce(xa, xb, scale))
         if config.decoupling > 0 and "text" in (a, b) and "text" in routers:
             text, other = (xa, xb) if a == "text" else (xb, xa)
-            rows = data.rows["text"][positions][both]
-            singles = F.normalize(data.candidates["text"][rows], dim=-1)
+            singles = F.normalize(routed["text"][2][both[routed["text"][1]]], dim=-1)
             best = min(float(info_nce(singles[:, k], other.detach(), scale)) for k in range(singles.shape[1]))
             regrets.append(F.relu(info_nce(text, other.detach(), scale) - best))
     if not pair_losses:
@@ -327,9 +405,12 @@ def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: Rout
 
 @torch.no_grad()
 def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData) -> float:
-    """Mean R@1 over every modality pair and direction of a split's tuples."""
-    everyone = torch.arange(len(data.ids))
-    routed = {m: _routed(space, routers, data, m, everyone) for m in data.candidates}
+    """Mean R@1 over every modality pair and direction of a split's tuples (routed chunk by chunk)."""
+    routed = {}
+    for m in data.rows:
+        parts = [_routed(space, routers, data, m, torch.arange(i, min(i + CHUNK, len(data.ids))))[:2]
+                 for i in range(0, len(data.ids), CHUNK)]
+        routed[m] = (torch.cat([e for e, _ in parts]), torch.cat([p for _, p in parts]))
     scores = []
     for a, b in modality_pairs(list(routed)):
         (ea, pa), (eb, pb) = routed[a], routed[b]
@@ -347,15 +428,15 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     """Train one router per modality with two or more candidates (projectors frozen); returns the
     routed space with them (`space`'s own routers, if any, are replaced)."""
     config = config or RouterConfig()
-    train, val = (route_data(space, caches, dataset, split, config.miners) for split in ("train", "val"))
+    train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb) for split in ("train", "val"))
     if len(train.ids) < 2:
         raise InputError(f"router training: the train split of {dataset.root} has {len(train.ids)} tuples "
                          f"(items with two or more of {list(space.modalities)}, or unimodal items to mine "
                          f"partners for); need at least 2")
-    routed_mods = [m for m in train.candidates if train.candidates[m].shape[1] > 1]
+    routed_mods = [m for m in train.rows if len(space.routes(m)) > 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        routers = nn.ModuleDict({m: Router(train.inputs[m].shape[1], train.candidates[m].shape[1], config.hidden)
+        routers = nn.ModuleDict({m: Router(space.router_input_dim(m), len(space.routes(m)), config.hidden)
                                  for m in routed_mods})
     optimizer = adamw(routers.parameters(), config.lr, config.weight_decay)
     batch = min(config.batch_size, len(train.ids))
@@ -364,7 +445,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     best, best_val, best_epoch = None, -math.inf, -1
     for epoch in track(range(config.epochs), "training routers", show=progress, unit="epochs"):
         routers.train()
-        order = torch.randperm(len(train.ids), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = train.order(config.seed, epoch)
         for step in range(steps):
             loss = router_loss(space, dict(routers), train, order[step * batch:(step + 1) * batch], config)
             optimizer.zero_grad(set_to_none=True)

@@ -149,9 +149,12 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
         from spacebind.bonds.route import train_routed
 
         r = recipe.routed
+        router = r.router  # a recipe that streams its training pairs streams its router tuples too
+        if router.stream_mb is None and recipe.train.stream_mb is not None:
+            router = router.model_copy(update={"stream_mb": recipe.train.stream_mb})
         with stage(f"routed: {', '.join(r.experts)} remapped into {space.name}, routers trained", progress):
             space = train_routed(
-                space, [experts[n] for n in r.experts], caches, dataset, router=r.router, scales=r.scales,
+                space, [experts[n] for n in r.experts], caches, dataset, router=router, scales=r.scales,
                 inputs=r.inputs or None, work_dir=work / "heads" / "routed", name=recipe.name,
                 projector=r.projector, mixture=r.mixture, pairing=r.pairing, pseudo=r.pseudo,
                 train=recipe.train.model_copy(update={"seed": recipe.train.seed + len(recipe.bonds)}), progress=progress,

@@ -320,6 +320,17 @@ class _RowsSide(_Over):
         return [*self.inner.key(), self.rows]
 
 
+def block_order(shard: torch.Tensor, shards: int, window: int, seed: int, epoch: int) -> torch.Tensor:
+    """The (seed, epoch)-determined order of rows whose shards are `shard` (of `shards` in all): the
+    shards in a shuffled order, cut into blocks of `window`, rows shuffled within a block."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    rank = torch.empty(shards, dtype=torch.int64)
+    rank[torch.randperm(shards, generator=g)] = torch.arange(shards)
+    rows = torch.randperm(len(shard), generator=g)
+    block = rank[shard[rows]] // window
+    return rows[torch.sort(block, stable=True).indices]
+
+
 class CachePairs:
     """N training pairs read from cache shards: pair i is (src embedding of `src_ids[i]`, tgt
     embedding of `tgt_ids[i]`), built from parts so several (cache, modality) combinations can be
@@ -381,12 +392,7 @@ class CachePairs:
     def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
         """The (seed, epoch)-determined order of the pairs in one epoch, in blocks of `window`
         source shards (shuffled shard order, rows shuffled within a block)."""
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        rank = torch.empty(len(self.src.shards), dtype=torch.int64)
-        rank[torch.randperm(len(self.src.shards), generator=g)] = torch.arange(len(self.src.shards))
-        rows = torch.randperm(len(self), generator=g)
-        block = rank[self.src.shard[rows].long()] // self.window
-        return rows[torch.sort(block, stable=True).indices]
+        return block_order(self.src.shard.long(), len(self.src.shards), self.window, seed, epoch)
 
     def key_tensors(self) -> list[torch.Tensor]:
         """What identifies the data of a run (for its resumable state): the shards' checksums and

@@ -269,3 +269,23 @@ def test_a_recipe_with_stream_mb_fuses_end_to_end_from_the_shards(tmp_path: Path
     assert why == "" and seen == ["text", "image"] and len(source) == len(x) == 4 * 24
     gx, gy = source.gather(torch.arange(len(source)))
     assert torch.equal(gx, x) and torch.equal(gy, y)
+
+
+ROUTED_RECIPE = STREAMED_RECIPE.replace("name: tiny_streamed", "name: tiny_routed") + (
+    "routed: {experts: [e], mixture: 1, router: {epochs: 2, batch_size: 8, hidden: [8, 4]}}\n")
+
+
+def test_a_routed_recipe_with_stream_mb_streams_its_router_tuples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train.stream_mb` reaches the routed stage: its routers train on tuples computed from the shards."""
+    from spacebind.bonds import route
+    from spacebind.fuse import fuse
+
+    made = []
+    original = route.route_data
+    monkeypatch.setattr(route, "route_data", lambda *a, **k: made.append(original(*a, **k)) or made[-1])
+    out = tmp_path / "out"
+    result = fuse(validate_recipe(yaml.safe_load(ROUTED_RECIPE)), work=tmp_path / "work", out=out, progress=False)
+    assert isinstance(result.space, route.RoutedSpace) and set(result.space.routers) == {"text", "image"}
+    assert [type(d.source).__name__ for d in made] == ["_Streamed", "_Streamed"]  # train and val
+    assert all(0 < d.source.lru.max_held_bytes <= 2**20 for d in made)
+    assert (out / "model.safetensors").exists()

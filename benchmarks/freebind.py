@@ -5,8 +5,10 @@ Columns: the base unified space U, each expert, `U + c(AT)` and `(U + d(IT)) + c
 default inference (projector targets chosen by `pairing: auto`, λ chosen on the val split) and at
 FreeBind's `expertise` and `versatile` presets, and the plain-PyTorch reference bond of
 `benchmarks.reference_bond` (one MLP AT → U on every modality pair of the paired train items,
-λ audio 0.8 / text 0.5). Verdicts per seed: fused default ≥ AT on audio↔text and audio zero-shot,
-≥ the base of the last bond − 1 point on image↔text, ≥ the reference on audio↔text. Emergent pair:
+λ audio 0.8 / text 0.5). Verdicts per seed and pooled over the seeds: fused default ≥ AT on
+audio↔text R@1 and audio zero-shot, ≥ the base of the last bond − 1 point on image↔text and image
+zero-shot, ≥ the reference on audio↔text, each margin with its 95 % paired bootstrap interval over
+the test queries (`benchmarks.paired`; "tie" where a shortfall is within it). Emergent pair:
 audio↔point R@1 of `(U + d(IT)) + c(AT)` (no expert covers both) over that of an oracle projector
 trained on the true audio-point train pairs of the same space. Test split, R@1 both ways and
 zero-shot acc1. Run: python -m benchmarks.freebind [--seeds 11 12] [--json PATH]"""
@@ -16,18 +18,19 @@ import argparse
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.paired import compare
 from benchmarks.reference_bond import combine, reference_bond
 from spacebind.bonds.bind import VERSATILE
 from spacebind.cache import CacheSet, dataset_key, ensure_caches
-from spacebind.evaluation.evaluate import evaluate_space
-from spacebind.evaluation.metrics import retrieval_recall
+from spacebind.evaluation.evaluate import class_centres, evaluate_space, labelled_items
+from spacebind.evaluation.metrics import first_hit_ranks, retrieval_recall
 from spacebind.evaluation.report import task_scores
 from spacebind.fuse import fuse
 from spacebind.io.datasets import Dataset, Item
@@ -45,7 +48,39 @@ RECIPES = {
                              "pairing": "all"}, COMBINATION],
 }
 AUDIO_TEXT = ("text→audio R@1", "audio→text R@1", "audio zero-shot acc1")
-IMAGE_TEXT = ("text→image R@1", "image→text R@1")
+IMAGE_TEXT = ("text→image R@1", "image→text R@1", "image zero-shot acc1")
+Hits = dict[str, torch.Tensor]  # per task label, each test query's R@1 hit
+Embed = Callable[[str, list[str]], torch.Tensor]  # (modality, item ids) → embeddings
+
+
+def diagonal_hits(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Per query, whether its top gallery item is its own pair (row i pairs with row i)."""
+    return first_hit_ranks(query, gallery, range(len(query))) < 1
+
+
+def test_hits(embed: Embed, dataset: Dataset, pairs: Sequence[tuple[str, str]], classes: torch.Tensor | None = None,
+              zeroshot: Sequence[str] = ()) -> Hits:
+    """Per-query hits on the test split under `task_scores`' labels: R@1 on the items holding both
+    modalities of each pair, both directions ("a→b R@1": a-queries retrieving b), and zero-shot
+    acc1 of each `zeroshot` modality's labelled items against the class embeddings `classes`."""
+    out = {}
+    for a, b in pairs:
+        ids = [it.id for it in dataset.select("test") if a in it.fields and b in it.fields]
+        ea, eb = embed(a, ids), embed(b, ids)
+        out[f"{a}→{b} R@1"], out[f"{b}→{a} R@1"] = diagonal_hits(ea, eb), diagonal_hits(eb, ea)
+    for m in zeroshot:
+        ids, labels = labelled_items(dataset, "test", m)
+        out[f"{m} zero-shot acc1"] = (embed(m, ids) @ classes.T).argmax(dim=1) == labels
+    return out
+
+
+def space_hits(space: Space, caches: CacheSet, dataset: Dataset) -> Hits:
+    """`test_hits` of a space on image↔text, audio↔text and image / audio zero-shot, where it covers them."""
+    covered = set(space.modalities)
+    classes = class_centres(dataset, lambda prompts: space.encode("text", prompts), space.blocks)
+    return test_hits(lambda m, ids: caches.embeddings(space, m, ids), dataset,
+                     [p for p in (("text", "audio"), ("text", "image")) if set(p) <= covered], classes,
+                     [m for m in ("image", "audio") if m in covered])
 
 
 def reference_fused(base: Space, expert: Space, caches: CacheSet, train: Sequence[Item], items: Sequence[Item],
@@ -65,13 +100,18 @@ def reference_fused(base: Space, expert: Space, caches: CacheSet, train: Sequenc
                 for m, lam in (("audio", 0.8), ("text", 0.5))}
 
 
-def reference_scores(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:
-    """The reference bond (`reference_fused`) on the paired train items: its test R@1 on audio↔text."""
+def reference_hits(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> Hits:
+    """The reference bond (`reference_fused`) on the paired train items: its per-query test R@1 hits
+    on audio↔text."""
     items = [it for it in dataset.select("test") if "audio" in it.fields and "text" in it.fields]
     fused = reference_fused(base, expert, caches, dataset.select("train"), items, seed)
-    diagonal = list(range(len(items)))
-    return {"text→audio R@1": retrieval_recall(fused["text"], fused["audio"], diagonal, (1,))[1],
-            "audio→text R@1": retrieval_recall(fused["audio"], fused["text"], diagonal, (1,))[1]}
+    rows = {it.id: i for i, it in enumerate(items)}
+    return test_hits(lambda m, ids: fused[m][[rows[i] for i in ids]], dataset, [("text", "audio")])
+
+
+def reference_scores(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:
+    """The reference bond's test R@1 on audio↔text (`reference_hits` averaged)."""
+    return {task: float(h.float().mean()) for task, h in reference_hits(base, expert, caches, dataset, seed).items()}
 
 
 def emergent_ratio(space: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:
@@ -91,10 +131,12 @@ def emergent_ratio(space: Space, caches: CacheSet, dataset: Dataset, seed: int) 
     return {"fused audio↔point R@1": fused, "oracle audio↔point R@1": best, "ratio": fused / best if best else float("nan")}
 
 
-def run_seed(seed: int, root: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
-    """Scores per column per task on one held-out world, and the choices and emergent-pair figures."""
+def run_seed(seed: int, root: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict], dict[str, Hits]]:
+    """Scores per column per task on one held-out world, the choices and emergent-pair figures, and
+    the per-query test hits of the columns the verdicts compare."""
     columns: dict[str, dict[str, float]] = {}
     notes: dict[str, dict] = {}
+    hits: dict[str, Hits] = {}
     data = {"world": {"seed": seed, "train": 2000, "val": 300, "test": 500}}
     for label, bonds in RECIPES.items():
         raw = {"name": "freebind", "data": data, "experts": EXPERTS, "base": "unified", "bonds": bonds, "train": TRAIN}
@@ -108,23 +150,29 @@ def run_seed(seed: int, root: Path) -> tuple[dict[str, dict[str, float]], dict[s
             space = result.space.with_lambdas(preset)
             columns[f"{label} {preset}"] = task_scores(evaluate_space(space, "fused", caches, dataset, "test", [1]))
         notes[label] = {"choices": result.space.choices}
+        hits[f"{label} default"] = space_hits(result.space, caches, dataset)
+        for leaf in result.space.leaves():
+            hits[leaf.name] = space_hits(leaf, caches, dataset)
         if label == "U + c(AT)":
-            columns["reference U + c(AT)"] = reference_scores(result.space.base, result.space.experts[0], caches,
-                                                              dataset, seed)
+            hits["reference U + c(AT)"] = reference_hits(result.space.base, result.space.experts[0], caches, dataset,
+                                                         seed)
+            columns["reference U + c(AT)"] = {t: float(h.float().mean()) for t, h in hits["reference U + c(AT)"].items()}
         else:
             notes[label]["emergent"] = emergent_ratio(result.space, caches, dataset, seed)
-    return columns, notes
+    return columns, notes, hits
 
 
-def verdicts(columns: dict[str, dict[str, float]]) -> list[str]:
-    """Margins in points of each fused default against AT, against its base's image-text, and the reference."""
+def verdicts(seeds: Sequence[dict[str, Hits]]) -> list[str]:
+    """Per fused default, its margins in points (95 % paired bootstrap intervals over the test
+    queries, each seed of `seeds` a stratum) against AT on audio↔text and audio zero-shot, against
+    its base on image↔text and image zero-shot (tolerance 1 point) and against the reference on
+    audio↔text, each with its worst verdict."""
     lines = []
     for label, base in (("U + c(AT)", "unified"), ("(U + d(IT)) + c(AT)", "image_text")):
-        fused = columns[f"{label} default"]
-        vs_at = ", ".join(f"{t} {100 * (fused[t] - columns['audio_text'][t]):+.1f}" for t in AUDIO_TEXT)
-        vs_base = ", ".join(f"{t} {100 * (fused[t] - columns[base][t]):+.1f}" for t in IMAGE_TEXT)
-        vs_ref = ", ".join(f"{t} {100 * (fused[t] - columns['reference U + c(AT)'][t]):+.1f}" for t in AUDIO_TEXT[:2])
-        lines.append(f"{label}: vs audio_text {vs_at}; vs {base} {vs_base}; vs reference {vs_ref}")
+        ours = f"{label} default"
+        lines.append(f"{label}: vs audio_text {compare(seeds, ours, 'audio_text', AUDIO_TEXT)}; "
+                     f"vs {base} {compare(seeds, ours, base, IMAGE_TEXT, 1.0)}; "
+                     f"vs reference {compare(seeds, ours, 'reference U + c(AT)', AUDIO_TEXT[:2])}")
     return lines
 
 
@@ -137,10 +185,12 @@ def main() -> None:
     report: dict[str, object] = {"seeds": {}}
     console = Console(width=240)
     with tempfile.TemporaryDirectory() as tmp:
+        every: list[dict[str, Hits]] = []
         for seed in args.seeds:
-            columns, notes = run_seed(seed, Path(tmp))
-            report["seeds"][seed] = {"columns": columns, "notes": notes, "verdicts": verdicts(columns)}
-            for line in verdicts(columns):
+            columns, notes, hits = run_seed(seed, Path(tmp))
+            every.append(hits)
+            report["seeds"][seed] = {"columns": columns, "notes": notes, "verdicts": verdicts([hits])}
+            for line in report["seeds"][seed]["verdicts"]:
                 console.print(f"seed {seed}: {line}")
             emergent = notes["(U + d(IT)) + c(AT)"]["emergent"]
             console.print(f"seed {seed}: emergent audio↔point R@1 {100 * emergent['fused audio↔point R@1']:.1f} vs oracle "
@@ -154,6 +204,10 @@ def main() -> None:
     for task in tasks:
         table.add_row(task, *(f"{100 * sums[c][task]:.1f}" if task in sums[c] else "–" for c in names))
     console.print(table)
+    if len(args.seeds) > 1:
+        report["verdicts"] = verdicts(every)
+        for line in report["verdicts"]:
+            console.print(f"seeds {args.seeds} pooled: {line}")
     if args.json:
         report["mean"] = {c: dict(v) for c, v in sums.items()}
         args.json.write_text(json.dumps(report, indent=2, default=str))

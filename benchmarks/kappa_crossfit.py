@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.freebind import EXPERTS, TRAIN, reference_fused, reference_scores
+from benchmarks.freebind import EXPERTS, TRAIN, diagonal_hits, reference_fused, reference_scores
 from spacebind.bonds.bind import VERSATILE, BoundSpace, train_bond
 from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR, DEFAULT_GRID, _objective, _Tasks, bootstrap_share
 from spacebind.cache import CacheSet, dataset_key, ensure_caches
@@ -56,11 +56,6 @@ def recipe(name: str, seed: int) -> dict:
     bond = {"type": "combination", "expert": "audio_text", "lambdas": dict(VERSATILE), "mixture": 3}
     return {"name": "kappa", "data": {"world": {"seed": seed, "train": 2000, "val": 300, "test": 500}},
             "experts": EXPERTS, "base": "unified", "bonds": [bond], "train": TRAIN}
-
-
-def retrieval_hits(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """Per query, whether its top gallery item is its own pair (row i pairs with row i)."""
-    return (query @ gallery.T).argmax(dim=1) == torch.arange(len(query))
 
 
 def fold_hits(space: BoundSpace, caches: CacheSet, dataset: Dataset, folds: int, train: TrainConfig, seed: int
@@ -96,8 +91,8 @@ def fold_hits(space: BoundSpace, caches: CacheSet, dataset: Dataset, folds: int,
         ref = reference_fused(space.base, space.experts[0], caches, split.select("train"), held, seed)
         own = {m: caches.embeddings(space.experts[0], m, [it.id for it in held]) for m in ("audio", "text")}
         for t, (q, g) in zip(CARRIED[:2], (("text", "audio"), ("audio", "text"))):
-            reference[t].append(retrieval_hits(ref[q], ref[g]))
-            expert_paired[t].append(retrieval_hits(own[q], own[g]))
+            reference[t].append(diagonal_hits(ref[q], ref[g]))
+            expert_paired[t].append(diagonal_hits(own[q], own[g]))
 
     def cat(hits: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {t: torch.cat(h) for t, h in hits.items()}

@@ -38,7 +38,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse
 import json
+import platform
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +52,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import realdata_world as world
+from benchmarks.paired import compare
 from benchmarks.realdata_experts import MiniLM, make_spaces, train_experts
 from benchmarks.realdata_world import TestSet
 from benchmarks.reference_bond import DEFAULT_PAIRS, combine, pseudo_pairs, reference_bond
@@ -63,6 +66,7 @@ MLP = "spacebind projector mlp"
 METRICS = ("audio_zs", "a2t", "t2a", "image_zs")
 AUDIO_TEXT = ("audio_zs", "a2t", "t2a")
 DIAGNOSIS = ("a2t_class", "t2a_class", "a2t_gender", "a2t_pitch", "a2t_speed")
+Hits = dict[str, Tensor]  # per metric, each test query's hit (1/0)
 HEADERS = {
     "audio_zs": "zs-audio",
     "a2t": "a→t R@1",
@@ -83,42 +87,41 @@ def class_centres(prompt_emb: Tensor, per_class: int, blocks: Sequence[int] | No
     return class_embeddings(prompt_emb, len(prompt_emb) // per_class, blocks)
 
 
-def scores(
+def hits(
     a: Tensor, t: Tensor, prompts: Tensor, test: TestSet, img: Tensor | None, img_prompts: Tensor | None,
     blocks: Sequence[int] | None = None,
-) -> dict[str, float]:
-    """Zero-shot accuracies and instance-level R@1 (plus class-level a→t for diagnosis); `blocks`:
-    the space's, for its class centres."""
+) -> Hits:
+    """Per-query hits (1/0) of zero-shot classification and instance-level R@1 (plus class-level
+    a→t for diagnosis); no "image_zs" without images. `blocks`: the space's, for its class centres."""
     centres = class_centres(prompts, len(test.templates), blocks)
     sim = a @ t.T
     truth = torch.arange(len(a))
     out = {
-        "audio_zs": ((a @ centres.T).argmax(1) == test.audio_labels).float().mean().item(),
-        "a2t": (sim.argmax(1) == truth).float().mean().item(),
-        "t2a": (sim.argmax(0) == truth).float().mean().item(),
-        "a2t_class": (test.audio_labels[sim.argmax(1)] == test.audio_labels).float().mean().item(),
-        "t2a_class": (test.audio_labels[sim.argmax(0)] == test.audio_labels).float().mean().item(),
-        "image_zs": float("nan"),
+        "audio_zs": (a @ centres.T).argmax(1) == test.audio_labels,
+        "a2t": sim.argmax(1) == truth,
+        "t2a": sim.argmax(0) == truth,
+        "a2t_class": test.audio_labels[sim.argmax(1)] == test.audio_labels,
+        "t2a_class": test.audio_labels[sim.argmax(0)] == test.audio_labels,
     }
     top = sim.argmax(1).tolist()
     for attr, values in test.attributes.items():  # does the top-1 caption describe the right voice?
-        out[f"a2t_{attr}"] = float(np.mean([values[j] == values[i] for i, j in enumerate(top)]))
+        out[f"a2t_{attr}"] = torch.tensor([values[j] == values[i] for i, j in enumerate(top)])
     if img is not None:
-        out["image_zs"] = (
-            ((img @ class_centres(img_prompts, len(test.templates), blocks).T).argmax(1) == test.image_labels)
-            .float()
-            .mean()
-            .item()
-        )
+        out["image_zs"] = (img @ class_centres(img_prompts, len(test.templates), blocks).T).argmax(1) == test.image_labels
     return out
 
 
-def score_space(space: Any, test: TestSet) -> dict[str, float]:
-    """Scores of a spacebind space (encodes the test files through spacebind's loaders)."""
+def means(row: Hits) -> dict[str, float]:
+    """A row's scores: the mean of each metric's hits (NaN for image zero-shot without images)."""
+    return {"image_zs": float("nan"), **{k: v.float().mean().item() for k, v in row.items()}}
+
+
+def score_space(space: Any, test: TestSet) -> Hits:
+    """Hits of a spacebind space (encodes the test files through spacebind's loaders)."""
     enc = lambda m, xs: space.encode(m, xs)
     prompts = enc("text", test.prompts)
     img = enc("image", test.images) if "image" in space.modalities else None
-    return scores(
+    return hits(
         enc("audio", test.audio), enc("text", test.text), prompts, test, img, prompts if img is not None else None,
         space.blocks,
     )
@@ -152,8 +155,8 @@ class Leaves:
 
 def score_projector(
     leaves: Leaves, test: TestSet, proj: Callable[[Tensor], Tensor], lambdas: dict[str, float] = LAMBDAS_EXPERTISE
-) -> dict[str, float]:
-    """Scores of the combination n((1 − λ)·u + λ·proj(x^AT)) on the test set (images: U's, unchanged;
+) -> Hits:
+    """Hits of the combination n((1 − λ)·u + λ·proj(x^AT)) on the test set (images: U's, unchanged;
     their zero-shot prompts are the combined text, as in a bound space)."""
     u, e = leaves.test["U"], leaves.test["AT"]
     with torch.no_grad():
@@ -161,7 +164,7 @@ def score_projector(
             k: combine(u[k], proj(e[k]), lambdas["audio" if k == "audio" else "text"])
             for k in ("audio", "text", "prompts")
         }
-    return scores(side["audio"], side["text"], side["prompts"], test, leaves.image, side["prompts"])
+    return hits(side["audio"], side["text"], side["prompts"], test, leaves.image, side["prompts"])
 
 
 def score_reference(
@@ -172,7 +175,7 @@ def score_reference(
     pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
     lambdas: dict[str, float] = LAMBDAS_EXPERTISE,
     **kwargs: Any,
-) -> dict[str, float]:
+) -> Hits:
     x, y = pseudo_pairs(leaves.pool["AT"], leaves.pool["U"], pairs)
     return score_projector(leaves, test, reference_bond(x, y, seed=seed, **kwargs), lambdas)
 
@@ -232,7 +235,7 @@ def describe_choices(choices: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def score_reference_oracle(leaves: Leaves, test: TestSet, seed: int) -> dict[str, float]:
+def score_reference_oracle(leaves: Leaves, test: TestSet, seed: int) -> Hits:
     """Upper bound of mining: the reference bond on the TRUE captions of the training clips (AT audio →
     U text of its caption, AT caption → U caption). If this stays below AT, U's space is the bottleneck."""
     rng = random.Random(3000 + seed)
@@ -248,21 +251,21 @@ def score_reference_oracle(leaves: Leaves, test: TestSet, seed: int) -> dict[str
 
 def diagnostics(
     u: Any, at: Any, data: Path, work: Path, seed: int, bound: Any, leaves: Leaves, test: TestSet, log: Callable
-) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+) -> tuple[dict[str, Hits], dict[str, dict]]:
     """Variants that locate where the default bond loses: target pairing, λ tuning, the projector."""
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, Hits] = {}
     choices: dict[str, dict] = {}
 
-    def row(name: str, fn: Callable[[], dict[str, float]]) -> None:
+    def row(name: str, fn: Callable[[], Hits]) -> None:
         t = time.time()
         try:
             rows[name] = fn()
         except Exception as exc:  # noqa: BLE001 - a failing variant is reported, the others still run
             log(f"  {name}: failed: {type(exc).__name__}: {exc}")
             return
-        log(f"  {name}: " + "  ".join(f"{k} {rows[name][k]:.3f}" for k in METRICS) + f"  ({time.time() - t:.0f}s)")
+        log(f"  {name}: " + "  ".join(f"{k} {means(rows[name])[k]:.3f}" for k in METRICS) + f"  ({time.time() - t:.0f}s)")
 
-    def pairing_all() -> dict[str, float]:
+    def pairing_all() -> Hits:
         space = spacebind_bond(u, at, data, work, seed, pairing="all")
         choices["spacebind pairing all"] = choices_of(space)
         return score_space(space, test)
@@ -279,7 +282,7 @@ def diagnostics(
 
 
 def run_seed(seed: int, work: Path, only: str, diagnose: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Scores of every row for one seed ({"rows": {row: {metric: value}}, "choices": {row: choices}})."""
+    """Hits of every row for one seed ({"hits": {row: {metric: per-query hits}}, "choices": {row: choices}})."""
     t0 = time.time()
     data = world.build(seed, work)
     log(f"seed {seed}: data {data} ({time.time() - t0:.0f}s)")
@@ -288,7 +291,7 @@ def run_seed(seed: int, work: Path, only: str, diagnose: bool, log: Callable[[st
     text.save()
     u, at = make_spaces(ex, text, seed)
     test = TestSet(data)
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, Hits] = {}
     choices: dict[str, dict] = {}
     t = time.time()
     rows["U"] = score_space(u, test)
@@ -314,7 +317,7 @@ def run_seed(seed: int, work: Path, only: str, diagnose: bool, log: Callable[[st
         choices.update(extra_choices)
     text.save()
     log(f"seed {seed} done in {time.time() - t0:.0f}s")
-    return {"rows": rows, "choices": choices}
+    return {"hits": rows, "choices": choices}
 
 
 def format_table(results: dict[Any, dict[str, dict[str, float]]], title: str, metrics: Sequence[str] = METRICS) -> str:
@@ -344,21 +347,25 @@ def mean_row(results: dict[Any, dict[str, dict[str, float]]], name: str, metrics
     return {k: float(np.mean([p[k] for p in present])) for k in metrics}
 
 
-def verdict(rows: dict[str, dict[str, float]]) -> str:
-    """Is the default row ≥ AT on audio-text, ≥ U − 1 point on image zero-shot, ≥ the reference?"""
+def verdict(seeds: Sequence[dict[str, Hits]]) -> str:
+    """Is the default row ≥ AT on audio-text, ≥ U − 1 point on image zero-shot, ≥ the reference? Margins
+    in points with 95 % paired bootstrap intervals over the test queries (each seed of `seeds` a
+    stratum); "tie" where the default falls short but the interval reaches the bar."""
 
-    def margins(other: str, metrics: Sequence[str]) -> tuple[str, float]:
-        m = {k: 100 * (rows[DEFAULT][k] - rows[other][k]) for k in metrics}
-        return ", ".join(f"{HEADERS[k]} {v:+.1f}" for k, v in m.items()), min(m.values())
+    def margins(other: str, metrics: Sequence[str], tolerance: float = 0.0) -> str:
+        return compare(seeds, DEFAULT, other, metrics, tolerance, HEADERS)
 
-    at, worst_at = margins("AT", AUDIO_TEXT)
-    img, worst_img = margins("U", ("image_zs",))
-    ref, worst_ref = margins(REFERENCE, METRICS)
-    yes = lambda ok: "yes" if ok else "NO"
     return (
-        f"≥ AT on audio-text: {yes(worst_at >= 0)} ({at}) | ≥ U − 1 on image: {yes(worst_img >= -1)} ({img}) | "
-        f"≥ reference: {yes(worst_ref >= 0)} ({ref})"
+        f"≥ AT on audio-text: {margins('AT', AUDIO_TEXT)} | ≥ U − 1 on image: {margins('U', ('image_zs',), 1.0)} | "
+        f"≥ reference: {margins(REFERENCE, METRICS)}"
     )
+
+
+def environment() -> dict[str, str]:
+    """What the data and experts depend on beyond the code: versions of Python, torch, numpy, espeak-ng."""
+    speech = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "espeak-ng": speech.split("  Data at")[0]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -379,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     t = time.time()
     runs = {s: run_seed(s, work, args.only, args.diagnose, log) for s in seeds}
     elapsed = time.time() - t
-    results = {s: r["rows"] for s, r in runs.items()}
+    results = {s: {name: means(h) for name, h in r["hits"].items()} for s, r in runs.items()}
+    verdicts = {}
     pairs = len(TestSet(world.build(seeds[0], work)).audio)
     title = (
         f"real data (espeak-ng spoken digits, sklearn digits, MiniLM); {pairs} test audio-caption pairs of unseen "
@@ -391,17 +399,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         for s, r in runs.items():
             for name, choice in r["choices"].items():
                 print(f"seed {s} {name}: {describe_choices(choice)}")
-        for s in seeds:
-            print(f"seed {s} spacebind default: {verdict(results[s])}")
+        verdicts = {str(s): verdict([runs[s]["hits"]]) for s in seeds}
         if len(seeds) > 1:
-            print(f"mean   spacebind default: {verdict({n: mean_row(results, n, METRICS) for n in results[seeds[0]]})}")
+            verdicts["mean"] = verdict([runs[s]["hits"] for s in seeds])
+        for s, line in verdicts.items():
+            print(f"{'seed ' + s if s != 'mean' else 'mean  '} spacebind default: {line}")
     if args.diagnose:
         print()
         title = "diagnosis: class-level R@1 and voice attributes of the top-1 caption (a→t)"
         print(format_table(results, title, DIAGNOSIS))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"threads": torch.get_num_threads(), "seconds": elapsed, "results": {str(s): r for s, r in runs.items()}}
+        out = {
+            "threads": torch.get_num_threads(),
+            "seconds": elapsed,
+            "environment": environment(),
+            "results": {str(s): {"rows": results[s], "choices": runs[s]["choices"]} for s in seeds},
+            "verdicts": verdicts,
+        }
         args.json.write_text(json.dumps(out, indent=2))
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import class_embeddings
+from spacebind.evaluation.evaluate import class_centres
 from spacebind.retrieval.topk import topk_indices
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ def curate_ids(space: "Space", caches: "CacheSet", dataset: "Dataset", split: st
         raise InputError(f"curation needs class names; {dataset.root} has no classes.json")
     if modality not in space.modalities:
         raise InputError(f"curation retrieves by {modality}; space {space.name!r} covers {list(space.modalities)}")
-    names = dataset.class_names
-    prompts = [t.format(c) for c in names for t in dataset.templates]
-    concepts = class_embeddings(space.encode(modality, prompts), len(names), space.blocks)
+    concepts = class_centres(dataset, lambda prompts: space.encode(modality, prompts), space.blocks)
     ids = caches.usable_ids(space, modality, [it.id for it in dataset.iter_items(split, modality)])
     rows = balanced_rows(caches.embeddings(space, modality, ids), concepts, per_concept)
     return [ids[r] for r in rows.tolist()]

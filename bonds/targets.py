@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import class_embeddings, retrieval_recall
+from spacebind.evaluation.evaluate import class_centres, labelled_items
+from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.io.datasets import Dataset
 from spacebind.space import Space
 
@@ -70,14 +71,12 @@ def _zero_shot(tgt: Space, caches: "CacheSet", dataset: Dataset, split: str) -> 
     """Per modality of `tgt`, its zero-shot acc1 on the labelled items of the split."""
     if "text" not in tgt.modalities or not dataset.classes:
         return {}
-    names = dataset.class_names
-    index = {c: k for k, c in enumerate(names)}
-    classes = class_embeddings(tgt.encode("text", [t.format(c) for c in names for t in dataset.templates]), len(names),
-                               tgt.blocks)
+    classes = class_centres(dataset, lambda prompts: tgt.encode("text", prompts), tgt.blocks)
     out = {}
     for m in tgt.modalities:
-        label = {it.id: index[it.label] for it in dataset.select(split, m) if it.label in index}
-        ids = caches.usable_ids(tgt, m, list(label))
+        labelled, classes_of = labelled_items(dataset, split, m)
+        label = dict(zip(labelled, classes_of.tolist()))
+        ids = caches.usable_ids(tgt, m, labelled)
         if ids:
             labels = torch.tensor([label[i] for i in ids])
             out[m] = float(((caches.embeddings(tgt, m, ids) @ classes.T).argmax(dim=1) == labels).float().mean())

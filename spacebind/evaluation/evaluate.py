@@ -62,21 +62,31 @@ def evaluate(
         records.append(_record(model, role, name, "retrieval", [a, b], metrics))
     if encode_text is None or "text" not in modalities or not dataset.classes:
         return records
-    names = dataset.class_names
-    prompts = [t.format(c) for c in names for t in dataset.templates]
-    classes = class_embeddings(encode_text(prompts), len(names), blocks)
-    index = {c: i for i, c in enumerate(names)}
+    classes = class_centres(dataset, encode_text, blocks)
     for m in modalities:
         if m == "text":
             continue
-        items = [it for it in dataset.select(split, m) if it.label in index]
-        if not items:
+        ids, labels = labelled_items(dataset, split, m)
+        if not ids:
             continue
-        feats = embed_items(m, [it.id for it in items])
-        labels = torch.tensor([index[it.label] for it in items])
-        metrics = {**zeroshot_classification(feats, labels, classes), "n": len(items)}
+        metrics = {**zeroshot_classification(embed_items(m, ids), labels, classes), "n": len(ids)}
         records.append(_record(model, role, name, "zeroshot_classification", [m, "text"], metrics))
     return records
+
+
+def class_centres(dataset: Dataset, encode_text: Callable[[list[str]], torch.Tensor],
+                  blocks: Sequence[int] | None = None) -> torch.Tensor:
+    """Zero-shot class embeddings [classes, dim]: every template × class prompt encoded, averaged
+    per class (`class_embeddings`; `blocks`: the space's)."""
+    prompts = [t.format(c) for c in dataset.class_names for t in dataset.templates]
+    return class_embeddings(encode_text(prompts), len(dataset.class_names), blocks)
+
+
+def labelled_items(dataset: Dataset, split: str, modality: str) -> tuple[list[str], torch.Tensor]:
+    """The ids of the split's items of `modality` whose label is a class, and their class indices."""
+    index = {c: i for i, c in enumerate(dataset.class_names)}
+    items = [it for it in dataset.select(split, modality) if it.label in index]
+    return [it.id for it in items], torch.tensor([index[it.label] for it in items], dtype=torch.long)
 
 
 def evaluate_space(

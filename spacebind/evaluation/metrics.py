@@ -8,6 +8,23 @@ import torch
 from spacebind.retrieval.topk import topk_indices
 
 
+def first_hit_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    positives: Sequence[int | Sequence[int]],
+    depth: int = 1,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Per query, the 0-based rank of its first correct gallery item among its top `depth`
+    (`len(gallery) + 1` when none is there): `ranks < k` are the per-query hits behind recall@k."""
+    top = topk_indices(queries, gallery, depth, chunk_size)
+    pos = [set([p]) if isinstance(p, int) else set(p) for p in positives]
+    return torch.tensor(
+        [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), len(gallery) + 1) for i, row in enumerate(top)],
+        dtype=torch.long,
+    )
+
+
 def retrieval_recall(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -16,11 +33,7 @@ def retrieval_recall(
     chunk_size: int = 4096,
 ) -> dict[int, float]:
     """recall@k: fraction of queries with a correct gallery item among their top k."""
-    top = topk_indices(queries, gallery, max(ks), chunk_size)
-    pos = [set([p]) if isinstance(p, int) else set(p) for p in positives]
-    first_hit = torch.tensor(
-        [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), len(gallery) + 1) for i, row in enumerate(top)]
-    )
+    first_hit = first_hit_ranks(queries, gallery, positives, max(ks), chunk_size)
     return {k: float((first_hit < k).float().mean()) if len(first_hit) else float("nan") for k in ks}
 
 

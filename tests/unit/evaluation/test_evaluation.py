@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.evaluation.evaluate import evaluate, read_records, write_records
-from spacebind.evaluation.metrics import class_embeddings, retrieval_recall, zeroshot_classification
+from spacebind.evaluation.metrics import class_embeddings, first_hit_ranks, retrieval_recall, zeroshot_classification
 from spacebind.evaluation.report import plot_recall_curves, records_markdown, records_table
 from spacebind.io.datasets import ClassInfo, Dataset, Item
 from spacebind.retrieval.topk import topk_indices
@@ -42,6 +42,8 @@ def test_retrieval_recall_by_hand() -> None:
     assert r == {1: 0.5, 2: 1.0}
     multi = retrieval_recall(queries, gallery, [0, [0, 1], 2, [3]], ks=(1,))
     assert multi == {1: 0.75}  # q1 also accepts item 0
+    assert first_hit_ranks(queries, gallery, range(4), depth=2).tolist() == [0, 1, 1, 0]
+    assert first_hit_ranks(queries, gallery, range(4)).tolist() == [0, 5, 5, 0]  # beyond depth: len + 1
 
 
 def test_zeroshot_metrics_by_hand() -> None:

@@ -21,9 +21,11 @@ breaks near-ties), a displacement's at 0 (FreeBind's bond). κ moves only on evi
 paired retrieval between carried modalities: class-level tasks alone (unpaired pools, zero-shot)
 cannot see the instance-level ranking the channel is there to keep, so they leave κ at its prior.
 Where κ ends at a combination's prior, the experts rank the pairs between carried modalities, and a
-λ (or heads) chosen on those pairs in the first stage no longer changes them: a λ keeps its choice
-only if a task outside them depends on it, else it returns to the coarse λ (the bond's, by default
-FreeBind's `versatile` preset), so nothing moves on evidence that does not bear on what it changes.
+λ (or heads) chosen on those pairs in the first stage no longer changes them: λ and the heads are
+chosen again, the same way (maximin, the guard against the coarse λ), on the tasks left to them
+(those not between two such modalities, with κ in force), and return to the coarse λ (the bond's, by
+default FreeBind's `versatile` preset) and the bond's own heads where no task is left or nothing
+beats them beyond the noise; so nothing moves on evidence that does not bear on what it changes.
 """
 from __future__ import annotations
 
@@ -66,8 +68,11 @@ class LambdaChoice:
     channel_confidence: float | None = None  # bootstrap share of the best κ over the prior
     channel_unmoved: str = ""  # why κ stayed at its prior without a search ("": it was searched)
     groups: str | None = None  # item attribute the bootstrap resampled whole (None: each item)
-    # stage-1 choices that went back to coarse once κ was chosen: λ by modality, "projector": the heads
+    # stage-1 choices that the choice after κ replaced: λ by modality, "projector": the heads
     undone: dict[str, float | str] = field(default_factory=dict)
+    # the choice after κ, on the tasks the channel leaves to λ: {"tasks": how many, "confidence":
+    # bootstrap share of its best λ over the coarse one, "kept_coarse"}; None: no such stage
+    after_channel: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -330,6 +335,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
     share = None
     unmoved = ""
     undone: dict[str, float | str] = {}
+    after: dict[str, Any] | None = None
     if len(channelled) >= 2:
         # stage 2: κ of the channel, on the tasks between modalities it carries (the only ones it
         # changes); the prior keeps the projected side's own ranking of those pairs
@@ -353,21 +359,28 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         else:
             kept = {}
         channels = {p.removeprefix(CHANNEL): v for p, v in kept.items()} or None
-        # stage 3 (no search): where the channel keeps the experts' pairs at the prior κ, a λ chosen
-        # on those pairs in stage 1 no longer changes them; it keeps its stage-1 value only if a task
-        # outside them depends on it, else it returns to the coarse λ (the heads: if no task is left)
+        # stage 3: where the channel keeps the experts' pairs at the prior κ, stage 1's λ and heads,
+        # chosen with those pairs in the objective, no longer change them: choose both again, the same
+        # way, on the tasks left to them (κ in force); none left: the coarse λ and the bond's heads
         at_prior = [m for m, v in (channels or {}).items() if space.kind == "combination" and v == CHANNEL_PRIOR]
-        free = [t for t in second[""].names if not _between(t, at_prior)]
-        undone = {m: lambdas[m] for m in lambda_params
-                  if lambdas[m] != coarse[m] and not any(m in _sides(t) for t in free)}
-        if name and not free:
-            undone["projector"] = name
-        if undone:
-            name = "" if "projector" in undone else name
-            lambdas = {**lambdas, **{m: coarse[m] for m in undone if m in coarse}}
-            bond = candidates[name].with_lambdas(lambdas)
-            second = {"": _Tasks(bond, parts, caches, dataset, split, params, sorted(set(kept.values())),
-                                 like=tasks[""])}
+        if at_prior:
+            free = {t[0] for t in second[""].names if not _between(t, at_prior)}
+            final: tuple[str, Mapping[str, float]] = ("", dict(coarse))
+            if free:
+                third_tasks = {n: _Tasks(c.with_lambdas({}, channels), parts, caches, dataset, split, lambda_params,
+                                         lambda_grid, like=tasks[""]) for n, c in candidates.items()}
+                third = _select(third_tasks, lambda_params, coarse, grid, best_part, [coarse], resamples, confidence,
+                                seed, only=free)
+                final = third["chosen"]
+                after = {"tasks": len(free), "confidence": third["share"], "kept_coarse": third["kept"]}
+            undone = {m: lambdas[m] for m in lambda_params if final[1][m] != lambdas[m]}
+            if final[0] != name:
+                undone["projector"] = name
+            if undone:
+                name, lambdas = final[0], dict(final[1])
+                bond = candidates[name].with_lambdas(lambdas)
+                second = {"": _Tasks(bond, parts, caches, dataset, split, params, sorted(set(kept.values())),
+                                     like=tasks[""])}
         if kept:
             in_force = second[""].fused_hits(kept)
     margins = {t: round(float(h.float().mean()) - float(best_part[t].float().mean()), 4)
@@ -377,4 +390,4 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
                         coarse_objective=round(objective(("", coarse))[0], 4), confidence=first["share"],
                         kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
                         channels=channels, channel_confidence=share, channel_unmoved=unmoved, groups=groups,
-                        undone=undone)
+                        undone=undone, after_channel=after)

@@ -143,10 +143,15 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
                      f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples{resampled})"
                      + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
     if lam and lam.get("undone"):
-        back = [f"λ {m} to {lam['coarse'][m]:g}" for m in lam["undone"] if m != "projector"]
-        back += [f"the heads from {lam['undone']['projector']} to the bond's own"] if "projector" in lam["undone"] else []
-        lines.append(f"- bond {node['index']}, after κ back to coarse: {', '.join(back)} (every {lam['split']} task "
-                     "they change is between modalities whose experts' pairs the channel keeps)")
+        heads = lambda name: name or "the bond's own"  # noqa: E731
+        moved = [f"λ {m} to {lam['lambdas'][m]:g}" for m in lam["undone"] if m != "projector"]
+        moved += [f"the heads from {heads(lam['undone']['projector'])} to {heads(lam.get('projector', ''))}"
+                  ] if "projector" in lam["undone"] else []
+        after = lam.get("after_channel")
+        why = (f"chosen again on the {after['tasks']} {lam['split']} tasks the channel leaves to them, better than "
+               f"the coarse λ in {100 * after['confidence']:.0f} % of bootstrap resamples" if after else
+               f"every {lam['split']} task they change is between modalities whose experts' pairs the channel keeps")
+        lines.append(f"- bond {node['index']}, after κ: {', '.join(moved)} ({why})")
     if lam and lam.get("channels"):
         kappas = ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items())
         unused = " (no channel)" if not any(lam["channels"].values()) else ""

@@ -284,10 +284,11 @@ def test_class_level_evidence_alone_leaves_the_channel_at_its_prior(tmp_path: Pa
     assert paired.choices["lambdas"]["channel_unmoved"] == "" and paired.choices["lambdas"]["channel_confidence"] is not None
 
 
-def test_a_lambda_chosen_on_pairs_the_channel_then_keeps_returns_to_coarse(tmp_path: Path) -> None:
+def test_a_lambda_chosen_on_pairs_the_channel_then_keeps_is_chosen_again_on_the_other_tasks(tmp_path: Path) -> None:
     """Stage 1 moves λ on text↔audio at κ = 0; κ stays at the prior, so the expert ranks those pairs
     and that λ changes nothing the split can see: it returns to the coarse λ, and the card says so.
-    With images (a pair only the base has, which λ text and λ audio still change) it stays."""
+    With images (pairs only the base has, which λ text and λ audio still change) λ is chosen again on
+    those tasks alone: stage 1's text λ, chosen with text↔audio in the objective, gives way."""
     t, e, caches, dataset = world(unpaired_val=True)
     head = fit_procrustes(*(torch.cat([caches.embeddings(s, m, [it.id for it in dataset.select("train")])
                                        for m in ("text", "audio")]) for s in (e, t)))
@@ -303,11 +304,18 @@ def test_a_lambda_chosen_on_pairs_the_channel_then_keeps_returns_to_coarse(tmp_p
                       choices={"lambdas": choice.to_json()})
     card = (kept.save(tmp_path / "ckpt") / "README.md").read_text()
     assert f"chose text {choice.undone.get('text', 0.1):g}, audio {choice.undone['audio']:g} (coarse" in card
-    assert "after κ back to coarse: " in card and "λ audio to 0.5" in card and "the channel keeps" in card
+    assert "after κ: " in card and "λ audio to 0.5" in card and "the channel keeps" in card and choice.after_channel is None
     t, e, caches, dataset = world(image=True)
     with_image = choose_lambdas(BoundSpace(t, [e], "combination", {"E": head}, channels={}), [t, e], caches, dataset)
-    assert "image→text R@1" in with_image.margins and with_image.undone == {}
+    assert "image→text R@1" in with_image.margins
+    # the five tasks with images: text↔image, audio↔image, image zero-shot
+    assert with_image.after_channel["tasks"] == 5 and not with_image.after_channel["kept_coarse"]
+    assert set(with_image.undone) == {"text"} and with_image.lambdas["text"] < with_image.undone["text"]
     assert with_image.lambdas != with_image.coarse
+    assert min(with_image.margins[t] for t in ("image→text R@1", "text→image R@1", "image zero-shot acc1")) >= 0
+    card = (BoundSpace(t, [e], "combination", {"E": head}, lambdas=with_image.lambdas, channels=with_image.channels,
+                       choices={"lambdas": with_image.to_json()}).save(tmp_path / "img") / "README.md").read_text()
+    assert f"after κ: λ text to {with_image.lambdas['text']:g} (chosen again on the 5 val tasks" in card
 
 
 def test_the_guard_resamples_whole_groups_so_one_speakers_gain_is_not_ten_pieces_of_evidence() -> None:

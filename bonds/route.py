@@ -53,10 +53,11 @@ from spacebind.bonds.fit import train_head
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.bonds.router import Router, mix, routing_weights
 from spacebind.cache.cache_set import CacheSet
+from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.io.datasets import Dataset
-from spacebind.io.progress import track
+from spacebind.io.progress import note, track
 from spacebind.modalities import check_modality, modality_pairs
 from spacebind.retrieval.mining import build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
@@ -296,13 +297,30 @@ def _cache_chunks(cache, m: str, ids: Sequence[str]):
         yield list(range(start, start + len(part))), F.normalize(cache.embeddings(m, part), dim=-1)
 
 
+def _source(space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]], split: str, stream_mb: float | None,
+            progress: bool) -> _Held | _Streamed:
+    """Held candidates, or with `stream_mb` and every leaf's cache on disk, streamed ones (a status
+    line says which under `stream_mb`)."""
+    if stream_mb is None:
+        return _Held(space, caches, pool)
+    memory = [leaf.name for leaf in space.leaves() if not isinstance(caches.caches.get(leaf.name), EmbeddingCache)]
+    if memory:
+        note(f"router tuples of the {split} split held in memory, not streamed (routed.router.stream_mb): the cache "
+             f"of {memory[0]!r} is not an embedding cache on disk", progress)
+        return _Held(space, caches, pool)
+    note(f"router tuples of the {split} split computed from the cache shards (at most {stream_mb:g} MB held)", progress)
+    return _Streamed(space, caches, pool, stream_mb)
+
+
 @torch.no_grad()
 def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str,
-               miners: Mapping[str, str] | None = None, stream_mb: float | None = None) -> RouteData:
+               miners: Mapping[str, str] | None = None, stream_mb: float | None = None,
+               progress: bool = False) -> RouteData:
     """The tuples of a split, from the caches: every item carrying two or more of the space's
     modalities, then one pseudo tuple per unimodal item (OmniBind's unpaired pools): the item with
     its nearest item of every other modality, found by exact FAISS search over the split's items
-    in the pair's miner (see `tuple_miner`). `stream_mb`: see `RouterConfig`."""
+    in the pair's miner (see `tuple_miner`). `stream_mb`: see `RouterConfig` (caches not on disk
+    are held regardless); `progress`: status lines."""
     mods = list(space.modalities)
     order, of = [], {m: [] for m in mods}  # the split's ids: all of the space's, and per modality
     for it in dataset.iter_items(split):
@@ -312,7 +330,7 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
         for m in carried:
             of[m].append(it.id)
     pool = {m: have for m in mods if (have := caches.usable_ids(space, m, of.pop(m)))}
-    source = _Held(space, caches, pool) if stream_mb is None else _Streamed(space, caches, pool, stream_mb)
+    source = _source(space, caches, pool, split, stream_mb, progress)
     row_of = {m: {i: r for r, i in enumerate(ids)} for m, ids in pool.items()}
     paired = [i for i in order if sum(i in row_of[m] for m in row_of) >= 2]
     seeds = {m: [i for i in order if i in row_of[m] and sum(i in row_of[o] for o in row_of) == 1] for m in row_of}
@@ -428,7 +446,8 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     """Train one router per modality with two or more candidates (projectors frozen); returns the
     routed space with them (`space`'s own routers, if any, are replaced)."""
     config = config or RouterConfig()
-    train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb) for split in ("train", "val"))
+    train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb, progress)
+                  for split in ("train", "val"))
     if len(train.ids) < 2:
         raise InputError(f"router training: the train split of {dataset.root} has {len(train.ids)} tuples "
                          f"(items with two or more of {list(space.modalities)}, or unimodal items to mine "

@@ -15,6 +15,7 @@ from spacebind.bonds.route import RoutedSpace, member_pseudo, route_data
 from spacebind.cache import CacheSet
 from spacebind.errors import InputError
 from spacebind.io.datasets import Item
+from spacebind.io.progress import NORMAL, verbosity
 from spacebind.retrieval.pseudo import PseudoDataset
 
 
@@ -82,3 +83,15 @@ def test_each_member_gets_the_pseudo_datasets_it_can_learn_from() -> None:
     assert member_pseudo(named, audio_text, target, leaves)[0].partners == ["text", "image"]
     with pytest.raises(InputError, match="none of the pseudo datasets"):
         member_pseudo([PseudoDataset(seed="point", partners=["text"])], audio_text, target, leaves)
+
+
+def test_router_tuples_stay_in_memory_where_a_cache_is_not_on_disk(capsys) -> None:
+    """`stream_mb` needs every leaf's cache on disk; in-memory caches are held, and a status line says so."""
+    routed, caches, dataset, _ = pools()
+    held = route_data(routed, caches, dataset, "train")
+    with verbosity(NORMAL):
+        data = route_data(routed, caches, dataset, "train", stream_mb=1.0, progress=True)
+    assert type(data.source).__name__ == "_Held" and data.ids == held.ids
+    assert all(torch.equal(data.rows[m], held.rows[m]) for m in held.rows)
+    assert "held in memory, not streamed (routed.router.stream_mb): the cache of 'T' is not an embedding cache" in \
+        capsys.readouterr().err

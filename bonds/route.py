@@ -210,7 +210,7 @@ class RouterConfig(BaseModel):
         "held (splits larger than memory; its own shard-block batch order); None: candidates in memory"))
 
 
-CHUNK = 65_536  # rows per chunk when mining and validating
+CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
 
 
 class _Held:

@@ -225,7 +225,7 @@ def describe_choices(choices: dict[str, Any]) -> str:
         parts.append("channel κ " + ", ".join(f"{m} {v:g}" for m, v in lam["channels"].items()))
     if lam:
         margins = ", ".join(f"{k} {100 * v:+.1f}" for k, v in lam["margins"].items())
-        undone = f"; back to coarse after κ: {', '.join(lam['undone'])}" if lam.get("undone") else ""
+        undone = f"; changed after κ: {', '.join(lam['undone'])}" if lam.get("undone") else ""
         parts.append(
             f"λ {lam['lambdas']} from coarse {lam['coarse']} (stage 1 {'kept coarse' if lam['kept_coarse'] else 'moved'}, "
             f"bootstrap {lam['confidence']:.2f}{undone}; {lam['split']} margins vs best part, points: {margins})"

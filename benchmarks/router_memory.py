@@ -120,7 +120,7 @@ def _run(root: str, dim: int, budget_mb: float | None, batch: int, queue: mp.Que
     route.route_data = lambda *a, **k: made.append(original(*a, **k)) or made[-1]
     # warm-up on the val split alone: model, optimiser, FAISS and torch's first-use memory in the baseline
     warm = route.route_data(space, caches, dataset, "val", stream_mb=budget_mb)
-    route.router_loss(space, {}, warm, torch.arange(min(batch, len(warm.ids))), config)
+    route.router_loss(space, {}, warm, torch.arange(min(batch, len(warm))), config)
     made.clear()
     base = reset_peak_kb()
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def _run(root: str, dim: int, budget_mb: float | None, batch: int, queue: mp.Que
     seconds = time.perf_counter() - start
     train = made[0]
     lru = getattr(train.source, "lru", None)
-    queue.put({"tuples": len(train.ids), "seconds": seconds, "tuples/s": len(train.ids) / seconds,
+    queue.put({"tuples": len(train), "seconds": seconds, "tuples/s": len(train) / seconds,
                "peak MB": peak_kb() / 1024, "baseline MB": base / 1024, "above baseline MB": (peak_kb() - base) / 1024,
                "LRU max MB": lru.max_held_bytes / 2**20 if lru else None, "shard reads": lru.reads if lru else None})
 

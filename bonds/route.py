@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +54,7 @@ from spacebind.bonds.fit import train_head
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.bonds.router import Router, mix, routing_weights
 from spacebind.cache.cache_set import CacheSet
+from spacebind.cache.keys import id_keys
 from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.evaluation.metrics import retrieval_recall
@@ -213,13 +215,18 @@ class RouterConfig(BaseModel):
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
 
 
+def _leaf_rows(cache, m: str, keys: np.ndarray) -> torch.Tensor:
+    """A cache's float32 rows of the items `keys` (`id_keys`), in their order."""
+    return cache.embeddings_at(m, cache.rows(m, keys))
+
+
 class _Held:
     """Every item's candidates and router inputs of each modality, computed once and held."""
 
-    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]]) -> None:
+    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray]) -> None:
         self.candidates, self.inputs = {}, {}
-        for m, ids in pool.items():
-            leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
+        for m, keys in pool.items():
+            leaf = {e.name: _leaf_rows(caches.caches[e.name], m, keys) for e in space.leaves_for(m)}
             self.candidates[m], self.inputs[m] = space.candidates(m, leaf), space.router_input(m, leaf)
 
     def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,11 +241,11 @@ class _Streamed:
     """Candidates and router inputs computed on demand from the leaves' rows in their cache shards
     (one `ShardLRU` of `stream_mb` MB for every modality and leaf)."""
 
-    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]], stream_mb: float) -> None:
+    def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray], stream_mb: float) -> None:
         self.space, self.lru = space, ShardLRU(int(stream_mb * 2**20))
         self.sides: dict[str, dict[str, Side]] = {
-            m: {e.name: cache_side([(caches.caches[e.name], m, ids)]) for e in space.leaves_for(m)}
-            for m, ids in pool.items()}
+            m: {e.name: cache_side([(caches.caches[e.name], m, keys)]) for e in space.leaves_for(m)}
+            for m, keys in pool.items()}
         files = [f for sides in self.sides.values() for side in sides.values() for f in side.files]
         largest = max((f.nbytes for f in files), default=0)
         if largest > self.lru.max_bytes:
@@ -267,13 +274,17 @@ class _Streamed:
 
 @dataclass
 class RouteData:
-    """One split's tuples: `rows[m][i]` is tuple i's row among the split's items of m (-1 when the
-    tuple lacks m); `gather(m, rows)` gives those rows' candidates [n, K, dim] and router inputs."""
+    """One split's tuples: tuple i is the item whose `id_keys` key is `keys[i]` (a seed item, for a
+    mined tuple); `rows[m][i]` is its row among the split's items of m (-1 when the tuple lacks m);
+    `gather(m, rows)` gives those rows' candidates [n, K, dim] and router inputs."""
 
-    ids: list[str]
+    keys: np.ndarray
     rows: dict[str, torch.Tensor]
     source: _Held | _Streamed
     mined: int = 0  # how many tuples (the last ones) were mined from unimodal items
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
     def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.source.gather(m, rows)
@@ -290,14 +301,14 @@ def _uniform_chunks(source: _Held | _Streamed, m: str, rows: torch.Tensor):
         yield list(range(start, start + len(cands))), mix(cands, cands.new_full(cands.shape[:2], 1.0 / cands.shape[1]))
 
 
-def _cache_chunks(cache, m: str, ids: Sequence[str]):
-    """A miner cache's normalised embeddings of `ids`, chunk by chunk."""
-    for start in range(0, len(ids), CHUNK):
-        part = ids[start:start + CHUNK]
-        yield list(range(start, start + len(part))), F.normalize(cache.embeddings(m, part), dim=-1)
+def _cache_chunks(cache, m: str, keys: np.ndarray):
+    """A miner cache's normalised embeddings of the items `keys`, chunk by chunk."""
+    for start in range(0, len(keys), CHUNK):
+        part = keys[start:start + CHUNK]
+        yield list(range(start, start + len(part))), F.normalize(_leaf_rows(cache, m, part), dim=-1)
 
 
-def _source(space: RoutedSpace, caches: CacheSet, pool: Mapping[str, list[str]], split: str, stream_mb: float | None,
+def _source(space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray], split: str, stream_mb: float | None,
             progress: bool) -> _Held | _Streamed:
     """Held candidates, or with `stream_mb` and every leaf's cache on disk, streamed ones (a status
     line says which under `stream_mb`)."""
@@ -322,27 +333,28 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
     in the pair's miner (see `tuple_miner`). `stream_mb`: see `RouterConfig` (caches not on disk
     are held regardless); `progress`: status lines."""
     mods = list(space.modalities)
-    order, of = [], {m: [] for m in mods}  # the split's ids: all of the space's, and per modality
-    for it in dataset.iter_items(split):
-        carried = [m for m in mods if m in it.fields]
-        if carried:
-            order.append(it.id)
-        for m in carried:
-            of[m].append(it.id)
-    pool = {m: have for m in mods if (have := caches.usable_ids(space, m, of.pop(m)))}
+    # the split's items carrying any of the space's modalities: their keys and which they carry
+    keys, carries = _split_table(dataset, split, mods)
+    row_of: dict[str, np.ndarray] = {}  # per modality, each item's row among its usable items, or -1
+    pool: dict[str, np.ndarray] = {}  # per modality, the keys of its usable items, in split order
+    for j, m in enumerate(mods):
+        at = np.flatnonzero(carries[:, j])
+        at = at[caches.usable(space, m, keys[at])]
+        if len(at):
+            row_of[m] = np.full(len(keys), -1, dtype=np.int64)
+            row_of[m][at] = np.arange(len(at))
+            pool[m] = keys[at]
     source = _source(space, caches, pool, split, stream_mb, progress)
-    row_of = {m: {i: r for r, i in enumerate(ids)} for m, ids in pool.items()}
-    paired = [i for i in order if sum(i in row_of[m] for m in row_of) >= 2]
-    seeds = {m: [i for i in order if i in row_of[m] and sum(i in row_of[o] for o in row_of) == 1] for m in row_of}
-    ids = paired + [i for m in row_of for i in seeds[m]]
-    rows = {m: torch.full((len(ids),), -1, dtype=torch.long) for m in row_of}
-    for m in row_of:
-        rows[m][: len(paired)] = torch.tensor([row_of[m].get(i, -1) for i in paired], dtype=torch.long)
+    count = sum((r >= 0).astype(np.int64) for r in row_of.values()) if row_of else np.zeros(len(keys), dtype=np.int64)
+    paired = np.flatnonzero(count >= 2)
+    seeds = {m: np.flatnonzero((r >= 0) & (count == 1)) for m, r in row_of.items()}
+    tuples = np.concatenate([paired, *seeds.values()]) if row_of else paired
+    rows = {m: torch.from_numpy(r[tuples]) for m, r in row_of.items()}
     start = len(paired)
-    for m, seed_ids in seeds.items():
-        if not seed_ids:
+    for m, seed_at in seeds.items():
+        if not len(seed_at):
             continue
-        own = torch.tensor([row_of[m][i] for i in seed_ids])
+        own = torch.from_numpy(row_of[m][seed_at])
         span = slice(start, start + len(own))
         rows[m][span] = own
         for other in row_of:
@@ -355,10 +367,32 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
                                              space.dim)
             else:
                 cache = caches.caches[miner]
-                rows[other][span] = _nearest(_cache_chunks(cache, m, seed_ids), _cache_chunks(cache, other, pool[other]),
-                                             space._leaf(miner).dim)
+                rows[other][span] = _nearest(_cache_chunks(cache, m, keys[seed_at]),
+                                             _cache_chunks(cache, other, pool[other]), space._leaf(miner).dim)
         start += len(own)
-    return RouteData(ids, rows, source, mined=len(ids) - len(paired))
+    return RouteData(keys[tuples], rows, source, mined=len(tuples) - len(paired))
+
+
+def _split_table(dataset: Dataset, split: str, mods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The `id_keys` of the split's items carrying any of `mods`, in split order, and a bool
+    [items, len(mods)] of which each carries (ids hashed a chunk at a time, not kept)."""
+    keys, carries, ids, flags = [], [], [], []
+
+    def flush() -> None:
+        keys.append(id_keys(ids))
+        carries.append(np.array(flags, dtype=bool).reshape(-1, len(mods)))
+        ids.clear()
+        flags.clear()
+
+    for it in dataset.iter_items(split):
+        carried = [m in it.fields for m in mods]
+        if any(carried):
+            ids.append(it.id)
+            flags.append(carried)
+            if len(ids) == CHUNK:
+                flush()
+    flush()
+    return np.concatenate(keys), np.concatenate(carries)
 
 
 def tuple_miner(space: RoutedSpace, a: str, b: str, miners: Mapping[str, str]) -> str | None:
@@ -426,8 +460,8 @@ def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data:
     """Mean R@1 over every modality pair and direction of a split's tuples (routed chunk by chunk)."""
     routed = {}
     for m in data.rows:
-        parts = [_routed(space, routers, data, m, torch.arange(i, min(i + CHUNK, len(data.ids))))[:2]
-                 for i in range(0, len(data.ids), CHUNK)]
+        parts = [_routed(space, routers, data, m, torch.arange(i, min(i + CHUNK, len(data))))[:2]
+                 for i in range(0, len(data), CHUNK)]
         routed[m] = (torch.cat([e for e, _ in parts]), torch.cat([p for _, p in parts]))
     scores = []
     for a, b in modality_pairs(list(routed)):
@@ -448,8 +482,8 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     config = config or RouterConfig()
     train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb, progress)
                   for split in ("train", "val"))
-    if len(train.ids) < 2:
-        raise InputError(f"router training: the train split of {dataset.root} has {len(train.ids)} tuples "
+    if len(train) < 2:
+        raise InputError(f"router training: the train split of {dataset.root} has {len(train)} tuples "
                          f"(items with two or more of {list(space.modalities)}, or unimodal items to mine "
                          f"partners for); need at least 2")
     routed_mods = [m for m in train.rows if len(space.routes(m)) > 1]
@@ -458,8 +492,8 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
         routers = nn.ModuleDict({m: Router(space.router_input_dim(m), len(space.routes(m)), config.hidden)
                                  for m in routed_mods})
     optimizer = adamw(routers.parameters(), config.lr, config.weight_decay)
-    batch = min(config.batch_size, len(train.ids))
-    steps = max(1, len(train.ids) // batch)
+    batch = min(config.batch_size, len(train))
+    steps = max(1, len(train) // batch)
     scheduler = warmup_cosine(optimizer, steps * config.epochs, config.warmup)
     best, best_val, best_epoch = None, -math.inf, -1
     for epoch in track(range(config.epochs), "training routers", show=progress, unit="epochs"):
@@ -472,7 +506,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
             optimizer.step()
             scheduler.step()
         routers.eval()
-        score = mean_pair_recall(space, dict(routers), val if val.ids else train)
+        score = mean_pair_recall(space, dict(routers), val if len(val) else train)
         if score > best_val:
             best_val, best_epoch = score, epoch
             best = {k: v.detach().clone() for k, v in routers.state_dict().items()}

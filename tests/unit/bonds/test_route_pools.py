@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from spacebind import Dataset, Space
 from spacebind.bonds.linear import LinearMap
 from spacebind.bonds.route import RoutedSpace, member_pseudo, route_data
 from spacebind.cache import CacheSet
+from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
 from spacebind.io.datasets import Item
 from spacebind.io.progress import NORMAL, verbosity
@@ -51,10 +53,13 @@ def pools(n: int = 12, dim: int = 8):
 def test_unimodal_items_become_tuples_with_their_nearest_partner() -> None:
     routed, caches, dataset, perm = pools()
     data = route_data(routed, caches, dataset, "train")
-    assert data.ids[:2] == ["p0", "p1"] and data.mined == 24 and len(data.ids) == 26
+    every = [it.id for it in dataset.iter_items()]
+    named = {tuple(key): i for key, i in zip(id_keys(every).tolist(), every)}
+    tuple_ids = [named[tuple(key)] for key in data.keys.tolist()]  # each tuple's (seed) item
+    assert tuple_ids[:2] == ["p0", "p1"] and data.mined == 24 and len(data) == 26
     text_ids = [it.id for it in list(dataset.iter_items()) if "text" in it.fields]
     audio_ids = [it.id for it in list(dataset.iter_items()) if "audio" in it.fields]
-    for position, item in enumerate(data.ids):
+    for position, item in enumerate(tuple_ids):
         if item.startswith("a"):  # an audio seed: its own audio row, the matching text mined
             assert audio_ids[int(data.rows["audio"][position])] == item
             assert text_ids[int(data.rows["text"][position])] == f"t{perm[int(item[1:])]}"
@@ -91,7 +96,7 @@ def test_router_tuples_stay_in_memory_where_a_cache_is_not_on_disk(capsys) -> No
     held = route_data(routed, caches, dataset, "train")
     with verbosity(NORMAL):
         data = route_data(routed, caches, dataset, "train", stream_mb=1.0, progress=True)
-    assert type(data.source).__name__ == "_Held" and data.ids == held.ids
+    assert type(data.source).__name__ == "_Held" and np.array_equal(data.keys, held.keys)
     assert all(torch.equal(data.rows[m], held.rows[m]) for m in held.rows)
     assert "held in memory, not streamed (routed.router.stream_mb): the cache of 'T' is not an embedding cache" in \
         capsys.readouterr().err

@@ -58,7 +58,7 @@ def diagonal_hits(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     return first_hit_ranks(query, gallery, range(len(query))) < 1
 
 
-def test_hits(embed: Embed, dataset: Dataset, pairs: Sequence[tuple[str, str]], classes: torch.Tensor | None = None,
+def split_hits(embed: Embed, dataset: Dataset, pairs: Sequence[tuple[str, str]], classes: torch.Tensor | None = None,
               zeroshot: Sequence[str] = ()) -> Hits:
     """Per-query hits on the test split under `task_scores`' labels: R@1 on the items holding both
     modalities of each pair, both directions ("a→b R@1": a-queries retrieving b), and zero-shot
@@ -75,10 +75,10 @@ def test_hits(embed: Embed, dataset: Dataset, pairs: Sequence[tuple[str, str]], 
 
 
 def space_hits(space: Space, caches: CacheSet, dataset: Dataset) -> Hits:
-    """`test_hits` of a space on image↔text, audio↔text and image / audio zero-shot, where it covers them."""
+    """`split_hits` of a space on image↔text, audio↔text and image / audio zero-shot, where it covers them."""
     covered = set(space.modalities)
     classes = class_centres(dataset, lambda prompts: space.encode("text", prompts), space.blocks)
-    return test_hits(lambda m, ids: caches.embeddings(space, m, ids), dataset,
+    return split_hits(lambda m, ids: caches.embeddings(space, m, ids), dataset,
                      [p for p in (("text", "audio"), ("text", "image")) if set(p) <= covered], classes,
                      [m for m in ("image", "audio") if m in covered])
 
@@ -106,7 +106,7 @@ def reference_hits(base: Space, expert: Space, caches: CacheSet, dataset: Datase
     items = [it for it in dataset.select("test") if "audio" in it.fields and "text" in it.fields]
     fused = reference_fused(base, expert, caches, dataset.select("train"), items, seed)
     rows = {it.id: i for i, it in enumerate(items)}
-    return test_hits(lambda m, ids: fused[m][[rows[i] for i in ids]], dataset, [("text", "audio")])
+    return split_hits(lambda m, ids: fused[m][[rows[i] for i in ids]], dataset, [("text", "audio")])
 
 
 def reference_scores(base: Space, expert: Space, caches: CacheSet, dataset: Dataset, seed: int) -> dict[str, float]:

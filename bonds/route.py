@@ -65,8 +65,8 @@ from spacebind.retrieval.mining import build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
-from spacebind.training.pairs import ShardLRU, Side, block_order, cache_side
-from spacebind.training.trainer import TrainConfig, adamw, warmup_cosine
+from spacebind.training.pairs import Side, block_order, cache_side, shard_budget
+from spacebind.training.trainer import TrainConfig, adamw, epoch_order, warmup_cosine
 
 DEFAULT_SCALES: dict[str, float] = {"text": 10.0}
 ROUTER_PREFIX = "router."
@@ -215,26 +215,20 @@ class RouterConfig(BaseModel):
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
 
 
-def _leaf_rows(cache, m: str, keys: np.ndarray) -> torch.Tensor:
-    """A cache's float32 rows of the items `keys` (`id_keys`), in their order."""
-    return cache.embeddings_at(m, cache.rows(m, keys))
-
-
 class _Held:
     """Every item's candidates and router inputs of each modality, computed once and held."""
 
     def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray]) -> None:
         self.candidates, self.inputs = {}, {}
         for m, keys in pool.items():
-            leaf = {e.name: _leaf_rows(caches.caches[e.name], m, keys) for e in space.leaves_for(m)}
+            leaf = {e.name: caches.embeddings_of_keys(e, m, keys) for e in space.leaves_for(m)}
             self.candidates[m], self.inputs[m] = space.candidates(m, leaf), space.router_input(m, leaf)
 
     def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.candidates[m][rows], self.inputs[m][rows]
 
     def order(self, rows: Mapping[str, torch.Tensor], seed: int, epoch: int) -> torch.Tensor:
-        n = len(next(iter(rows.values())))
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        return epoch_order(len(next(iter(rows.values()))), seed, epoch)
 
 
 class _Streamed:
@@ -242,17 +236,16 @@ class _Streamed:
     (one `ShardLRU` of `stream_mb` MB for every modality and leaf)."""
 
     def __init__(self, space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray], stream_mb: float) -> None:
-        self.space, self.lru = space, ShardLRU(int(stream_mb * 2**20))
+        self.space = space
         self.sides: dict[str, dict[str, Side]] = {
             m: {e.name: cache_side([(caches.caches[e.name], m, keys)]) for e in space.leaves_for(m)}
             for m, keys in pool.items()}
-        files = [f for sides in self.sides.values() for side in sides.values() for f in side.files]
-        largest = max((f.nbytes for f in files), default=0)
-        if largest > self.lru.max_bytes:
-            raise InputError(f"routed.router.stream_mb: a shard of {largest / 2**20:.1f} MB does not fit "
-                             f"{stream_mb} MB")
-        block = sum(side.block_bytes for sides in self.sides.values() for side in sides.values())
-        self.window = max(1, self.lru.max_bytes // 2 // max(1, block))
+        every = [side for sides in self.sides.values() for side in sides.values()]
+        try:
+            self.lru, self.window = shard_budget([f for side in every for f in side.files],
+                                                 sum(side.block_bytes for side in every), stream_mb)
+        except InputError as exc:
+            raise InputError(f"routed.router.stream_mb: {exc}") from None
 
     @torch.no_grad()
     def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,11 +294,11 @@ def _uniform_chunks(source: _Held | _Streamed, m: str, rows: torch.Tensor):
         yield list(range(start, start + len(cands))), mix(cands, cands.new_full(cands.shape[:2], 1.0 / cands.shape[1]))
 
 
-def _cache_chunks(cache, m: str, keys: np.ndarray):
-    """A miner cache's normalised embeddings of the items `keys`, chunk by chunk."""
+def _leaf_chunks(caches: CacheSet, leaf: Expert, m: str, keys: np.ndarray):
+    """A leaf's normalised embeddings of the items `keys`, chunk by chunk."""
     for start in range(0, len(keys), CHUNK):
         part = keys[start:start + CHUNK]
-        yield list(range(start, start + len(part))), F.normalize(_leaf_rows(cache, m, part), dim=-1)
+        yield list(range(start, start + len(part))), F.normalize(caches.embeddings_of_keys(leaf, m, part), dim=-1)
 
 
 def _source(space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray], split: str, stream_mb: float | None,
@@ -366,9 +359,9 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
                 rows[other][span] = _nearest(_uniform_chunks(source, m, own), _uniform_chunks(source, other, everyone),
                                              space.dim)
             else:
-                cache = caches.caches[miner]
-                rows[other][span] = _nearest(_cache_chunks(cache, m, keys[seed_at]),
-                                             _cache_chunks(cache, other, pool[other]), space._leaf(miner).dim)
+                leaf = space._leaf(miner)
+                rows[other][span] = _nearest(_leaf_chunks(caches, leaf, m, keys[seed_at]),
+                                             _leaf_chunks(caches, leaf, other, pool[other]), leaf.dim)
         start += len(own)
     return RouteData(keys[tuples], rows, source, mined=len(tuples) - len(paired))
 

@@ -320,6 +320,19 @@ class _RowsSide(_Over):
         return [*self.inner.key(), self.rows]
 
 
+def shard_budget(files: Sequence[ShardFile], block_bytes: int, max_mb: float) -> tuple[ShardLRU, int]:
+    """A `ShardLRU` of `max_mb` MB for reading `files`, and the default shard-block window: as many
+    blocks of `block_bytes` (a shard of every side a block reads) as fit in half of it, at least 1.
+
+    Raises:
+        InputError: a shard of `files` larger than `max_mb`."""
+    lru = ShardLRU(int(max_mb * 2**20))
+    largest = max((f.nbytes for f in files), default=0)
+    if largest > lru.max_bytes:
+        raise InputError(f"a shard of {largest / 2**20:.1f} MB does not fit max_mb={max_mb}")
+    return lru, max(1, lru.max_bytes // 2 // max(1, block_bytes))
+
+
 def block_order(shard: torch.Tensor, shards: int, window: int, seed: int, epoch: int) -> torch.Tensor:
     """The (seed, epoch)-determined order of rows whose shards are `shard` (of `shards` in all): the
     shards in a shuffled order, cut into blocks of `window`, rows shuffled within a block."""
@@ -355,12 +368,9 @@ class CachePairs:
         self.src, self.tgt = (side if isinstance(side, Side) else _Side(side) for side in (src, tgt))
         if len(self.src.shard) != len(self.tgt.shard):
             raise InputError(f"paired sides of {len(self.src.shard)} and {len(self.tgt.shard)} rows")
-        self.lru = ShardLRU(int(max_mb * 2**20))
-        largest = max((s.nbytes for s in self.src.files + self.tgt.files), default=0)
-        if largest > self.lru.max_bytes:
-            raise InputError(f"a shard of {largest / 2**20:.1f} MB does not fit max_mb={max_mb}")
-        if window is None:
-            window = max(1, self.lru.max_bytes // 2 // max(1, self.src.block_bytes + self.tgt.block_bytes))
+        self.lru, default = shard_budget(self.src.files + self.tgt.files, self.src.block_bytes + self.tgt.block_bytes,
+                                         max_mb)
+        window = default if window is None else window
         if window < 1:
             raise InputError(f"window must be at least 1 shard, got {window}")
         self.window = window

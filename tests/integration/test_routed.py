@@ -13,7 +13,7 @@ import spacebind
 from spacebind.bonds.route import RoutedSpace, RouterConfig, train_routers
 from spacebind.bonds.router import Router
 from spacebind.cache import dataset_key, ensure_caches
-from spacebind.errors import CheckpointError, RecipeError
+from spacebind.errors import CheckpointError, InputError, RecipeError
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.report import task_scores
 from spacebind.fuse import fuse
@@ -212,6 +212,8 @@ def test_routers_train_from_the_cache_shards_within_their_budget(fused, small_wo
     assert streamed.source.lru.max_held_bytes <= budget * 2**20 and streamed.source.lru.reads > 1
     order = streamed.order(0, 0)
     assert sorted(order.tolist()) == list(range(len(held)))
+    with pytest.raises(InputError, match=r"routed.router.stream_mb: a shard of .* MB does not fit"):
+        route.route_data(uniform, caches, small_world, "train", stream_mb=0.5 * largest / 2**20)
 
     made = []
     original = route.route_data

@@ -134,6 +134,7 @@ def _routed(**router) -> dict:
     (_set("routed", _routed(lr=float("nan"))), "routed.router.lr: Input should be a finite number"),
     (_set("routed", _routed(temperature=float("inf"))), "routed.router.temperature: Input should be a finite number"),
     (_set("routed", _routed(seed=-1)), "routed.router.seed: Input should be greater than or equal to 0"),
+    (_set("routed", _routed(stream_mb=0)), "routed.router.stream_mb: Input should be greater than 0"),
     (_set("routed", {"experts": ["image_text"], "scales": {"text": float("inf")}}), "routed.scales.text: Input should be a finite number"),
     (_set("bonds.1.pseudo", [{"seed": "audio", "partners": ["text"], "temperature": float("inf")}]),
      "bonds.1.pseudo.0.temperature: Input should be a finite number"),

@@ -61,7 +61,7 @@ from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.io.datasets import Dataset
 from spacebind.io.progress import note, track
 from spacebind.modalities import check_modality, modality_pairs
-from spacebind.retrieval.mining import build_index, search
+from spacebind.retrieval.mining import MiningIndex, build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
@@ -210,6 +210,8 @@ class RouterConfig(BaseModel):
     stream_mb: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
         "compute the candidates batch by batch from the cache shards, at most this many MB of float16 shards "
         "held (splits larger than memory; its own shard-block batch order); None: candidates in memory"))
+    index: MiningIndex = Field(default_factory=MiningIndex, description=(
+        "FAISS index that mines the pseudo tuples' partners: flat (exact) or an approximate kind for large pools"))
 
 
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
@@ -319,12 +321,13 @@ def _source(space: RoutedSpace, caches: CacheSet, pool: Mapping[str, np.ndarray]
 @torch.no_grad()
 def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: str,
                miners: Mapping[str, str] | None = None, stream_mb: float | None = None,
-               progress: bool = False) -> RouteData:
+               progress: bool = False, index: MiningIndex | None = None) -> RouteData:
     """The tuples of a split, from the caches: every item carrying two or more of the space's
     modalities, then one pseudo tuple per unimodal item (OmniBind's unpaired pools): the item with
     its nearest item of every other modality, found by exact FAISS search over the split's items
-    in the pair's miner (see `tuple_miner`). `stream_mb`: see `RouterConfig` (caches not on disk
-    are held regardless); `progress`: status lines."""
+    in the pair's miner (see `tuple_miner`; `index`: the FAISS index, exact flat by default).
+    `stream_mb`: see `RouterConfig` (caches not on disk are held regardless); `progress`: status lines."""
+    index = index or MiningIndex()
     mods = list(space.modalities)
     # the split's items carrying any of the space's modalities: their keys and which they carry
     keys, carries = _split_table(dataset, split, mods)
@@ -357,11 +360,12 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
             if miner is None:
                 everyone = torch.arange(len(pool[other]))
                 rows[other][span] = _nearest(_uniform_chunks(source, m, own), _uniform_chunks(source, other, everyone),
-                                             space.dim)
+                                             space.dim, index, f"{split} {m}→{other}")
             else:
                 leaf = space._leaf(miner)
                 rows[other][span] = _nearest(_leaf_chunks(caches, leaf, m, keys[seed_at]),
-                                             _leaf_chunks(caches, leaf, other, pool[other]), leaf.dim)
+                                             _leaf_chunks(caches, leaf, other, pool[other]), leaf.dim, index,
+                                             f"{split} {m}→{other}")
         start += len(own)
     return RouteData(keys[tuples], rows, source, mined=len(tuples) - len(paired))
 
@@ -403,11 +407,14 @@ def tuple_miner(space: RoutedSpace, a: str, b: str, miners: Mapping[str, str]) -
     return min(leaves, key=lambda leaf: len(leaf.modalities)).name if leaves else None
 
 
-def _nearest(queries, gallery, dim: int) -> torch.Tensor:
-    """Row of each query's nearest gallery item (inner product), through a flat FAISS index; both
-    given as `(positions, embeddings)` chunks."""
-    index, _ = build_index(gallery, dim)
-    _, _, found = search(index, queries, 1)
+def _nearest(queries, gallery, dim: int, index: MiningIndex, what: str) -> torch.Tensor:
+    """Row of each query's nearest gallery item (inner product) through a FAISS index of `index`'s
+    kind; both given as `(positions, embeddings)` chunks. `what` names the mining in errors."""
+    try:
+        built, _ = build_index(gallery, dim, index.kind, index.index_options())
+    except InputError as exc:
+        raise InputError(f"routed.router.index, mining {what}: {exc}") from None
+    _, _, found = search(built, queries, 1)
     return found[:, 0]
 
 
@@ -473,7 +480,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     """Train one router per modality with two or more candidates (projectors frozen); returns the
     routed space with them (`space`'s own routers, if any, are replaced)."""
     config = config or RouterConfig()
-    train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb, progress)
+    train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb, progress, config.index)
                   for split in ("train", "val"))
     if len(train) < 2:
         raise InputError(f"router training: the train split of {dataset.root} has {len(train)} tuples "

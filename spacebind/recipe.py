@@ -20,6 +20,7 @@ from spacebind.bonds.route import RouterConfig
 from spacebind.errors import RecipeError
 from spacebind.experts import is_import_path
 from spacebind.modalities import MODALITIES
+from spacebind.retrieval.mining import MiningIndex
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.training.trainer import TrainConfig
 
@@ -383,7 +384,7 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
 
 
 def _all_field_names() -> list[str]:
-    models = [Recipe, DataConfig, WorldData, ImportData, ExpertConfig, BondConfig, PseudoDataset, TrainConfig, EvalConfig, ExportConfig,
+    models = [Recipe, DataConfig, WorldData, ImportData, ExpertConfig, BondConfig, PseudoDataset, MiningIndex, TrainConfig, EvalConfig, ExportConfig,
               UniBindConfig, RelativeConfig, RoutedConfig, RouterConfig]
     return sorted({n for m in models for n in m.model_fields} | {"import", "expert"})
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors import safe_open
 
 from spacebind.cache.store import EmbeddingCache
@@ -48,6 +49,38 @@ class IndexOptions:
         used = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
                 "pq": ("pq_m", "pq_bits"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits")}[kind]
         return {k: getattr(self, k) for k in used}
+
+
+class MiningIndex(BaseModel):
+    """The FAISS index a recipe's mining searches (a pseudo dataset's `index`, `routed.router.index`):
+    exact `flat` by default, or an approximate kind for pools too large to hold as float32, with the
+    `IndexOptions` fields it reads, e.g. `{kind: ivfpq, options: {nlist: 1024, pq_m: 64}}`; a bare kind
+    (`index: hnsw`) keeps every option's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: IndexKind = "flat"
+    options: dict[str, int] = Field(default_factory=dict, description="IndexOptions fields (positive integers)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind(cls, value: object) -> object:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, int]) -> dict[str, int]:
+        known = [f.name for f in fields(IndexOptions)]
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown index option(s) {unknown}; expected some of {known}")
+        small = sorted(k for k, v in value.items() if v < 1)
+        if small:
+            raise ValueError(f"index option(s) {small} must be at least 1")
+        return value
+
+    def index_options(self) -> IndexOptions:
+        return IndexOptions(**self.options)
 
 
 def new_index(kind: str, dim: int, options: IndexOptions) -> "object":

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset, Manifest
-from spacebind.retrieval.mining import mine, weighted_means
+from spacebind.retrieval.mining import MiningIndex, mine, weighted_means
 from spacebind.space import Space
 
 
@@ -42,6 +42,8 @@ class PseudoDataset(BaseModel):
     k: int = Field(5, ge=1)
     mode: Literal["softmax", "top1"] = "softmax"
     temperature: float = Field(0.05, gt=0, allow_inf_nan=False)
+    index: MiningIndex = Field(default_factory=MiningIndex, description=(
+        "FAISS index the miner searches: flat (exact) or an approximate kind for large pools, see MiningIndex"))
 
     @property
     def label(self) -> str:
@@ -117,8 +119,11 @@ def pseudo_parts(
         if not len(mined) or not len(pool):
             continue
         where = out / f"{split}-{spec.label}-{partner}" if out is not None else None
-        found = mine(miner_cache, spec.seed, partner, k=spec.k, seed_rows=seed_rows[mined], pool_rows=pool_rows,
-                     out=where, progress=False)
+        try:
+            found = mine(miner_cache, spec.seed, partner, k=spec.k, index=spec.index.kind, options=spec.index.index_options(),
+                         seed_rows=seed_rows[mined], pool_rows=pool_rows, out=where, progress=False)
+        except InputError as exc:
+            raise InputError(f"pseudo dataset {spec.label!r} index, mining {split} {partner}: {exc}") from None
         if admits(spec.seed, partner):
             add(PairBlock(spec.seed, seeds[mined], partner, pool[found.indices.flatten().numpy()],
                            found.weights(spec.mode, spec.temperature)))

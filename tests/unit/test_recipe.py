@@ -135,6 +135,11 @@ def _routed(**router) -> dict:
     (_set("routed", _routed(temperature=float("inf"))), "routed.router.temperature: Input should be a finite number"),
     (_set("routed", _routed(seed=-1)), "routed.router.seed: Input should be greater than or equal to 0"),
     (_set("routed", _routed(stream_mb=0)), "routed.router.stream_mb: Input should be greater than 0"),
+    (_set("routed", _routed(index={"kind": "ivf", "options": {"nlst": 8}})),
+     "routed.router.index.options: unknown index option(s) ['nlst']"),
+    (_set("routed", _routed(index="annoy")), "routed.router.index.kind: Input should be 'flat', 'ivf', 'hnsw', 'pq' or 'ivfpq'"),
+    (_set("bonds.1.pseudo", [{"seed": "audio", "partners": ["text"], "index": {"kind": "pq", "options": {"pq_m": 0}}}]),
+     "bonds.1.pseudo.0.index.options: index option(s) ['pq_m'] must be at least 1"),
     (_set("routed", {"experts": ["image_text"], "scales": {"text": float("inf")}}), "routed.scales.text: Input should be a finite number"),
     (_set("bonds.1.pseudo", [{"seed": "audio", "partners": ["text"], "temperature": float("inf")}]),
      "bonds.1.pseudo.0.temperature: Input should be a finite number"),
@@ -167,6 +172,17 @@ def test_malformed_values_are_named_errors(change, expected: str) -> None:
     with pytest.raises(RecipeError) as info:
         validate_recipe(raw, "demo.yaml")
     assert expected in str(info.value)
+
+
+def test_mining_indexes_parse_from_a_bare_kind_or_kind_and_options() -> None:
+    raw = demo_raw()
+    raw["bonds"][1].pop("mixture")
+    raw["bonds"][1]["pseudo"] = [{"seed": "audio", "partners": ["text"], "index": "hnsw"}]
+    raw["routed"] = _routed(index={"kind": "ivfpq", "options": {"nlist": 1024, "pq_m": 64}})
+    recipe = validate_recipe(raw)
+    assert recipe.bonds[1].pseudo[0].index.kind == "hnsw" and recipe.bonds[1].pseudo[0].index.options == {}
+    options = recipe.routed.router.index.index_options()
+    assert (recipe.routed.router.index.kind, options.nlist, options.pq_m, options.nprobe) == ("ivfpq", 1024, 64, 16)
 
 
 def test_safe_names_pass() -> None:

@@ -12,12 +12,13 @@ from memory_cache import MemoryCache
 
 from spacebind import Dataset, Space
 from spacebind.bonds.linear import LinearMap
-from spacebind.bonds.route import RoutedSpace, member_pseudo, route_data
+from spacebind.bonds.route import RoutedSpace, RouterConfig, member_pseudo, route_data, train_routers
 from spacebind.cache import CacheSet
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
 from spacebind.io.datasets import Item
 from spacebind.io.progress import NORMAL, verbosity
+from spacebind.retrieval.mining import MiningIndex
 from spacebind.retrieval.pseudo import PseudoDataset
 
 
@@ -100,3 +101,18 @@ def test_router_tuples_stay_in_memory_where_a_cache_is_not_on_disk(capsys) -> No
     assert all(torch.equal(data.rows[m], held.rows[m]) for m in held.rows)
     assert "held in memory, not streamed (routed.router.stream_mb): the cache of 'T' is not an embedding cache" in \
         capsys.readouterr().err
+
+
+def test_router_tuples_mine_through_the_configured_index() -> None:
+    """`routed.router.index`: an HNSW index searched past its size finds the flat index's partners;
+    an index that cannot train on the pool is an error naming the field and the mining."""
+    routed, caches, dataset, _ = pools()
+    flat = route_data(routed, caches, dataset, "train")
+    hnsw = route_data(routed, caches, dataset, "train", index=MiningIndex(kind="hnsw", options={"ef_search": 256}))
+    assert all(torch.equal(hnsw.rows[m], flat.rows[m]) for m in flat.rows)
+    with pytest.raises(InputError, match=r"routed\.router\.index, mining train text→audio: an IVF index with nlist=64 needs at least 64 vectors"):
+        route_data(routed, caches, dataset, "train", index=MiningIndex(kind="ivf", options={"nlist": 64}))
+    assert RouterConfig(index="pq").index == MiningIndex(kind="pq")
+    with pytest.raises(InputError, match=r"routed\.router\.index, mining train"):  # the recipe's router config reaches it
+        train_routers(routed, caches, dataset, RouterConfig(epochs=1, index={"kind": "ivf", "options": {"nlist": 64}}),
+                      progress=False)

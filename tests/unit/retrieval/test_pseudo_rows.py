@@ -16,7 +16,7 @@ from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.cache.store import embed_dataset
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Manifest
-from spacebind.retrieval.mining import mine
+from spacebind.retrieval.mining import MiningIndex, mine
 from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Space
 
@@ -209,3 +209,16 @@ def test_mining_by_rows_equals_mining_by_ids_and_stores_rows(world, tmp_path: Pa
         mine(cache, "text", "point", k=3, pool_ids=["i11"], progress=False)
     with pytest.raises(InputError, match="not both"):
         mine(cache, "text", "point", seed_ids=seeds, seed_rows=[0], progress=False)
+
+
+def test_pseudo_datasets_mine_through_their_index(world) -> None:
+    """A pseudo dataset's `index`: HNSW searched past the pool's size gives the flat index's pairs;
+    an index that cannot train on the pool is an error naming the pseudo dataset."""
+    _, data, at, u, caches = world
+    flat = pseudo_pairs(SPECS[0], at, u, caches, data, "train", "AT")
+    spec = SPECS[0].model_copy(update={"index": MiningIndex(kind="hnsw", options={"ef_search": 256})})
+    hnsw = pseudo_pairs(spec, at, u, caches, data, "train", "AT")
+    assert torch.equal(hnsw[0], flat[0]) and torch.equal(hnsw[1], flat[1])
+    ivf = SPECS[0].model_copy(update={"index": MiningIndex(kind="ivf", options={"nlist": 1000})})
+    with pytest.raises(InputError, match="pseudo dataset 'text-point' index, mining train point: an IVF index with nlist=1000"):
+        pseudo_pairs(ivf, at, u, caches, data, "train", "AT")

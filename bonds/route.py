@@ -324,8 +324,8 @@ def route_data(space: RoutedSpace, caches: CacheSet, dataset: Dataset, split: st
                progress: bool = False, index: MiningIndex | None = None) -> RouteData:
     """The tuples of a split, from the caches: every item carrying two or more of the space's
     modalities, then one pseudo tuple per unimodal item (OmniBind's unpaired pools): the item with
-    its nearest item of every other modality, found by exact FAISS search over the split's items
-    in the pair's miner (see `tuple_miner`; `index`: the FAISS index, exact flat by default).
+    its nearest item of every other modality, found by FAISS search (`index`: exact flat by
+    default) over the split's items in the pair's miner (see `tuple_miner`).
     `stream_mb`: see `RouterConfig` (caches not on disk are held regardless); `progress`: status lines."""
     index = index or MiningIndex()
     mods = list(space.modalities)

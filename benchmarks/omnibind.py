@@ -1,6 +1,7 @@
 """OmniBind on the procedural world, on held-out instance seeds (recipes/omnibind_world.yaml): each
-expert alone, the target (anchor) space, the uniform mixture of all remapped spaces, and the routed
-space trained without and with language-representation decoupling. R@1 both ways on every
+expert alone, the target (anchor) space, the routed space without its channel (OmniBind's formula),
+the uniform mixture of all remapped spaces, and the routed space trained without and with
+language-representation decoupling (the last three with the channel the recipe chose on val). R@1 both ways on every
 modality pair (audio↔point included: no single expert but the unified one covers it), the mean
 over all pairs (a pair a space lacks counts 0), averaged over seeds; then the router weight per
 candidate space and modality on the test split, its mean and its sd over inputs. `--recipe
@@ -8,13 +9,14 @@ omnibind_world_pools` runs OmniBind as published: unimodal train pools, pseudo p
 tuples (recipes/omnibind_world_pools.yaml); `--recipe omnibind_world_specialists` routes between
 two domain-specialist audio-text experts (recipes/omnibind_world_specialists.yaml), and adds two
 columns that bound what routing by domain can add: the candidates weighted by an oracle that knows
-each test item's concept (the specialist that never learned it out; or only the one that did).
+each test item's concept (the specialist that never learned it out; or only the one that did; no channel).
 Last, routed − uniform in mean R@1 per seed and pooled over the seeds, with its 95 % paired
 bootstrap interval over test items (each item's hits in all 12 directions resampled together).
 Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import tempfile
 from collections import defaultdict
@@ -65,9 +67,10 @@ def item_scores(space, caches, dataset) -> torch.Tensor:
 
 
 def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibind_world"
-             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-    """Scores per column, mean router weights per `modality: candidate` per routed column, and the
-    uniform mixture's and the routed space's `item_scores`."""
+             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, torch.Tensor],
+                        dict[str, float] | None]:
+    """Scores per column, mean router weights per `modality: candidate` per routed column, the
+    uniform mixture's and the routed space's `item_scores`, and the channel's κ chosen on val."""
     raw = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
     raw["data"] = {"world": {**raw["data"]["world"], "seed": seed, **sizes}}
     work = root / f"work-{seed}"
@@ -81,18 +84,18 @@ def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibi
     routed = result.space
     no_decoupling = train_routers(routed.uniform(), caches, dataset,
                                   RouterConfig(**{**raw["routed"]["router"], "decoupling": 0.0}), progress=False)
-    spaces = {"target (anchor)": routed.base, "uniform mixture": routed.uniform(),
-              "routed, no decoupling": no_decoupling, "routed + decoupling": routed}
+    spaces = {"target (anchor)": routed.base, "routed, no channel": routed.with_channels(None),
+              "uniform mixture": routed.uniform(), "routed, no decoupling": no_decoupling, "routed + decoupling": routed}
     for label, space in spaces.items():
         columns[label] = task_scores(evaluate_space(space, "fused", caches, dataset, "test", [1]))
-    weights = {label: route_weights(space, caches, dataset) for label, space in list(spaces.items())[2:]}
+    weights = {label: route_weights(space, caches, dataset) for label, space in list(spaces.items())[3:]}
     items = {label: item_scores(spaces[label], caches, dataset) for label in ("uniform mixture", "routed + decoupling")}
     domains = {key: CONFIGS[name].domain for key, name in raw["experts"].items()
                if name in CONFIGS and CONFIGS[name].domain is not None}
     if domains:
         for label, own_only in (("domain oracle: other specialist out", False), ("domain oracle: own specialist", True)):
             columns[label] = domain_oracle(routed, caches, dataset, domains, own_only)
-    return {k: with_mean(v) for k, v in columns.items()}, weights, items
+    return {k: with_mean(v) for k, v in columns.items()}, weights, items, routed.channels
 
 
 def oracle_weights(routes: list[str], concept: torch.Tensor, domains: dict[str, tuple[int, int]],
@@ -164,10 +167,10 @@ def main() -> None:
     sizes = dict(zip(("train", "val", "test"), args.sizes))
     scores: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     weights: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    per_seed, items = {}, []
+    per_seed, items, channels = {}, [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            columns, routed, scored = run_seed(seed, Path(tmp), sizes, args.recipe)
+            columns, routed, scored, channels[seed] = run_seed(seed, Path(tmp), sizes, args.recipe)
             per_seed[seed] = {c: v[MEAN] for c, v in columns.items()}
             items.append(scored)
             for target, source in ((scores, columns), (weights, routed)):
@@ -179,6 +182,7 @@ def main() -> None:
     console.print(_table("router weight per candidate on the test split: mean and sd over inputs (%)", weights, 100))
     for seed, means in per_seed.items():
         console.print(f"seed {seed}: " + ", ".join(f"{c} {100 * v:.2f}" for c, v in means.items()))
+        console.print(f"seed {seed}: channel κ chosen on val: {channels[seed] or 'none (OmniBind formula)'}")
     gains = {str(seed): routed_gain([scored]) for seed, scored in zip(args.seeds, items)}
     if len(args.seeds) > 1:
         gains["pooled"] = routed_gain(items)
@@ -186,7 +190,9 @@ def main() -> None:
         console.print(f"{'seed ' + label if label != 'pooled' else 'pooled'}: routed + decoupling − uniform mixture, "
                       f"mean R@1 {gain} points (95 % paired bootstrap over test items)")
     if args.json:
-        args.json.write_text(json.dumps({"scores": scores, "weights": weights, "per_seed": per_seed,
+        args.json.write_text(json.dumps({"recipe": args.recipe, "seeds": args.seeds, "threads": torch.get_num_threads(),
+                                         "date": datetime.date.today().isoformat(),
+                                         "scores": scores, "weights": weights, "per_seed": per_seed, "channels": channels,
                                          "routed_minus_uniform": {k: vars(g) for k, g in gains.items()}}, indent=1))
 
 

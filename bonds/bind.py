@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spacebind.bonds.fit import train_heads
-from spacebind.bonds.lambdas import CHANNEL, choose_lambdas
+from spacebind.bonds.lambdas import CHANNEL, choose_lambdas, split_setting
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
 from spacebind.errors import InputError
@@ -182,10 +182,10 @@ class BoundSpace(BondNode):
         if self.channels is None:
             return bonded
         if self.kind == "combination":
-            parts = [xs.get(e.name, bonded.new_zeros(len(bonded), e.dim)) for e in self.experts]
+            parts = [xs.get(e.name, bonded.new_zeros(bonded.shape[0], e.dim)) for e in self.experts]
             raw = F.normalize(torch.cat(parts, dim=-1), dim=-1)  # all zeros where no expert covers it
         else:
-            raw = u if u is not None else bonded.new_zeros(len(bonded), self.base.dim)
+            raw = u if u is not None else bonded.new_zeros(bonded.shape[0], self.base.dim)
         has_raw = bool(xs) if self.kind == "combination" else u is not None
         kappa = self.channel_for(modality) if has_raw else 0.0
         return torch.cat([(1.0 - kappa) ** 0.5 * bonded, kappa ** 0.5 * raw], dim=-1)
@@ -207,13 +207,6 @@ class BoundSpace(BondNode):
         if x is None:
             return F.normalize(projected, dim=-1)
         return F.normalize(lam * projected + (1.0 - lam) * x, dim=-1)
-
-
-def split_setting(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """A preset or sweep point split into λ by modality and κ by modality (its `channel:<modality>` keys)."""
-    lambdas = {m: v for m, v in values.items() if not m.startswith(CHANNEL)}
-    kappas = {m.removeprefix(CHANNEL): v for m, v in values.items() if m.startswith(CHANNEL)}
-    return lambdas, kappas
 
 
 def checked_setting(values: Mapping[str, float]) -> dict[str, float]:

@@ -26,6 +26,9 @@ chosen again, the same way (maximin, the guard against the coarse λ), on the ta
 (those not between two such modalities, with κ in force), and return to the coarse λ (the bond's, by
 default FreeBind's `versatile` preset) and the bond's own heads where no task is left or nothing
 beats them beyond the noise; so nothing moves on evidence that does not bear on what it changes.
+
+A routed space's channel (`choose_channels`) is weighed the same way per group of pair specialists,
+from the same prior, on the mean over the pair's tasks rather than the worst margin.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ from spacebind.space import Space
 
 if TYPE_CHECKING:
     from spacebind.bonds.bind import BoundSpace
+    from spacebind.bonds.node import BondNode
+    from spacebind.bonds.route import RoutedSpace
     from spacebind.cache import CacheSet
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -78,13 +83,20 @@ class LambdaChoice:
         return asdict(self)
 
 
+def split_setting(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """A preset or sweep point split into λ by modality and κ (its `channel:<name>` keys: by modality for a bond, by leaf for a routed space)."""
+    lambdas = {m: v for m, v in values.items() if not m.startswith(CHANNEL)}
+    kappas = {m.removeprefix(CHANNEL): v for m, v in values.items() if m.startswith(CHANNEL)}
+    return lambdas, kappas
+
+
 class _Tasks:
     """Per-query correctness of every task, for the fused space at any λ and for each part."""
 
-    def __init__(self, space: "BoundSpace", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset,
+    def __init__(self, space: "BondNode", parts: Sequence[Space], caches: "CacheSet", dataset: Dataset,
                  split: str, tuned: Sequence[str], grid: Sequence[float],
                  like: "_Tasks | None" = None, groups: str | None = None) -> None:
-        """`tuned`: parameter names, a modality for its λ and `CHANNEL + modality` for its κ. `like`:
+        """`tuned`: parameter names (`space.setting_keys`: a modality for its λ, `CHANNEL + …` for a κ). `like`:
         the tasks of the same bond with other heads or weights, whose parts' scores and prompt leaf
         embeddings (the same leaves) are reused rather than computed again. `groups`: the item
         attribute that groups queries for the bootstrap (see the module docstring)."""
@@ -94,8 +106,8 @@ class _Tasks:
         self.ids = {m: caches.usable_ids(space, m, [it.id for it in self.items if m in it.fields]) for m in self.modalities}
         self.row = {m: {i: r for r, i in enumerate(ids)} for m, ids in self.ids.items()}
         self.space, self.caches = space, caches
-        # the parameters each modality's fused embedding depends on: its λ, its channel weight κ
-        self.params = {m: [p for p in (m, CHANNEL + m) if p in tuned] for m in self.modalities}
+        # the parameters each modality's fused embedding depends on (a bond's: its λ and κ)
+        self.params = {m: [p for p in space.setting_keys(m) if p in tuned] for m in self.modalities}
         self.fused: dict[str, dict[tuple[float, ...], torch.Tensor]] = {
             m: {values: caches.embeddings(self._at(m, values), m, self.ids[m])
                 for values in itertools.product(grid, repeat=len(self.params[m]))}
@@ -114,12 +126,9 @@ class _Tasks:
         self.best_part = like.best_part if like is not None else self._best_parts(parts)
         self.group_index = like.group_index if like is not None else self._group_index(groups)
 
-    def _at(self, modality: str, values: Sequence[float]) -> "BoundSpace":
+    def _at(self, modality: str, values: Sequence[float]) -> "BondNode":
         """The space with `modality`'s tuned parameters set to `values` (in `self.params` order)."""
-        setting = dict(zip(self.params.get(modality, []), values))
-        lambdas = {modality: setting[modality]} if modality in setting else {}
-        channels = {modality: setting[CHANNEL + modality]} if CHANNEL + modality in setting else None
-        return self.space.with_lambdas(lambdas, channels)
+        return self.space.with_lambdas(dict(zip(self.params.get(modality, []), values)))
 
     def _prompts(self, dataset: Dataset) -> tuple[list[str], int] | None:
         if not dataset.classes:
@@ -222,9 +231,10 @@ def _between(task: tuple[str, str, str], modalities: Sequence[str]) -> bool:
 
 
 def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tensor],
-               weights: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:
+               weights: Mapping[str, torch.Tensor] | None = None, mean_first: bool = False) -> tuple[float, float]:
     """(worst margin over tasks, mean fused score), each query weighted by `weights` (a bootstrap
-    resample's multiplicities; 1 by default). A task no query of the resample reaches is left out."""
+    resample's multiplicities; 1 by default); `mean_first`: the mean first, the worst margin to
+    break ties. A task no query of the resample reaches is left out."""
     margins, scores = [], []
     for task, hit in fused.items():
         w = weights[task] if weights is not None else torch.ones(len(hit))
@@ -235,12 +245,13 @@ def _objective(fused: Mapping[str, torch.Tensor], best: Mapping[str, torch.Tenso
         scores.append(score)
         if task in best:
             margins.append(score - float((best[task].float() * w).sum()) / total)
-    return (min(margins) if margins else 0.0), (sum(scores) / len(scores) if scores else 0.0)
+    worst, mean = (min(margins) if margins else 0.0), (sum(scores) / len(scores) if scores else 0.0)
+    return (mean, worst) if mean_first else (worst, mean)
 
 
 def bootstrap_share(challenger: Mapping[str, torch.Tensor], incumbent: Mapping[str, torch.Tensor],
                     best_part: Mapping[str, torch.Tensor], group_index: Mapping[str, torch.Tensor],
-                    resamples: int, seed: int) -> float:
+                    resamples: int, seed: int, mean_first: bool = False) -> float:
     """The share of bootstrap resamples in which `challenger`'s objective beats `incumbent`'s (both:
     per task, per-query scores). A resample draws query groups with replacement, as many as there
     are, the same draw for every task (`group_index`: per task, each query's group)."""
@@ -253,16 +264,18 @@ def bootstrap_share(challenger: Mapping[str, torch.Tensor], incumbent: Mapping[s
         drawn = present[torch.randint(len(present), (len(present),), generator=generator)]
         counts = torch.bincount(drawn, minlength=size).float()
         weights = {t: counts[g] for t, g in index.items()}
-        wins += _objective(challenger, best_part, weights) > _objective(incumbent, best_part, weights)
+        wins += (_objective(challenger, best_part, weights, mean_first)
+                 > _objective(incumbent, best_part, weights, mean_first))
     return wins / resamples
 
 
 def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[str, float], grid: Sequence[float],
             best_part: Mapping[str, torch.Tensor], starts: Sequence[Mapping[str, float]], resamples: int,
-            confidence: float, seed: int, only: set[str] | None = None) -> dict[str, Any]:
+            confidence: float, seed: int, only: set[str] | None = None, mean_first: bool = False) -> dict[str, Any]:
     """Search every candidate (`tasks` by name, "" first) over `params` and guard the winner against
     ("", `coarse`): the winner, the setting in force, the bootstrap share, and each candidate's
-    best objective. `only`: the task labels the objective counts (all by default)."""
+    best objective. `only`: the task labels the objective counts (all by default); `mean_first`:
+    see `_objective`."""
     cache: dict[tuple[str, Setting], dict[str, torch.Tensor]] = {}
 
     def hits(setting: tuple[str, Mapping[str, float]]) -> dict[str, torch.Tensor]:
@@ -273,7 +286,7 @@ def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[
         return cache[key]
 
     def objective(setting: tuple[str, Mapping[str, float]]) -> tuple[float, float]:
-        return _objective(hits(setting), best_part)
+        return _objective(hits(setting), best_part, mean_first=mean_first)
 
     def search(name: str) -> dict[str, float]:
         if len(params) <= 2:
@@ -292,7 +305,7 @@ def _select(tasks: Mapping[str, _Tasks], params: Sequence[str], coarse: Mapping[
     best = max(searched.items(), key=objective)
     start = ("", dict(coarse))
     share = bootstrap_share(hits(best), hits(start), best_part, next(iter(tasks.values())).group_index,
-                            resamples, seed)
+                            resamples, seed, mean_first)
     moved = best[0] != "" or best[1] != start[1]
     kept = moved and share < confidence
     chosen = start if kept or not moved else best
@@ -391,3 +404,53 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
                         kept_coarse=first["kept"], margins=margins, projector=name, candidates=first["candidates"],
                         channels=channels, channel_confidence=share, channel_unmoved=unmoved, groups=groups,
                         undone=undone, after_channel=after)
+
+
+def choose_channels(space: "RoutedSpace", caches: "CacheSet", dataset: Dataset, *, split: str = "val",
+                    grid: Sequence[float] = DEFAULT_GRID, resamples: int = 200, confidence: float = 0.9,
+                    seed: int = 0, groups: str | None = None) -> "RoutedSpace":
+    """A routed space's channel (`spacebind.bonds.route`) weighed on `split`: κ of the pair
+    specialists, by group of specialists covering the same modalities (fewest modalities first),
+    each from `CHANNEL_PRIOR` (the specialists rank their own pairs, as in a combination bond's
+    channel) and moved only where the κ with the best mean score over the tasks between those
+    modalities (ties broken by the worst margin over the space's leaves) beats the prior in
+    `confidence` of the bootstrap resamples; the mean, not `choose_lambdas`' worst margin, so that a
+    tie on one task does not veto a clear gain on another (docs/decisions.md). Class-level evidence
+    alone leaves κ at the prior. Specialists left at κ = 0 drop out of the channel; none left:
+    OmniBind's formula.
+    The choice is recorded under the space's `choices["channels"]`; the space itself is returned
+    unchanged when the split has no paired items of any specialist's modalities."""
+    present = {m for m in dataset.modalities() if dataset.count(split, m)}
+    leaves = sorted((leaf for leaf in space.channel_leaves() if len(present & set(leaf.modalities)) >= 2),
+                    key=lambda leaf: len(leaf.modalities))
+    if not leaves:
+        return space
+    kappas = sorted({*(float(v) for v in grid if v < 1), CHANNEL_PRIOR})  # κ = 1 would drop the routed mixture
+    setting = {leaf.name: CHANNEL_PRIOR for leaf in leaves}
+    first: _Tasks | None = None
+    record: dict[str, Any] = {"split": split, "groups": groups, "prior": CHANNEL_PRIOR, "specialists": {}}
+    covers = {leaf.name: tuple(m for m in space.modalities if m in leaf.modalities) for leaf in leaves}
+    for modalities in dict.fromkeys(covers.values()):
+        names = [name for name, covered in covers.items() if covered == modalities]
+        params = [CHANNEL + n for n in names]
+        prior = {p: CHANNEL_PRIOR for p in params}
+        tasks = {"": _Tasks(space.with_channels(setting), space.leaves(), caches, dataset, split, params, kappas,
+                            like=first, groups=groups)}
+        first = first or tasks[""]
+        carried = {t[0] for t in tasks[""].names if _between(t, modalities)}
+        entry: dict[str, Any] = {"modalities": list(modalities)}
+        if not any(t.endswith(" R@1") for t in carried):
+            entry.update(kappa={n: CHANNEL_PRIOR for n in names}, confidence=None,
+                         unmoved=f"the {split} split has no paired items of {', '.join(modalities)}")
+        else:
+            picked = _select(tasks, params, prior, kappas, first.best_part, [prior, {p: 0.5 for p in params}],
+                             resamples, confidence, seed, only=carried, mean_first=True)
+            chosen = picked["chosen"][1]
+            setting.update({p.removeprefix(CHANNEL): v for p, v in chosen.items()})
+            hits = picked["hits"](picked["chosen"])
+            entry.update(kappa={p.removeprefix(CHANNEL): v for p, v in chosen.items()}, confidence=picked["share"],
+                         margins={t: round(float(h.float().mean()) - float(first.best_part[t].float().mean()), 4)
+                                  for t, h in hits.items() if t in first.best_part})
+        record["specialists"][" ∥ ".join(names)] = entry
+    kept = {n: v for n, v in setting.items() if v > 0} or None
+    return space.with_channels(kept, record)

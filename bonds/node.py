@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from torch import nn
 
+from spacebind.bonds.lambdas import CHANNEL
 from spacebind.errors import InputError
 from spacebind.modalities import MODALITIES
 from spacebind.registry import Registry
@@ -69,6 +70,10 @@ class BondNode(Space):
             if isinstance(child, BondNode):
                 found.extend(child.bonds())
         return [*found, self]
+
+    def setting_keys(self, modality: str) -> list[str]:
+        """The tuned parameters (λ by modality, `channel:<…>` κ) `modality`'s embedding depends on."""
+        return [modality, CHANNEL + modality]
 
     def kind_config(self) -> dict[str, Any]:
         """Fields a kind adds to its checkpoint node (after `presets`)."""

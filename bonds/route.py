@@ -12,6 +12,15 @@ embeddings of x, and s_m the per-modality scale (OmniBind: 10 for text, 1 otherw
 without a trained router mixes its candidates uniformly (w_k = 1/K): the untrained routed space is
 the uniform mixture. Trained by `spacebind.bonds.route`.
 
+Channel (spacebind's extension, `channels` set): one text embedding serves every pair, so a mixture
+good for audio↔text can cost image↔text. Each pair specialist E (`channel_leaves`: for some pair, a
+leaf covering both with the fewest modalities, fewer than the space's) can append its own unit
+embedding with weight κ_E ∈ [0, 1): `n([e_m, √(κ_E/(1 − κ_E))·x^E_m, …])`, zeros where E lacks m.
+Between two modalities E covers (and no other channel leaf does), similarities are then
+proportional to `(1 − κ_E)·e·e' + κ_E·x^E·x^E'`: E's own ranking at κ → 1, the routed one at 0;
+pairs E does not cover keep the routed ranking. `channels=None` is OmniBind's formula and dimension.
+`choose_channels` (`spacebind.bonds.lambdas`) picks κ on val.
+
 Training on cached embeddings: Training OmniBind's routed space on cached embeddings: remap every member space into the target
 with a frozen projector (mixture), then train one router per modality; nothing re-encodes data.
 
@@ -51,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from spacebind.bonds.fit import train_head
+from spacebind.bonds.lambdas import CHANNEL, choose_channels, split_setting
 from spacebind.bonds.node import BondNode, register_bond
 from spacebind.bonds.router import Router, mix, routing_weights
 from spacebind.cache.cache_set import CacheSet
@@ -82,6 +92,8 @@ class RoutedSpace(BondNode):
         heads: projectors by member name, and routers by `router.<modality>` (optional per modality).
         scales: s_m per modality (default 10 for text, 1 otherwise).
         inputs: router-input leaf expert names per modality (default: every leaf covering it).
+        channels: κ by channel leaf name (None: no channel; see the module docstring).
+        choices: what training chose and why (the channel's κ), saved with the space.
     """
 
     kind = "routed"
@@ -95,11 +107,15 @@ class RoutedSpace(BondNode):
         scales: Mapping[str, float] | None = None,
         inputs: Mapping[str, Sequence[str]] | None = None,
         name: str | None = None,
+        channels: Mapping[str, float] | None = None,
+        choices: Mapping[str, Any] | None = None,
     ) -> None:
         self._init_node(base, experts, heads, "routed space")
         self.lambdas: dict[str, float] = {}
         self.presets: dict[str, dict[str, float]] = {}
-        self.dim = base.dim
+        self.channels = self._checked_channels(channels) if channels is not None else None
+        self.choices = dict(choices or {})
+        self.dim = base.dim + sum(self._leaf(n).dim for n in self.channels or {})
         self.scales = {m: float(DEFAULT_SCALES.get(m, 1.0)) for m in self.modalities}
         self.scales.update({check_modality(m, self.modalities, owner="routed space scales"): float(v)
                             for m, v in (scales or {}).items()})
@@ -123,23 +139,86 @@ class RoutedSpace(BondNode):
     def _leaf(self, name: str) -> Expert:
         return next(leaf for leaf in self._leaves if leaf.name == name)
 
+    def channel_leaves(self) -> list[Expert]:
+        """The pair specialists a channel can carry: for each modality pair of the space, the leaves
+        covering both with the fewest modalities, when fewer than the space's (a leaf covering every
+        modality is one more candidate to mix, not a specialist)."""
+        names: set[str] = set()
+        for a, b in modality_pairs(list(self.modalities)):
+            covering = [leaf for leaf in self._leaves if a in leaf.modalities and b in leaf.modalities]
+            fewest = min((len(leaf.modalities) for leaf in covering), default=len(self.modalities))
+            names.update(leaf.name for leaf in covering if len(leaf.modalities) == fewest < len(self.modalities))
+        return [leaf for leaf in self._leaves if leaf.name in names]
+
+    def _checked_channels(self, channels: Mapping[str, float]) -> dict[str, float]:
+        """κ by channel leaf, in `channel_leaves` order; a named error for another leaf or κ outside [0, 1)."""
+        allowed = [leaf.name for leaf in self.channel_leaves()]
+        for name, value in channels.items():
+            if name not in allowed:
+                raise InputError(f"routed space: {name!r} cannot carry a channel; the pair specialists that can: "
+                                 f"{', '.join(allowed) or 'none'}")
+            if not 0.0 <= float(value) < 1.0:
+                raise InputError(f"routed space: channel weight κ of {name!r} is {value}; expected a value in [0, 1)")
+        return {name: float(channels[name]) for name in allowed if name in channels}
+
     def formula(self) -> str:
-        """E.g. `(image_text + c(unified)) + r(audio_text ∥ point_text)`."""
+        """E.g. `(image_text + c(unified)) + r(audio_text ∥ point_text)`; a channel appends `⊕ <its leaves>`."""
         base = self.base.formula()
         base = base if isinstance(self.base, Expert) else f"({base})"
-        return f"{base} + r({' ∥ '.join(e.formula() for e in self.experts)})"
+        channel = f" ⊕ {' ∥ '.join(self.channels)}" if self.channels else ""
+        return f"{base} + r({' ∥ '.join(e.formula() for e in self.experts)}){channel}"
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The routed part, then one part per channel leaf."""
+        return (self.base.dim, *(self._leaf(n).dim for n in self.channels or {}))
 
     def kind_config(self) -> dict[str, Any]:
-        return {"scales": self.scales, "inputs": self.inputs}
+        return {"scales": self.scales, "inputs": self.inputs,
+                **({"channels": self.channels} if self.channels is not None else {}),
+                **({"choices": self.choices} if self.choices else {})}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
                     heads: dict[str, nn.Module]) -> "RoutedSpace":
-        return cls(base, experts, heads, scales=config["scales"], inputs=config["inputs"], name=config["name"])
+        return cls(base, experts, heads, scales=config["scales"], inputs=config["inputs"], name=config["name"],
+                   channels=config.get("channels"), choices=config.get("choices"))
 
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:
-        return "routers, s: " + ", ".join(f"{m} {v:g}" for m, v in config["scales"].items())
+        channels = config.get("channels")
+        return "routers, s: " + ", ".join(f"{m} {v:g}" for m, v in config["scales"].items()) + (
+            "; channel " + ", ".join(f"{n} {v:g}" for n, v in channels.items()) if channels else "")
+
+    def setting_keys(self, modality: str) -> list[str]:
+        """The tuned parameters `modality`'s embedding depends on: κ of each channel leaf covering it."""
+        return [CHANNEL + n for n in self.channels or {} if modality in self._leaf(n).modalities]
+
+    def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "RoutedSpace":
+        """The same space (heads shared) with other κ: `channel:<leaf>` keys of a mapping, or
+        `channels` by leaf name (a routed space has no λ and no presets)."""
+        if isinstance(lambdas, str):
+            raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: (none)")
+        lams, kappas = split_setting(lambdas)
+        if lams:
+            raise InputError(f"space {self.name!r} is a routed space: it has no λ (given for {', '.join(lams)})")
+        kappas.update(channels or {})
+        if kappas and self.channels is None:
+            raise InputError(f"space {self.name!r} has no channel to weigh (κ given for {', '.join(kappas)})")
+        return self._replaced(channels=None if self.channels is None else {**self.channels, **kappas})
+
+    def with_channels(self, channels: Mapping[str, float] | None, record: Mapping[str, Any] | None = None) -> "RoutedSpace":
+        """The same space (heads shared) with exactly `channels` (κ by leaf; None: no channel) and, if
+        given, the `record` of how they were chosen (`choices["channels"]`)."""
+        choices = {**self.choices, "channels": dict(record)} if record is not None else self.choices
+        return self._replaced(channels=channels, choices=choices)
+
+    def _replaced(self, **changes: Any) -> "RoutedSpace":
+        """A copy of this space (heads shared unless given) with some constructor arguments changed."""
+        current = dict(heads=self.heads, scales=self.scales, inputs=self.inputs, name=self.name,
+                       channels=self.channels, choices=self.choices)
+        current.update(changes)
+        return RoutedSpace(self.base, self.experts, current.pop("heads"), **current)
 
     @property
     def routers(self) -> dict[str, nn.Module]:
@@ -174,7 +253,17 @@ class RoutedSpace(BondNode):
     @torch.no_grad()
     def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
         check_modality(modality, self.modalities, owner=f"space {self.name!r}")
-        return mix(self.candidates(modality, leaf_embeddings), self.weights(modality, leaf_embeddings))
+        routed = mix(self.candidates(modality, leaf_embeddings), self.weights(modality, leaf_embeddings))
+        if self.channels is None:
+            return routed
+        parts, squares = [routed], 1.0
+        for name, kappa in self.channels.items():
+            if modality in self._leaf(name).modalities:
+                parts.append((kappa / (1.0 - kappa)) ** 0.5 * F.normalize(leaf_embeddings[name].to(routed), dim=-1))
+                squares += kappa / (1.0 - kappa)
+            else:
+                parts.append(routed.new_zeros(routed.shape[0], self._leaf(name).dim))
+        return torch.cat(parts, dim=-1) / squares ** 0.5  # unit parts: the norm is known, and 1 at κ = 0
 
     @torch.no_grad()
     def route_weights(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
@@ -182,10 +271,9 @@ class RoutedSpace(BondNode):
         return self.weights(modality, self.leaf_embeddings(modality, inputs, batch_size))
 
     def uniform(self) -> "RoutedSpace":
-        """The same remapped spaces mixed uniformly (no routers): OmniBind's averaging baseline."""
+        """The same remapped spaces mixed uniformly (no routers; the channel kept): OmniBind's averaging baseline."""
         heads = {k: v for k, v in self.heads.items() if not k.startswith(ROUTER_PREFIX)}
-        return RoutedSpace(self.base, self.experts, heads, scales=self.scales, inputs=self.inputs,
-                           name=f"{self.name} (uniform)")
+        return self._replaced(heads=heads, name=f"{self.name} (uniform)", choices={})
 
 
 class RouterConfig(BaseModel):
@@ -212,6 +300,9 @@ class RouterConfig(BaseModel):
         "held (splits larger than memory; its own shard-block batch order); None: candidates in memory"))
     index: MiningIndex = Field(default_factory=MiningIndex, description=(
         "FAISS index that mines the pseudo tuples' partners: flat (exact) or an approximate kind for large pools"))
+    channel: bool = Field(True, description=(
+        "weigh on val a channel of each pair specialist's own embeddings (it keeps ranking its own pairs "
+        "unless the routed mixture beats it beyond the noise); false: OmniBind's formula"))
 
 
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
@@ -515,7 +606,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     routers.load_state_dict(best)
     heads = {k: v for k, v in space.heads.items() if not k.startswith(ROUTER_PREFIX)}
     heads.update({f"{ROUTER_PREFIX}{m}": r.eval() for m, r in routers.items()})
-    return RoutedSpace(space.base, space.experts, heads, scales=space.scales, inputs=space.inputs, name=space.name)
+    return space._replaced(heads=heads)
 
 
 def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,
@@ -560,6 +651,11 @@ def member_pseudo(pseudo: Sequence[PseudoDataset], member: Space, target: Space,
 def train_routed(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,
                  router: RouterConfig | None = None, train: TrainConfig | None = None,
                  progress: bool = True, **kwargs) -> RoutedSpace:
-    """`remap` then `train_routers`: OmniBind's routed space over `target` and `members`."""
+    """`remap` then `train_routers`: OmniBind's routed space over `target` and `members`; with
+    `router.channel` and a val split, then `choose_channels`."""
+    router = router or RouterConfig()
     uniform = remap(target, members, caches, dataset, train=train, progress=progress, **kwargs)
-    return train_routers(uniform, caches, dataset, router, progress=progress)
+    routed = train_routers(uniform, caches, dataset, router, progress=progress)
+    if not router.channel or not dataset.count("val"):
+        return routed
+    return choose_channels(routed, caches, dataset)

@@ -161,6 +161,16 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
                      f"split: κ {kappas}{unused}; {why}"
                      + ("; other κ per task: `spacebind sweep FUSED DATA --channel` (saved as presets)"
                         if outermost and not unused else ""))
+    routed = choices.get("channels")
+    if routed:
+        for label, entry in routed["specialists"].items():
+            kappas = ", ".join(f"{n} {v:g}" for n, v in entry["kappa"].items())
+            moved = any(v != routed["prior"] for v in entry["kappa"].values())
+            why = (f"kept at the prior: {entry['unmoved']}" if entry.get("unmoved") else
+                   f"{'moved from' if moved else 'kept'} the prior {routed['prior']:g}: the best κ's mean score over "
+                   f"the pair's tasks beat the prior's in {100 * entry['confidence']:.0f} % of bootstrap resamples")
+            lines.append(f"- bond {node['index']}, channel of {label} ({', '.join(entry['modalities'])}) on the "
+                         f"{routed['split']} split: κ {kappas}; {why}")
     projector = choices.get("projector")
     if projector:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())

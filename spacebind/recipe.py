@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from spacebind.bonds import bond_kinds
-from spacebind.bonds.bind import split_setting
 from spacebind.bonds.heads import projector_types
+from spacebind.bonds.lambdas import split_setting
 from spacebind.bonds.route import RouterConfig
 from spacebind.errors import RecipeError
 from spacebind.experts import is_import_path

@@ -40,8 +40,26 @@ def routed_then_bound() -> BoundSpace:
     return BoundSpace(routed, [c], "combination", {"C": mixture}, lambdas={"text": 0.3, "point": 0.6})
 
 
-def test_exported_modules_match_combine_on_any_batch_size(tmp_path: Path) -> None:
-    space = routed_then_bound()
+def routed_with_channel() -> RoutedSpace:
+    """T (text, image, point) with the image-text specialist A remapped, A's channel at κ 0.6."""
+    torch.manual_seed(0)
+    t, a = multi_expert("T", 6, ("text", "image", "point"), 0), multi_expert("A", 5, ("text", "image"), 1)
+    routed = RoutedSpace(t, [a], {"A": warmed(MLPProjector(5, 6, hidden=8), 5)}, channels={"A": 0.6})
+    assert routed.dim == 6 + 5
+    return routed
+
+
+def bound_with_channel() -> BoundSpace:
+    """U (text, image) + c(E (text, audio)) with a channel: image takes the channel's zero padding."""
+    torch.manual_seed(0)
+    u, e = multi_expert("U", 6, ("text", "image"), 0), multi_expert("E", 5, ("text", "audio"), 1)
+    return BoundSpace(u, [e], "combination", {"E": warmed(MLPProjector(5, 6, hidden=8), 5)},
+                      lambdas={"text": 0.3}, channels={"text": 0.5, "audio": 0.7})
+
+
+@pytest.mark.parametrize("build", [routed_then_bound, routed_with_channel, bound_with_channel])
+def test_exported_modules_match_combine_on_any_batch_size(tmp_path: Path, build) -> None:
+    space = build()
     out = export_programs(space, tmp_path / "export")
     spec = json.loads((out / "export.json").read_text())
     assert set(spec["modalities"]) == set(space.modalities)

@@ -94,6 +94,7 @@ class RoutedSpace(BondNode):
         inputs: router-input leaf expert names per modality (default: every leaf covering it).
         channels: κ by channel leaf name (None: no channel; see the module docstring).
         choices: what training chose and why (the channel's κ), saved with the space.
+        presets: named κ settings (`channel:<leaf>` keys), as `spacebind sweep --channel` saves them.
     """
 
     kind = "routed"
@@ -109,11 +110,12 @@ class RoutedSpace(BondNode):
         name: str | None = None,
         channels: Mapping[str, float] | None = None,
         choices: Mapping[str, Any] | None = None,
+        presets: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self._init_node(base, experts, heads, "routed space")
         self.lambdas: dict[str, float] = {}
-        self.presets: dict[str, dict[str, float]] = {}
         self.channels = self._checked_channels(channels) if channels is not None else None
+        self.presets = {name: self._checked_preset(name, values) for name, values in (presets or {}).items()}
         self.choices = dict(choices or {})
         self.dim = base.dim + sum(self._leaf(n).dim for n in self.channels or {})
         self.scales = {m: float(DEFAULT_SCALES.get(m, 1.0)) for m in self.modalities}
@@ -161,6 +163,14 @@ class RoutedSpace(BondNode):
                 raise InputError(f"routed space: channel weight κ of {name!r} is {value}; expected a value in [0, 1)")
         return {name: float(channels[name]) for name in allowed if name in channels}
 
+    def _checked_preset(self, name: str, values: Mapping[str, float]) -> dict[str, float]:
+        """A preset's κ by `channel:<leaf>` key, checked against the channel."""
+        lams, kappas = split_setting(values)
+        if lams or self.channels is None or set(kappas) - set(self.channels):
+            raise InputError(f"routed space: preset {name!r} sets {sorted(values)}; it may set only the channel's "
+                             f"κ ({', '.join(CHANNEL + n for n in self.channels or {}) or 'the space has no channel'})")
+        return {CHANNEL + n: v for n, v in self._checked_channels(kappas).items()}
+
     def formula(self) -> str:
         """E.g. `(image_text + c(unified)) + r(audio_text ∥ point_text)`; a channel appends `⊕ <its leaves>`."""
         base = self.base.formula()
@@ -182,7 +192,7 @@ class RoutedSpace(BondNode):
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
                     heads: dict[str, nn.Module]) -> "RoutedSpace":
         return cls(base, experts, heads, scales=config["scales"], inputs=config["inputs"], name=config["name"],
-                   channels=config.get("channels"), choices=config.get("choices"))
+                   channels=config.get("channels"), choices=config.get("choices"), presets=config.get("presets"))
 
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:
@@ -194,11 +204,17 @@ class RoutedSpace(BondNode):
         """The tuned parameters `modality`'s embedding depends on: κ of each channel leaf covering it."""
         return [CHANNEL + n for n in self.channels or {} if modality in self._leaf(n).modalities]
 
+    def tunable_modalities(self) -> list[str]:
+        """None: a routed space has no λ (its channel's κ are `channel:<leaf>` settings)."""
+        return []
+
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "RoutedSpace":
-        """The same space (heads shared) with other κ: `channel:<leaf>` keys of a mapping, or
-        `channels` by leaf name (a routed space has no λ and no presets)."""
+        """The same space (heads shared) with other κ: a preset name, `channel:<leaf>` keys of a
+        mapping, or `channels` by leaf name (a routed space has no λ)."""
         if isinstance(lambdas, str):
-            raise InputError(f"space {self.name!r} has no λ preset {lambdas!r}; known: (none)")
+            if lambdas not in self.presets:
+                raise InputError(f"space {self.name!r} has no preset {lambdas!r}; known: {', '.join(self.presets) or '(none)'}")
+            lambdas = self.presets[lambdas]
         lams, kappas = split_setting(lambdas)
         if lams:
             raise InputError(f"space {self.name!r} is a routed space: it has no λ (given for {', '.join(lams)})")
@@ -207,16 +223,26 @@ class RoutedSpace(BondNode):
             raise InputError(f"space {self.name!r} has no channel to weigh (κ given for {', '.join(kappas)})")
         return self._replaced(channels=None if self.channels is None else {**self.channels, **kappas})
 
+    def _same_layout(self, channels: Mapping[str, float] | None) -> bool:
+        """Whether `channels` keeps this space's channel leaves (so its presets still apply)."""
+        return (channels is None) == (self.channels is None) and set(channels or {}) == set(self.channels or {})
+
     def with_channels(self, channels: Mapping[str, float] | None, record: Mapping[str, Any] | None = None) -> "RoutedSpace":
         """The same space (heads shared) with exactly `channels` (κ by leaf; None: no channel) and, if
         given, the `record` of how they were chosen (`choices["channels"]`)."""
         choices = {**self.choices, "channels": dict(record)} if record is not None else self.choices
         return self._replaced(channels=channels, choices=choices)
 
+    def with_presets(self, presets: Mapping[str, Mapping[str, float]]) -> "RoutedSpace":
+        """The same space with `presets` added (a name it already has takes the new values)."""
+        return self._replaced(presets={**self.presets, **presets})
+
     def _replaced(self, **changes: Any) -> "RoutedSpace":
-        """A copy of this space (heads shared unless given) with some constructor arguments changed."""
+        """A copy of this space (heads shared unless given) with some constructor arguments changed;
+        presets are dropped where the channel changes (they name its κ)."""
         current = dict(heads=self.heads, scales=self.scales, inputs=self.inputs, name=self.name,
-                       channels=self.channels, choices=self.choices)
+                       channels=self.channels, choices=self.choices,
+                       presets=self.presets if "channels" not in changes or self._same_layout(changes["channels"]) else {})
         current.update(changes)
         return RoutedSpace(self.base, self.experts, current.pop("heads"), **current)
 
@@ -303,6 +329,8 @@ class RouterConfig(BaseModel):
     channel: bool = Field(True, description=(
         "weigh on val a channel of each pair specialist's own embeddings (it keeps ranking its own pairs "
         "unless the routed mixture beats it beyond the noise); false: OmniBind's formula"))
+    groups: str | None = Field(None, description=(
+        "item attribute (e.g. speaker) whose val items the channel's bootstrap resamples together"))
 
 
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
@@ -658,4 +686,4 @@ def train_routed(target: Space, members: Sequence[Space], caches: CacheSet, data
     routed = train_routers(uniform, caches, dataset, router, progress=progress)
     if not router.channel or not dataset.count("val"):
         return routed
-    return choose_channels(routed, caches, dataset)
+    return choose_channels(routed, caches, dataset, groups=router.groups)

@@ -445,7 +445,7 @@ def sweep(
     split: str = typer.Option("val", help="Split to tune on (never the test split you report)."),
     grid: str = typer.Option(",".join(map(str, DEFAULT_GRID_TEXT)), help="Comma-separated λ (or κ) values; a κ grid stops at the channel's prior."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Sweep only these λ, or κ as channel:<modality> (repeatable; at most two for the heatmap)."),
-    channel: bool = typer.Option(False, "--channel", help="Sweep the channel's κ of every modality it carries (at the current λ) instead of λ."),
+    channel: bool = typer.Option(False, "--channel", help="Sweep the channel's κ of every modality it carries (at the current λ) instead of λ; of a routed space, the κ of its channel's specialists."),
     save: bool = typer.Option(True, help="Store the best setting per task as presets `best:<task>` in the checkpoint."),
     held_out: str = typer.Option("test", help="Also score the current and best setting on this split (reported, never used to choose; '' for none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Leaf embedding caches (default under $SPACEBIND_HOME)."),

@@ -171,6 +171,8 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
                    f"the pair's tasks beat the prior's in {100 * entry['confidence']:.0f} % of bootstrap resamples")
             lines.append(f"- bond {node['index']}, channel of {label} ({', '.join(entry['modalities'])}) on the "
                          f"{routed['split']} split: κ {kappas}; {why}")
+        if outermost and node.get("channels"):
+            lines.append("- other κ per task: `spacebind sweep FUSED DATA --channel` (saved as presets)")
     projector = choices.get("projector")
     if projector:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())

@@ -1,6 +1,7 @@
 """Fine λ tuning (FreeBind's coarse-to-fine inference): evaluate a grid of λ for the outermost
 bond on a validation split, pick the best λ per task, and draw the change per task as heatmaps.
-A bond with a channel can sweep the channel's κ the same way (parameters `channel:<modality>`)."""
+A bond with a channel can sweep the channel's κ the same way (parameters `channel:<modality>`), and
+a routed space its channel's κ (`channel:<specialist>`)."""
 from __future__ import annotations
 
 import itertools
@@ -10,6 +11,8 @@ from typing import Any, Sequence
 
 from spacebind.bonds.bind import BoundSpace
 from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
+from spacebind.bonds.node import BondNode
+from spacebind.bonds.route import RoutedSpace
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, save_space
 from spacebind.errors import InputError
@@ -53,26 +56,31 @@ def preset_name(task: str) -> str:
     return f"best:zeroshot-{task.split()[0]}"
 
 
-def with_best_presets(space: BoundSpace, result: SweepResult) -> BoundSpace:
+def with_best_presets(space: BondNode, result: SweepResult) -> BondNode:
     """The space with one preset per task, `best:<task>`, holding the setting (λ or κ) that scored best."""
     return space.with_presets({preset_name(t): lam for t, lam in result.best.items()})
 
 
-def sweepable(space: BoundSpace) -> list[str]:
-    """The parameters a sweep may vary: λ of the modalities the bond mixes, κ of those its channel carries."""
+def sweepable(space: BondNode) -> list[str]:
+    """The parameters a sweep may vary: λ of the modalities the bond mixes, κ of those its channel
+    carries (a routed space: κ of each specialist in its channel)."""
+    if isinstance(space, RoutedSpace):
+        return [CHANNEL + n for n in space.channels or {}]
     kappas = [CHANNEL + m for m in space.channel_modalities()] if space.channels is not None else []
     return [*space.tunable_modalities(), *kappas]
 
 
-def current_value(space: BoundSpace, parameter: str) -> float:
-    """The space's λ of a modality, or κ of `channel:<modality>`."""
+def current_value(space: BondNode, parameter: str) -> float:
+    """The space's λ of a modality, or κ of `channel:<modality>` (`channel:<specialist>` in a routed space)."""
+    if isinstance(space, RoutedSpace):
+        return space.channels[parameter.removeprefix(CHANNEL)]
     if parameter.startswith(CHANNEL):
         return space.channel_for(parameter.removeprefix(CHANNEL))
     return space.lambda_for(parameter)
 
 
 def sweep(
-    space: BoundSpace,
+    space: BondNode,
     caches: CacheSet,
     dataset: Dataset,
     *,
@@ -111,7 +119,7 @@ def sweep(
                        n_items=dataset.count(split))
 
 
-def score_held_out(space: BoundSpace, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
+def score_held_out(space: BondNode, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:
     """Fill `result.held_out`: each task's score on `split` at the current λ and at its best λ."""
     now = task_scores(evaluate_space(space, "fused", caches, dataset, split, [1]))
     found: dict[tuple, dict[str, float]] = {}
@@ -191,14 +199,17 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
                      held_out: str | None = "test", cache_dir: str | Path | None = None,
                      trust_remote_code: bool = False) -> SweepResult:
     """`spacebind sweep`: sweep the outermost bond's λ of a fused checkpoint on a split (with
-    `channel`, and no `modalities`, the κ of every modality its channel carries instead); writes
+    `channel`, and no `modalities`, the κ of every modality its channel carries instead; of a routed
+    space, the κ of its channel's specialists); writes
     FUSED/sweep.json and (for at most two swept parameters) FUSED/sweep.png; with `save`, the best
     setting per task becomes a preset `best:<task>` in the checkpoint. With `held_out`, each task's
     current and best setting are also scored on that split (reported beside the tuning split, never
     used to choose)."""
     fused = Path(fused)
     space = load(fused, trust_remote_code=trust_remote_code)
-    if not isinstance(space, BoundSpace):
+    if isinstance(space, RoutedSpace) and not (channel or modalities):
+        raise InputError(f"{fused} holds a routed space: it has no λ; sweep its channel's κ (--channel)")
+    if not isinstance(space, (BoundSpace, RoutedSpace)):
         raise InputError(f"{fused} holds no bond with λ: nothing to sweep")
     if channel and not modalities:
         if space.channels is None:

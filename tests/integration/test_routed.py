@@ -3,6 +3,7 @@ and the best single expert, audio↔point retrieval no expert covers, the routin
 deterministic router training, and the save → load round trip."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,14 @@ import torch
 import yaml
 
 import spacebind
+from spacebind.bonds.lambdas import CHANNEL_PRIOR
 from spacebind.bonds.route import RoutedSpace, RouterConfig, train_routers
 from spacebind.bonds.router import Router
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.errors import CheckpointError, InputError, RecipeError
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.report import task_scores
+from spacebind.evaluation.sweep import sweep_checkpoint
 from spacebind.fuse import fuse
 from spacebind.modalities import modality_pairs
 from spacebind.recipe import validate_recipe
@@ -90,6 +93,20 @@ def test_the_channel_keeps_each_specialist_pair_at_least_as_good_as_its_expert(f
     for name, m in (("image_text", "image"), ("audio_text", "audio"), ("point_text", "point")):
         for task in (f"text→{m} R@1", f"{m}→text R@1"):
             assert s[task] >= experts[name][task] - 0.01, (name, task, s[task], experts[name][task])
+
+
+def test_sweeping_the_channel_saves_presets_that_load(fused, small_world, tmp_path) -> None:
+    result, _ = fused
+    out = tmp_path / "fused"
+    shutil.copytree(result.out, out)
+    with pytest.raises(InputError, match="routed space: it has no λ; sweep its channel's κ"):
+        sweep_checkpoint(out, small_world.root, held_out=None)
+    swept = sweep_checkpoint(out, small_world.root, modalities=["channel:image_text"], grid=[0.0, 0.5, 1.0], held_out=None)
+    assert swept.modalities == ["channel:image_text"] and swept.grid == [0.0, 0.5, CHANNEL_PRIOR]
+    best = swept.best["image→text R@1"]["channel:image_text"]
+    loaded = spacebind.load(out, preset="best:image-text")
+    assert loaded.channels == {**result.space.channels, "image_text": best}
+    assert (out / "sweep.png").is_file()
 
 
 def test_audio_point_retrieval_far_above_chance(fused, small_world) -> None:

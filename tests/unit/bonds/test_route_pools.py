@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from memory_cache import MemoryCache
 
 from spacebind import Dataset, Space
+from spacebind.bonds import route
 from spacebind.bonds.linear import LinearMap
-from spacebind.bonds.route import RoutedSpace, RouterConfig, member_pseudo, route_data, train_routers
+from spacebind.bonds.route import RoutedSpace, RouterConfig, member_pseudo, route_data, train_routed, train_routers
 from spacebind.cache import CacheSet
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
@@ -116,3 +117,20 @@ def test_router_tuples_mine_through_the_configured_index() -> None:
     with pytest.raises(InputError, match=r"routed\.router\.index, mining train"):  # the recipe's router config reaches it
         train_routers(routed, caches, dataset, RouterConfig(epochs=1, index={"kind": "ivf", "options": {"nlist": 64}}),
                       progress=False)
+
+
+def test_train_routed_weighs_the_channel_on_val_as_the_router_config_says(monkeypatch) -> None:
+    """`routed.router.channel` and `groups` reach `choose_channels`; `channel: false`, or no val
+    split, leaves OmniBind's formula."""
+    routed, caches, dataset, _ = pools()
+    calls = []
+    monkeypatch.setattr(route, "remap", lambda *args, **kwargs: routed)
+    monkeypatch.setattr(route, "train_routers", lambda space, *args, **kwargs: space)
+    monkeypatch.setattr(route, "choose_channels", lambda space, c, d, **kwargs: calls.append(kwargs) or space.with_channels({}))
+    val = Dataset.of_items(Path("."), [*dataset.iter_items(), Item("v0", "val", None, {"audio": "v.wav", "text": "v"}, {})],
+                           classes=[])
+    assert train_routed(routed.base, routed.experts, caches, val, router=RouterConfig(groups="speaker")).channels == {}
+    assert calls == [{"groups": "speaker"}]
+    assert train_routed(routed.base, routed.experts, caches, val, router=RouterConfig(channel=False)).channels is None
+    assert train_routed(routed.base, routed.experts, caches, dataset).channels is None  # no val items
+    assert len(calls) == 1

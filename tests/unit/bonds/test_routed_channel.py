@@ -141,3 +141,16 @@ def test_without_val_items_of_a_specialists_pair_the_space_is_unchanged() -> Non
     space, caches, dataset = world()
     empty = Dataset.of_items(Path("."), [Item("x", "train", None, {"text": "x"}, {})], classes=[])
     assert choose_channels(space, caches, empty) is space
+
+
+def test_presets_hold_the_channels_kappa_only() -> None:
+    space = routed_space().with_channels({"IT": 0.999, "AT": 0.1})
+    tuned = space.with_presets({"best:image-text": {"channel:IT": 0.5}})
+    assert tuned.with_lambdas("best:image-text").channels == {"IT": 0.5, "AT": 0.1}
+    assert tuned.with_lambdas({"channel:AT": 0.3}).presets == tuned.presets  # same channel leaves: presets kept
+    assert tuned.with_channels({"IT": 0.5}).presets == {}  # another layout: they no longer apply
+    with pytest.raises(InputError, match="no preset 'nope'; known: best:image-text"):
+        tuned.with_lambdas("nope")
+    for bad in ({"text": 0.5}, {"channel:T": 0.5}):
+        with pytest.raises(InputError, match="it may set only the channel's κ \\(channel:IT, channel:AT\\)"):
+            space.with_presets({"x": bad})

@@ -205,7 +205,7 @@ class RoutedSpace(BondNode):
         return [CHANNEL + n for n in self.channels or {} if modality in self._leaf(n).modalities]
 
     def tunable_modalities(self) -> list[str]:
-        """None: a routed space has no λ (its channel's κ are `channel:<leaf>` settings)."""
+        """No modality: a routed space has no λ (its channel's κ are `channel:<leaf>` settings)."""
         return []
 
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "RoutedSpace":

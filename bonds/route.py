@@ -240,7 +240,8 @@ class RoutedSpace(BondNode):
     def _replaced(self, **changes: Any) -> "RoutedSpace":
         """A copy of this space (heads shared unless given) with some constructor arguments changed;
         presets are dropped where the channel changes (they name its κ)."""
-        current = dict(heads=self.heads, scales=self.scales, inputs=self.inputs, name=self.name,
+        default_name = self.name == self.formula()  # a default name follows the new formula
+        current = dict(heads=self.heads, scales=self.scales, inputs=self.inputs, name=None if default_name else self.name,
                        channels=self.channels, choices=self.choices,
                        presets=self.presets if "channels" not in changes or self._same_layout(changes["channels"]) else {})
         current.update(changes)

@@ -120,7 +120,9 @@ def test_val_keeps_a_better_specialist_and_drops_a_worse_one(tmp_path: Path) -> 
     # AT's own audio↔text is weak, the mixture's (through T) good: AT's κ falls, beyond the noise
     assert record["AT"]["kappa"]["AT"] <= 0.2 and record["AT"]["confidence"] >= 0.9
     assert chosen.channels["IT"] == CHANNEL_PRIOR and chosen.channels.get("AT", 0.0) <= 0.2
-    assert "⊕ IT" in chosen.formula()
+    assert "⊕ IT" in chosen.formula() and chosen.name == chosen.formula()  # a default name follows the channel
+    named = RoutedSpace(space.base, space.experts, space.heads, name="mine", channels={"IT": 0.5})
+    assert named.with_channels(None).name == "mine"
     assert set(record["IT"]["margins"]) == {"image→text R@1", "text→image R@1"}
     card = (chosen.save(tmp_path / "fused") / "README.md").read_text()
     assert "channel of IT (text, image) on the val split: κ IT 0.999; kept the prior 0.999" in card

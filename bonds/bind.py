@@ -105,6 +105,17 @@ class BoundSpace(BondNode):
         """κ_m, the channel's weight (0 without a channel or where unset)."""
         return (self.channels or {}).get(modality, 0.0)
 
+    def settings(self) -> list[str]:
+        """λ of the modalities the bond mixes, then κ of those its channel carries."""
+        kappas = [CHANNEL + m for m in self.channel_modalities()] if self.channels is not None else []
+        return [*self.tunable_modalities(), *kappas]
+
+    def setting_value(self, parameter: str) -> float:
+        """λ of a modality, or κ of `channel:<modality>`."""
+        if parameter.startswith(CHANNEL):
+            return self.channel_for(parameter.removeprefix(CHANNEL))
+        return self.lambda_for(parameter)
+
     def tunable_modalities(self) -> list[str]:
         """The modalities whose λ mixes two sides: covered by the base and by a member."""
         return [m for m in self.modalities if m in self.base.modalities and any(m in e.modalities for e in self.experts)]

@@ -75,6 +75,14 @@ class BondNode(Space):
         """The tuned parameters (λ by modality, `channel:<…>` κ) `modality`'s embedding depends on."""
         return [modality, CHANNEL + modality]
 
+    def settings(self) -> list[str]:
+        """The parameters `with_lambdas` can set (λ by modality, `channel:<…>` κ): what `spacebind sweep` varies."""
+        return []
+
+    def setting_value(self, parameter: str) -> float:
+        """The current value of one of `settings()`."""
+        raise InputError(f"space {self.name!r} has no parameter {parameter!r}")
+
     def kind_config(self) -> dict[str, Any]:
         """Fields a kind adds to its checkpoint node (after `presets`)."""
         return {}

@@ -208,6 +208,15 @@ class RoutedSpace(BondNode):
         """No modality: a routed space has no λ (its channel's κ are `channel:<leaf>` settings)."""
         return []
 
+    def settings(self) -> list[str]:
+        """κ of each specialist in the channel, as `channel:<leaf>`."""
+        return [CHANNEL + n for n in self.channels or {}]
+
+    def setting_value(self, parameter: str) -> float:
+        if parameter not in self.settings():
+            raise InputError(f"space {self.name!r} has no parameter {parameter!r}; it has {self.settings()}")
+        return self.channels[parameter.removeprefix(CHANNEL)]
+
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "RoutedSpace":
         """The same space (heads shared) with other κ: a preset name, `channel:<leaf>` keys of a
         mapping, or `channels` by leaf name (a routed space has no λ)."""

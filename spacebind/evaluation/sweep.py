@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from spacebind.bonds.bind import BoundSpace
 from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
 from spacebind.bonds.node import BondNode
-from spacebind.bonds.route import RoutedSpace
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, save_space
 from spacebind.errors import InputError
@@ -61,24 +59,6 @@ def with_best_presets(space: BondNode, result: SweepResult) -> BondNode:
     return space.with_presets({preset_name(t): lam for t, lam in result.best.items()})
 
 
-def sweepable(space: BondNode) -> list[str]:
-    """The parameters a sweep may vary: λ of the modalities the bond mixes, κ of those its channel
-    carries (a routed space: κ of each specialist in its channel)."""
-    if isinstance(space, RoutedSpace):
-        return [CHANNEL + n for n in space.channels or {}]
-    kappas = [CHANNEL + m for m in space.channel_modalities()] if space.channels is not None else []
-    return [*space.tunable_modalities(), *kappas]
-
-
-def current_value(space: BondNode, parameter: str) -> float:
-    """The space's λ of a modality, or κ of `channel:<modality>` (`channel:<specialist>` in a routed space)."""
-    if isinstance(space, RoutedSpace):
-        return space.channels[parameter.removeprefix(CHANNEL)]
-    if parameter.startswith(CHANNEL):
-        return space.channel_for(parameter.removeprefix(CHANNEL))
-    return space.lambda_for(parameter)
-
-
 def sweep(
     space: BondNode,
     caches: CacheSet,
@@ -90,14 +70,14 @@ def sweep(
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every combination of the grid over `modalities` (default: the λ of every modality
-    the bond mixes; or κ of the channel as `channel:<modality>`, see `sweepable`; one kind at a
+    the bond mixes; or κ of the channel as `channel:<…>`, see `BondNode.settings`; one kind at a
     time). A κ grid stops at the channel's prior: κ = 1 would drop the bond from the modality and
     its similarities to uncarried ones. A task's best setting is the current one unless a grid
     point scores strictly higher."""
     mods = list(modalities or space.tunable_modalities())
-    unknown = [m for m in mods if m not in sweepable(space)]
+    unknown = [m for m in mods if m not in space.settings()]
     if unknown or not mods:
-        raise InputError(f"cannot sweep {unknown or mods}; the bond's parameters are {sweepable(space)}")
+        raise InputError(f"cannot sweep {unknown or mods}; the bond's parameters are {space.settings()}")
     kappas = [m.startswith(CHANNEL) for m in mods]
     if any(kappas) and not all(kappas):
         raise InputError(f"sweep λ or the channel's κ, not both at once (got {', '.join(mods)})")
@@ -112,7 +92,7 @@ def sweep(
         got = task_scores(evaluate_space(space.with_lambdas(point), "fused", caches, dataset, split, [1]))
         for task in scores:
             scores[task].append(got[task])
-    current = {m: current_value(space, m) for m in mods}
+    current = {m: space.setting_value(m) for m in mods}
     best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
             for task, values in scores.items()}
     return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current,
@@ -207,14 +187,14 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     used to choose)."""
     fused = Path(fused)
     space = load(fused, trust_remote_code=trust_remote_code)
-    if isinstance(space, RoutedSpace) and not (channel or modalities):
-        raise InputError(f"{fused} holds a routed space: it has no λ; sweep its channel's κ (--channel)")
-    if not isinstance(space, (BoundSpace, RoutedSpace)):
-        raise InputError(f"{fused} holds no bond with λ: nothing to sweep")
+    if not isinstance(space, BondNode) or not space.settings():
+        raise InputError(f"{fused} holds no bond with λ or κ: nothing to sweep")
+    if not space.tunable_modalities() and not (channel or modalities):
+        raise InputError(f"{fused} holds a {space.kind} space: it has no λ; sweep its channel's κ (--channel)")
     if channel and not modalities:
-        if space.channels is None:
+        modalities = [p for p in space.settings() if p.startswith(CHANNEL)]
+        if not modalities:
             raise InputError(f"{fused}: the bond {space.name!r} has no channel: no κ to sweep")
-        modalities = [p for p in sweepable(space) if p.startswith(CHANNEL)]
     dataset = Dataset.load(data)
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)

@@ -107,6 +107,9 @@ def test_sweeping_the_channel_saves_presets_that_load(fused, small_world, tmp_pa
     loaded = spacebind.load(out, preset="best:image-text")
     assert loaded.channels == {**result.space.channels, "image_text": best}
     assert (out / "sweep.png").is_file()
+    plain = result.space.with_channels(None).save(tmp_path / "plain")
+    with pytest.raises(InputError, match="holds no bond with λ or κ: nothing to sweep"):
+        sweep_checkpoint(plain, small_world.root, channel=True, held_out=None)
 
 
 def test_audio_point_retrieval_far_above_chance(fused, small_world) -> None:

@@ -147,6 +147,9 @@ def test_without_val_items_of_a_specialists_pair_the_space_is_unchanged() -> Non
 
 def test_presets_hold_the_channels_kappa_only() -> None:
     space = routed_space().with_channels({"IT": 0.999, "AT": 0.1})
+    assert space.settings() == ["channel:IT", "channel:AT"] and space.setting_value("channel:AT") == 0.1
+    with pytest.raises(InputError, match="has no parameter 'channel:T'"):
+        space.setting_value("channel:T")
     tuned = space.with_presets({"best:image-text": {"channel:IT": 0.5}})
     assert tuned.with_lambdas("best:image-text").channels == {"IT": 0.5, "AT": 0.1}
     assert tuned.with_lambdas({"channel:AT": 0.3}).presets == tuned.presets  # same channel leaves: presets kept

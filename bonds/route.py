@@ -21,8 +21,8 @@ proportional to `(1 − κ_E)·e·e' + κ_E·x^E·x^E'`: E's own ranking at κ �
 pairs E does not cover keep the routed ranking. `channels=None` is OmniBind's formula and dimension.
 `choose_channels` (`spacebind.bonds.lambdas`) picks κ on val.
 
-Training on cached embeddings: Training OmniBind's routed space on cached embeddings: remap every member space into the target
-with a frozen projector (mixture), then train one router per modality; nothing re-encodes data.
+Training on cached embeddings: remap every member space into the target with a frozen projector
+(mixture), then train one router per modality; nothing re-encodes data.
 
 Router losses, on tuples (dataset items carrying two or more of the space's modalities, and
 pseudo tuples mined for unimodal items, see `route_data`):
@@ -31,8 +31,8 @@ pseudo tuples mined for unimodal items, see `route_data`):
    in the batch's tuples, on the routed embeddings of both sides.
 2. language-representation decoupling (our form; OmniBind's exact formula is not public): the
    routed text must stay good for each paired modality separately. For every modality m paired
-   with text, with m's routed side held fixed, the text→m InfoNCE of the routed text may not
-   exceed that of the best single text candidate for m in the batch:
+   with text, with m's routed side held fixed, the symmetric InfoNCE (text→m and m→text) of the
+   routed text with m may not exceed that of the best single text candidate for m in the batch:
    `L_dec = mean_m relu(L(t_routed, m) − min_k L(t_k, m))`. Text→audio and text→image may prefer
    different candidates; a text router trained on the pooled loss (1) alone can trade one paired
    modality for another, (2) charges every modality's regret separately. It trains the text
@@ -562,7 +562,10 @@ def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: Rout
                 config: RouterConfig) -> torch.Tensor:
     """(1) mean pairwise InfoNCE + `decoupling` × (2) the text regret (see the module docstring)."""
     scale = 1.0 / config.temperature
-    routed = {m: _routed(space, routers, data, m, positions) for m in data.rows}
+    # a modality on fewer than two tuples of the batch takes part in no pair (and a router's
+    # BatchNorm cannot train on one row)
+    routed = {m: _routed(space, routers, data, m, positions) for m in data.rows
+              if int((data.rows[m][positions] >= 0).sum()) >= 2}
     pair_losses, regrets = [], []
     for a, b in modality_pairs(list(routed)):
         (ea, pa, _), (eb, pb, _) = routed[a], routed[b]

@@ -24,6 +24,10 @@ def test_published_omnibind_recipes_validate_and_name_missing_checkpoints(name: 
     assert {"wavcaps", "uni3d_giant", "imagebind_huge", "eva02_clip_bige14_plus"} <= sources
     if name != "omnibind_7b":
         assert {"clap_general.fusion", "clap_music", "dfn5b_clip_vit_h14", "siglip_so400m_384"} <= sources
+    assert len(recipe.bonds[0].pseudo) == 7  # the anchor: n(0.9·target + 0.1·mean_7(P_IB))
+    if name != "omnibind_7b":  # OmniBind large / full: the router inputs REFERENCE names
+        assert recipe.routed.inputs == {"text": ["wavcaps_pt", "siglip_so400m", "eva"], "audio": ["wavcaps_pt"],
+                                        "image": ["siglip_so400m"], "point": ["uni3d_lvis"]}
     if name == "omnibind_30b":  # the target is the registered EVA-CLIP-18B expert, its remote code allowed
         assert recipe.base == "eva18b" and recipe.experts["eva18b"].source == "eva_clip_18b"
         assert recipe.experts["eva18b"].kwargs == {"checkpoint": "checkpoints/EVA-CLIP-18B", "trust_remote_code": True}

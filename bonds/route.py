@@ -67,7 +67,6 @@ from spacebind.cache.cache_set import CacheSet
 from spacebind.cache.keys import id_keys
 from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import retrieval_recall
 from spacebind.io.datasets import Dataset
 from spacebind.io.progress import note, track
 from spacebind.modalities import check_modality, modality_pairs
@@ -76,7 +75,7 @@ from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
 from spacebind.training.pairs import Side, block_order, cache_side, shard_budget
-from spacebind.training.trainer import TrainConfig, adamw, epoch_order, warmup_cosine
+from spacebind.training.trainer import TrainConfig, adamw, epoch_order, recall_at_1, warmup_cosine
 
 DEFAULT_SCALES: dict[str, float] = {"text": 10.0}
 ROUTER_PREFIX = "router."
@@ -589,7 +588,9 @@ def router_loss(space: RoutedSpace, routers: Mapping[str, nn.Module], data: Rout
 
 @torch.no_grad()
 def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data: RouteData) -> float:
-    """Mean R@1 over every modality pair and direction of a split's tuples (routed chunk by chunk)."""
+    """Mean R@1 over every modality pair and direction of a split's tuples (routed chunk by chunk).
+    A tuple sharing the query's item (a partner mined for several seeds) counts as correct, as the
+    projectors' `recall_at_1` counts repeated rows."""
     routed = {}
     for m in data.rows:
         parts = [_routed(space, routers, data, m, torch.arange(i, min(i + CHUNK, len(data))))[:2]
@@ -602,8 +603,8 @@ def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data:
         if int(both.sum()) == 0:
             continue
         xa, xb = ea[both[pa]], eb[both[pb]]
-        diagonal = list(range(len(xa)))
-        scores += [retrieval_recall(xa, xb, diagonal, (1,))[1], retrieval_recall(xb, xa, diagonal, (1,))[1]]
+        ra, rb = data.rows[a][both], data.rows[b][both]
+        scores += [recall_at_1(nn.Identity(), xa, xb, groups=(ra, rb)), recall_at_1(nn.Identity(), xb, xa, groups=(rb, ra))]
     return sum(scores) / len(scores) if scores else float("nan")
 
 

@@ -2,8 +2,11 @@
 mean symmetric InfoNCE over every modality pair of the batch, plus (2) the text regret — for each
 modality m paired with text, the routed text's symmetric InfoNCE with m above that of the best
 single text candidate. A modality on one tuple of a batch takes part in no pair and must not crash
-the routers' BatchNorm."""
+the routers' BatchNorm. Validation (`mean_pair_recall`) counts a partner shared by several tuples
+as correct for each."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from toy_experts import table_expert
 
 from spacebind.bonds.linear import LinearMap
-from spacebind.bonds.route import RouteData, RoutedSpace, RouterConfig, router_loss
+from spacebind.bonds.route import RouteData, RoutedSpace, RouterConfig, mean_pair_recall, router_loss
 from spacebind.bonds.router import Router
 
 N = 6
@@ -95,3 +98,27 @@ def test_a_modality_on_one_tuple_of_a_batch_takes_part_in_no_pair() -> None:
     one = router_loss(routed, {"text": router}, tuples(routed, text_rows=1), torch.arange(N), config)
     none = router_loss(routed, {"text": router}, tuples(routed, text_rows=0), torch.arange(N), config)
     assert torch.isfinite(one) and float(one) == pytest.approx(float(none))
+
+
+class Fixed:
+    """Candidates given directly: one per row (K = 1), no router input."""
+
+    def __init__(self, rows: dict[str, torch.Tensor]) -> None:
+        self.rows = rows
+
+    def gather(self, m: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows[m][rows].unsqueeze(1), torch.zeros(len(rows), 0)
+
+
+def test_router_validation_counts_a_partner_mined_for_several_seeds_as_correct() -> None:
+    """Texts 0 and 1 both mined audio clip 0: either tuple's clip is the right answer for both."""
+    g = torch.Generator().manual_seed(0)
+    clips = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    audio_row = torch.tensor([0, 0, 1, 2])
+    texts = F.normalize(clips[audio_row] + 0.05 * torch.randn(4, 8, generator=g), dim=-1)
+    data = RouteData(np.zeros((4, 2), dtype=np.uint64), {"text": torch.arange(4), "audio": audio_row},
+                     Fixed({"text": texts, "audio": clips}))
+    scales = SimpleNamespace(scales={"text": 1.0, "audio": 1.0})
+    assert mean_pair_recall(scales, {}, data) == 1.0
+    data.rows["audio"] = torch.tensor([0, 0, 1, -1])  # the fourth text has no clip: left out
+    assert mean_pair_recall(scales, {}, data) == 1.0

@@ -43,6 +43,12 @@ DEFAULT_LAMBDA = 0.5  # λ of a modality the bond sets none for
 VERSATILE = {"text": 0.1, "audio": 0.5}
 
 
+def default_lambda(kind: str, modality: str) -> float:
+    """λ of a modality a bond of `kind` sets none for: a combination's is FreeBind's `versatile`
+    preset (text 0.1, so the base's text and its pairs stay; 0.5 elsewhere), a displacement's 0.5."""
+    return VERSATILE.get(modality, DEFAULT_LAMBDA) if kind == "combination" else DEFAULT_LAMBDA
+
+
 def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
     """Average the unit outputs of every member of every head (a parallel bond pools them all)
     that was trained on inputs of `modality`."""
@@ -126,7 +132,12 @@ class BoundSpace(BondNode):
 
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:
-        weights = BondNode.card_weights(config)
+        """λ of every modality the bond mixes (the defaults it applies marked), then κ."""
+        base, lambdas = set(config["base"]["modalities"]), config["lambdas"]
+        sides = {m for expert in config["experts"] for m in expert["modalities"]}
+        mixed = [m for m in config["modalities"] if m in base and m in sides]
+        weights = ", ".join([*(f"{m} {v:g}" for m, v in lambdas.items() if m in mixed),
+                             *(f"{m} {default_lambda(config['bond'], m):g} (default)" for m in mixed if m not in lambdas)])
         channels = config.get("channels")
         return weights + ("; channel " + ", ".join(f"{m} {v:g}" for m, v in channels.items()) if channels else "")
 
@@ -139,11 +150,8 @@ class BoundSpace(BondNode):
         return f"{base} + {self.kind[0]}({inner}){channel}"
 
     def lambda_for(self, modality: str) -> float:
-        """λ_m: the weight on the projected side. Where the bond sets none: a combination's is
-        FreeBind's `versatile` preset (text 0.1, so the base's text and its pairs stay; 0.5
-        elsewhere), a displacement's 0.5."""
-        default = VERSATILE.get(modality, DEFAULT_LAMBDA) if self.kind == "combination" else DEFAULT_LAMBDA
-        return self.lambdas.get(modality, default)
+        """λ_m: the weight on the projected side (`default_lambda` where the bond sets none)."""
+        return self.lambdas.get(modality, default_lambda(self.kind, modality))
 
     def with_lambdas(self, lambdas: str | Mapping[str, float], channels: Mapping[str, float] | None = None) -> "BoundSpace":
         """The same space (heads shared) with other λ on this bond: a preset name or a mapping of λ

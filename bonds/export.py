@@ -24,7 +24,9 @@ from spacebind.space import Space
 
 class CombineModule(nn.Module):
     """`space.combine(modality, …)` as a module whose arguments are the leaf embeddings, in
-    `space.leaves_for(modality)` order; the heads are registered so `.to(device)` moves them."""
+    `space.leaves_for(modality)` order, each L2-normalised first (as `encode` does; raw expert
+    outputs such as ImageBind's scaled text are fine); the heads are registered so `.to(device)`
+    moves them."""
 
     def __init__(self, space: Space, modality: str) -> None:
         super().__init__()
@@ -34,7 +36,7 @@ class CombineModule(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, *leaf_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.space.combine(self.modality, dict(zip(self.inputs, leaf_embeddings)))
+        return self.space.combine(self.modality, {name: F.normalize(x, dim=-1) for name, x in zip(self.inputs, leaf_embeddings)})
 
 
 def export_programs(space: Space, out: str | Path) -> Path:

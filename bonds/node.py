@@ -112,7 +112,7 @@ class BondNode(Space):
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:
         """How the node mixes its sides, for the model card's bond table."""
-        return ", ".join(f"{m} {v:g}" for m, v in config["lambdas"].items()) or "default 0.5"
+        return ", ".join(f"{m} {v:g}" for m, v in config["lambdas"].items())
 
 
 def require_projectors(members: list[Space], heads: Mapping[str, nn.Module], owner: str) -> None:

@@ -50,6 +50,9 @@ from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
 
 FORMAT = 1
+# what `save_space` writes itself; other files an export records come from `extra` (UniBind's)
+OWN_FILES = ("model.safetensors", "config.json", "recipe.yaml", "metrics.json", "README.md", "history.json",
+             "history.png")
 
 
 def spacebind_version() -> str:
@@ -106,8 +109,9 @@ def save_space(
     returns the directory. `extra(dir)` may add files of the same export (e.g. `UniBind.save`);
     `history` (member key → per-epoch rows) becomes history.json and history.png.
 
-    Files of the previous export that this one does not write (put there by hand) are kept, but
-    not checked on load. A directory that is not empty and not an export is refused.
+    Files of the previous export that were not part of it (put there by hand) are kept, but not
+    checked on load; its own files (those its config.json records) go with it. A directory that is
+    not empty and not an export is refused.
     """
     out = Path(directory).resolve()  # an export reached through a symlink is replaced where it lies
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
@@ -145,10 +149,45 @@ def save_space(
     return Path(directory)
 
 
+def resave(space: Space, directory: str | Path) -> Path:
+    """Write `space` over the fused checkpoint `directory`, keeping the rest of the export as it was:
+    recipe, metrics, training history and the files later stages added (UniBind's). For changes
+    that leave the heads' meaning as it was, e.g. the presets `sweep` adds."""
+    root = Path(directory)
+    recorded = set(read_config(root).get("files_sha256") or {})
+
+    def recorded_text(name: str) -> str | None:
+        return (root / name).read_text(encoding="utf-8") if name in recorded else None
+
+    def read(name: str) -> Any:
+        text = recorded_text(name)
+        return json.loads(text) if text is not None else None
+
+    carried = sorted(recorded - set(OWN_FILES))
+
+    def carry(stage: Path) -> None:
+        for name in carried:
+            with storage_errors(stage / name):
+                shutil.copy2(root / name, stage / name)
+
+    return save_space(space, root, recipe_text=recorded_text("recipe.yaml"), metrics=read("metrics.json"),
+                      history=read("history.json"), extra=carry if carried else None)
+
+
+def _export_files(directory: Path) -> set[str]:
+    """The files of the export in `directory` (what its config.json records, if it reads)."""
+    try:
+        recorded = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("files_sha256") or {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    return {*OWN_FILES, *recorded}
+
+
 def _keep_other_files(old: Path, new: Path) -> None:
-    """Hard-link (or copy) into `new` what `old` holds beyond the files `new` has."""
+    """Hard-link (or copy) into `new` what `old` holds beyond its own export's files and the files `new` has."""
     if not old.is_dir():
         return
+    own = _export_files(old)
 
     def link(src: str, dst: str) -> None:
         try:
@@ -157,7 +196,7 @@ def _keep_other_files(old: Path, new: Path) -> None:
             shutil.copy2(src, dst)
 
     for path in old.iterdir():
-        if not (new / path.name).exists():
+        if path.name not in own and not (new / path.name).exists():
             with storage_errors(new / path.name):
                 if path.is_dir() and not path.is_symlink():
                     shutil.copytree(path, new / path.name, symlinks=True, copy_function=link)

@@ -661,12 +661,10 @@ def info(
 
     Example: spacebind info runs/demo
     """
-    from spacebind.checkpoint import load
-    from spacebind.evaluation.cost import describe, info_tables
+    from spacebind.evaluation.cost import describe, describe_fused, info_tables
     from spacebind.experts import build_expert
 
-    result = _run(lambda: describe(load(fused, trust_remote_code=trust_remote_code) if fused.is_dir()
-                                   else build_expert(str(fused))))
+    result = _run(lambda: describe_fused(fused, trust_remote_code) if fused.is_dir() else describe(build_expert(str(fused))))
     if as_json:
         _print_json(result)
         return

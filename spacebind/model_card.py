@@ -178,7 +178,24 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())
         lines.append(f"- bond {node['index']}, projector `auto`: kept {projector['chosen']} (worst margin over its "
                      f"parts at each candidate's best λ, points: {scores})")
+    changed = _set_after_fitting(node, choices)
+    if changed:
+        lines.append(f"- bond {node['index']}: set after fitting (a preset or `with_lambdas`), so the choices above no "
+                     f"longer hold for them: {', '.join(changed)}")
     return lines
+
+
+def _set_after_fitting(node: dict[str, Any], choices: dict[str, Any]) -> list[str]:
+    """The λ and κ of `node` that differ from what fitting chose (recorded in `choices`)."""
+    lam = choices.get("lambdas") or {}
+    chosen = {f"λ {m}": v for m, v in (lam.get("lambdas") or {}).items()}
+    chosen.update({f"κ {m}": v for m, v in (lam.get("channels") or {}).items()})
+    for entry in ((choices.get("channels") or {}).get("specialists") or {}).values():
+        chosen.update({f"κ {n}": v for n, v in entry["kappa"].items()})
+    current = {**{f"λ {m}": v for m, v in node["lambdas"].items()},
+               **{f"κ {m}": v for m, v in (node.get("channels") or {}).items()}}
+    return [f"{key} {current.get(key, 0.0):g} (chosen {value:g})" for key, value in chosen.items()
+            if current.get(key, 0.0) != value]
 
 
 def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]],
@@ -219,8 +236,10 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
     ]
     presets = config["space"].get("presets") or {}
     if presets:
-        lines += ["Named inference settings of the last bond (λ by modality; κ of its channel as "
-                  "`channel:<modality>`), loaded with `spacebind.load(path, preset=name)`:", "",
+        kappa = ("κ of each specialist of its channel as `channel:<expert>`" if config["space"].get("bond") == "routed"
+                 else "λ by modality; κ of its channel as `channel:<modality>`")
+        lines += [f"Named inference settings of the last bond ({kappa}), loaded with "
+                  "`spacebind.load(path, preset=name)`:", "",
                   *(f"- `{name}`: " + ", ".join(f"{k} {v:g}" for k, v in values.items()) for name, values in presets.items()),
                   ""]
     return "\n".join(lines)

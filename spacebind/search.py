@@ -49,7 +49,7 @@ MANIFEST = "manifest.json"
 
 def space_fingerprint(space: Space) -> str:
     """A digest of everything that fixes `space`'s embeddings: its saved config (experts by source,
-    kwargs and sha256; bonds, λ, head shapes) and its head weights. A loaded checkpoint has the
+    kwargs and sha256; bonds, λ, κ, head shapes; not names or presets) and its head weights. A loaded checkpoint has the
     fingerprint of the space that was saved. Spaces the checkpoint module cannot describe fall back
     to their name, formula, dim, modalities and leaves."""
     from spacebind.checkpoint import head_tensors, space_config
@@ -66,9 +66,12 @@ def space_fingerprint(space: Space) -> str:
 
 
 def _without_paths(node: Any) -> Any:
-    """The config without expert checkpoint paths (moving a file keeps its sha256 and the space)."""
+    """The config without what leaves the embeddings as they are: expert checkpoint paths (moving a
+    file keeps its sha256), and a bond's name, presets and record of its choices (`sweep` adds
+    presets; an index built before stays valid)."""
     if isinstance(node, dict):
-        return {k: _without_paths(v) for k, v in node.items() if k != "checkpoint"}
+        dropped = {"checkpoint", *(("name", "presets", "choices") if node.get("type") == "bond" else ())}
+        return {k: _without_paths(v) for k, v in node.items() if k not in dropped}
     if isinstance(node, list):
         return [_without_paths(v) for v in node]
     return node

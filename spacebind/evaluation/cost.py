@@ -1,5 +1,5 @@
 """Cost accounting of a space (`spacebind info`): its experts with their frozen parameters, the
-parameters spacebind trained (projector heads, routers, …), and the formula, modalities and
+parameters spacebind trained (projector heads, routers, UniBind's aligning heads, …), and the formula, modalities and
 embedding dimension of every stage of the tree.
 
 The tree is walked generically, so any space type works: a node's children are its public
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from torch import nn
@@ -66,6 +67,23 @@ def describe(space: Space) -> SpaceInfo:
     stages: list[Stage] = []
     _walk(space, 0, stages)
     return SpaceInfo(space.name, space.formula(), space.dim, space.modalities, experts, stages)
+
+
+def describe_fused(directory: str | Path, trust_remote_code: bool = False) -> SpaceInfo:
+    """`describe` of a fused checkpoint, with the UniBind stage its export may hold (class centres
+    and the heads trained to align embeddings to them) after the space's own stages."""
+    from spacebind.checkpoint import load
+
+    space = load(directory, trust_remote_code=trust_remote_code)
+    info = describe(space)
+    if (Path(directory) / "unibind.json").is_file():
+        from spacebind.unibind import UniBind
+
+        unibind = UniBind.load(directory, space)
+        info.stages.append(Stage(0, "unibind", "unibind", f"{space.formula()} → {len(unibind.names)} class centres",
+                                 tuple(unibind.centres), space.dim,
+                                 _count(p for head in unibind.heads.values() for p in head.parameters())))
+    return info
 
 
 def _walk(node: Space, depth: int, out: list[Stage]) -> None:

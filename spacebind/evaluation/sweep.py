@@ -12,9 +12,9 @@ from typing import Any, Sequence
 from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
 from spacebind.bonds.node import BondNode
 from spacebind.cache import CacheSet, ensure_caches
-from spacebind.checkpoint import load, save_space
+from spacebind.checkpoint import load, resave
 from spacebind.errors import InputError
-from spacebind.evaluation.evaluate import evaluate_space, read_records
+from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.report import pyplot, save_figure, task_scores
 from spacebind.io.datasets import Dataset
 from spacebind.io.files import write_json
@@ -205,6 +205,5 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     if len(result.modalities) <= 2:
         plot_sweep(result, fused / "sweep.png")
     if save:
-        recipe = (fused / "recipe.yaml").read_text(encoding="utf-8") if (fused / "recipe.yaml").is_file() else None
-        save_space(with_best_presets(space, result), fused, recipe_text=recipe, metrics=read_records(fused / "metrics.json"))
+        resave(with_best_presets(space, result), fused)
     return result

@@ -85,6 +85,13 @@ class UniBind:
         meta_path = root / "unibind.json"
         if not meta_path.is_file():
             raise CheckpointError(f"{root} is not a UniBind directory: no unibind.json")
+        if (root / "config.json").is_file():  # beside a fused export: only as a file of that export
+            from spacebind.checkpoint import read_config
+
+            recorded = read_config(root).get("files_sha256") or {}
+            if not {"unibind.json", "unibind.safetensors"} <= set(recorded):
+                raise CheckpointError(f"{meta_path} is not part of the export {root / 'config.json'} records "
+                                      "(left from another export, or put there by hand); export the space again")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if space is None:
             from spacebind.checkpoint import load as load_space
@@ -108,6 +115,10 @@ class UniBind:
         extra, absent = sorted(set(tensors) - used), sorted(used - set(tensors))
         if extra or absent:
             raise CheckpointError(f"{root / 'unibind.safetensors'}: unexpected {extra}, missing {absent}")
+        for m in meta["modalities"]:
+            if tensors[f"centres.{m}"].shape[-1] != space.dim:
+                raise CheckpointError(f"{root / 'unibind.safetensors'}: {m} centres of dim "
+                                      f"{tensors[f'centres.{m}'].shape[-1]}, the space's is {space.dim}")
         return cls(space, list(meta["names"]), {m: tensors[f"centres.{m}"] for m in meta["modalities"]},
                    tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]))
 

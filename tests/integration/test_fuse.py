@@ -113,9 +113,14 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     assert choice["coarse"] == {"text": 0.1, "audio": 0.5} and choice["lambdas"] == result.space.lambdas
     with pytest.raises(spacebind.InputError, match="no λ preset 'nope'"):
         spacebind.load(result.out, preset="nope")
+    before = json.loads((result.out / "config.json").read_text())["files_sha256"]
     runner = CliRunner()
     swept = runner.invoke(app, ["sweep", str(result.out), str(world.root), "--grid", "0,0.5,1", "--cache-dir", str(tmp_path)])
     assert swept.exit_code == 0, swept.output
+    after = json.loads((result.out / "config.json").read_text())["files_sha256"]  # the rest of the export stays
+    assert "history.json" in after and {k: v for k, v in after.items() if k not in ("README.md", "history.png")} == \
+        {k: v for k, v in before.items() if k not in ("README.md", "history.png")}
+    assert set(after) == set(before) and "history.png" in (result.out / "README.md").read_text()
     report = json.loads((result.out / "sweep.json").read_text())
     assert report["modalities"] == ["text", "audio"] and len(report["points"]) == 9
     assert (result.out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@ the centres-vs-prompts claim on a small held-out world (seed 7), and a save → 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from spacebind.cache import ensure_caches
 from spacebind.cli import app
 from spacebind.errors import CheckpointError, InputError, RecipeError
+from spacebind.evaluation.cost import describe_fused
 from spacebind.evaluation.zeroshot import heldout_names, prompt_classes, split_features, zeroshot_with
 from spacebind.experts.registry import EXPERTS
 from spacebind.fuse import fuse
@@ -156,6 +158,16 @@ def test_unibind_world_recipe_fuses_and_its_centres_beat_the_prompts(small_world
     again = {(r["model"], r["modalities"][0]): r["metrics"]["acc1"] for r in json.loads(metrics.read_text())
              if r["task"] == "zeroshot_classification"}
     assert again[("unibind_world (centres)", "image")] == pytest.approx(zs[("unibind_world (centres)", "image")], abs=0.01)
+    # `spacebind info` counts the heads UniBind trained, as a stage of their own
+    stage = describe_fused(result.out).stages[-1]
+    assert stage.kind == "unibind" and set(stage.modalities) == {"image", "audio"}
+    assert stage.trained == sum(p.numel() for h in loaded.heads.values() for p in h.parameters()) > 0
+    # UniBind files beside an export that does not record them (left by another export) are refused
+    bare = result.space.save(tmp_path / "bare")
+    for name in ("unibind.json", "unibind.safetensors"):
+        shutil.copy(result.out / name, bare / name)
+    with pytest.raises(CheckpointError, match="unibind.json is not part of the export"):
+        UniBind.load(bare)
 
 
 def test_unibind_recipe_validates_and_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

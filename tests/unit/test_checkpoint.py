@@ -200,8 +200,7 @@ def test_an_interrupted_export_leaves_the_old_one_whole(tmp_path: Path, monkeypa
     new_space.save(out)  # and the next export replaces it whole
     loaded = spacebind.load(out, experts={e.name: e for e in new_space.leaves()})
     torch.testing.assert_close(loaded.encode("text", TEXTS), new_space.encode("text", TEXTS), rtol=0, atol=0)
-    assert sorted(export_files(out)) == ["README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml"]
-    assert (out / "recipe.yaml").read_text() == "name: old\n"  # not written by this export: kept, unchecked
+    assert sorted(export_files(out)) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
 
 
 @pytest.mark.parametrize("name", ["README.md", "metrics.json", "recipe.yaml"])
@@ -239,3 +238,36 @@ def test_exporting_into_a_directory_that_is_not_an_export_is_refused(tmp_path: P
     with pytest.raises(CheckpointError, match="not empty and not a fused checkpoint"):
         small_space(0).save(tmp_path / "mine")
     assert export_files(tmp_path / "mine") == {"notes.txt": b"keep me"}
+
+
+def test_a_new_export_drops_the_old_ones_files_and_keeps_files_put_there_by_hand(tmp_path: Path) -> None:
+    """A recipe or UniBind files of the previous export do not describe the new space."""
+    out = small_space(0).save(tmp_path / "ckpt", recipe_text="name: old\n", metrics=[record("old")],
+                              extra=lambda d: (d / "unibind.json").write_text("{}"))
+    (out / "notes.txt").write_text("mine")
+    small_space(1).save(out)
+    assert sorted(export_files(out)) == ["README.md", "config.json", "metrics.json", "model.safetensors", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
+    """`sweep` re-exports with presets added: recipe, metrics, history and later stages' files stay,
+    recorded, and the card keeps its history section."""
+    from spacebind.checkpoint import resave
+
+    space = small_space(0)
+    history = {"E": [{"epoch": 0, "loss": 2.0, "val_recall@1": 0.25}, {"epoch": 1, "loss": 1.5, "val_recall@1": 0.5}]}
+    out = space.save(tmp_path / "ckpt", recipe_text="name: toy\n", metrics=[record("toy")], history=history,
+                     extra=lambda d: (d / "unibind.json").write_text('{"stage": "later"}'))
+    before = export_files(out)
+    resave(space.with_presets({"sharp": {"text": 0.8}}), out)
+    after = export_files(out)
+    assert sorted(after) == sorted(before)
+    for name in ("model.safetensors", "recipe.yaml", "metrics.json", "history.json", "unibind.json"):
+        assert after[name] == before[name], name
+    config = json.loads(after["config.json"])
+    assert set(config["files_sha256"]) == set(before) - {"config.json", "model.safetensors"}
+    assert config["space"]["presets"] == {"sharp": {"text": 0.8}}
+    card = after["README.md"].decode()
+    assert "history.png" in card and "`sharp`: text 0.8" in card
+    spacebind.load(out, experts={e.name: e for e in space.leaves()})  # every recorded file checks out

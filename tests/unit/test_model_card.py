@@ -76,3 +76,21 @@ def test_card_without_metrics_or_known_experts_omits_optional_fields(tmp_path: P
     data = ModelCard.load(space.save(tmp_path / "ckpt") / "README.md").data.to_dict()
     assert data["library_name"] == "spacebind"
     assert "base_model" not in data and "datasets" not in data and "model-index" not in data
+
+
+def test_card_states_the_lambda_a_bond_applies_and_what_was_set_after_fitting(tmp_path: Path) -> None:
+    """A combination that sets no λ applies the versatile preset's text 0.1; a space whose λ was set
+    after fitting (a preset, `with_lambdas`) says so beside the record of the choice."""
+    u, e = multi_expert("U", 8, ("text", "image"), 0), multi_expert("E", 6, ("text", "audio"), 1)
+    torch.manual_seed(0)
+    heads = {"E": MLPProjector(6, 8, hidden=16).eval()}
+    card = (BoundSpace(u, [e], "combination", heads).save(tmp_path / "default") / "README.md").read_text()
+    assert "| text 0.1 (default) |" in card  # text is the one modality both sides cover
+    choice = {"lambdas": {"text": 0.3}, "coarse": {"text": 0.1}, "margins": {}, "confidence": 0.95, "split": "val"}
+    fitted = BoundSpace(u, [e], "combination", heads, lambdas={"text": 0.3}, choices={"lambdas": choice})
+    card = (fitted.save(tmp_path / "fitted") / "README.md").read_text()
+    assert "| text 0.3 |" in card and "chose text 0.3 (coarse text 0.1" in card and "set after fitting" not in card
+    card = (fitted.with_lambdas({"text": 0.5}).save(tmp_path / "set") / "README.md").read_text()
+    assert "| text 0.5 |" in card
+    assert "set after fitting (a preset or `with_lambdas`), so the choices above no longer hold for them: " \
+           "λ text 0.5 (chosen 0.3)" in card

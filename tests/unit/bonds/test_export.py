@@ -69,6 +69,8 @@ def test_exported_modules_match_combine_on_any_batch_size(tmp_path: Path, build)
         got = module(*leaves.values())
         torch.testing.assert_close(got, space.combine(m, leaves), atol=1e-5, rtol=0)
         assert got.shape == (7, space.dim)
+        raw = [3.0 * x for x in leaves.values()]  # raw expert outputs need not be unit-norm (ImageBind's are not)
+        torch.testing.assert_close(module(*raw), got, atol=1e-5, rtol=0)
 
 
 def test_export_command_and_errors(tmp_path: Path) -> None:

@@ -180,6 +180,9 @@ def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], se
     hub = hub or {}
     out, missing = dict(kwargs), []
     for key, name in files.items():
+        if key not in FILE_KWARGS:  # `files` may set file arguments only (never e.g. trust_remote_code)
+            missing.append(f"{key} {name!r} (not a file argument: refused)")
+            continue
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
             missing.append(f"{key} {name!r} (not a bare file name: refused)")
             continue

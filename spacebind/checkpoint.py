@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from spacebind.bonds import BONDS, BondNode, head_from_config
 from spacebind.errors import CheckpointError, StorageError, UnknownNameError
 from spacebind.experts import (
+    FILE_KWARGS,
     build_expert,
     checkpoint_search_path,
     hub_files,
@@ -231,6 +232,7 @@ def load(
     root = checkpoint_directory(directory)
     config_path = root / "config.json"
     config = read_config(root)
+    _check_tree(config.get("space"), "space", config_path)
     if not trust_remote_code:
         _refuse_code(config["space"], set(experts or {}), config_path)
     dirs = [checkpoint_dir] if isinstance(checkpoint_dir, (str, Path)) else list(checkpoint_dir or [])
@@ -256,7 +258,7 @@ def read_config(root: Path) -> dict[str, Any]:
         raise CheckpointError(f"{root} is not a fused checkpoint: no config.json")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else None
@@ -265,7 +267,10 @@ def read_config(root: Path) -> dict[str, Any]:
     if config.get("weights_sha256") and (not weights.is_file() or sha256_file(weights) != config["weights_sha256"]):
         raise CheckpointError(f"{weights} does not belong with {config_path}: the config was written with other "
                               "weights (an interrupted or mixed export); export the space again")
-    for name, digest in (config.get("files_sha256") or {}).items():
+    recorded = config.get("files_sha256") or {}
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{config_path}: files_sha256: expected checksums by file name; the config is damaged")
+    for name, digest in recorded.items():
         path = root / Path(name).name
         if not path.is_file() or sha256_file(path) != digest:
             raise CheckpointError(f"{path} does not belong with {config_path}: missing, or from another "
@@ -273,10 +278,62 @@ def read_config(root: Path) -> dict[str, Any]:
     return config
 
 
+MAX_DEPTH = 64  # bonds nested deeper than any recipe builds: a damaged or crafted config
+
+
+def _check_tree(node: Any, at: str, where: Path, depth: int = 0) -> None:
+    """Raise a CheckpointError naming the field unless `node` is a well-formed space tree: expert
+    nodes with a name, source, integer dim, modality list, object `kwargs` and file arguments
+    (`files`) by bare name; bond nodes with a kind, base, experts, heads and numeric λ."""
+    def bad(field: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {at}{field}: expected {expected}; the config is damaged, export the space again")
+
+    def check(field: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise bad(field, expected)
+
+    check("", isinstance(node, dict) and node.get("type") in ("expert", "bond"), "an expert or bond node")
+    check("", depth <= MAX_DEPTH, f"at most {MAX_DEPTH} nested bonds")
+    check(".dim", isinstance(node.get("dim"), int) and not isinstance(node["dim"], bool) and node["dim"] > 0,
+          "a positive integer")
+    check(".modalities", isinstance(node.get("modalities"), list) and all(isinstance(m, str) for m in node["modalities"]),
+          "a list of modality names")
+    check(".name", isinstance(node.get("name"), str), "a string")
+    if node["type"] == "expert":
+        check(".source", isinstance(node.get("source"), str), "a registry name or import path")
+        check(".kwargs", isinstance(node.get("kwargs", {}), dict), "an object of keyword arguments")
+        files = node.get("files", {})
+        check(".files", isinstance(files, dict) and all(k in FILE_KWARGS and isinstance(v, str) for k, v in files.items()),
+              f"file names by argument ({', '.join(FILE_KWARGS)})")
+        check(".hub_files", isinstance(node.get("hub_files", {}), dict), "an object")
+        return
+    check(".bond", isinstance(node.get("bond"), str), "a bond kind")
+    check(".index", isinstance(node.get("index"), int), "an integer")
+    check(".heads", isinstance(node.get("heads"), dict) and all(isinstance(h, dict) for h in node["heads"].values()),
+          "head configs by expert")
+    check(".lambdas", isinstance(node.get("lambdas"), dict)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in node["lambdas"].values()),
+          "numbers by modality")
+    check(".presets", isinstance(node.get("presets") or {}, dict), "an object of named settings")
+    check(".experts", isinstance(node.get("experts"), list), "a list of nodes")
+    _check_tree(node.get("base"), f"{at}.base", where, depth + 1)
+    for i, child in enumerate(node["experts"]):
+        _check_tree(child, f"{at}.experts[{i}]", where, depth + 1)
+
+
+def _asks_for_remote_code(kwargs: Any) -> bool:
+    """Whether a kwargs tree sets `trust_remote_code` anywhere (also an adapter's inner expert's kwargs)."""
+    if isinstance(kwargs, dict):
+        return bool(kwargs.get("trust_remote_code")) or any(_asks_for_remote_code(v) for v in kwargs.values())
+    if isinstance(kwargs, list):
+        return any(_asks_for_remote_code(v) for v in kwargs)
+    return False
+
+
 def _stored_experts(node: dict[str, Any], given: set[str]) -> Iterator[dict[str, Any]]:
     """The expert nodes of a config tree that loading would build (not those the caller gives)."""
-    if node.get("type") != "expert":
-        for child in [node.get("base", {}), *node.get("experts", [])]:
+    if node["type"] != "expert":
+        for child in [node["base"], *node["experts"]]:
             yield from _stored_experts(child, given)
     elif node.get("name") not in given:
         yield node
@@ -291,7 +348,7 @@ def _refuse_code(node: dict[str, Any], given: set[str], where: Path) -> None:
             continue
         if is_import_path(source):
             problems.append(f"expert {name!r} is user code ({source!r}): loading it imports and runs that code")
-        elif isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
+        elif _asks_for_remote_code(kwargs):
             problems.append(f"expert {name!r} ({source}) runs the code shipped in its model snapshot (trust_remote_code)")
     if problems:
         raise CheckpointError(f"{where}: refused to load; " + "; ".join(problems) + ". If you trust this checkpoint, "

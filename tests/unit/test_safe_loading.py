@@ -71,6 +71,45 @@ def test_stored_remote_code_flag_is_refused(tmp_path: Path) -> None:
         spacebind.load(out, experts={"U": multi_expert("U", 6, ("text",), 0)})
 
 
+@pytest.mark.parametrize("craft, message", [
+    # the flag in an adapter's inner expert's kwargs
+    (lambda n: n.update(source="adapted", kwargs={"expert": "internvl_c", "adapt": ["thermal"],
+                                                  "kwargs": {"checkpoint": "/nowhere", "trust_remote_code": True}}),
+     r"expert 'E' \(adapted\) runs the code shipped in its model snapshot"),
+    # kwargs as pairs, turned into a dict only after the check
+    (lambda n: n.update(source="internvl_c", kwargs=[["checkpoint", "/nowhere"], ["trust_remote_code", True]]),
+     r"space.experts\[0\].kwargs: expected an object"),
+    # a `files` entry that would set a non-file argument once the files are located
+    (lambda n: n.update(source="internvl_c", kwargs={"checkpoint": "snap"}, files={"trust_remote_code": "snap"}),
+     r"space.experts\[0\].files: expected file names by argument"),
+])
+def test_remote_code_cannot_be_smuggled_past_the_check(tmp_path: Path, craft, message: str) -> None:
+    out = saved(tmp_path)
+    rewrite(out / "config.json", lambda node: craft(node["experts"][0]))
+    with pytest.raises(CheckpointError, match=message):
+        spacebind.load(out, experts={"U": multi_expert("U", 6, ("text",), 0)})
+
+
+@pytest.mark.parametrize("damage, field", [
+    (lambda c: c.pop("space"), "space: expected an expert or bond node"),
+    (lambda c: c["space"].pop("base"), "space.base: expected an expert or bond node"),
+    (lambda c: c["space"].pop("lambdas"), "space.lambdas: expected numbers by modality"),
+    (lambda c: c["space"]["experts"][0].update(dim="4"), r"space.experts\[0\].dim: expected a positive integer"),
+    (lambda c: c["space"]["experts"][0].pop("source"), r"space.experts\[0\].source"),
+    (lambda c: c.update(files_sha256=["README.md"]), "files_sha256: expected checksums by file name"),
+])
+def test_a_damaged_config_is_an_error_naming_the_field(tmp_path: Path, damage, field: str) -> None:
+    out = saved(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    damage(config)
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=field):
+        spacebind.load(out)
+    (out / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # nested past the parser's recursion limit
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        spacebind.load(out)
+
+
 def first_weight(tensors: dict[str, torch.Tensor]) -> str:
     return next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim == 2)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from spacebind.bonds.node import BondNode
 from spacebind.errors import InputError
-from spacebind.io.files import atomic_path, write_json
+from spacebind.io.files import atomic_path, check_output, write_json
 from spacebind.space import Space
 
 
@@ -43,7 +43,7 @@ def export_programs(space: Space, out: str | Path) -> Path:
     """Write one exported program per modality of `space` and `export.json` into `out`."""
     if not isinstance(space, BondNode):
         raise InputError(f"space {space.name!r} has no trained part to export: it is an expert")
-    out = Path(out)
+    out = check_output(out, directory=True)
     out.mkdir(parents=True, exist_ok=True)
     dims = {leaf.name: leaf.dim for leaf in space.leaves()}
     described = {}

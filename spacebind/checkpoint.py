@@ -39,6 +39,7 @@ from spacebind.experts import (
     resolve_files,
 )
 from spacebind.io.files import (
+    check_output,
     replace_dir,
     save_tensors,
     sha256_file,
@@ -114,9 +115,7 @@ def save_space(
     checked on load; its own files (those its config.json records) go with it. A directory that is
     not empty and not an export is refused.
     """
-    out = Path(directory).resolve()  # an export reached through a symlink is replaced where it lies
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise CheckpointError(f"{out} is not empty and not a fused checkpoint: export into a new or empty directory")
+    out = check_export_target(directory)
     tensors = head_tensors(space)
     stage = staging_dir(out)
     try:
@@ -148,6 +147,15 @@ def save_space(
         raise
     replace_dir(stage, out)
     return Path(directory)
+
+
+def check_export_target(directory: str | Path) -> Path:
+    """`directory` resolved (an export reached through a symlink is replaced where it lies), unless
+    an export cannot go there: a file, or a directory that is not empty and not a fused checkpoint."""
+    out = check_output(Path(directory).resolve(), directory=True, what="export directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise CheckpointError(f"{out} is not empty and not a fused checkpoint: export into a new or empty directory")
+    return out
 
 
 def resave(space: Space, directory: str | Path) -> Path:

@@ -35,6 +35,15 @@ def _run(job: Callable[[], Any]) -> Any:
         raise typer.Exit(2) from None
 
 
+def _names_expert(target: Path) -> bool:
+    """Whether a FUSED argument names an expert (registered, an import path, or another bare name)
+    rather than a fused checkpoint (a directory, or a path or hub id `org/name`)."""
+    from spacebind.experts import EXPERTS, is_import_path
+
+    text = str(target)
+    return not target.is_dir() and (text in EXPERTS.list() or is_import_path(text) or len(target.parts) == 1)
+
+
 def _print_json(data: Any) -> None:
     """Machine-readable output: JSON on stdout, nothing else there (dataclasses as objects)."""
     import dataclasses
@@ -371,9 +380,12 @@ def evaluate_cmd(
     from spacebind.evaluation import write_records
     from spacebind.evaluation.evaluate import evaluate_checkpoint
     from spacebind.evaluation.report import records_table, write_clip_benchmark
+    from spacebind.io.files import check_output
 
     if format not in ("json", "clip_benchmark"):
         raise typer.BadParameter(f"--format {format!r}: expected json or clip_benchmark")
+    if out:
+        _run(lambda: check_output(out, directory=format == "clip_benchmark"))
     with _verbosity(quiet, verbose):
         records = _run(lambda: evaluate_checkpoint(fused, data, split, cache_dir=cache_dir, trust_remote_code=trust_remote_code))
     if as_json:
@@ -381,10 +393,10 @@ def evaluate_cmd(
     else:
         console.print(records_table(records))
     if out and format == "clip_benchmark":
-        written = len(write_clip_benchmark(out, records, pretrained=str(fused)))
+        written = len(_run(lambda: write_clip_benchmark(out, records, pretrained=str(fused))))
         (err_console if as_json else console).print(f"wrote {written} files to {out}")
     elif out:
-        write_records(out, records)
+        _run(lambda: write_records(out, records))
 
 
 @app.command()
@@ -423,19 +435,22 @@ def similarity(
     from rich.table import Table
 
     from spacebind.evaluation.similarity import heatmap, rank_similarity
+    from spacebind.io.files import check_output
 
+    if plot is not None:
+        _run(lambda: check_output(plot, what="--plot"))
     rows = _run(lambda: rank_similarity(encoders, data, split, k, cache))
     if as_json:
         _print_json(rows)
         if plot is not None:
-            err_console.print(f"wrote {heatmap(rows, plot)}", highlight=False)
+            err_console.print(f"wrote {_run(lambda: heatmap(rows, plot))}", highlight=False)
         return
     table = Table("rank", "encoder A", "encoder B", f"mutual {k}-NN", "linear CKA", "probe items")
     for i, r in enumerate(rows, 1):
         table.add_row(str(i), str(r["a"]), str(r["b"]), f"{r['mutual_knn']:.3f}", f"{r['cka']:.3f}", str(r["n"]))
     console.print(table)
     if plot is not None:
-        console.print(f"[green]wrote[/] {heatmap(rows, plot)}")
+        console.print(f"[green]wrote[/] {_run(lambda: heatmap(rows, plot))}")
 
 
 @app.command()
@@ -463,7 +478,10 @@ def sweep(
     """
     from spacebind.evaluation.sweep import preset_name, sweep_checkpoint
 
-    values = [float(v) for v in grid.split(",") if v.strip()]
+    try:
+        values = [float(v) for v in grid.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--grid {grid!r}: expected comma-separated numbers, e.g. 0,0.25,0.5") from None
     with _verbosity(quiet, verbose):
         result = _run(lambda: sweep_checkpoint(fused, data, split=split, grid=values, modalities=modality or None,
                                                channel=channel, save=save, held_out=held_out or None, cache_dir=cache_dir,
@@ -500,7 +518,7 @@ def encode(
     from spacebind.io.files import atomic_path
 
     def job() -> Any:
-        space = load(fused, trust_remote_code=trust_remote_code) if fused.is_dir() else build_expert(str(fused))
+        space = build_expert(str(fused)) if _names_expert(fused) else load(fused, trust_remote_code=trust_remote_code)
         emb = space.encode(modality, expand_directories(modality, inputs)).numpy()
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
@@ -664,7 +682,7 @@ def info(
     from spacebind.evaluation.cost import describe, describe_fused, info_tables
     from spacebind.experts import build_expert
 
-    result = _run(lambda: describe_fused(fused, trust_remote_code) if fused.is_dir() else describe(build_expert(str(fused))))
+    result = _run(lambda: describe(build_expert(str(fused))) if _names_expert(fused) else describe_fused(fused, trust_remote_code))
     if as_json:
         _print_json(result)
         return

@@ -17,7 +17,7 @@ from typing import Any
 
 from spacebind.bonds import BONDS
 from spacebind.cache import dataset_key, ensure_caches
-from spacebind.checkpoint import save_space
+from spacebind.checkpoint import check_export_target, save_space
 from spacebind.errors import CheckpointError, InputError
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.experts import EXPERTS, build_expert, is_import_path, missing_expert_files
@@ -25,7 +25,7 @@ from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir
 from spacebind.io.locks import job_lock
 from spacebind.io.progress import note, stage
-from spacebind.recipe import DataConfig, Recipe, load_recipe
+from spacebind.recipe import MAX_SEED, DataConfig, Recipe, load_recipe
 from spacebind.space import Space
 from spacebind.training import distributed
 from spacebind.training.history import collect_histories
@@ -113,6 +113,7 @@ def fuse(
     """
     recipe = override(recipe, seed=seed, device=device)
     out = out or recipe.export.out or Path("runs") / recipe.name
+    check_export_target(out)  # before the work, not after it
     work = work or home_dir() / "runs" / recipe.name
     note(f"recipe {recipe.name!r}: work directory {work}", progress)
     with job_lock(work, "work directory"):
@@ -201,6 +202,8 @@ def override(recipe: Recipe, *, seed: int | None = None, device: str | None = No
     """The recipe with `train.seed` set to `seed`, and `device` passed to every expert whose factory
     takes a `device` argument (the others compute where they always do)."""
     if seed is not None:
+        if not 0 <= seed < MAX_SEED:
+            raise InputError(f"--seed {seed}: expected 0 ≤ seed < {MAX_SEED}")
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
     if device is not None:
         experts = {alias: cfg.model_copy(update={"kwargs": {**cfg.kwargs, "device": device}})
@@ -286,6 +289,8 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
         CheckpointError: files are missing (all of them named).
     """
     recipe = override(recipe, seed=seed, device=device)
+    out = Path(out or recipe.export.out or Path("runs") / recipe.name)
+    check_export_target(out)
     missing = missing_files(recipe, base_dir, media=True)
     if missing:
         raise CheckpointError(f"recipe {recipe.name!r} names {len(missing)} file(s) that are not there:\n  "
@@ -311,7 +316,7 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
     train = [f"{key}: {n} projector(s)" for key, n in trained_members(recipe).items()]
     if recipe.unibind is not None:
         train.append("UniBind class centres")
-    return FusePlan(recipe=recipe.name, out=Path(out or recipe.export.out or Path("runs") / recipe.name),
+    return FusePlan(recipe=recipe.name, out=out,
                     work=work or home_dir() / "runs" / recipe.name, data=described, counts=counts,
                     embed=embed, train=train)
 

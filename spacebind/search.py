@@ -10,7 +10,8 @@ collection, and queries of any modalities combined as a weighted sum of unit vec
 Items are embedded from the leaf embedding caches (`binding.ensure_caches` + `combine`), in
 chunks, so nothing already cached is re-encoded and memory beyond the index itself stays bounded
 by the chunk. The manifest is written last: a half-written index does not load. An index loaded
-against another space (different fingerprint or dim) is refused.
+against another space (different fingerprint or dim), or with a damaged file, is refused; a
+manifest names only files inside the index directory.
 
 A hit's score is the cosine between the item and the query restricted to the dimensions the item's
 modality uses. Most spaces use every dimension for every modality (then it is the inner product of
@@ -245,26 +246,88 @@ def _write_faiss(index: Any, path: Path) -> None:
 
 
 def load_index(path: str | Path, space: Space | None = None) -> SearchIndex:
-    """Load an index; with `space`, refuse it unless it was built with that same space."""
-    import faiss
+    """Load an index; with `space`, refuse it unless it was built with that same space.
 
+    Raises:
+        InputError: `path` has no manifest (it is not an index), or one of another format.
+        CheckpointError: the manifest, a FAISS file or an items file is damaged or missing (naming
+            the file), or the index was built with another space.
+    """
     root = Path(path)
+    where = root / MANIFEST
     try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(where.read_text(encoding="utf-8"))
+    except OSError as exc:
         raise InputError(f"{root} is not a spacebind index: cannot read {MANIFEST} ({exc})") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise _damaged(where, f"not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(where, f"a JSON {type(manifest).__name__}, not an object")
     if manifest.get("format") != FORMAT:
-        raise InputError(f"{root / MANIFEST}: format {manifest.get('format')!r}, this spacebind reads {FORMAT}")
+        raise InputError(f"{where}: format {manifest.get('format')!r}, this spacebind reads {FORMAT}")
+    entries = _check_manifest(manifest, where)
     if space is not None:
         check_same_space(manifest, space, root)
+    dim = manifest["space"]["dim"]
     indexes, items = {}, {}
-    for m, entry in manifest["modalities"].items():
-        indexes[m] = faiss.read_index(str(root / entry["index"]))
-        items[m] = json.loads((root / entry["items"]).read_text(encoding="utf-8"))
-        if indexes[m].ntotal != len(items[m]) or indexes[m].d != manifest["space"]["dim"]:
-            raise InputError(f"{root / entry['index']}: holds {indexes[m].ntotal} vectors of dim {indexes[m].d}, "
-                             f"the manifest expects {len(items[m])} of dim {manifest['space']['dim']}; rebuild the index")
+    for m, entry in entries.items():
+        indexes[m] = _read_faiss(root / entry["index"])
+        items[m] = _read_items(root / entry["items"])
+        if indexes[m].ntotal != len(items[m]) or indexes[m].d != dim:
+            raise _damaged(root / entry["index"], f"holds {indexes[m].ntotal} vectors of dim {indexes[m].d}, the "
+                                                  f"manifest expects {len(items[m])} of dim {dim}")
     return SearchIndex(root, manifest, indexes, items)
+
+
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    """The error for a damaged index file."""
+    return CheckpointError(f"{path}: {problem}; rebuild the index with `spacebind index`")
+
+
+def _check_manifest(manifest: dict[str, Any], where: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's modality entries, once its space and entries have the fields and types
+    `build_index` writes, and every file an entry names is a bare file name (inside the index)."""
+    built = manifest.get("space")
+    if not (isinstance(built, dict) and isinstance(built.get("name"), str)
+            and isinstance(built.get("fingerprint"), str) and type(built.get("dim")) is int and built["dim"] > 0
+            and isinstance(built.get("fused"), (str, type(None)))):
+        raise _damaged(where, "'space' is not an object with name, dim, fingerprint and fused")
+    entries = manifest.get("modalities")
+    if not (isinstance(entries, dict) and entries and all(isinstance(e, dict) for e in entries.values())):
+        raise _damaged(where, "'modalities' is not an object of one entry per modality")
+    for m, entry in entries.items():
+        for key in ("index", "items"):
+            name = entry.get(key)
+            if not (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name):
+                raise _damaged(where, f"modalities.{m}.{key} is {name!r}, not the name of a file in the index "
+                                      "directory")
+    return entries
+
+
+def _read_faiss(path: Path) -> Any:
+    """The FAISS index stored at `path`."""
+    import faiss
+
+    if not path.is_file():
+        raise _damaged(path, "no such file")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError:  # FAISS reports a truncated or foreign file as a RuntimeError
+        raise _damaged(path, "not a FAISS index") from None
+
+
+def _read_items(path: Path) -> list[dict[str, Any]]:
+    """The item list stored at `path`: [{"id", "input", …}] in index order."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _damaged(path, f"cannot read it ({exc.strerror})") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise _damaged(path, f"not valid JSON ({exc})") from None
+    if not (isinstance(items, list) and all(isinstance(it, dict) and isinstance(it.get("id"), str)
+                                            and isinstance(it.get("input"), str) for it in items)):
+        raise _damaged(path, 'not a list of items with "id" and "input"')
+    return items
 
 
 def check_same_space(manifest: dict[str, Any], space: Space, where: Path) -> None:

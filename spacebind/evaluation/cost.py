@@ -70,13 +70,15 @@ def describe(space: Space) -> SpaceInfo:
 
 
 def describe_fused(directory: str | Path, trust_remote_code: bool = False) -> SpaceInfo:
-    """`describe` of a fused checkpoint, with the UniBind stage its export may hold (class centres
+    """`describe` of a fused checkpoint (a directory or hub id), with the UniBind stage its export may hold (class centres
     and the heads trained to align embeddings to them) after the space's own stages."""
     from spacebind.checkpoint import load
+    from spacebind.interop.hub import checkpoint_directory
 
+    directory = checkpoint_directory(directory)  # a hub id's snapshot, so UniBind's files are found beside it
     space = load(directory, trust_remote_code=trust_remote_code)
     info = describe(space)
-    if (Path(directory) / "unibind.json").is_file():
+    if (directory / "unibind.json").is_file():
         from spacebind.unibind import UniBind
 
         unibind = UniBind.load(directory, space)

@@ -13,7 +13,7 @@ from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
 from spacebind.bonds.node import BondNode
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, resave
-from spacebind.errors import InputError
+from spacebind.errors import CheckpointError, InputError
 from spacebind.evaluation.evaluate import evaluate_space
 from spacebind.evaluation.report import pyplot, save_figure, task_scores
 from spacebind.io.datasets import Dataset
@@ -186,6 +186,9 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     current and best setting are also scored on that split (reported beside the tuning split, never
     used to choose)."""
     fused = Path(fused)
+    if not fused.is_dir():
+        raise CheckpointError(f"{fused}: no such directory; sweep writes its results into a fused checkpoint "
+                              "directory (download a hub checkpoint to one first)")
     space = load(fused, trust_remote_code=trust_remote_code)
     if not isinstance(space, BondNode) or not space.settings():
         raise InputError(f"{fused} holds no bond with λ or κ: nothing to sweep")

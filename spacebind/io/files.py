@@ -102,6 +102,24 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_output(target: str | Path, directory: bool = False, what: str = "--out") -> Path:
+    """`target`, unless it cannot be written as a file (or, with `directory`, a directory): an
+    existing path of the other kind, or a nearest existing parent that is not a writable directory.
+    Checked before long work, so that the work is not lost at the end."""
+    path = Path(target)
+    if path.exists() and path.is_dir() != directory:
+        raise InputError(f"{what} {path}: exists and is {'a file' if directory else 'a directory'}; "
+                         f"give a {'directory' if directory else 'file'} path")
+    mine = [path.absolute()] if directory else []
+    parent = next((p for p in [*mine, *path.absolute().parents] if p.exists()), Path("/"))
+    try:  # a probe file, not os.access: root passes access checks on read-only and virtual file systems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot write under {parent} ({exc.strerror or exc})") from None
+    return path
+
+
 def write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -26,6 +26,11 @@ IndexKind = Literal["flat", "ivf", "hnsw", "pq", "ivfpq"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "pq", "ivfpq")
 
 
+def _unknown_kind(kind: str) -> InputError:
+    """The error for an index kind not in `INDEX_KINDS`."""
+    return InputError(f"unknown index {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """Parameters of the approximate index kinds (each kind reads only its own; docs/decisions.md).
@@ -45,9 +50,15 @@ class IndexOptions:
     train_size: int = 65_536
 
     def for_kind(self, kind: str) -> dict[str, int]:
-        """The options `kind` uses (recorded in manifests and cache keys)."""
+        """The options `kind` uses (recorded in manifests and cache keys).
+
+        Raises:
+            InputError: `kind` is not one of `INDEX_KINDS`.
+        """
         used = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
-                "pq": ("pq_m", "pq_bits"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits")}[kind]
+                "pq": ("pq_m", "pq_bits"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits")}.get(kind)
+        if used is None:
+            raise _unknown_kind(kind)
         return {k: getattr(self, k) for k in used}
 
 
@@ -104,7 +115,7 @@ def new_index(kind: str, dim: int, options: IndexOptions) -> "object":
         index.hnsw.efSearch = o.ef_search
         return index
     else:
-        raise InputError(f"unknown index {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+        raise _unknown_kind(kind)
     index.nprobe = o.nprobe
     return index
 

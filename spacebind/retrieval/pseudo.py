@@ -18,17 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset, Manifest
+from spacebind.modalities import check_modality
 from spacebind.retrieval.mining import MiningIndex, mine, weighted_means
 from spacebind.space import Space
+
+# check_modality's InputError is a ValueError: pydantic reports it under the field's path (bonds.0.pseudo.0.seed)
+Modality = Annotated[str, AfterValidator(check_modality)]
 
 
 class PseudoDataset(BaseModel):
@@ -36,14 +40,23 @@ class PseudoDataset(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: str
-    partners: list[str] = Field(default_factory=list)
+    seed: Modality
+    partners: list[Modality] = Field(default_factory=list)
     miner: str | None = Field(None, description="expert that retrieves partners (default: the bond's expert)")
     k: int = Field(5, ge=1)
     mode: Literal["softmax", "top1"] = "softmax"
     temperature: float = Field(0.05, gt=0, allow_inf_nan=False)
     index: MiningIndex = Field(default_factory=MiningIndex, description=(
         "FAISS index the miner searches: flat (exact) or an approximate kind for large pools, see MiningIndex"))
+
+    @field_validator("partners")
+    @classmethod
+    def _distinct(cls, partners: list[str]) -> list[str]:
+        repeated = sorted({m for m in partners if partners.count(m) > 1})
+        if repeated:
+            raise ValueError(f"partner(s) {repeated} listed more than once (each would mine and train on the same "
+                             "pairs again); list each partner modality once")
+        return partners
 
     @property
     def label(self) -> str:

@@ -20,7 +20,8 @@ from spacebind.io.files import atomic_path, replace_dir, storage_errors, write_j
 from spacebind.io.locks import file_lock
 from spacebind.io.progress import track
 from spacebind.io.video import Video
-from spacebind.world.concepts import Concept, Instance, make_concepts, sample_instances
+from spacebind.recipe import MAX_SEED
+from spacebind.world.concepts import WORDS, Concept, Instance, make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
 from spacebind.world.sensors import render_events, render_thermal, render_video
 
@@ -116,7 +117,9 @@ def generate_world(
     `unpaired` lists each train item with one modality only (image, audio, point, text in turn).
 
     Raises:
-        InputError: bad sizes or sensors, or `out` holds files that are not a world.
+        InputError: a seed, split size or `num_concepts` out of range (the recipe's `data.world`
+            bounds; a split of 0 items is left out), unknown splits or sensors, or `out` holds
+            files that are not a world.
         LockError: another job is generating this world.
     """
     root = Path(out).resolve()
@@ -124,6 +127,7 @@ def generate_world(
     unknown = set(sizes) - set(_SPLIT_OFFSET)
     if unknown:
         raise InputError(f"unknown split(s) {sorted(unknown)}; expected train, val, test")
+    _check_ranges(seed, sizes, concepts_seed, num_concepts)
     bad = sorted(set(sensors) - set(SENSORS))
     if bad:
         raise InputError(f"--sensors / sensors: unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
@@ -142,6 +146,22 @@ def generate_world(
             raise
         replace_dir(partial, root)
     return Path(out)
+
+
+def _check_ranges(seed: int, sizes: dict[str, int], concepts_seed: int, num_concepts: int) -> None:
+    """Raise an InputError naming the first option outside the range the recipe's `data.world` allows;
+    a split size may also be 0 here (the split is left out), as long as some split has items."""
+    for option, value in (("seed", seed), ("concepts_seed", concepts_seed)):
+        if not 0 <= value < MAX_SEED:
+            raise InputError(f"--{option.replace('_', '-')} / {option}: {value} is out of range; "
+                             f"expected 0 to {MAX_SEED - 1}")
+    if not 2 <= num_concepts <= len(WORDS):
+        raise InputError(f"--num-concepts / num_concepts: {num_concepts} is out of range; expected 2 to {len(WORDS)}")
+    for split, n in sizes.items():
+        if n < 0:
+            raise InputError(f"--{split} / sizes[{split!r}]: {n} items; expected 0 (leave the split out) or more")
+    if not any(sizes.values()):
+        raise InputError("--train / --val / --test: every split has 0 items; give at least one split 1 or more")
 
 
 def _generate(out: Path, seed: int, sizes: dict[str, int], concepts_seed: int, num_concepts: int, progress: bool,

@@ -338,3 +338,31 @@ def test_dry_run_plan_counts_an_unpaired_world(tmp_path: Path, monkeypatch: pyte
         row = json.loads(line)
         written.setdefault(row["split"], Counter()).update(m for m in ("image", "audio", "point", "text", "thermal") if m in row)
     assert world_counts(sizes, ["thermal"], unpaired=True) == {s: dict(sorted(c.items())) for s, c in written.items()}
+
+
+def test_outputs_and_option_values_are_checked_before_the_work(tiny_fuse: tuple[Path, str], tmp_path: Path) -> None:
+    """A path that cannot be written, or a value that cannot be parsed, is one error line (exit 2)
+    before any evaluation, training or export runs, not a traceback after it."""
+    out, _ = tiny_fuse
+    (tmp_path / "afile").write_text("x")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("x")
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    recipe, missing = str(tmp_path / "tiny.yaml"), str(tmp_path / "nowhere")
+    cases = [
+        (["eval", missing, missing, "--out", str(tmp_path / "afile"), "--format", "clip_benchmark"], "exists and is a file"),
+        (["eval", missing, missing, "--out", str(tmp_path / "afile" / "x.json")], "cannot write under"),
+        (["export", str(out), "--out", str(tmp_path / "afile"), "--trust-remote-code"], "exists and is a file"),
+        (["similarity", "a:text", "b:text", "--data", missing, "--plot", str(tmp_path / "afile" / "x.png")],
+         "cannot write under"),
+        (["fuse", recipe, "--out", str(taken), "--work", str(tmp_path / "work")], "not empty and not a fused checkpoint"),
+        (["fuse", recipe, "--out", str(taken), "--dry-run"], "not empty and not a fused checkpoint"),
+        (["fuse", recipe, "--seed=-1", "--dry-run"], "--seed -1"),
+        (["sweep", missing, missing, "--grid", "a,b"], "comma-separated"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "work").exists() and (taken / "mine.txt").read_text() == "x"

@@ -21,6 +21,7 @@ from spacebind.experts._build import (
     build_expert,
     checkpoint_search_path,
     hub_files,
+    is_file_argument,
     is_import_path,
     missing_expert_files,
     portable_kwargs,
@@ -31,5 +32,5 @@ from spacebind.experts.registry import EXPERTS, create_expert, list_experts
 from spacebind.world import experts as _world_experts  # noqa: F401
 from spacebind.world import unimodal as _world_unimodal  # noqa: F401
 
-__all__ = ["EXPERTS", "FILE_KWARGS", "build_expert", "checkpoint_search_path", "create_expert", "hub_files", "is_import_path",
+__all__ = ["EXPERTS", "FILE_KWARGS", "build_expert", "checkpoint_search_path", "create_expert", "hub_files", "is_file_argument", "is_import_path",
            "list_experts", "missing_expert_files", "portable_kwargs", "remember_files", "resolve_files"]

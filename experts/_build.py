@@ -61,6 +61,28 @@ def build_expert(source: str, kwargs: dict[str, Any] | None = None, name: str | 
 FILE_KWARGS = ("checkpoint", "clip_checkpoint", "tokenizer", "path")
 
 
+def file_arguments(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """Every file argument of an expert's kwargs by key: the `FILE_KWARGS`, and those of an inner
+    expert's `kwargs` (an adapter's, `adapted`) as `kwargs.<key>`."""
+    found = {key: value for key in FILE_KWARGS if isinstance(value := kwargs.get(key), str) and value}
+    inner = kwargs.get("kwargs")
+    if isinstance(inner, Mapping):
+        found.update({f"kwargs.{key}": value for key, value in file_arguments(inner).items()})
+    return found
+
+
+def is_file_argument(key: str) -> bool:
+    """Whether `key` names a file argument as `file_arguments` does (e.g. `kwargs.checkpoint`)."""
+    *inner, last = key.split(".")
+    return last in FILE_KWARGS and all(part == "kwargs" for part in inner)
+
+
+def with_argument(kwargs: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of `kwargs` with the argument `key` (`kwargs.<key>` inside an inner expert's) set to `value`."""
+    head, _, rest = key.partition(".")
+    return {**kwargs, head: with_argument(kwargs.get(head) or {}, rest, value) if rest else value}
+
+
 def missing_expert_files(experts: dict[str, tuple[str, dict[str, Any]]]) -> list[str]:
     """One line per file a registry expert's kwargs name that does not exist, saying which field
     and what the expert expects there; checked before any expert loads (they can take minutes)."""
@@ -68,9 +90,8 @@ def missing_expert_files(experts: dict[str, tuple[str, dict[str, Any]]]) -> list
 
     problems = []
     for alias, (source, kwargs) in experts.items():
-        for key in FILE_KWARGS:
-            value = kwargs.get(key)
-            if isinstance(value, str) and not Path(value).exists():
+        for key, value in file_arguments(kwargs).items():
+            if not Path(value).exists():
                 expects = EXPERTS.entry(source).checkpoint if source in EXPERTS.list() else ""
                 problems.append(f"experts.{alias}.kwargs.{key}: no file or directory {value!r} (from "
                                 f"{Path.cwd()})" + (f"; {source} expects {expects}" if expects else ""))
@@ -81,11 +102,9 @@ def portable_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     """`kwargs` with every local file or directory argument reduced to its name, and those names by
     argument: a fused checkpoint records no machine paths, and `resolve_files` finds them again."""
     out, files = dict(kwargs), {}
-    for key in FILE_KWARGS:
-        value = kwargs.get(key)
-        if isinstance(value, str) and value:
-            files[key] = Path(value).name
-            out[key] = files[key]
+    for key, value in file_arguments(kwargs).items():
+        files[key] = Path(value).name
+        out = with_argument(out, key, files[key])
     return out, files
 
 
@@ -100,10 +119,7 @@ def hub_files(kwargs: dict[str, Any]) -> dict[str, dict[str, str]]:
     `path` is "" for the snapshot directory itself), by argument: no machine path, so an export may
     record it beside the bare name and `resolve_files` finds the file in this machine's cache."""
     origins = {}
-    for key in FILE_KWARGS:
-        value = kwargs.get(key)
-        if not (isinstance(value, str) and value):
-            continue
+    for key, value in file_arguments(kwargs).items():
         parts = Path(os.path.abspath(value)).parts
         for i in range(len(parts) - 2, 0, -1):
             if parts[i] == "snapshots" and parts[i - 1].startswith("models--") and _COMMIT.match(parts[i + 1]):
@@ -152,7 +168,7 @@ def remember_files(source: str, kwargs: dict[str, Any]) -> None:
     from spacebind.io.files import write_json
 
     entries = {f"{source}:{key}:{Path(value).name}": str(Path(value).resolve())
-               for key in FILE_KWARGS if isinstance((value := kwargs.get(key)), str) and value and Path(value).exists()}
+               for key, value in file_arguments(kwargs).items() if Path(value).exists()}
     if not entries:
         return
     path = _known_files_path()
@@ -180,7 +196,7 @@ def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], se
     hub = hub or {}
     out, missing = dict(kwargs), []
     for key, name in files.items():
-        if key not in FILE_KWARGS:  # `files` may set file arguments only (never e.g. trust_remote_code)
+        if not is_file_argument(key):  # `files` may set file arguments only (never e.g. trust_remote_code)
             missing.append(f"{key} {name!r} (not a file argument: refused)")
             continue
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
@@ -202,5 +218,5 @@ def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], se
             looked = ", ".join(places) or "nowhere (no directory given)"
             missing.append(f"{key} {name!r} (looked in: {looked}, and where this machine last saw it)")
         else:
-            out[key] = str(found)
+            out = with_argument(out, key, str(found))
     return out, missing

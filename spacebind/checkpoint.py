@@ -33,6 +33,7 @@ from spacebind.experts import (
     build_expert,
     checkpoint_search_path,
     hub_files,
+    is_file_argument,
     is_import_path,
     portable_kwargs,
     remember_files,
@@ -311,8 +312,8 @@ def _check_tree(node: Any, at: str, where: Path, depth: int = 0) -> None:
         check(".source", isinstance(node.get("source"), str), "a registry name or import path")
         check(".kwargs", isinstance(node.get("kwargs", {}), dict), "an object of keyword arguments")
         files = node.get("files", {})
-        check(".files", isinstance(files, dict) and all(k in FILE_KWARGS and isinstance(v, str) for k, v in files.items()),
-              f"file names by argument ({', '.join(FILE_KWARGS)})")
+        check(".files", isinstance(files, dict) and all(is_file_argument(k) and isinstance(v, str) for k, v in files.items()),
+              f"file names by argument ({', '.join(FILE_KWARGS)}, or an inner expert's as kwargs.<argument>)")
         check(".hub_files", isinstance(node.get("hub_files", {}), dict), "an object")
         return
     check(".bond", isinstance(node.get("bond"), str), "a bond kind")

@@ -206,6 +206,12 @@ def override(recipe: Recipe, *, seed: int | None = None, device: str | None = No
             raise InputError(f"--seed {seed}: expected 0 ≤ seed < {MAX_SEED}")
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
     if device is not None:
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise InputError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, …)") from None
         experts = {alias: cfg.model_copy(update={"kwargs": {**cfg.kwargs, "device": device}})
                    if _takes_device(cfg.source) else cfg for alias, cfg in recipe.experts.items()}
         recipe = recipe.model_copy(update={"experts": experts})

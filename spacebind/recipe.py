@@ -23,6 +23,7 @@ from spacebind.modalities import MODALITIES
 from spacebind.retrieval.mining import MiningIndex
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.training.trainer import TrainConfig
+from spacebind.world.concepts import WORDS
 
 MAX_SEED = 2**63  # seeds are non-negative and fit a signed 64-bit integer (torch, numpy)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -40,7 +41,7 @@ class WorldData(Strict):
     val: int = Field(300, ge=1)
     test: int = Field(500, ge=1)
     concepts_seed: int = Field(0, ge=0, lt=MAX_SEED)
-    num_concepts: int = Field(24, ge=2)
+    num_concepts: int = Field(24, ge=2, le=len(WORDS), description="concepts of the world (one per word of its vocabulary)")
     sensors: list[Literal["video", "thermal", "event"]] = Field(
         default_factory=list, description="optional world modalities to generate as well")
     unpaired: bool = Field(False, description="train split as unimodal pools (one modality per item); val and test stay paired")
@@ -144,6 +145,12 @@ class ExpertConfig(Strict):
     def _one_source(self) -> "ExpertConfig":
         if (self.name is None) == (self.import_ is None):
             raise ValueError("give exactly one of 'name' (a registered expert) or 'import' (module:attribute)")
+        if self.name is not None:
+            from spacebind.experts.registry import EXPERTS
+
+            problem = EXPERTS.unknown_arguments(self.name, self.kwargs)
+            if problem:
+                raise ValueError(f"kwargs: {problem}")
         return self
 
     @property

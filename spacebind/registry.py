@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
-from spacebind.errors import UnknownNameError
+from spacebind.errors import InputError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -59,8 +60,29 @@ class Registry(Generic[T]):
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.list()) or '(none)'}"
 
+    def unknown_arguments(self, name: str, kwargs: Mapping[str, Any]) -> str | None:
+        """Why `name`'s factory cannot take `kwargs` (arguments it does not have), or None."""
+        try:
+            params = inspect.signature(self.entry(name).factory).parameters
+        except (TypeError, ValueError):  # no signature to check against
+            return None
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        unknown = [k for k in kwargs if k not in params or params[k].kind not in keyword]
+        if not unknown:
+            return None
+        takes = [k for k, p in params.items() if p.kind in keyword]
+        hints = {k: difflib.get_close_matches(k, takes, n=1) for k in unknown}
+        return (f"{self.kind} {name!r} takes no argument " + ", ".join(
+            f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+                + f"; it takes: {', '.join(takes) or '(none)'}")
+
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the registered object `name` with `kwargs`."""
+        """Build the registered object `name` with `kwargs` (arguments its factory lacks are an InputError)."""
+        problem = self.unknown_arguments(name, kwargs)
+        if problem:
+            raise InputError(problem)
         return self.entry(name).factory(**kwargs)
 
     def __contains__(self, name: object) -> bool:

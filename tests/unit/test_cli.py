@@ -359,6 +359,7 @@ def test_outputs_and_option_values_are_checked_before_the_work(tiny_fuse: tuple[
         (["fuse", recipe, "--out", str(taken), "--work", str(tmp_path / "work")], "not empty and not a fused checkpoint"),
         (["fuse", recipe, "--out", str(taken), "--dry-run"], "not empty and not a fused checkpoint"),
         (["fuse", recipe, "--seed=-1", "--dry-run"], "--seed -1"),
+        (["fuse", recipe, "--device", "banana", "--dry-run"], "not a torch device"),
         (["sweep", missing, missing, "--grid", "a,b"], "comma-separated"),
     ]
     for args, message in cases:

@@ -63,6 +63,8 @@ def test_all_errors_reported_at_once() -> None:
         (lambda r: r["bonds"][1]["presets"].update(zs={"channel:audio": 1.5}), "preset 'zs': lambda for 'audio' is 1.5"),
         (lambda r: r["bonds"][1]["presets"].update(zs={"channel:smell": 0.5}), "preset 'zs': unknown modality 'smell'"),
         (lambda r: r["experts"].update(mine={"import": "nocolon"}), "must look like 'package.module:attribute'"),
+        (lambda r: r["experts"].update(mine={"name": "world_unified", "kwargs": {"num_concept": 8}}),
+         r"experts.mine: .*'world_unified' takes no argument 'num_concept' \(did you mean 'num_concepts'\?\); it takes: "),
         (lambda r: r.update(bonds=[{"type": "displacement", "experts": ["image_text", "audio_text"]}]), "exactly one"),
     ],
 )

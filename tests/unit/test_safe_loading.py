@@ -188,3 +188,26 @@ def test_a_recorded_file_name_cannot_leave_the_searched_directories(tmp_path: Pa
     rewrite(out / "config.json", escape)
     with pytest.raises(CheckpointError, match=r"expert 'U' \(dinov2\) needs path '\.\./secret\.npy' \(not a bare file name"):
         spacebind.load(out, experts={"E": multi_expert("E", 4, ("text",), 1)}, checkpoint_dir=out)
+
+
+def test_an_inner_experts_files_are_recorded_by_name_and_found_again(tmp_path: Path, monkeypatch) -> None:
+    """An adapter's inner expert (`adapted`'s `kwargs`) names its checkpoint like any expert: the
+    export records the bare name, never the machine path, and loading finds it where it was moved."""
+    import shutil
+
+    from spacebind.experts import missing_expert_files, portable_kwargs, resolve_files
+
+    monkeypatch.setenv("SPACEBIND_HOME", str(tmp_path / "home"))
+    checkpoint = tmp_path / "models" / "inner.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    kwargs = {"expert": "internvl_c", "adapt": ["thermal"], "kwargs": {"checkpoint": str(checkpoint), "dtype": "fp16"}}
+    stored, files = portable_kwargs(kwargs)
+    assert files == {"kwargs.checkpoint": "inner.pt"} and str(tmp_path) not in json.dumps(stored)
+    assert stored["kwargs"] == {"checkpoint": "inner.pt", "dtype": "fp16"} and kwargs["kwargs"]["checkpoint"] == str(checkpoint)
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    shutil.move(str(checkpoint), str(shelf / "inner.pt"))
+    assert missing_expert_files({"x": ("adapted", kwargs)})[0].startswith("experts.x.kwargs.kwargs.checkpoint: no file")
+    found, missing = resolve_files("adapted", files, stored, [shelf])
+    assert not missing and found == {**stored, "kwargs": {"checkpoint": str(shelf / "inner.pt"), "dtype": "fp16"}}

@@ -367,3 +367,17 @@ def test_outputs_and_option_values_are_checked_before_the_work(tiny_fuse: tuple[
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (args, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "work").exists() and (taken / "mine.txt").read_text() == "x"
+
+
+def test_an_export_records_the_seed_it_was_run_with(tmp_path: Path) -> None:
+    """`fuse --seed` changes the weights; the export's recipe.yaml says so (and still loads)."""
+    from spacebind.recipe import load_recipe
+
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    result = runner.invoke(app, ["fuse", str(tmp_path / "tiny.yaml"), "--seed", "3", "--out", str(tmp_path / "out"),
+                                 "--work", str(tmp_path / "work"), "-q"])
+    assert result.exit_code == 0, result.output
+    stored = (tmp_path / "out" / "recipe.yaml").read_text()
+    assert stored.startswith(TINY_RECIPE.rstrip("\n"))
+    assert stored.endswith("# run as `spacebind fuse … --seed 3`, which overrides train.seed: 3\n")
+    assert load_recipe(tmp_path / "out" / "recipe.yaml")[0].name == load_recipe(tmp_path / "tiny.yaml")[0].name

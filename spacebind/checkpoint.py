@@ -131,9 +131,10 @@ def save_space(
 
             write_json(stage / "history.json", history)
             plot_histories(history, stage / "history.png")
-        write_text(stage / "README.md", model_card(space, config, metrics or [], history))
         if extra is not None:
             extra(stage)
+        unibind = json.loads((stage / "unibind.json").read_text(encoding="utf-8")) if (stage / "unibind.json").is_file() else None
+        write_text(stage / "README.md", model_card(space, config, metrics or [], history, unibind))
         config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
                                   if p.is_file() and p.name != "model.safetensors"}
         write_json(stage / "config.json", config)

@@ -199,9 +199,10 @@ def _set_after_fitting(node: dict[str, Any], choices: dict[str, Any]) -> list[st
 
 
 def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]],
-               history: dict[str, list[dict[str, Any]]] | None = None) -> str:
+               history: dict[str, list[dict[str, Any]]] | None = None, unibind: dict[str, Any] | None = None) -> str:
     """Markdown describing the fused space, its experts, bonds, metrics, training history (linked
-    history.json / history.png, when given) and how to load it."""
+    history.json / history.png, when given), UniBind's stage (its `unibind.json`, when the export
+    has one) and how to load it."""
     experts: dict[str, dict[str, Any]] = {}
     _expert_rows(config["space"], experts)
     bonds: list[str] = []
@@ -229,6 +230,14 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
         lines += ["## Training history", "",
                   f"{len(history)} trained projector(s); per epoch in [history.json](history.json).", "",
                   "![training loss and validation recall@1 per epoch](history.png)", ""]
+    if unibind:
+        heads = ", ".join(f"{m} ({h.get('type', 'head')})" for m, h in unibind["heads"].items()) or "none"
+        lines += ["## UniBind class centres", "",
+                  f"{len(unibind['names'])} classes, centres for {', '.join(unibind['modalities'])} "
+                  f"([unibind.json](unibind.json), unibind.safetensors); trained heads aligning embeddings to them: "
+                  f"{heads}; knowledge vote weight {unibind['vote_weight']:g} (k {unibind['k']}). "
+                  "Load with `spacebind.unibind.UniBind.load(path)`; `spacebind eval` reports zero-shot with the "
+                  "centres beside the prompts.", ""]
     lines += [
         "## Use", "", "```python", "import spacebind", "",
         'space = spacebind.load("path/to/this/directory")',

@@ -141,6 +141,7 @@ def test_unibind_world_recipe_fuses_and_its_centres_beat_the_prompts(small_world
     raw["data"] = {"path": str(small_world.root)}
     result = fuse(validate_recipe(raw), out=tmp_path / "out", work=tmp_path / "work", progress=False)
     assert {"unibind.json", "unibind.safetensors", "model.safetensors"} <= {p.name for p in result.out.iterdir()}
+    assert "## UniBind class centres" in (result.out / "README.md").read_text()
     zs = {(r["model"], r["modalities"][0]): r["metrics"]["acc1"] for r in result.records
           if r["task"] == "zeroshot_classification" and r["role"] == "fused"}
     # Measured (seed 7): centres 0.560 image / 0.850 audio vs the fused space's prompts 0.347 / 0.503.

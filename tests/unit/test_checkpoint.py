@@ -250,6 +250,10 @@ def test_a_new_export_drops_the_old_ones_files_and_keeps_files_put_there_by_hand
     assert (out / "notes.txt").read_text() == "mine"
 
 
+UNIBIND_META = {"format": "spacebind-unibind-1", "space": "U + c(E)", "names": ["cube", "cone"], "modalities": ["text"],
+                "heads": {"text": {"type": "mlp"}}, "vote_weight": 0.0, "k": 10}
+
+
 def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
     """`sweep` re-exports with presets added: recipe, metrics, history and later stages' files stay,
     recorded, and the card keeps its history section."""
@@ -258,7 +262,7 @@ def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
     space = small_space(0)
     history = {"E": [{"epoch": 0, "loss": 2.0, "val_recall@1": 0.25}, {"epoch": 1, "loss": 1.5, "val_recall@1": 0.5}]}
     out = space.save(tmp_path / "ckpt", recipe_text="name: toy\n", metrics=[record("toy")], history=history,
-                     extra=lambda d: (d / "unibind.json").write_text('{"stage": "later"}'))
+                     extra=lambda d: (d / "unibind.json").write_text(json.dumps(UNIBIND_META)))
     before = export_files(out)
     resave(space.with_presets({"sharp": {"text": 0.8}}), out)
     after = export_files(out)
@@ -270,4 +274,5 @@ def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
     assert config["space"]["presets"] == {"sharp": {"text": 0.8}}
     card = after["README.md"].decode()
     assert "history.png" in card and "`sharp`: text 0.8" in card
+    assert "## UniBind class centres\n\n2 classes, centres for text (" in card and "text (mlp)" in card
     spacebind.load(out, experts={e.name: e for e in space.leaves()})  # every recorded file checks out

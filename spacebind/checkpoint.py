@@ -165,7 +165,10 @@ def resave(space: Space, directory: str | Path) -> Path:
     recipe, metrics, training history and the files later stages added (UniBind's). For changes
     that leave the heads' meaning as it was, e.g. the presets `sweep` adds."""
     root = Path(directory)
-    recorded = set(read_config(root).get("files_sha256") or {})
+    config = read_config(root)
+    # an export written before `files_sha256` existed: its own files are the ones save_space writes
+    recorded = set(config["files_sha256"]) if "files_sha256" in config else {
+        p.name for p in root.iterdir() if p.name in OWN_FILES and p.is_file()}
 
     def recorded_text(name: str) -> str | None:
         return (root / name).read_text(encoding="utf-8") if name in recorded else None

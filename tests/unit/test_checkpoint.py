@@ -276,3 +276,16 @@ def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
     assert "history.png" in card and "`sharp`: text 0.8" in card
     assert "## UniBind class centres\n\n2 classes, centres for text (" in card and "text (mlp)" in card
     spacebind.load(out, experts={e.name: e for e in space.leaves()})  # every recorded file checks out
+
+
+def test_resave_of_an_export_older_than_its_checksums_keeps_recipe_and_metrics(tmp_path: Path) -> None:
+    from spacebind.checkpoint import resave
+
+    space = small_space(0)
+    out = space.save(tmp_path / "ckpt", recipe_text="name: old\n", metrics=[record("old")])
+    config = json.loads((out / "config.json").read_text())
+    del config["files_sha256"]  # as exports were written before they recorded their files
+    (out / "config.json").write_text(json.dumps(config))
+    resave(space.with_presets({"sharp": {"text": 0.8}}), out)
+    assert (out / "recipe.yaml").read_text() == "name: old\n"
+    assert json.loads((out / "metrics.json").read_text()) == [record("old")]

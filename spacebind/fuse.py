@@ -25,10 +25,11 @@ from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir
 from spacebind.io.locks import job_lock
 from spacebind.io.progress import note, stage
-from spacebind.recipe import MAX_SEED, DataConfig, Recipe, load_recipe
+from spacebind.recipe import DataConfig, Recipe, load_recipe
 from spacebind.space import Space
 from spacebind.training import distributed
 from spacebind.training.history import collect_histories
+from spacebind.training.trainer import MAX_SEED
 
 
 @dataclass

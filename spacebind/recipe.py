@@ -22,10 +22,9 @@ from spacebind.experts import is_import_path
 from spacebind.modalities import MODALITIES
 from spacebind.retrieval.mining import MiningIndex
 from spacebind.retrieval.pseudo import PseudoDataset
-from spacebind.training.trainer import TrainConfig
+from spacebind.training.trainer import MAX_SEED, TrainConfig
 from spacebind.world.concepts import WORDS
 
-MAX_SEED = 2**63  # seeds are non-negative and fit a signed 64-bit integer (torch, numpy)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: the temperature never drops below 0.01
 
 
+MAX_SEED = 2**63  # seeds are non-negative and fit a signed 64-bit integer (torch, numpy)
+
+
 class TrainConfig(BaseModel):
     """Projector training settings (the recipe's `train:` section); the defaults are measured
     choices (docs/decisions.md)."""
@@ -56,7 +59,7 @@ class TrainConfig(BaseModel):
     temperature: float = Field(0.05, ge=1.0 / MAX_LOGIT_SCALE, allow_inf_nan=False, description="initial softmax temperature")
     learnable_temperature: bool = True
     patience: int = Field(5, ge=1, description="epochs without a val recall@1 gain before stopping")
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     hidden: int = Field(2048, ge=1, description="projector hidden width")
     max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps (the schedule spans the cap)")
     stream_mb: float | None = Field(

@@ -20,7 +20,7 @@ from spacebind.io.files import atomic_path, replace_dir, storage_errors, write_j
 from spacebind.io.locks import file_lock
 from spacebind.io.progress import track
 from spacebind.io.video import Video
-from spacebind.recipe import MAX_SEED
+from spacebind.training.trainer import MAX_SEED
 from spacebind.world.concepts import WORDS, Concept, Instance, make_concepts, sample_instances
 from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, render_image, render_points
 from spacebind.world.sensors import render_events, render_thermal, render_video

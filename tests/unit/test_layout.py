@@ -21,6 +21,7 @@ DOCUMENTED = [
     ("spacebind.interop.adapters", "load_clip_benchmark"),
 ]
 LOWER_ROOMS = ["spacebind/io", "spacebind/cache", "spacebind/training", "spacebind/retrieval", "spacebind/evaluation",
+               "spacebind/world", "spacebind/unibind",
                "spacebind/interop", "experts", "bonds"]
 PIPELINE = {"spacebind.cli", "spacebind.fuse", "spacebind.recipe"}
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from spacebind.cli import app
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
-from spacebind.recipe import MAX_SEED
+from spacebind.training.trainer import MAX_SEED
 from spacebind.world.concepts import WORDS
 from spacebind.world.generate import generate_world
 

@@ -113,11 +113,12 @@ def fuse(
         LockError: another job is using the work directory.
     """
     recipe = override(recipe, seed=seed, device=device)
-    if recipe_text is not None and (seed is not None or device is not None):  # the export says what ran
-        given = " ".join(f"--{k} {v}" for k, v in (("seed", seed), ("device", device)) if v is not None)
-        recipe_text = recipe_text.rstrip("\n") + f"\n# run as `spacebind fuse … {given}`, which overrides " + "; ".join(
-            [*([f"train.seed: {seed}"] if seed is not None else []),
-             *([f"device: {device} for every expert that takes one"] if device is not None else [])]) + "\n"
+    given = {f"--seed {seed}": f"train.seed: {seed}"} if seed is not None else {}
+    if device is not None:
+        given[f"--device {device}"] = f"device: {device} for every expert that takes one"
+    if recipe_text is not None and given:  # the export says what ran
+        recipe_text = (recipe_text.rstrip("\n") + f"\n# run as `spacebind fuse … {' '.join(given)}`, which overrides "
+                       + "; ".join(given.values()) + "\n")
     out = out or recipe.export.out or Path("runs") / recipe.name
     check_export_target(out)  # before the work, not after it
     work = work or home_dir() / "runs" / recipe.name

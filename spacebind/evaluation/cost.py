@@ -1,6 +1,6 @@
 """Cost accounting of a space (`spacebind info`): its experts with their frozen parameters, the
-parameters spacebind trained (projector heads, routers, UniBind's aligning heads, …), and the formula, modalities and
-embedding dimension of every stage of the tree.
+parameters spacebind trained (projector heads, routers, UniBind's aligning heads, …), and the
+formula, modalities and embedding dimension of every stage of the tree.
 
 The tree is walked generically, so any space type works: a node's children are its public
 attributes that are spaces (or lists / mappings of spaces); its trained modules are its public
@@ -70,18 +70,14 @@ def describe(space: Space) -> SpaceInfo:
 
 
 def describe_fused(directory: str | Path, trust_remote_code: bool = False) -> SpaceInfo:
-    """`describe` of a fused checkpoint (a directory or hub id), with the UniBind stage its export may hold (class centres
-    and the heads trained to align embeddings to them) after the space's own stages."""
-    from spacebind.checkpoint import load
-    from spacebind.interop.hub import checkpoint_directory
+    """`describe` of a fused checkpoint (a directory or hub id), with the UniBind stage its export
+    may hold (class centres and the heads trained to align embeddings to them) after the space's own
+    stages."""
+    from spacebind.unibind.model import load_export
 
-    directory = checkpoint_directory(directory)  # a hub id's snapshot, so UniBind's files are found beside it
-    space = load(directory, trust_remote_code=trust_remote_code)
+    space, unibind = load_export(directory, trust_remote_code)
     info = describe(space)
-    if (directory / "unibind.json").is_file():
-        from spacebind.unibind import UniBind
-
-        unibind = UniBind.load(directory, space)
+    if unibind is not None:
         info.stages.append(Stage(0, "unibind", "unibind", f"{space.formula()} → {len(unibind.names)} class centres",
                                  tuple(unibind.centres), space.dim,
                                  _count(p for head in unibind.heads.values() for p in head.parameters())))

@@ -109,20 +109,15 @@ def evaluate_checkpoint(fused: str | Path, data: str | Path, split: str = "test"
     `fused` is a directory or a hub id (`org/name[@revision]`, see `spacebind.interop.hub`);
     `trust_remote_code`: see `spacebind.checkpoint.load`."""
     from spacebind.cache import ensure_caches
-    from spacebind.checkpoint import load  # the checkpoint reader builds on the bonds, which use these metrics
-    from spacebind.interop.hub import checkpoint_directory
+    from spacebind.unibind.model import evaluate_unibind, load_export  # they build on these metrics
 
-    fused = checkpoint_directory(fused)  # a hub id's snapshot, so UniBind's files are found beside the export
-    space = load(fused, trust_remote_code=trust_remote_code)
+    space, unibind = load_export(fused, trust_remote_code)
     dataset = Dataset.load(data)
     dataset.check_split(split)
     caches = ensure_caches([space], dataset, cache_dir)
     records = evaluate_space(space, "fused", caches, dataset, split, list(ks))
-    if (fused / "unibind.json").is_file():
-        from spacebind.unibind import UniBind
-        from spacebind.unibind.model import evaluate_unibind
-
-        records += evaluate_unibind(UniBind.load(fused, space), caches, dataset, split)
+    if unibind is not None:
+        records += evaluate_unibind(unibind, caches, dataset, split)
     return records
 
 

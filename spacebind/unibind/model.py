@@ -123,6 +123,17 @@ class UniBind:
                    tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]))
 
 
+def load_export(fused: str | Path, trust_remote_code: bool = False) -> tuple["Space", UniBind | None]:
+    """A fused checkpoint (a directory or hub id, see `spacebind.checkpoint.load`) and the UniBind
+    its export holds beside the space, or None."""
+    from spacebind.checkpoint import load
+    from spacebind.interop.hub import checkpoint_directory
+
+    root = checkpoint_directory(fused)  # a hub id's snapshot, so UniBind's files are found beside the export
+    space = load(root, trust_remote_code=trust_remote_code)
+    return space, UniBind.load(root, space) if (root / "unibind.json").is_file() else None
+
+
 def fit_unibind(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: KnowledgeBase, *,
                 modalities: Sequence[str] | None = None, n: int = 8, mix: float = 0.5, align: bool = True,
                 vote_weight: float = 0.0, k: int = 10, epochs: int = 20, seed: int = 0) -> UniBind:

@@ -147,7 +147,7 @@ class ExpertConfig(Strict):
         if self.name is not None:
             from spacebind.experts.registry import EXPERTS
 
-            problem = EXPERTS.unknown_arguments(self.name, self.kwargs)
+            problem = EXPERTS.argument_problem(self.name, self.kwargs)
             if problem:
                 raise ValueError(f"kwargs: {problem}")
         return self

@@ -8,6 +8,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
+from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
+
 from spacebind.errors import InputError, UnknownNameError
 
 T = TypeVar("T")
@@ -60,33 +62,57 @@ class Registry(Generic[T]):
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.list()) or '(none)'}"
 
-    def unknown_arguments(self, name: str, kwargs: Mapping[str, Any]) -> str | None:
-        """Why `name`'s factory cannot take `kwargs` (arguments it does not have), or None."""
+    def argument_problem(self, name: str, kwargs: Mapping[str, Any]) -> str | None:
+        """Why `name`'s factory cannot take `kwargs` (arguments it lacks, values not of its hinted type), or None."""
         try:
             params = inspect.signature(self.entry(name).factory).parameters
         except (TypeError, ValueError):  # no signature to check against
             return None
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return None
         keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        unknown = [k for k in kwargs if k not in params or params[k].kind not in keyword]
-        if not unknown:
-            return None
         takes = [k for k, p in params.items() if p.kind in keyword]
-        hints = {k: difflib.get_close_matches(k, takes, n=1) for k in unknown}
-        return (f"{self.kind} {name!r} takes no argument " + ", ".join(
-            f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
-                + f"; it takes: {', '.join(takes) or '(none)'}")
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = [] if open_ended else [k for k in kwargs if k not in takes]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, takes, n=1) for k in unknown}
+            return (f"{self.kind} {name!r} takes no argument " + ", ".join(
+                f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+                    + f"; it takes: {', '.join(takes) or '(none)'}")
+        wrong = [f"{k}={v!r} ({why})" for k, v in kwargs.items() if (why := _type_problem(self.entry(name).factory, k, v))]
+        return f"{self.kind} {name!r}: wrong type: " + "; ".join(wrong) if wrong else None
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the registered object `name` with `kwargs` (arguments its factory lacks are an InputError)."""
-        problem = self.unknown_arguments(name, kwargs)
+        """Build the registered object `name` with `kwargs` (arguments its factory lacks, or values
+        of the wrong type, are an InputError)."""
+        problem = self.argument_problem(name, kwargs)
         if problem:
             raise InputError(problem)
         return self.entry(name).factory(**kwargs)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def _type_problem(factory: Callable[..., Any], key: str, value: Any) -> str | None:
+    """Why `value` does not fit the type hint of `factory`'s argument `key` (lax, as pydantic reads a config), or None."""
+    try:
+        hint = inspect.signature(factory, eval_str=True).parameters[key].annotation
+    except (KeyError, AttributeError, NameError, SyntaxError, TypeError, ValueError):  # unresolvable hints: unchecked
+        return None
+    if hint is inspect.Parameter.empty:
+        return None
+    try:
+        adapter = TypeAdapter(hint)
+    except (PydanticSchemaGenerationError, TypeError):
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as error:
+        return f"expected {_hint_name(hint)}: {error.errors()[0]['msg'].lower()}"
+    return None
+
+
+def _hint_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 EXPERTS: "Registry[Any]" = Registry("expert")

@@ -47,6 +47,8 @@ def test_experts_wildcard() -> None:
     (["eval", "not-a-checkpoint", "nowhere"], "not a fused checkpoint"),
     (["world", "generate", "out", "--sensors", "smell"], "unknown sensor modality(ies) ['smell']"),
     (["experts", "nomatch*"], "no registered expert matches 'nomatch*'; known: "),
+    (["embed", "world_unified", "nowhere", "--out", "cache", "--kwarg", "concepts_seed=abc"],
+     "expert 'world_unified': wrong type: concepts_seed='abc' (expected int: "),
 ])
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, args)

@@ -65,6 +65,10 @@ def test_all_errors_reported_at_once() -> None:
         (lambda r: r["experts"].update(mine={"import": "nocolon"}), "must look like 'package.module:attribute'"),
         (lambda r: r["experts"].update(mine={"name": "world_unified", "kwargs": {"num_concept": 8}}),
          r"experts.mine: .*'world_unified' takes no argument 'num_concept' \(did you mean 'num_concepts'\?\); it takes: "),
+        (lambda r: r["experts"].update(mine={"name": "world_unified", "kwargs": {"concepts_seed": "abc"}}),
+         r"experts.mine: .*'world_unified': wrong type: concepts_seed='abc' \(expected int: "),
+        (lambda r: r["experts"].update(mine={"name": "world_unified", "kwargs": {"num_concepts": 2.5, "checkpoint": 7}}),
+         r"num_concepts=2.5 \(expected int: .*fractional part\); checkpoint=7 \(expected str \| pathlib.Path \| None"),
         (lambda r: r.update(bonds=[{"type": "displacement", "experts": ["image_text", "audio_text"]}]), "exactly one"),
     ],
 )

@@ -9,7 +9,8 @@ omnibind_world_pools` runs OmniBind as published: unimodal train pools, pseudo p
 tuples (recipes/omnibind_world_pools.yaml); `--recipe omnibind_world_specialists` routes between
 two domain-specialist audio-text experts (recipes/omnibind_world_specialists.yaml), and adds two
 columns that bound what routing by domain can add: the candidates weighted by an oracle that knows
-each test item's concept (the specialist that never learned it out; or only the one that did; no channel).
+each test item's concept (the specialist that never learned it out; or only the one that did), with
+the channel the routed space chose.
 Last, routed − uniform in mean R@1 per seed and pooled over the seeds, with its 95 % paired
 bootstrap interval over test items (each item's hits in all 12 directions resampled together).
 Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
@@ -117,15 +118,16 @@ def oracle_weights(routes: list[str], concept: torch.Tensor, domains: dict[str, 
 @torch.no_grad()
 def domain_oracle(space, caches, dataset, domains: dict[str, tuple[int, int]], own_only: bool) -> dict[str, float]:
     """Test R@1 of the routed space's candidates weighted by `oracle_weights`, which know each item's
-    concept: a bound on what routing by domain can add over the uniform mixture (modalities no
-    specialist covers stay uniform)."""
+    concept, with the routed space's channel: a bound on what routing by domain can add over the
+    uniform mixture (modalities no specialist covers stay uniform)."""
     items = dataset.select("test")
     ids = [it.id for it in items]
     concept = torch.tensor([dataset.class_names.index(it.label) for it in items])
     fused = {}
     for m in MODALITIES:
         leaf = {e.name: caches.caches[e.name].embeddings(m, ids) for e in space.leaves_for(m)}
-        fused[m] = mix(space.candidates(m, leaf), oracle_weights(space.routes(m), concept, domains, own_only))
+        weights = oracle_weights(space.routes(m), concept, domains, own_only)
+        fused[m] = space.with_channel_parts(m, mix(space.candidates(m, leaf), weights), leaf)
     diagonal = list(range(len(ids)))
     return {f"{a}→{b} R@1": retrieval_recall(fused[a], fused[b], diagonal, (1,))[1]
             for x, y in modality_pairs(MODALITIES) for a, b in ((x, y), (y, x))}

@@ -288,7 +288,13 @@ class RoutedSpace(BondNode):
     @torch.no_grad()
     def combine(self, modality: str, leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
         check_modality(modality, self.modalities, owner=f"space {self.name!r}")
-        routed = mix(self.candidates(modality, leaf_embeddings), self.weights(modality, leaf_embeddings))
+        return self.with_channel_parts(modality, mix(self.candidates(modality, leaf_embeddings),
+                                                     self.weights(modality, leaf_embeddings)), leaf_embeddings)
+
+    def with_channel_parts(self, modality: str, routed: torch.Tensor,
+                           leaf_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A routed embedding [N, dim of the target] with the channel leaves' parts appended (each
+        specialist's own embedding weighted by its κ; zeros where it lacks `modality`)."""
         if self.channels is None:
             return routed
         parts, squares = [routed], 1.0

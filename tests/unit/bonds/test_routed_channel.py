@@ -15,6 +15,7 @@ from spacebind import Dataset, Space
 from spacebind.bonds.lambdas import CHANNEL_PRIOR, choose_channels
 from spacebind.bonds.linear import LinearMap
 from spacebind.bonds.route import RoutedSpace
+from spacebind.bonds.router import mix
 from spacebind.cache import CacheSet
 from spacebind.errors import InputError
 from spacebind.io.datasets import Item
@@ -89,6 +90,12 @@ def test_channel_similarities_follow_the_formula_and_keep_other_rankings() -> No
         torch.testing.assert_close(out[:, :DIM], routed[m], rtol=0, atol=0)
         assert torch.count_nonzero(out[:, DIM:]) == 0
     assert channelled.uniform().channels == {"IT": kappa}
+    # the channel parts apply to any mixture of the candidates (the benchmark's domain oracle uses them)
+    for m in MODS:
+        candidates = channelled.candidates(m, leaves[m])
+        uniform = torch.full(candidates.shape[:2], 1 / candidates.shape[1])
+        torch.testing.assert_close(channelled.with_channel_parts(m, mix(candidates, uniform), leaves[m]),
+                                   channelled.uniform().combine(m, leaves[m]))
 
 
 def world(n_val: int = 60, seed: int = 1, it_noise: float = 0.0, at_noise: float = 5.0):

@@ -135,6 +135,8 @@ def _image_array(arr: Any, name: str) -> np.ndarray:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
         raise InputError(f"{name}: image of shape {a.shape}; expected HxW, HxWx3 (or 4) or 3xHxW")
+    if a.dtype == np.uint16:  # 16-bit pictures: scaled by their bit depth, as 8-bit ones are
+        a = a.astype(np.float32) / np.iinfo(np.uint16).max
     if a.dtype != np.uint8:
         a = _finite(a.astype(np.float32), name)
         if a.max(initial=0.0) <= 1.0 + 1e-6 and a.min(initial=0.0) >= 0.0:
@@ -145,15 +147,21 @@ def _image_array(arr: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+def _sixteen_bit(arr: np.ndarray) -> np.ndarray:
+    """PIL's 32-bit integer pixels as uint16 when they fit (PIL's mode "I" holds 16-bit PNGs)."""
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+        return arr.astype(np.uint16)
+    return arr
+
+
 def _image_file(path: Path, name: str) -> np.ndarray:
     from PIL import UnidentifiedImageError
 
     try:
         with _open_image(path, name) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32)
-                return _image_array(arr / max(float(arr.max()), 1.0), name)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # PIL's mode "I" holds 16-bit PNGs
+                return _image_array(_sixteen_bit(np.asarray(img)), name)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(f"{name}: not a readable image ({exc})") from None
@@ -198,9 +206,9 @@ def _wav_frames(path: Path) -> int | None:
 
 
 def _audio_array(samples: Any, rate: int, name: str, channels: Any = None) -> Audio:
-    a = _real(samples, name).astype(np.float32)
+    a = _pcm_float(_real(samples, name))
     if a.ndim == 2:
-        frames_first = a.shape[1] <= 8
+        frames_first = a.shape[1] <= a.shape[0]  # the shorter axis holds the channels
         if a.shape[1 if frames_first else 0] > 1:
             channels = a.T if frames_first else a
         a = a.mean(axis=1) if frames_first else a.mean(axis=0)
@@ -209,10 +217,20 @@ def _audio_array(samples: Any, rate: int, name: str, channels: Any = None) -> Au
     if int(rate) <= 0:
         raise InputError(f"{name}: sample rate {rate}; expected a positive integer")
     if channels is not None:
-        channels = np.ascontiguousarray(channels, dtype=np.float32)
+        channels = np.ascontiguousarray(_pcm_float(_real(channels, name)))
         if channels.ndim != 2 or channels.shape[1] != a.size:
             raise InputError(f"{name}: channels of shape {channels.shape}; expected [C, {a.size}]")
     return Audio(_finite(a, name), int(rate), channels)
+
+
+def _pcm_float(a: np.ndarray) -> np.ndarray:
+    """Samples as float32 in [-1, 1]: integer PCM scaled by its bit depth (as soundfile reads it)."""
+    if a.dtype.kind == "i":
+        return (a / float(2 ** (8 * a.dtype.itemsize - 1))).astype(np.float32)
+    if a.dtype.kind == "u":  # unsigned PCM (8-bit WAV) is centred on half its range
+        half = float(2 ** (8 * a.dtype.itemsize - 1))
+        return ((a - half) / half).astype(np.float32)
+    return a.astype(np.float32)
 
 
 def _points_array(arr: Any, name: str) -> np.ndarray:
@@ -271,9 +289,7 @@ def _map_file(modality: str) -> Callable[[Path, str], np.ndarray]:
             raise InputError(f"{name}: not a readable {what} ({exc})") from None
         if arr.ndim == 3:
             raise InputError(f"{name}: {modality} image has {arr.shape[2]} channels; expected a single-channel image")
-        if arr.dtype == np.int32:  # PIL's mode "I" holds 16-bit PNGs
-            arr = arr.astype(np.uint16) if arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 else arr
-        return _map_array(arr, name, modality)
+        return _map_array(_sixteen_bit(arr), name, modality)
 
     return load
 

@@ -25,13 +25,16 @@ def test_images_from_files_and_arrays(tmp_path: Path) -> None:
     Image.fromarray(rgb).save(tmp_path / "a.png")
     Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([rgb, np.full((5, 7), 255, np.uint8)])).save(tmp_path / "rgba.png")
-    Image.fromarray((np.arange(35).reshape(5, 7) * 1000).astype(np.uint16)).save(tmp_path / "deep.png")
+    sixteen = (np.arange(35).reshape(5, 7) * 1000).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "deep.png")
     np.testing.assert_array_equal(load_input("image", tmp_path / "a.png"), rgb)
     np.testing.assert_array_equal(load_input("image", str(tmp_path / "rgba.png")), rgb)
     gray = load_input("image", tmp_path / "gray.png")
     assert gray.shape == (5, 7, 3) and (gray[..., 0] == gray[..., 2]).all()
-    deep = load_input("image", tmp_path / "deep.png")
-    assert deep.dtype == np.uint8 and deep.max() == 255 and deep[0, 0, 0] == 0
+    # 16-bit pictures scale by their bit depth, not by their own brightest pixel
+    want = np.repeat(np.rint(sixteen / 65535 * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    for deep in (load_input("image", tmp_path / "deep.png"), load_input("image", sixteen)):
+        np.testing.assert_array_equal(deep, want)
     np.testing.assert_array_equal(load_input("image", torch.from_numpy(rgb).permute(2, 0, 1)), rgb)
     np.testing.assert_array_equal(load_input("image", rgb / 255.0), rgb)
     assert len(load_inputs("image", rgb)) == 1 and len(load_inputs("image", np.stack([rgb, rgb]))) == 2
@@ -53,6 +56,20 @@ def test_audio_loading_and_resampling(tmp_path: Path) -> None:
     same = Audio(np.zeros(10, np.float32), 16000)
     assert resample(same, 16000) is same
     assert load_input("audio", (np.zeros(5), 8000)).sample_rate == 8000
+
+
+def test_audio_arrays_integer_pcm_and_channel_axis() -> None:
+    wave = (0.5 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)).astype(np.float32)
+    pcm16 = np.rint(wave * 32768).astype(np.int16)
+    for clip in (load_input("audio", (pcm16, 16000)), load_input("audio", Audio(pcm16, 16000))):
+        np.testing.assert_allclose(clip.samples, wave, atol=1 / 32768)  # scaled as soundfile reads int16
+    unsigned = load_input("audio", (np.array([0, 128, 255], np.uint8), 8000)).samples
+    np.testing.assert_allclose(unsigned, [-1.0, 0.0, 127 / 128])
+    twelve = np.stack([wave * (k + 1) / 12 for k in range(12)], axis=1)  # [T, 12]: frames first
+    for array in (twelve, twelve.T, np.rint(twelve * 32768).astype(np.int16)):
+        clip = load_input("audio", (array, 16000))
+        assert clip.samples.shape == (1600,) and clip.channels.shape == (12, 1600)
+        np.testing.assert_allclose(clip.channels[11], wave, atol=1 / 32768)
 
 
 def _binary_ply(path: Path, pts: np.ndarray, rgb: np.ndarray) -> None:

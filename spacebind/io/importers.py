@@ -5,11 +5,15 @@ derived from the source path or key) or a `Bad` naming the line, member or entry
 `import_data` checks the rows (files exist, captions not empty, ids unique), assigns splits and
 writes the dataset. Media stay where they are (manifest paths relative to the dataset directory,
 which `Dataset.load` accepts, `..` included) unless `copy=True`; tar members, in-table bytes and
-`.off` meshes are always written under `OUT/media/` because they have no readable file of their own.
+`.off` meshes have no readable file of their own: formats extract them to a staging folder, and
+only the files of kept rows move to `OUT/media/<modality>/<item id>` (the final, prefixed id), so a
+skipped row or a second source never overwrites an existing item's media.
 """
 from __future__ import annotations
 
 import csv
+import filecmp
+import hashlib
 import inspect
 import json
 import os
@@ -25,7 +29,7 @@ import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.extras import require
-from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS
+from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS, _classes, _read_info
 from spacebind.io.files import atomic_path, write_json
 from spacebind.modalities import MODALITIES
 from spacebind.registry import Registry
@@ -63,9 +67,10 @@ class Bad:
 
 @dataclass(frozen=True)
 class Context:
-    """What every format may use: the dataset's media folder (for extracted files) and a modality override."""
+    """What every format may use: a staging folder for extracted files (`import_data` moves those of
+    kept rows to `OUT/media/`) and a modality override."""
 
-    media: Path
+    staging: Path
     modality: str | None = None
 
 
@@ -106,13 +111,13 @@ def _off_vertices(path: Path) -> np.ndarray:
 
 
 def _media_fields(key: str, files: dict[str, Path], ctx: Context) -> dict[str, str]:
-    """Modality → path or caption for one item's files; `.off` converted to `.npy`, `.txt` read."""
+    """Modality → path or caption for one item's files; `.off` converted to `.npy` (staged), text files read."""
     out = {}
     for m, p in files.items():
-        if m == "text" and not ctx.modality:
+        if m == "text":
             out[m] = p.read_text(encoding="utf-8").strip()
         elif p.suffix.lower() == ".off":
-            target = ctx.media / "point" / f"{key}.npy"
+            target = ctx.staging / "point" / f"{key}.npy"
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, _off_vertices(p))
             out[m] = str(target)
@@ -179,7 +184,7 @@ def import_csv(source: Path, ctx: Context, *, path_column: str | None = None, te
     `id_column`, else the path without extension, else `<file stem>-<line>`."""
     root = Path(media_root) if media_root is not None else source.parent
     sep = delimiter or ("\t" if source.suffix.lower() in (".tsv", ".tab") else ",")
-    with source.open(encoding="utf-8", newline="") as fh:
+    with source.open(encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's byte-order mark is not part of the first column
         reader = csv.reader(fh, delimiter=sep)
         header = next(reader, None)
         if not header:
@@ -215,7 +220,10 @@ def import_csv(source: Path, ctx: Context, *, path_column: str | None = None, te
                 fields[m] = str(root / path)
             if tc is not None:
                 fields["text"] = row[tc]
-            item_id = row[ic] if ic else Path(row[pc].strip()).with_suffix("").as_posix() if pc else f"{source.stem}-{reader.line_num}"
+            item_id = row[ic].strip() if ic else Path(row[pc].strip()).with_suffix("").as_posix() if pc else f"{source.stem}-{reader.line_num}"
+            if not item_id:
+                yield Bad(where, f"empty id in column {ic!r}")
+                continue
             raw_split = row[sc] if sc else None
             if raw_split is not None and split_of(raw_split) is None:
                 yield Bad(where, f"split {raw_split!r} is not train, val or test")
@@ -260,27 +268,30 @@ def import_coco(source: Path, ctx: Context, *, media_root: Path | None = None, c
                       {"image": str(path), "text": text if isinstance(text, str) else ""}, split_of(img.get("split")))
 
 
-def _tar_caption(name: str, data: bytes) -> str:
+def _tar_caption(ext: str, data: bytes) -> str | None:
+    """The caption in a `.txt` member, or in a `.json` member's `caption`/`text` (None when it has
+    neither: metadata such as img2dataset's, not a caption)."""
     text = data.decode("utf-8")
-    if name.endswith(".json"):
-        rec = json.loads(text)
-        value = next((rec[k] for k in TEXT_COLUMNS if isinstance(rec, dict) and k in rec), None)
-        value = value[0] if isinstance(value, list) and value else value
-        if not isinstance(value, str):
-            raise ValueError("no 'caption' or 'text' string")
-        return value
-    return text.strip()
+    if ext == ".txt":
+        return text.strip()
+    rec = json.loads(text)
+    value = next((rec[k] for k in TEXT_COLUMNS if k in rec), None) if isinstance(rec, dict) else None
+    value = value[0] if isinstance(value, list) and value else value
+    if value is not None and not isinstance(value, str):
+        raise ValueError("its 'caption' or 'text' is not a string")
+    return value
 
 
-TAR_MODALITIES = {**{e: m for e, m in EXTENSIONS.items() if m != "text" and e not in (".off", ".xyz")},
-                  ".txt": "text", ".json": "text"}
+TAR_MODALITIES = {e: m for e, m in EXTENSIONS.items() if m != "text" and e not in (".off", ".xyz")}
+TAR_CAPTIONS = (".txt", ".json")  # in order of preference
 
 
 @FORMATS.register("webdataset", description="WebDataset tar shards: members grouped by key, modality by extension")
 def import_webdataset(source: Path, ctx: Context) -> Iterator[Row | Bad]:
-    """Samples of one `.tar` shard or a folder of them; media extracted to `media/<shard>/`.
-    `.txt` or `.json` (`caption`/`text`) is the caption, `.cls` the label; a shard or folder
-    named train/val/test (`train-000.tar`) sets the split. A sample with an unreadable member is skipped."""
+    """Samples of one `.tar` shard or a folder of them; media members extracted (staged). The `.txt`
+    member is the caption, else a `.json` member's `caption`/`text` (a `.json` without either is
+    metadata and ignored); `.cls` is the label; a shard or folder named train/val/test
+    (`train-000.tar`) sets the split. A sample with an unreadable member is skipped."""
     shards = sorted(source.rglob("*.tar")) if source.is_dir() else [source]
     if not shards:
         raise InputError(f"{source}: no .tar shards")
@@ -307,16 +318,13 @@ def import_webdataset(source: Path, ctx: Context) -> Iterator[Row | Bad]:
                     if ext == ".cls":
                         sample["label"] = data.decode("utf-8", "replace").strip()
                         continue
+                    if ext in TAR_CAPTIONS:
+                        sample.setdefault("captions", {})[ext] = (where, data)
+                        continue
                     m = TAR_MODALITIES.get(ext)
                     if m is None:
-                        continue  # other members (e.g. __key__, metadata) carry no modality
-                    if m == "text":
-                        try:
-                            sample["text"] = _tar_caption(name, data)
-                        except (UnicodeDecodeError, ValueError) as exc:
-                            bad.setdefault(key, Bad(where, f"unreadable caption ({exc})"))
-                        continue
-                    target = ctx.media / rel.with_suffix("") / name
+                        continue  # other members (e.g. __key__) carry no modality
+                    target = ctx.staging / rel.with_suffix("") / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
                     sample[m] = str(target)
@@ -327,6 +335,17 @@ def import_webdataset(source: Path, ctx: Context) -> Iterator[Row | Bad]:
                 yield bad[key]
                 continue
             label = sample.pop("label", None)
+            captions = sample.pop("captions", {})
+            ext = next((e for e in TAR_CAPTIONS if e in captions), None)
+            if ext is not None:
+                where, data = captions[ext]
+                try:
+                    text = _tar_caption(ext, data)
+                except (UnicodeDecodeError, ValueError) as exc:
+                    yield Bad(where, f"unreadable caption ({exc})")
+                    continue
+                if text is not None:
+                    sample["text"] = text
             item_id = f"{rel.with_suffix('').as_posix()}/{key}"
             yield Row(item_id, f"{shard.name}:{key}", sample, split, label)
 
@@ -346,12 +365,45 @@ def _arrow_tables(source: Path) -> Iterator[tuple[str, str | None, Iterator[dict
 
 
 def _arrow_rows(f: Path, pq: Any, ipc: Any) -> Iterator[dict[str, Any]]:
+    """The rows of one file, `ClassLabel` ints replaced by their class names (-1, no label, by None)."""
     try:
-        batches = pq.ParquetFile(f).iter_batches(batch_size=256) if f.suffix == ".parquet" else ipc.open_stream(f)
-        for batch in batches:
-            yield from batch.to_pylist()
+        if f.suffix == ".parquet":
+            parquet = pq.ParquetFile(f)
+            schema, batches = parquet.schema_arrow, parquet.iter_batches(batch_size=256)
+        else:
+            batches = ipc.open_stream(f)
+            schema = batches.schema
+        classes = _class_names(schema)
+        for i, row in enumerate(row for batch in batches for row in batch.to_pylist()):
+            for col, names in classes.items():
+                value = row.get(col)
+                if isinstance(value, int):
+                    if not -1 <= value < len(names):
+                        raise ValueError(f"row {i}: column {col!r} holds class {value}; its ClassLabel has {len(names)} names")
+                    row[col] = names[value] if value >= 0 else None
+            yield row
     except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family
         raise InputError(f"{f}: not a readable {f.suffix[1:]} file ({exc})") from None
+
+
+def _class_names(schema: Any) -> dict[str, list[str]]:
+    """Column → class names of the `ClassLabel` columns that a `datasets` file declares in its schema
+    metadata (key `huggingface`: `{"info": {"features": {column: {"_type": "ClassLabel", "names": […]}}}}`)."""
+    try:
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+    except (KeyError, TypeError, ValueError):
+        return {}  # not written by `datasets`: labels stay as stored
+    return {col: f["names"] for col, f in features.items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
+
+
+def _hf_caption(value: Any, column: str) -> str:
+    """A caption cell: a string, or the first of a list of captions ('' for none)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"column {column!r} holds a {type(value).__name__} value, not a caption string")
+    return value or ""
 
 
 def _hf_media(value: Any, modality: str, key: str, root: Path, ctx: Context) -> str:
@@ -362,14 +414,14 @@ def _hf_media(value: Any, modality: str, key: str, root: Path, ctx: Context) -> 
         raise ValueError(f"expected a path or a {{bytes, path}} record, got {type(value).__name__}")
     if value.get("bytes"):
         suffix = Path(value.get("path") or "").suffix or (".wav" if modality == "audio" else ".png")
-        target = ctx.media / modality / f"{key}{suffix}"
+        target = ctx.staging / modality / f"{key}{suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(value["bytes"])
         return str(target)
     if value.get("array") is not None and modality == "audio":
         import soundfile as sf
 
-        target = ctx.media / modality / f"{key}.wav"
+        target = ctx.staging / modality / f"{key}.wav"
         target.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(target), np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]))
         return str(target)
@@ -385,7 +437,8 @@ def import_hf(source: Path, ctx: Context, *, image_column: str | None = None, au
     """Rows of parquet files or a `save_to_disk` folder (DatasetDict splits are subfolders). Image
     and audio cells are paths (relative to `media_root`, default the source folder) or
     `{bytes, path}` records, written to `media/`. Columns default to `image`, `audio` and
-    `caption`/`text` when present; ids are `<file>-<row>`."""
+    `caption`/`text` when present; a caption cell holding a list gives its first caption; a
+    `ClassLabel` column gives class names; ids are `<file>-<row>`."""
     root = Path(media_root) if media_root is not None else (source if source.is_dir() else source.parent)
     for stem, file_split, rows in _arrow_tables(source):
         for i, row in enumerate(rows):
@@ -401,7 +454,7 @@ def import_hf(source: Path, ctx: Context, *, image_column: str | None = None, au
                         fields[m] = _hf_media(row[name], m, key, root, ctx)
                 tc = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
                 if tc is not None:
-                    fields["text"] = str(row.get(tc) or "")
+                    fields["text"] = _hf_caption(row.get(tc), tc)
             except (ValueError, TypeError, KeyError, OSError) as exc:
                 yield Bad(where, f"unreadable row ({exc})")
                 continue
@@ -460,7 +513,7 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
     `split` puts every item in one split; `split_ratio` (train, val, test) assigns them by a seeded
     permutation; otherwise the source's split (column, field, folder or file name), else train.
     `append` adds to an existing dataset (ids already there are skipped and reported); `copy`
-    copies media into `out/media/<modality>/`; `modality` overrides the extension rule.
+    copies media into `out/media/<modality>/<item id>`; `modality` overrides the extension rule.
     Format options (`path_column`, `captions`, `media_root`, …) are listed in docs/inputs.md.
     """
     from spacebind.modalities import check_modality
@@ -476,14 +529,16 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
         check_modality(modality, owner="import")
     if (out / MANIFEST).is_file() and not append:
         raise InputError(f"{out} already holds a dataset; pass append to add to it, or choose another directory")
+    info = _read_info(out / CLASSES) or _new_info(out / MANIFEST)
+    _classes(out / CLASSES, info, set())  # a bad classes.json fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(media=out / MEDIA, modality=modality)
     report = ImportReport(out=out)
     seen = set(_existing_ids(out / MANIFEST))
     ids: list[str] = []  # the new items' ids in order, for a split ratio
     labels: set[str] = set()
     outside = False
     with tempfile.TemporaryDirectory(prefix=".import-", dir=out) as work:
+        ctx = Context(staging=Path(work) / MEDIA, modality=modality)
         staged = Path(work) / MANIFEST
         with staged.open("w", encoding="utf-8") as fh:  # the new records, each on its line as it is found
             for row in FORMATS.create(fmt, source=source, ctx=ctx, **options):
@@ -491,14 +546,14 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
                     report.skipped.append(row)
                     continue
                 row.id = id_prefix + row.id
-                why = _row_problem(row, seen)
+                why = _row_problem(row, seen) or _place_media(row, copy, ctx.staging, out / MEDIA)
                 if why:
                     report.skipped.append(Bad(row.where, why))
                     continue
                 seen.add(row.id)
                 if ratio:
                     ids.append(row.id)
-                rec = _record(row, split or row.split or "train", copy, ctx, out)
+                rec = _record(row, split or row.split or "train", out)
                 if row.label is not None:
                     labels.add(row.label)
                 outside = outside or any(m != "text" and (Path(v).is_absolute() or v.startswith("../"))
@@ -507,8 +562,8 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
         del seen
         codes = _ratio_splits(ids, ratio, seed) if ratio else None
         del ids
+        _write_classes(out / CLASSES, info, labels, outside)  # first: a manifest is never left without its classes
         _write_manifest(out / MANIFEST, staged, codes, report)
-    _write_classes(out / CLASSES, labels, outside)
     return report
 
 
@@ -544,17 +599,36 @@ def _copy_lines(manifest: Path, fh: Any) -> None:
             fh.writelines(line if line.endswith("\n") else line + "\n" for line in old if line.strip())
 
 
-def _record(row: Row, split: str, copy: bool, ctx: Context, out: Path) -> dict[str, Any]:
-    """A row as a manifest record: media copied under `OUT/media/` if `copy`, paths relative to `out`."""
+def _place_media(row: Row, copy: bool, staging: Path, media: Path) -> str:
+    """Move a kept row's staged files (and, if `copy`, copy its other media) to
+    `media/<modality>/<safe item id><suffix>`, updating `row.fields`; why not ('' when done). A file
+    already there with other bytes is never overwritten."""
+    moves = {}
+    for m, value in row.fields.items():
+        src = Path(value)
+        if m == "text" or not (src.is_relative_to(staging) or copy and not src.is_relative_to(media)):
+            continue
+        target = media / m / (_safe_name(row.id) + src.suffix.lower())
+        if target.exists() and not filecmp.cmp(src, target, shallow=False):
+            return f"{target} already exists with other content (not overwritten); choose another id prefix or OUT"
+        moves[m] = src, target
+    for m, (src, target) in moves.items():
+        if src.is_relative_to(staging):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
+        else:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(src, tmp)
+        row.fields[m] = str(target)
+    return ""
+
+
+def _record(row: Row, split: str, out: Path) -> dict[str, Any]:
+    """A row as a manifest record, paths relative to `out`."""
     rec: dict[str, Any] = {"id": row.id, "split": split}
     if row.label is not None:
         rec["label"] = row.label
     for m, value in row.fields.items():
-        if m != "text" and copy and not Path(value).is_relative_to(ctx.media):
-            target = ctx.media / m / (_safe_name(row.id) + Path(value).suffix.lower())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(value, target)
-            value = str(target)
         rec[m] = value.strip() if m == "text" else _manifest_path(value, out)
     return rec
 
@@ -574,18 +648,26 @@ def _row_problem(row: Row, seen: set[str]) -> str:
 
 
 def _safe_name(item_id: str) -> str:
+    """A relative file path for an item id, one-to-one: an id that needs changing (characters outside
+    `A-Za-z0-9._-`, empty, `.` or `..` parts) gets `~` and a hash of the id, which no unchanged id has."""
     parts = [re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in item_id.split("/") if p not in ("", ".", "..")]
-    return "/".join(parts) or "item"
+    name = "/".join(parts) or "item"
+    return name if name == item_id else f"{name}~{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
 
 
-def _write_classes(path: Path, labels: set[str], outside_root: bool = False) -> None:
-    """Merge `labels` into `classes.json` (keeping its templates and synonyms; template `{}` if new);
+def _new_info(manifest: Path) -> dict[str, Any]:
+    """`classes.json` for a dataset that has none: template `{}`, and an empty class list unless
+    the manifest already has items (their labels are its classes while the file has no list)."""
+    return {"templates": ["{}"]} if manifest.is_file() else {"templates": ["{}"], "classes": []}
+
+
+def _write_classes(path: Path, data: dict[str, Any], labels: set[str], outside_root: bool = False) -> None:
+    """Merge `labels` into `classes.json` as read (`data`, keeping its templates and synonyms);
+    without a class list it stays without one (`Dataset.load` then takes every item's label).
     `outside_root` opts the dataset in to media paths outside its directory (kept once set)."""
-    data: dict[str, Any] = {"templates": ["{}"], "classes": []}
-    if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-    known = {c["name"] for c in data["classes"]}
-    data["classes"] += [{"name": n} for n in sorted(labels - known)]
+    if "classes" in data:
+        known = {c["name"] for c in data["classes"]}
+        data["classes"] += [{"name": n} for n in sorted(labels - known)]
     if outside_root:
         data[OUTSIDE_ROOT] = True
     write_json(path, data)

@@ -181,7 +181,7 @@ def train_heads(
             heads[projector] = train_mixture(
                 source if source is not None else x, None if source is not None else y, n=mixture, config=config,
                 subsets=subsets, sources=sources,
-                val_src=vx if len(vx) else None, val_tgt=vy if len(vy) else None,
+                val_src=vx, val_tgt=vy,
                 checkpoint_dir=checkpoint_dir, progress=progress,
             )
         else:
@@ -230,10 +230,11 @@ def _closed_form(projector: str, x: torch.Tensor | None, y: torch.Tensor | None,
 def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches: CacheSet, dataset: Dataset,
                  default_miner: str, targets: Targets, work: Path | None, stream_mb: float | None, progress: bool
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, CachePairs | None, list[torch.Tensor],
-                            list[list[str]], torch.Tensor, torch.Tensor]:
+                            list[list[str]], list[torch.Tensor], list[torch.Tensor]]:
     """All pseudo datasets' training pairs, as tensors (x, y) or, with `stream_mb` and every leaf's
     cache on disk, as a shard source; one row subset per dataset (one mixture member each) and the
-    source modalities of each; and their validation pairs pooled for early stopping (tensors)."""
+    source modalities of each; and each dataset's own validation pairs, which choose its member's
+    best epoch (a member is selected on the inputs it will project, not on other datasets')."""
     blocks: list[PairBlock] = []
     subsets, sources, vxs, vys = [], [], [], []
     for spec in pseudo:
@@ -254,7 +255,7 @@ def _pseudo_data(pseudo: Sequence[PseudoDataset], src: Space, tgt: Space, caches
         vxs.append(vx)
         vys.append(vy)
     x, y, source = _read(src, tgt, caches, blocks, stream_mb, "pseudo pairs", progress)
-    return x, y, source, subsets, sources, torch.cat(vxs), torch.cat(vys)
+    return x, y, source, subsets, sources, vxs, vys
 
 
 def _read(src: Space, tgt: Space, caches: CacheSet, blocks: Sequence[PairBlock], stream_mb: float | None, what: str,

@@ -1,6 +1,7 @@
 """Mixture of projectors: several projectors for one pair of spaces, outputs averaged, and their training."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from torch import nn
 from spacebind.bonds.heads import head_from_config, register_head
 from spacebind.errors import InputError
 from spacebind.training import distributed
-from spacebind.training.batched import train_projectors
+from spacebind.training.batched import per_member, train_projectors
 from spacebind.training.trainer import TrainConfig, _is_source, train_projector
 
 if TYPE_CHECKING:
@@ -60,14 +61,22 @@ class ProjectorMixture(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
+def _member_rows(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None, rows: torch.Tensor | slice
+                 ) -> tuple[torch.Tensor | CachePairs, torch.Tensor | None]:
+    """A member's pairs: its rows of the tensors, or its subset of the shard source (`tgt` None)."""
+    if _is_source(src):
+        return (src if isinstance(rows, slice) else src.subset(rows)), None
+    return src[rows], tgt[rows]
+
+
 def train_mixture(
     src: torch.Tensor | CachePairs,
     tgt: torch.Tensor | None,
     *,
     n: int,
     config: TrainConfig,
-    val_src: torch.Tensor | None = None,
-    val_tgt: torch.Tensor | None = None,
+    val_src: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    val_tgt: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
     checkpoint_dir: Path | None = None,
     subsets: list[torch.Tensor] | None = None,
     sources: list[list[str]] | None = None,
@@ -80,7 +89,9 @@ def train_mixture(
     (one pseudo dataset each); otherwise all rows, so members differ by initialisation and batch
     order (all rows rather than bootstrap resamples: see docs/decisions.md).
     `sources[i]` records the source modalities member i trained on: the bonds apply a member only
-    to those (see `ProjectorMixture.members_for`). Member i checkpoints under `checkpoint_dir / f"member{i}"`.
+    to those (see `ProjectorMixture.members_for`). `val_src` / `val_tgt`: the validation pairs that
+    choose every member's best epoch, or a list with member i's at i (a pseudo dataset's own val
+    pairs, of the inputs it will project). Member i checkpoints under `checkpoint_dir / f"member{i}"`.
 
     With `batched` (the default; not under torchrun) the members train together as stacked weights
     (`spacebind.training.batched`), the same members as one by one up to float rounding, with the
@@ -99,14 +110,11 @@ def train_mixture(
     rows = list(subsets) if subsets is not None else [slice(None)] * n
     configs = [config.model_copy(update={"seed": config.seed + i}) for i in range(n)]
     dirs = [checkpoint_dir / f"member{i}" if checkpoint_dir is not None else None for i in range(n)]
-    if _is_source(src):
-        results = [train_projector(src if subsets is None else src.subset(r), None, config=c, val_src=val_src,
-                                   val_tgt=val_tgt, progress=progress, checkpoint_dir=d)
-                   for r, c, d in zip(rows, configs, dirs)]
-    elif batched and not distributed.is_distributed():
+    if batched and not distributed.is_distributed() and not _is_source(src):
         results = train_projectors(src, tgt, configs=configs, rows=rows, val_src=val_src, val_tgt=val_tgt,
                                    checkpoint_dirs=dirs, progress=progress)
     else:
-        results = [train_projector(src[r], tgt[r], config=c, val_src=val_src, val_tgt=val_tgt, progress=progress,
-                                   checkpoint_dir=d) for r, c, d in zip(rows, configs, dirs)]
+        vals = zip(per_member(val_src, n), per_member(val_tgt, n))
+        results = [train_projector(*_member_rows(src, tgt, r), config=c, val_src=vs, val_tgt=vt, progress=progress,
+                                   checkpoint_dir=d) for r, c, d, (vs, vt) in zip(rows, configs, dirs, vals)]
     return ProjectorMixture([result.head for result in results], sources).eval()

@@ -74,8 +74,9 @@ from spacebind.retrieval.mining import MiningIndex, build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
 from spacebind.training.losses import info_nce
-from spacebind.training.pairs import Side, block_order, cache_side, shard_budget
-from spacebind.training.trainer import TrainConfig, adamw, epoch_order, recall_at_1, warmup_cosine
+from spacebind.training.order import block_order, epoch_order
+from spacebind.training.pairs import Side, cache_side, shard_budget
+from spacebind.training.trainer import TrainConfig, adamw, recall_at_1, warmup_cosine
 
 DEFAULT_SCALES: dict[str, float] = {"text": 10.0}
 ROUTER_PREFIX = "router."

@@ -306,6 +306,24 @@ def _key(cache: EmbeddingCache, seed: str, target: str, k: int, kind: str, optio
     return h.hexdigest()
 
 
+def _filled(indices: torch.Tensor, scores: torch.Tensor, kind: str, options: IndexOptions
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS's missing neighbours (index -1: an approximate index probed too few cells) as the seed's
+    top-1 with score -inf, so they get no weight and never name a pool item; a seed with no
+    neighbour at all is an error."""
+    missing = indices < 0
+    if not missing.any():
+        return indices, scores
+    empty = int(missing[:, 0].sum())
+    if empty:
+        raise InputError(f"the {kind} index found no neighbour for {empty} of {len(indices)} seeds; search more of "
+                         f"it (nprobe={options.nprobe}, ef_search={options.ef_search}) or use a flat index")
+    indices, scores = indices.clone(), scores.clone()
+    indices[missing] = indices[:, :1].expand_as(indices)[missing]
+    scores[missing] = float("-inf")
+    return indices, scores
+
+
 def mine(
     cache: EmbeddingCache,
     seed_modality: str,
@@ -343,11 +361,13 @@ def mine(
             meta = fh.metadata() or {}
             if meta.get("key") == key and "seed_rows" in fh.keys():
                 return Neighbours(cache, seed_modality, target_modality, fh.get_tensor("seed_rows").numpy(),
-                                  fh.get_tensor("pool_rows").numpy(), fh.get_tensor("indices"), fh.get_tensor("scores"))
+                                  fh.get_tensor("pool_rows").numpy(),
+                                  *_filled(fh.get_tensor("indices"), fh.get_tensor("scores"), index, options))
     faiss_index, _ = _build(_stream(cache, target_modality, pool, chunk_size), cache.dim, index, options)
     k = min(k, len(pool))
     total = -(-len(seeds) // chunk_size)
     scores, indices = _search(faiss_index, _stream(cache, seed_modality, seeds, chunk_size), k, progress, total)
+    indices, scores = _filled(indices, scores, index, options)
     result = Neighbours(cache, seed_modality, target_modality, seeds, pool, indices, scores)
     if path is not None:
         meta = {"key": key, "expert": cache.expert, "cache_manifest_sha256": sha256_file(cache.root / "manifest.json"),

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from spacebind.cache.keys import id_keys
 from spacebind.errors import InputError
@@ -51,11 +51,14 @@ class PseudoDataset(BaseModel):
 
     @field_validator("partners")
     @classmethod
-    def _distinct(cls, partners: list[str]) -> list[str]:
+    def _distinct(cls, partners: list[str], info: ValidationInfo) -> list[str]:
         repeated = sorted({m for m in partners if partners.count(m) > 1})
         if repeated:
             raise ValueError(f"partner(s) {repeated} listed more than once (each would mine and train on the same "
                              "pairs again); list each partner modality once")
+        if info.data.get("seed") in partners:
+            raise ValueError(f"partner {info.data['seed']!r} is the seed modality: each seed would retrieve itself "
+                             "from its own pool; the seed's own pairs are already part of every pseudo dataset")
         return partners
 
     @property
@@ -131,7 +134,8 @@ def pseudo_parts(
         pool, pool_rows = pool[pool_rows >= 0], pool_rows[pool_rows >= 0]
         if not len(mined) or not len(pool):
             continue
-        where = out / f"{split}-{spec.label}-{partner}" if out is not None else None
+        # datasets of one label may differ in miner, k or index: each mining keeps its own folder
+        where = out / f"{split}-{spec.label}-{partner}-{miner}-k{spec.k}-{spec.index.kind}" if out is not None else None
         try:
             found = mine(miner_cache, spec.seed, partner, k=spec.k, index=spec.index.kind, options=spec.index.index_options(),
                          seed_rows=seed_rows[mined], pool_rows=pool_rows, out=where, progress=False)

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spacebind.errors import InputError
 from spacebind.io.progress import track
+from spacebind.training.order import epoch_order
 from spacebind.training.threads import cpu_threads, train_threads
 from spacebind.training.trainer import (
     TrainConfig,
@@ -37,7 +39,7 @@ from spacebind.training.trainer import (
     _Run,
     _scale,
     _start_run,
-    epoch_order,
+    clamp_scale,
     pair_groups,
 )
 
@@ -174,28 +176,33 @@ def train_projectors(
     *,
     configs: Sequence[TrainConfig],
     rows: Sequence[torch.Tensor | slice],
-    val_src: torch.Tensor | None = None,
-    val_tgt: torch.Tensor | None = None,
+    val_src: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    val_tgt: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
     checkpoint_dirs: Sequence[Path | None] | None = None,
     progress: bool = True,
 ) -> list[TrainResult]:
     """Train one MLP projector per config on the pairs `rows[i]`, batched (see the module docstring).
 
-    Result i is what `train_projector(src[rows[i]], tgt[rows[i]], config=configs[i], val_src=val_src,
-    val_tgt=val_tgt, checkpoint_dir=checkpoint_dirs[i])` returns, up to float rounding; the same
-    input checks and errors.
+    Result i is what `train_projector(src[rows[i]], tgt[rows[i]], config=configs[i], val_src=val_src[i],
+    val_tgt=val_tgt[i], checkpoint_dir=checkpoint_dirs[i])` returns, up to float rounding; the same
+    input checks and errors. `val_src` / `val_tgt`: one validation set for every member, or a list
+    with one per member (see `per_member`).
     """
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(configs)
-    val = None
+    vals, groups = [], {}
     runs, indices = [], []
-    for config, r, directory in zip(configs, rows, dirs):
+    for config, r, directory, vs, vt in zip(configs, rows, dirs, per_member(val_src, len(configs)),
+                                            per_member(val_tgt, len(configs))):
         # checked (and fingerprinted) member by member, as the sequential path does
         s, t = _checked("training pairs", src[r], tgt[r], min_rows=2)
-        val = _checked_val(val_src, val_tgt, s, t)
-        runs.append(_start_run(s, t, val, config, directory, None))
+        vals.append(_checked_val(vs, vt, s, t))
+        runs.append(_start_run(s, t, vals[-1], config, directory, None))
         indices.append(torch.arange(len(src))[r].to(s.device))
+        if vals[-1] is not None and id(vs) not in groups:  # members sharing a val set share its groups
+            groups[id(vs)] = pair_groups(*vals[-1])
+    val_groups = [groups[id(vs)] if val is not None else None
+                  for val, vs in zip(vals, per_member(val_src, len(configs)))]
     src, tgt = src.float().contiguous(), tgt.float().to(src.device).contiguous()
-    val_groups = pair_groups(*val) if val is not None else None
     batches: dict[tuple[int, int, bool], list[int]] = {}
     for i, config in enumerate(configs):
         shape = (min(config.batch_size, len(indices[i])), config.hidden, config.learnable_temperature)
@@ -204,13 +211,22 @@ def train_projectors(
     with pinned:  # as train_projector: weights independent of the caller's thread count
         for members in batches.values():
             _train_batch([runs[i] for i in members], [configs[i] for i in members], [indices[i] for i in members],
-                         src, tgt, val, val_groups, progress)
+                         src, tgt, [vals[i] for i in members], [val_groups[i] for i in members], progress)
     return [run.result() for run in runs]
 
 
+def per_member(value: torch.Tensor | Sequence[torch.Tensor | None] | None, n: int) -> list[torch.Tensor | None]:
+    """One validation tensor (or None) per member: a list as given (one per member), else `value` n times."""
+    if isinstance(value, torch.Tensor) or value is None:
+        return [value] * n
+    if len(value) != n:
+        raise InputError(f"got {len(value)} validation sets for {n} members; expected one per member")
+    return list(value)
+
+
 def _train_batch(runs: list[_Run], configs: list[TrainConfig], rows: list[torch.Tensor], src: torch.Tensor,
-                 tgt: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None,
-                 val_groups: tuple[torch.Tensor, torch.Tensor] | None, progress: bool) -> None:
+                 tgt: torch.Tensor, vals: list[tuple[torch.Tensor, torch.Tensor] | None],
+                 val_groups: list[tuple[torch.Tensor, torch.Tensor] | None], progress: bool) -> None:
     """Train `runs` (equal shapes and batch sizes) together to their end, epoch by epoch."""
     model = BatchedMLP([run.head for run in runs])
     log_scale = torch.stack([run.log_scale.detach() for run in runs]).requires_grad_(runs[0].log_scale.requires_grad)
@@ -226,7 +242,7 @@ def _train_batch(runs: list[_Run], configs: list[TrainConfig], rows: list[torch.
             with torch.no_grad():
                 runs[i].log_scale.copy_(log_scale[i])
             optimizer.member_state(i)
-            _end_epoch(runs[i], epoch, loss, val, val_groups, configs[i].patience)
+            _end_epoch(runs[i], epoch, loss, vals[i], val_groups[i], configs[i].patience)
 
 
 def _rounds(runs: list[_Run]) -> Iterator[tuple[int, list[int]]]:
@@ -255,6 +271,7 @@ def _train_epoch(model: BatchedMLP, log_scale: torch.Tensor, params: dict[str, t
             p.grad = None
         loss.sum().backward()
         optimizer.step(active)
+        clamp_scale(log_scale)
         for i in active:
             runs[i].scheduler.step()
         totals[active] += loss.detach()

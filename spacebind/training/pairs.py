@@ -35,6 +35,7 @@ from safetensors import safe_open
 from spacebind.cache.store import EmbeddingCache, verified_shard
 from spacebind.errors import CacheError, InputError
 from spacebind.retrieval.mining import weighted_means
+from spacebind.training.order import block_order
 
 if TYPE_CHECKING:
     from spacebind.space import Space
@@ -331,17 +332,6 @@ def shard_budget(files: Sequence[ShardFile], block_bytes: int, max_mb: float) ->
     if largest > lru.max_bytes:
         raise InputError(f"a shard of {largest / 2**20:.1f} MB does not fit max_mb={max_mb}")
     return lru, max(1, lru.max_bytes // 2 // max(1, block_bytes))
-
-
-def block_order(shard: torch.Tensor, shards: int, window: int, seed: int, epoch: int) -> torch.Tensor:
-    """The (seed, epoch)-determined order of rows whose shards are `shard` (of `shards` in all): the
-    shards in a shuffled order, cut into blocks of `window`, rows shuffled within a block."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    rank = torch.empty(shards, dtype=torch.int64)
-    rank[torch.randperm(shards, generator=g)] = torch.arange(shards)
-    rows = torch.randperm(len(shard), generator=g)
-    block = rank[shard[rows]] // window
-    return rows[torch.sort(block, stable=True).indices]
 
 
 class CachePairs:

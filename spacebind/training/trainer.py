@@ -33,6 +33,7 @@ from spacebind.io.progress import track
 from spacebind.training import distributed
 from spacebind.training.ddp import average_gradients, distributed_head
 from spacebind.training.losses import info_nce
+from spacebind.training.order import epoch_order
 from spacebind.training.state import STATE_FILE, fingerprint, load_state, save_state
 from spacebind.training.threads import cpu_threads, train_threads
 
@@ -143,13 +144,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The (seed, epoch)-determined order of `n` training rows in one epoch."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
 def _scale(log_scale: torch.Tensor) -> torch.Tensor:
     return log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+
+@torch.no_grad()
+def clamp_scale(log_scale: torch.Tensor) -> None:
+    """Hold the learnt log scale at CLIP's cap after a step, in place (as CLIP does): a value left
+    above it would get no gradient through `_scale` and could never come back."""
+    log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
 
 
 @dataclass
@@ -342,6 +345,7 @@ def _train_epoch(head: nn.Module, log_scale: torch.Tensor, optimizer: torch.opti
         loss.backward()
         average_gradients([log_scale])
         optimizer.step()
+        clamp_scale(log_scale)
         scheduler.step()
         total += loss.detach()
     return distributed.mean_over_ranks(float(total) / steps)

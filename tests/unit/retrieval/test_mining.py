@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from spacebind.cache.store import embed_dataset
-from spacebind.errors import CacheError
+from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset
-from spacebind.retrieval.mining import IndexOptions, mine
+from spacebind.retrieval.mining import IndexOptions, _filled, mine
 from spacebind.space import Space
 
 N, DIM = 300, 16
@@ -55,6 +55,21 @@ def test_ivf_with_all_lists_probed_is_exact(cache) -> None:
     exact = mine(cache, "text", "point", k=3, progress=False)
     ivf = mine(cache, "text", "point", k=3, index="ivf", options=IndexOptions(nlist=8, nprobe=8), chunk_size=300, progress=False)
     torch.testing.assert_close(ivf.scores, exact.scores, atol=1e-5, rtol=0)
+
+
+def test_an_ivf_index_probed_too_little_never_names_a_missing_neighbour(cache) -> None:
+    """FAISS pads short result lists with -1, which as a position would name the pool's last item."""
+    ivf = mine(cache, "text", "point", k=10, index="ivf", options=IndexOptions(nlist=64, nprobe=1, train_size=N),
+               progress=False)
+    short = torch.isinf(ivf.scores).any(dim=1)
+    assert short.any() and (ivf.indices >= 0).all()
+    assert torch.equal(ivf.indices[torch.isinf(ivf.scores)], ivf.indices[:, :1].expand_as(ivf.indices)[torch.isinf(ivf.scores)])
+    weights = ivf.weights("softmax", 0.05)
+    assert not torch.isnan(weights).any() and (weights[torch.isinf(ivf.scores)] == 0).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(N))
+    none = torch.tensor([[3, -1], [-1, -1]])  # the second seed's probed cells were empty
+    with pytest.raises(InputError, match=r"the ivf index found no neighbour for 1 of 2 seeds; search more of it"):
+        _filled(none, torch.zeros(2, 2), "ivf", IndexOptions())
 
 
 def test_soft_and_top1_targets(cache) -> None:

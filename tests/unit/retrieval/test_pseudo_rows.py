@@ -16,6 +16,7 @@ from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.cache.store import embed_dataset
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Manifest
+from spacebind.retrieval import mining
 from spacebind.retrieval.mining import MiningIndex, mine
 from spacebind.retrieval.pseudo import PseudoDataset, pseudo_pairs
 from spacebind.space import Space
@@ -222,3 +223,16 @@ def test_pseudo_datasets_mine_through_their_index(world) -> None:
     ivf = SPECS[0].model_copy(update={"index": MiningIndex(kind="ivf", options={"nlist": 1000})})
     with pytest.raises(InputError, match="pseudo dataset 'text-point' index, mining train point: an IVF index with nlist=1000"):
         pseudo_pairs(ivf, at, u, caches, data, "train", "AT")
+
+
+def test_datasets_of_one_label_keep_their_own_minings(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pseudo datasets with one label but other miners or k: each mining is stored apart, so a
+    rerun reuses both instead of each overwriting the other's."""
+    _, data, at, u, caches = world
+    specs = [(SPECS[0], "AT"), (SPECS[0], "U"), (SPECS[0].model_copy(update={"k": 2}), "AT")]
+    first = [pseudo_pairs(spec, at, u, caches, data, "train", miner, out=tmp_path) for spec, miner in specs]
+    assert len(list(tmp_path.glob("train-text-point-point-*/neighbours.safetensors"))) == 3
+    monkeypatch.setattr(mining, "_search", lambda *a, **k: pytest.fail("mined again"))
+    again = [pseudo_pairs(spec, at, u, caches, data, "train", miner, out=tmp_path) for spec, miner in specs]
+    for a, b in zip(first, again):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -1,5 +1,6 @@
 """A pseudo dataset's seed and partners are checked as modalities when the recipe is validated
-(field path and the nearest modality), and a partner may be listed only once."""
+(field path and the nearest modality), a partner may be listed only once, and the seed modality is
+no partner."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,5 +49,10 @@ def test_a_partner_listed_twice_is_refused() -> None:
 def test_the_model_checks_modalities_in_python_too() -> None:
     with pytest.raises(ValidationError, match="unknown modality 'imag'.*Did you mean 'image'"):
         PseudoDataset(seed="imag")
-    # the seed's own modality stays a valid partner: its mined neighbours' mean is a smoothed target
-    assert PseudoDataset(seed="text", partners=["text", "audio"]).label == "text-text-audio"
+    assert PseudoDataset(seed="text", partners=["image", "audio"]).label == "text-image-audio"
+
+
+def test_the_seed_modality_is_no_partner() -> None:
+    # mined from the seed's own pool, each seed retrieves itself (weight ≈ 1): its own pair three times
+    with pytest.raises(RecipeError, match=r"bonds\.0\.pseudo\.0\.partners: partner 'text' is the seed modality"):
+        validate_recipe(_recipe({"seed": "text", "partners": ["text", "audio"]}))

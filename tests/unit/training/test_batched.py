@@ -8,6 +8,7 @@ import torch
 from test_training import noisy_pairs, split
 
 from spacebind.bonds.mixture import train_mixture
+from spacebind.errors import InputError
 from spacebind.training import trainer as training
 from spacebind.training.batched import train_projectors
 from spacebind.training.state import STATE_FILE
@@ -60,6 +61,28 @@ def test_batched_members_equal_sequential_ones_with_uneven_subsets_and_early_sto
     for member, result in zip(mix.members, batched):
         assert type(member) is type(result.head) and not member.training
         torch.testing.assert_close(member.state_dict(), result.head.state_dict(), rtol=0, atol=0)
+
+
+def test_each_member_selects_its_epoch_on_its_own_validation_pairs() -> None:
+    """A pseudo dataset's member is chosen on that dataset's val pairs (the inputs it projects)."""
+    d = data()
+    vals = [(d["val_src"][:150], d["val_tgt"][:150]), None, (d["val_src"][150:], d["val_tgt"][150:])]
+    alone = [train_projector(d["src"][rows], d["tgt"][rows], config=CFG.model_copy(update={"seed": i}),
+                             val_src=v[0] if v else None, val_tgt=v[1] if v else None, progress=False)
+             for i, (rows, v) in enumerate(zip(SUBSETS, vals))]
+    val_src = [v[0] if v else torch.empty(0) for v in vals]
+    val_tgt = [v[1] if v else torch.empty(0) for v in vals]
+    for batched in (True, False):
+        mix = train_mixture(d["src"], d["tgt"], n=3, config=CFG, subsets=SUBSETS, val_src=val_src,
+                            val_tgt=val_tgt, progress=False, batched=batched)
+        for member, result in zip(mix.members, alone):
+            torch.testing.assert_close(member.state_dict(), result.head.state_dict(), **TOL)
+    pooled = sequential(d)
+    assert [r.best_epoch for r in alone] != [r.best_epoch for r in pooled]  # the choice of val set matters here
+    assert len(alone[1].history) == CFG.epochs and alone[1].best_epoch == CFG.epochs - 1  # no val: the last epoch
+    with pytest.raises(InputError, match="got 2 validation sets for 3 members"):
+        train_mixture(d["src"], d["tgt"], n=3, config=CFG, subsets=SUBSETS, val_src=val_src[:2],
+                      val_tgt=val_tgt[:2], progress=False)
 
 
 def test_members_of_other_batch_sizes_epochs_and_temperatures_still_match() -> None:

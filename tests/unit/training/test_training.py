@@ -14,6 +14,7 @@ from spacebind.bonds.mixture import train_mixture
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import CheckpointError, InputError
 from spacebind.training import trainer as training
+from spacebind.training.order import block_order
 from spacebind.training.state import STATE_FILE
 from spacebind.training.threads import cpu_threads
 from spacebind.training.trainer import TrainConfig, pair_groups, recall_at_1, train_projector
@@ -86,6 +87,34 @@ def test_trainer_learns_and_is_deterministic() -> None:
     assert not torch.equal(a.head.net[0].weight, c.head.net[0].weight)
     assert [h["epoch"] for h in a.history] == list(range(8))
     assert a.history[-1]["loss"] < a.history[0]["loss"]
+
+
+def test_every_seed_the_config_admits_trains() -> None:
+    x, y = noisy_pairs(n=300)
+    config = CFG.model_copy(update={"epochs": 2})
+    for seed in (2**50, 2**63 - 1):  # seed · 100003 + epoch overflowed the generator's 64 bits
+        mix = train_mixture(x, y, n=2, config=TrainConfig.model_validate({**config.model_dump(), "seed": seed}),
+                            progress=False)
+        assert len(mix.members) == 2
+    assert torch.equal(block_order(torch.arange(4) % 2, 2, 1, 2**63 - 1, 5), block_order(torch.arange(4) % 2, 2, 1,
+                                                                                        2**63 - 1, 5))
+
+
+def test_the_learnt_scale_is_held_at_its_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss that always wants a larger scale pushes it past 100 (temperature 0.01); it is clamped
+    in place, as in CLIP, so it stays where it still gets a gradient, in sequential and batched training."""
+    from spacebind.training import batched
+
+    monkeypatch.setattr(training, "info_nce", lambda pred, tgt, scale, gather=False: (pred * 0).sum() - scale)
+    monkeypatch.setattr(batched, "batched_info_nce", lambda pred, tgt, scale: (pred * 0).sum(dim=(1, 2)) - scale)
+    x, y = noisy_pairs(n=300)
+    config = CFG.model_copy(update={"epochs": 2, "temperature": 0.011, "lr": 0.5})
+    train_projector(x, y, config=config, checkpoint_dir=tmp_path / "alone", progress=False)
+    train_mixture(x, y, n=2, config=config, checkpoint_dir=tmp_path / "mix", progress=False)
+    states = [tmp_path / "alone" / STATE_FILE, *(tmp_path / "mix").glob(f"member*/{STATE_FILE}")]
+    assert len(states) == 3
+    for state in states:
+        assert torch.load(state, weights_only=True)["log_scale"] == pytest.approx(math.log(100.0), abs=1e-6), state
 
 
 def test_schedule_warms_up_then_decays_and_max_steps_caps_it() -> None:

@@ -20,11 +20,13 @@ from spacebind.experts._build import (
     FILE_KWARGS,
     build_expert,
     checkpoint_search_path,
+    file_arguments,
     hub_files,
     is_file_argument,
     is_import_path,
     missing_expert_files,
     portable_kwargs,
+    recorded_names,
     remember_files,
     resolve_files,
 )
@@ -32,5 +34,5 @@ from spacebind.experts.registry import EXPERTS, create_expert, list_experts
 from spacebind.world import experts as _world_experts  # noqa: F401
 from spacebind.world import unimodal as _world_unimodal  # noqa: F401
 
-__all__ = ["EXPERTS", "FILE_KWARGS", "build_expert", "checkpoint_search_path", "create_expert", "hub_files", "is_file_argument", "is_import_path",
-           "list_experts", "missing_expert_files", "portable_kwargs", "remember_files", "resolve_files"]
+__all__ = ["EXPERTS", "FILE_KWARGS", "build_expert", "checkpoint_search_path", "create_expert", "file_arguments", "hub_files", "is_file_argument", "is_import_path",
+           "list_experts", "missing_expert_files", "portable_kwargs", "recorded_names", "remember_files", "resolve_files"]

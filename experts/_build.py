@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from spacebind.errors import InputError
 from spacebind.space import Expert, Space
@@ -98,12 +98,28 @@ def missing_expert_files(experts: dict[str, tuple[str, dict[str, Any]]]) -> list
     return problems
 
 
-def portable_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """`kwargs` with every local file or directory argument reduced to its name, and those names by
+def recorded_names(paths: Iterable[str]) -> dict[str, str]:
+    """The name an export records for each local file: its bare name, or, where other files of the
+    export share it (the Uni3D zoo ships every checkpoint as `model.pt`), the shortest trailing
+    part of its path that tells them apart (`uni3d-g-lvis/model.pt`)."""
+    resolved = {p: Path(os.path.abspath(p)).parts for p in paths}
+    names = {}
+    for path, parts in resolved.items():
+        others = {q for p, q in resolved.items() if q != parts}
+        depth = 1
+        while depth < len(parts) - 1 and any(q[-depth:] == parts[-depth:] for q in others):
+            depth += 1
+        names[path] = "/".join(parts[-depth:])
+    return names
+
+
+def portable_kwargs(kwargs: dict[str, Any], names: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """`kwargs` with every local file or directory argument reduced to its recorded name (`names`,
+    from `recorded_names` over the whole export; default: the bare name), and those names by
     argument: a fused checkpoint records no machine paths, and `resolve_files` finds them again."""
     out, files = dict(kwargs), {}
     for key, value in file_arguments(kwargs).items():
-        files[key] = Path(value).name
+        files[key] = (names or {}).get(value) or Path(value).name
         out = with_argument(out, key, files[key])
     return out, files
 
@@ -162,12 +178,14 @@ def _known_files_path() -> Path:
     return home_dir() / "expert_files.json"
 
 
-def remember_files(source: str, kwargs: dict[str, Any]) -> None:
+def remember_files(source: str, kwargs: dict[str, Any], names: Mapping[str, str] | None = None) -> None:
     """Note on this machine (`$SPACEBIND_HOME/expert_files.json`, never in an export) where an
-    expert's files are, so its fused checkpoints load here without naming a directory."""
+    expert's files are, by their recorded names (`portable_kwargs`), so its fused checkpoints load
+    here without naming a directory."""
     from spacebind.io.files import write_json
 
-    entries = {f"{source}:{key}:{Path(value).name}": str(Path(value).resolve())
+    _, recorded = portable_kwargs(kwargs, names)
+    entries = {f"{source}:{key}:{recorded[key]}": str(Path(value).resolve())
                for key, value in file_arguments(kwargs).items() if Path(value).exists()}
     if not entries:
         return
@@ -182,6 +200,15 @@ def checkpoint_search_path(extra: Sequence[str | Path] = ()) -> list[Path]:
     (directories separated by the OS path separator)."""
     env = [Path(p) for p in os.environ.get("SPACEBIND_CHECKPOINTS", "").split(os.pathsep) if p]
     return [*(Path(p) for p in extra), *env]
+
+
+def _relative_name(name: Any) -> bool:
+    """Whether a recorded name is a bare file name or a relative path that stays inside the directory
+    it is looked up in (`recorded_names`)."""
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    parts = PurePosixPath(name).parts
+    return all(part not in (".", "..") for part in parts) and "/".join(parts) == name
 
 
 def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], search: Sequence[Path],
@@ -199,8 +226,8 @@ def resolve_files(source: str, files: dict[str, str], kwargs: dict[str, Any], se
         if not is_file_argument(key):  # `files` may set file arguments only (never e.g. trust_remote_code)
             missing.append(f"{key} {name!r} (not a file argument: refused)")
             continue
-        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-            missing.append(f"{key} {name!r} (not a bare file name: refused)")
+        if not _relative_name(name):
+            missing.append(f"{key} {name!r} (not a file name or relative path inside a directory: refused)")
             continue
         origin = hub.get(key)
         if origin is not None and not _hub_record_ok(origin):

@@ -32,10 +32,12 @@ from spacebind.experts import (
     FILE_KWARGS,
     build_expert,
     checkpoint_search_path,
+    file_arguments,
     hub_files,
     is_file_argument,
     is_import_path,
     portable_kwargs,
+    recorded_names,
     remember_files,
     resolve_files,
 )
@@ -65,10 +67,12 @@ def spacebind_version() -> str:
 def space_config(space: Space) -> dict[str, Any]:
     """The JSON tree that rebuilds `space` (experts by reference, bonds with head configs)."""
     index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BondNode) else {}
+    names = recorded_names({path for leaf in space.leaves() for path in file_arguments(leaf.spec.kwargs).values()})
 
     def node(s: Space) -> dict[str, Any]:
         if isinstance(s, Expert):
-            return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities), **_portable(s)}
+            return {"type": "expert", "name": s.name, "dim": s.dim, "modalities": list(s.modalities),
+                    **_portable(s, names)}
         if isinstance(s, BondNode):
             return s.to_config(index[id(s)], node)
         raise CheckpointError(f"cannot save a {type(s).__name__}; only experts and bond nodes ({', '.join(BONDS.list())})")
@@ -76,13 +80,14 @@ def space_config(space: Space) -> dict[str, Any]:
     return node(space)
 
 
-def _portable(expert: Expert) -> dict[str, Any]:
-    """The expert's spec with file arguments by name only (`files`), so the export moves with them,
-    and, for files inside a Hugging Face cache snapshot, their hub origin (`hub_files`)."""
+def _portable(expert: Expert, names: dict[str, str]) -> dict[str, Any]:
+    """The expert's spec with file arguments by their recorded names only (`files`; `names` from
+    `recorded_names` over the export), so the export moves with them, and, for files inside a
+    Hugging Face cache snapshot, their hub origin (`hub_files`)."""
     spec = expert.spec.to_json()
-    remember_files(spec["source"], spec["kwargs"])
+    remember_files(spec["source"], spec["kwargs"], names)
     hub = hub_files(spec["kwargs"])
-    spec["kwargs"], files = portable_kwargs(spec["kwargs"])
+    spec["kwargs"], files = portable_kwargs(spec["kwargs"], names)
     if spec["checkpoint"]:
         spec["checkpoint"] = Path(spec["checkpoint"]).name
     return {**spec, **({"files": files} if files else {}), **({"hub_files": hub} if hub else {})}

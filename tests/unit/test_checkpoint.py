@@ -117,6 +117,38 @@ def test_expert_checkpoint_with_another_checksum_is_refused(tmp_path: Path) -> N
     assert spacebind.load(out, verify=False, trust_remote_code=True).dim == 6
 
 
+def test_expert_files_of_one_name_are_recorded_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Uni3D zoo ships every checkpoint as `model.pt`: an export records each by the shortest
+    trailing path that tells them apart, and loads each expert from its own file again."""
+    import shutil
+
+    import numpy as np
+
+    monkeypatch.setenv("SPACEBIND_HOME", str(tmp_path / "home"))
+    zoo = tmp_path / "zoo"
+    experts = []
+    for i, (name, folder) in enumerate([("U", "uni3d-g"), ("E", "uni3d-g-lvis"), ("F", "other")]):
+        path = zoo / folder / ("model.npy" if folder != "other" else "solo.npy")
+        path.parent.mkdir(parents=True)
+        np.save(path, np.random.default_rng(i).standard_normal((16, 6)).astype(np.float32))
+        experts.append(build_expert("toy_experts:file_expert", {"path": str(path)}, name=name))
+    u, e, f = experts
+    space = BoundSpace(u, [e, f], "combination", {"E": MLPProjector(6, 6, hidden=8).eval(),
+                                                  "F": MLPProjector(6, 6, hidden=8).eval()})
+    out = space.save(tmp_path / "ckpt")
+    config = json.loads((out / "config.json").read_text())["space"]
+    assert [n["files"] for n in (config["base"], *config["experts"])] == [
+        {"path": "uni3d-g/model.npy"}, {"path": "uni3d-g-lvis/model.npy"}, {"path": "solo.npy"}]
+    want = space.encode("text", TEXTS)
+    torch.testing.assert_close(spacebind.load(out, trust_remote_code=True).encode("text", TEXTS), want, rtol=0, atol=0)
+    shelf = tmp_path / "shelf"  # moved, and the machine's memory of them gone: a search directory finds them
+    shutil.move(str(zoo), str(shelf))
+    shutil.move(str(shelf / "other" / "solo.npy"), str(shelf / "solo.npy"))
+    shutil.rmtree(tmp_path / "home")
+    loaded = spacebind.load(out, trust_remote_code=True, checkpoint_dir=shelf)
+    torch.testing.assert_close(loaded.encode("text", TEXTS), want, rtol=0, atol=0)
+
+
 def test_a_bond_on_a_routed_space_saves_and_loads(tmp_path: Path) -> None:
     """Any bond kind may sit under any other: `bonds()` walks every bond node, routed ones too."""
     from spacebind.bonds.route import ROUTER_PREFIX, RoutedSpace

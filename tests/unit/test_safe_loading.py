@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,16 +179,19 @@ def test_an_export_moved_with_its_expert_files_loads_bit_identically(tmp_path: P
     torch.testing.assert_close(loaded.encode("text", ["a red cube", "a blue cone"]), want, rtol=0, atol=0)
 
 
-def test_a_recorded_file_name_cannot_leave_the_searched_directories(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["../secret.npy", "inner/../../secret.npy", str(Path("/") / "tmp" / "secret.npy"),
+                                  "inner/./x.npy", "inner//x.npy", "inner\\..\\x.npy"])
+def test_a_recorded_file_name_cannot_leave_the_searched_directories(tmp_path: Path, name: str) -> None:
     out = saved(tmp_path)
     (tmp_path / "secret.npy").write_bytes(b"")
 
     def escape(node: dict) -> None:
-        node["base"].update(source="dinov2", kwargs={"path": "x"}, files={"path": "../secret.npy"})
+        node["base"].update(source="dinov2", kwargs={"path": "x"}, files={"path": name})
 
     rewrite(out / "config.json", escape)
-    with pytest.raises(CheckpointError, match=r"expert 'U' \(dinov2\) needs path '\.\./secret\.npy' \(not a bare file name"):
-        spacebind.load(out, experts={"E": multi_expert("E", 4, ("text",), 1)}, checkpoint_dir=out)
+    with pytest.raises(CheckpointError, match=rf"expert 'U' \(dinov2\) needs path {re.escape(repr(name))} \(not a file "
+                                              "name or relative path inside a directory: refused"):
+        spacebind.load(out, experts={"E": multi_expert("E", 4, ("text",), 1)}, checkpoint_dir=out / "inner")
 
 
 def test_an_inner_experts_files_are_recorded_by_name_and_found_again(tmp_path: Path, monkeypatch) -> None:

@@ -36,7 +36,7 @@ from spacebind.cache import dataset_key, ensure_caches
 from spacebind.cache.keys import id_keys
 from spacebind.errors import CheckpointError, InputError
 from spacebind.io.datasets import Dataset
-from spacebind.io.files import atomic_path, home_dir, sha256_file, write_json
+from spacebind.io.files import atomic_path, home_dir, write_json
 from spacebind.io.progress import track
 from spacebind.modalities import check_modality
 from spacebind.retrieval.mining import IndexKind, IndexOptions
@@ -198,7 +198,7 @@ def build_index(
         "format": FORMAT,
         "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
                   "fingerprint": space_fingerprint(space), "fused": str(Path(fused).resolve()) if fused else None},
-        "dataset": str(data.root), "dataset_sha256": sha256_file(data.root / "manifest.jsonl"), "split": split,
+        "dataset": str(data.root), "dataset_sha256": data.sha256, "split": split,
         "kind": kind, "nlist": options.nlist if "nlist" in options.for_kind(kind) else None,
         "nprobe": options.nprobe if "nprobe" in options.for_kind(kind) else None, "options": options.for_kind(kind),
         "modalities": entries,

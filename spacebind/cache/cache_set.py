@@ -14,7 +14,7 @@ from spacebind.cache.keys import id_keys
 from spacebind.cache.store import EmbeddingCache, embed_dataset
 from spacebind.errors import CacheError
 from spacebind.io.datasets import Dataset
-from spacebind.io.files import home_dir, sha256_file
+from spacebind.io.files import home_dir
 from spacebind.space import Space
 
 
@@ -58,8 +58,9 @@ class CacheSet:
 
 
 def dataset_key(dataset: Dataset) -> str:
-    """A short content key of a dataset's manifest, for default cache locations."""
-    return hashlib.sha256(sha256_file(dataset.root / "manifest.jsonl").encode()).hexdigest()[:16]
+    """A short key of a dataset's location and manifest content, for default cache locations: two
+    directories with one manifest but other media never share a cache."""
+    return hashlib.sha256(f"{dataset.root.resolve()}\n{dataset.sha256}".encode()).hexdigest()[:16]
 
 
 def default_cache_root(dataset: Dataset) -> Path:

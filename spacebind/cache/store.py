@@ -44,7 +44,7 @@ from spacebind.cache._embed_loop import AdaptiveBatch, autocast, loaded_shards
 from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Item, Manifest, survey
-from spacebind.io.files import save_tensors, sha256_file, write_json
+from spacebind.io.files import save_tensors, write_json
 from spacebind.io.inputs import LoadResult
 from spacebind.io.locks import job_lock
 from spacebind.io.progress import track
@@ -70,7 +70,7 @@ def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits
     return {
         "format": FORMAT, "expert": expert.name, "source": expert.spec.source, "kwargs": expert.spec.kwargs,
         "checkpoint": expert.spec.checkpoint, "sha256": expert.spec.sha256, "dim": expert.dim,
-        "dataset": str(dataset.root), "dataset_sha256": sha256_file(dataset.root / "manifest.jsonl"),
+        "dataset": str(dataset.root), "dataset_sha256": dataset.sha256,
         "shard_size": shard_size, "splits": sorted(splits) if splits else None, "modalities": {},
     }
 

@@ -14,6 +14,7 @@ An empty or blank `text` is kept, so that batch jobs record it as a bad item and
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from array import array
 from collections import Counter
@@ -68,6 +69,7 @@ class Dataset:
     classes: list[ClassInfo]
     templates: list[str]
     counts: Counter[tuple[str, str | None]]  # (split, modality) → items; (split, None) → the split's items
+    sha256: str  # of the manifest file, or of the records of items built in Python: what caches key on
     _kept: dict[str | None, list[Item]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -86,7 +88,8 @@ class Dataset:
         counts, labels = survey(_keeping(manifest.iter_items(), kept))
         classes, templates = _classes(manifest.root / CLASSES, manifest.info, labels)
         source = kept if sum(counts[s, None] for s in SPLITS) <= KEPT_ITEMS else manifest
-        return cls(root=manifest.root, source=source, classes=classes, templates=templates, counts=counts)
+        return cls(root=manifest.root, source=source, classes=classes, templates=templates, counts=counts,
+                   sha256=manifest.sha256)
 
     @classmethod
     def of_items(cls, root: str | Path, items: Sequence[Item], classes: Sequence[ClassInfo] | None = None,
@@ -97,7 +100,12 @@ class Dataset:
         if classes is not None:
             info["classes"] = [{"name": c.name, "synonyms": list(c.synonyms)} for c in classes]
         names, templates = _classes(Path(root) / CLASSES, info, labels)
-        return cls(root=Path(root), source=list(items), classes=names, templates=templates, counts=counts)
+        records = hashlib.sha256()
+        for it in items:  # what a manifest line would hold: a cache of these items keys on it
+            records.update(json.dumps([it.id, it.split, it.label, it.fields, it.attributes], sort_keys=True,
+                                      default=str).encode() + b"\n")
+        return cls(root=Path(root), source=list(items), classes=names, templates=templates, counts=counts,
+                   sha256=records.hexdigest())
 
     def iter_items(self, split: str | None = None, modality: str | None = None) -> Iterator[Item]:
         """The items of `split` (all if None) that carry `modality` (any if None), in manifest order."""
@@ -188,6 +196,13 @@ class Manifest:
         if not manifest.is_file():
             raise InputError(f"no dataset manifest at {manifest} (expected a {MANIFEST} file)")
         return cls(root=manifest.parent, path=manifest, info=_read_info(manifest.parent / CLASSES))
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the manifest file's bytes."""
+        from spacebind.io.files import sha256_file
+
+        return sha256_file(self.path)
 
     def iter_items(self) -> Iterator[Item]:
         """The items in manifest order, read and validated one line at a time.

@@ -135,8 +135,13 @@ def _acquire(path: Path, what: str, wait: float | None) -> int | None:
         if fd is not None:
             info = {"pid": os.getpid(), "host": socket.gethostname(),
                     "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            os.ftruncate(fd, 0)
-            os.write(fd, (json.dumps(info) + "\n").encode())
+            try:
+                with storage_errors(path):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, (json.dumps(info) + "\n").encode())
+            except BaseException:
+                os.close(fd)  # releases the lock: a failed owner record must not keep it held
+                raise
             return fd
         if time.monotonic() >= deadline:
             raise LockError(f"{path}: another job is using this {what} ({_owner(path)}); wait for it to "

@@ -93,3 +93,28 @@ def test_cache_of_another_expert_or_checkpoint_is_refused(tmp_path: Path) -> Non
         embed_dataset(expert_with({"text": Counting(fn)}), data, tmp_path / "cache", shard_size=7, progress=False)
     with pytest.raises(CacheError, match="not an embedding cache"):
         EmbeddingCache.open(tmp_path / "data")
+
+
+def test_caches_key_on_the_datasets_own_content_and_place(tmp_path: Path) -> None:
+    """Two directories with one manifest but other media get their own default caches; a dataset
+    built in Python keys on its items (its root needs no manifest, and edited items are not served
+    the embeddings of the manifest's)."""
+    import json
+
+    from spacebind.cache import dataset_key
+    from spacebind.io.datasets import Dataset, Item
+
+    for name in ("v1", "v2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.jsonl").write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
+    v1, v2 = Dataset.load(tmp_path / "v1"), Dataset.load(tmp_path / "v2")
+    assert v1.sha256 == v2.sha256 and dataset_key(v1) != dataset_key(v2)
+    length = Expert.from_encoders("len", {"text": lambda ts: torch.tensor([[float(len(t)), 1.0] for t in ts])}, dim=2)
+    built = Dataset.of_items(tmp_path / "nowhere", [Item("a", "train", None, {"text": "hi"})])
+    cache = embed_dataset(length, built, tmp_path / "c0", progress=False)
+    torch.testing.assert_close(cache.embeddings("text"), length.encode("text", ["hi"]), atol=1e-3, rtol=0)  # float16
+    embed_dataset(length, v1, tmp_path / "c1", progress=False)
+    edited = Dataset.of_items(tmp_path / "v1", [Item("a", "train", None, {"text": "a much longer caption"})])
+    assert edited.sha256 != v1.sha256
+    with pytest.raises(CacheError, match="was made with dataset_sha256="):
+        embed_dataset(length, edited, tmp_path / "c1", progress=False)

@@ -161,6 +161,27 @@ def test_a_job_in_another_process_holds_the_lock_and_a_waiting_job_gets_it(tmp_p
         holder.stdout.close()
 
 
+def test_a_lock_whose_owner_record_cannot_be_written_is_released(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from spacebind.errors import StorageError
+    from spacebind.io import locks
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(locks.os, "write", full)
+    with pytest.raises(StorageError, match=str(tmp_path)):
+        with dir_lock(tmp_path, "embedding cache"):
+            pass
+    monkeypatch.undo()  # the disk has room again: the lock is free, in this process and in others
+    with dir_lock(tmp_path, "embedding cache"):
+        pass
+    code = "import sys; from spacebind.io.locks import dir_lock\nwith dir_lock(sys.argv[1]): print('locked')"
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert other.stdout.strip() == "locked", other.stderr
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     data = tiny_dataset(tmp_path / "data", corrupt=None)
     cache_dir = tmp_path / "cache"

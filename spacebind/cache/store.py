@@ -68,7 +68,8 @@ def _ids_sha256(ids_json: str) -> str:
 
 def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None) -> dict[str, Any]:
     return {
-        "format": FORMAT, "expert": expert.name, "source": expert.spec.source, "kwargs": expert.spec.kwargs,
+        "format": FORMAT, "expert": expert.name, "source": expert.spec.source,
+        "kwargs": json.loads(json.dumps(expert.spec.kwargs)),  # as manifest.json gives it back (tuples: lists)
         "checkpoint": expert.spec.checkpoint, "sha256": expert.spec.sha256, "dim": expert.dim,
         "dataset": str(dataset.root), "dataset_sha256": dataset.sha256,
         "shard_size": shard_size, "splits": sorted(splits) if splits else None, "modalities": {},

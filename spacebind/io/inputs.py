@@ -26,6 +26,7 @@ import numpy as np
 from spacebind.errors import InputError
 from spacebind.io.events import Events, events_array, read_events
 from spacebind.io.files import positive_int_env
+from spacebind.io.pointfiles import read_ply, read_xyz, unit_rgb
 from spacebind.io.video import DEFAULT_FPS, ContainerFrames, Video, read_video, video_array
 from spacebind.modalities import check_modality
 
@@ -239,12 +240,10 @@ def _points_array(arr: Any, name: str) -> np.ndarray:
         raise InputError(f"{name}: point cloud of shape {a.shape}; expected [N, 3] (xyz) or [N, 6] (xyz + rgb)")
     if a.shape[0] == 0:
         raise InputError(f"{name}: empty point cloud; expected at least one point")
-    return _finite(a, name)
+    return unit_rgb(_finite(a, name))
 
 
 def _points_file(path: Path, name: str) -> np.ndarray:
-    from spacebind.io.pointfiles import read_ply, read_xyz
-
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return _points_array(_load_npy(path, name), name)

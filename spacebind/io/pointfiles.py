@@ -31,8 +31,7 @@ class _Element(NamedTuple):
 
 def read_xyz(path: Path) -> np.ndarray:
     """Whitespace-separated rows of 3 (xyz) or 6 (xyz rgb) numbers."""
-    arr = np.loadtxt(path, dtype=np.float32, ndmin=2)
-    return _with_unit_rgb(arr)
+    return np.loadtxt(path, dtype=np.float32, ndmin=2)
 
 
 def read_ply(path: Path) -> np.ndarray:
@@ -167,7 +166,8 @@ def _early_end(element: _Element, row: int) -> ValueError:
     return ValueError(f"{_BAD_DATA}: element {element.name!r} row {row}: early end-of-file")
 
 
-def _with_unit_rgb(arr: np.ndarray) -> np.ndarray:
+def unit_rgb(arr: np.ndarray) -> np.ndarray:
+    """[N, 6] points with colours in [0, 1]: colours stored as 0–255 (any of them above 1) scaled."""
     if arr.shape[1] == 6 and arr[:, 3:].max(initial=0.0) > 1.0:
         arr = arr.copy()
         arr[:, 3:] /= 255.0

@@ -226,7 +226,7 @@ def test_official_truncation_cuts_without_end_of_text(family: str, uni3d_file, u
     short = ["a point cloud model of a chair.", "an airplane"]
     assert _tokenizer(CLIP, None, "official")(short).tolist() == _tokenizer(CLIP, None, "eot")(short).tolist()
     torch.testing.assert_close(expert.encode("text", short), default.encode("text", short), rtol=0, atol=0)
-    with pytest.raises(InputError, match="truncation 'cut'; expected 'eot' or 'official'"):
+    with pytest.raises(InputError, match=r"truncation='cut' \(expected Literal\['eot', 'official'\]: input should be 'eot' or 'official'\)"):
         build(tmp_path / "absent.pt", clip_checkpoint, truncation="cut")  # refused before any file is read
     with pytest.raises(InputError, match="needs the CLIP BPE tokenizer"):
         _tokenizer("ViT-SO400M-14-SigLIP-384", None, "official")

@@ -118,3 +118,15 @@ def test_caches_key_on_the_datasets_own_content_and_place(tmp_path: Path) -> Non
     assert edited.sha256 != v1.sha256
     with pytest.raises(CacheError, match="was made with dataset_sha256="):
         embed_dataset(length, edited, tmp_path / "c1", progress=False)
+
+
+def test_an_expert_with_tuple_kwargs_resumes_its_cache(tmp_path: Path) -> None:
+    import json
+
+    from spacebind.io.datasets import Dataset
+
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    expert = Expert("e", 2, {"text": lambda ts: torch.ones(len(ts), 2)}, spec=ExpertSpec(source="s", kwargs={"sizes": (1, 2)}))
+    first = embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)
+    again = embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)  # was: made with a list
+    assert torch.equal(first.embeddings("text"), again.embeddings("text"))

@@ -93,6 +93,10 @@ def test_point_clouds_npy_ply_xyz(tmp_path: Path) -> None:
     np.testing.assert_allclose(ply, np.hstack([pts, rgb / 255.0]), atol=1e-6)
     np.testing.assert_array_equal(load_input("point", tmp_path / "a.ply"), [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_allclose(load_input("point", tmp_path / "p.xyz"), np.hstack([pts, rgb / 255.0]), atol=1e-5)
+    # colours stored as 0–255 come out in [0, 1] from every source, .npy files and arrays included
+    np.save(tmp_path / "rgb.npy", np.hstack([pts, rgb.astype(np.float32)]))
+    for source in (tmp_path / "rgb.npy", np.hstack([pts, rgb.astype(np.float32)])):
+        np.testing.assert_allclose(load_input("point", source), np.hstack([pts, rgb / 255.0]), atol=1e-6)
 
 
 def _bad_files(tmp_path: Path) -> dict[str, tuple[str, Path, str]]:

@@ -47,10 +47,13 @@ def _transformer_weights(name: str, path: Path) -> Path:
     return folder / "model.safetensors"
 
 
-def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batch_size: int = 64,
+def sentence_encoder(name: str, path: str | Path, *, max_length: int | None = None, batch_size: int = 64,
                      device: str = "cpu", source: str | None = None,
                      spec_kwargs: dict[str, object] | None = None) -> Expert:
-    """A text expert from a local sentence-encoder directory (config, weights, tokenizer, modules.json)."""
+    """A text expert from a local sentence-encoder directory (config, weights, tokenizer, modules.json).
+    Texts are cut at `max_length` tokens; None keeps the model's own `max_seq_length` (its
+    sentence_bert_config.json, as sentence-transformers reads it: 384 for all-mpnet-base-v2, 128
+    for all-roberta-large-v1, 256 for all-MiniLM-L6-v2)."""
     from sentence_transformers import SentenceTransformer
 
     path = Path(path)
@@ -63,7 +66,8 @@ def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batc
         raise CheckpointError(f"{path}: no text tokenizer loaded; check that the directory holds the tokenizer files")
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     check_tokenizer(model.tokenizer, getattr(config, "vocab_size", None), path)
-    model.max_seq_length = max_length
+    if max_length is not None:
+        model.max_seq_length = max_length
     dim = model.get_embedding_dimension()
     if dim is None:
         raise CheckpointError(f"sentence encoder {name!r}: {path} declares no embedding dimension")
@@ -72,6 +76,7 @@ def sentence_encoder(name: str, path: str | Path, *, max_length: int = 256, batc
         return model.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
 
     kwargs = {"path": str(path)} if spec_kwargs is None else dict(spec_kwargs)
-    kwargs["max_length"] = max_length  # it changes the embeddings of long texts, so the spec records it
+    if max_length is not None:  # a choice of the caller's: it changes long texts' embeddings, so the spec keeps it
+        kwargs["max_length"] = max_length
     spec = ExpertSpec(source=source or name, kwargs=kwargs, checkpoint=str(weights), sha256=sha256_file(weights))
     return Expert(name, dim, {"text": encode}, spec=spec, batch_size=batch_size)

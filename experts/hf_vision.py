@@ -53,8 +53,9 @@ def dinov2(path: str, pooling: Pooling = "cls", device: str = "cpu", batch_size:
 @EXPERTS.register("sentence_encoder", modalities=("text",),
                   description="any sentence-transformers model from a local directory (its pooling; mean for plain "
                               "Hugging Face encoders), e.g. all-roberta-large-v1")
-def sentence_encoder_any(path: str, max_length: int = 256, device: str = "cpu", batch_size: int = 64) -> Expert:
-    """`spacebind.create_expert("sentence_encoder", path="models/all-roberta-large-v1")`."""
+def sentence_encoder_any(path: str, max_length: int | None = None, device: str = "cpu", batch_size: int = 64) -> Expert:
+    """`spacebind.create_expert("sentence_encoder", path="models/all-roberta-large-v1")`; `max_length`
+    None keeps the model's own max_seq_length (sentence_bert_config.json)."""
     from spacebind.experts.hf_text import sentence_encoder
 
     return sentence_encoder("sentence_encoder", path, max_length=max_length, device=device, batch_size=batch_size)

@@ -38,7 +38,7 @@ def test_dinov2_from_disk(tiny_dinov2, pooling: str) -> None:
 def test_missing_files_and_bad_pooling(tiny_dinov2, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="needs model.safetensors, config.json and preprocessor_config.json"):
         EXPERTS.create("dinov2", path=str(tmp_path))
-    with pytest.raises(InputError, match="pooling 'max'"):
+    with pytest.raises(InputError, match=r"pooling='max' \(expected Literal\['cls', 'mean'\]"):
         EXPERTS.create("dinov2", path=str(tiny_dinov2[0]), pooling="max")
 
 
@@ -104,7 +104,7 @@ def test_sentence_encoder_honours_pooling(tmp_path: Path, pooling: str | None) -
     assert expert.dim == 16 and (cls - mean).abs().max() > 0.1
     torch.testing.assert_close(got, cls if pooling == "cls_token" else mean, atol=1e-5, rtol=0)  # no modules.json: mean
     torch.testing.assert_close(got, _reference(root, _SENTENCES), atol=1e-6, rtol=0)
-    assert expert.spec.kwargs == {"path": str(root), "max_length": 256}
+    assert expert.spec.kwargs == {"path": str(root)}  # the model's own max_seq_length: nothing to record
     assert expert.spec.checkpoint == str(root / "model.safetensors") and len(expert.spec.sha256) == 64
 
 
@@ -119,6 +119,24 @@ def test_sentence_encoder_dense_layer_and_max_length(tmp_path: Path) -> None:
     cut = short.encode("text", long)
     torch.testing.assert_close(cut[0], cut[1])
     assert not torch.allclose(*expert.encode("text", long))
+
+
+def test_sentence_encoder_keeps_the_models_own_max_seq_length(tmp_path: Path) -> None:
+    """sentence-transformers reads max_seq_length from sentence_bert_config.json (384 for
+    all-mpnet-base-v2, 128 for all-roberta-large-v1); the expert keeps it unless told otherwise."""
+    root = _sentence_folder(tmp_path / "st", "mean_tokens")
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 6, "do_lower_case": False}))
+    long = ["a dog runs on the beach " * 5, "a dog runs on the beach " * 6]  # same first 6 tokens
+    expert = EXPERTS.create("sentence_encoder", path=str(root))
+    assert expert.spec.kwargs == {"path": str(root)}
+    cut = expert.encode("text", long)
+    torch.testing.assert_close(cut[0], cut[1])
+    torch.testing.assert_close(cut, _reference(root, long), atol=1e-6, rtol=0)
+    longer = EXPERTS.create("sentence_encoder", path=str(root), max_length=64)
+    assert longer.spec.kwargs == {"path": str(root), "max_length": 64}
+    assert not torch.allclose(*longer.encode("text", long))
+    again = EXPERTS.create("sentence_encoder", **longer.spec.kwargs)  # the spec rebuilds the same expert
+    torch.testing.assert_close(again.encode("text", long), longer.encode("text", long), atol=0, rtol=0)
 
 
 def test_sentence_encoder_refuses_pickles_and_foreign_code(tmp_path: Path) -> None:

@@ -93,5 +93,5 @@ def test_broken_tokenizer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_generic_sentence_encoder_from_a_directory(minilm: Expert, no_sockets: None) -> None:
     generic = EXPERTS.create("sentence_encoder", path=str(minilm_path()))
-    assert generic.spec.kwargs == {"path": str(minilm_path()), "max_length": 256} and generic.dim == 384
+    assert generic.spec.kwargs == {"path": str(minilm_path())} and generic.dim == 384  # its own 256 kept
     torch.testing.assert_close(generic.encode("text", SENTENCES), minilm.encode("text", SENTENCES))

@@ -36,6 +36,67 @@ def open_clip_checkpoint(root: Path) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
+# open_clip's EVA02-E-14-plus in small: a timm EVA trunk (`visual.trunk.*`) with EVA-CLIP's residual
+# post-norm, a CLIP text tower (`text.*`, custom_text) as the real config has.
+OPEN_CLIP_TINY_EVA_NAME = "spacebind-tiny-eva-clip"
+OPEN_CLIP_TINY_EVA = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 28, "timm_model_name": "spacebind_tiny_eva02_clip", "timm_model_pretrained": False,
+                   "timm_pool": "token", "timm_proj": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "custom_text": True,
+}
+
+
+def spacebind_tiny_eva02_clip(pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """timm's eva02_enormous_patch14_clip_224 arguments, 32 wide, 2 blocks, 28 px (a timm entry point)."""
+    from timm.models.eva import Eva
+
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}
+    return Eva(**{**dict(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=2, mlp_ratio=15360 / 1792,
+                         use_post_norm=True, global_pool="token"), **kwargs})
+
+
+def to_eva_clip_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip EVA state dict in EVA-CLIP's own key layout (EVA02_CLIP_E_psz14_plus_s9B.pt):
+    `visual.trunk.*` → `visual.*` (/tmp/review/experts/eva_keys.py: with EVA-CLIP's CustomCLIP for
+    EVA02-CLIP-bigE-14-plus, this is the only difference between the two key sets)."""
+    return {("visual." + k.removeprefix("visual.trunk.") if k.startswith("visual.trunk.") else k): v
+            for k, v in state.items()}
+
+
+def open_clip_eva_checkpoint(root: Path, layout: str = "eva_clip") -> tuple[Path, torch.nn.Module]:
+    """The tiny EVA CLIP registered as `spacebind-tiny-eva-clip`, saved as a plain state dict in
+    EVA-CLIP's layout (`layout="eva_clip"`, as EVA02_CLIP_E_psz14_plus_s9B.pt) or open_clip's."""
+    import open_clip
+    from timm.models import is_model, register_model
+
+    if not is_model("spacebind_tiny_eva02_clip"):
+        register_model(spacebind_tiny_eva02_clip)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{OPEN_CLIP_TINY_EVA_NAME}.json").write_text(json.dumps(OPEN_CLIP_TINY_EVA))
+    open_clip.add_model_config(root)
+    torch.manual_seed(0)
+    model = open_clip.create_model(OPEN_CLIP_TINY_EVA_NAME).eval()
+    state = model.state_dict()
+    path = root / ("EVA02_CLIP_E_psz14_plus_s9B.pt" if layout == "eva_clip" else "open_clip_pytorch_model.bin")
+    torch.save(to_eva_clip_layout(state) if layout == "eva_clip" else state, path)
+    return path, model
+
+
+def tiny_open_clip_variant(name: str, monkeypatch: pytest.MonkeyPatch, arch: str = OPEN_CLIP_TINY_NAME) -> None:
+    """Make the registered open_clip variant `name` build the tiny architecture `arch`, keeping its
+    pretrained tag: open_clip's table gets `arch` → {tag: the real architecture's entry for tag}."""
+    from open_clip import pretrained
+
+    from spacebind.experts import open_clip_family
+
+    real, dim, file, tag = open_clip_family.VARIANTS[name]
+    monkeypatch.setitem(open_clip_family.VARIANTS, name, (arch, dim, file, tag))
+    monkeypatch.setitem(pretrained._PRETRAINED, arch, {**pretrained._PRETRAINED.get(arch, {}),
+                                                       tag: pretrained.get_pretrained_cfg(real, tag)})
+
+
 def dinov2_directory(root: Path) -> tuple[Path, torch.nn.Module]:
     """A tiny DINOv2 saved with save_pretrained, with its image processor config."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
@@ -237,11 +298,12 @@ def _from_test_module(module: str, attribute: str, *args: Any) -> Callable[[Path
 
 def _open_clip_variant(name: str) -> Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]:
     def build(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-        from spacebind.experts import open_clip_family
-
-        path, _ = open_clip_checkpoint(root)
-        _, dim, file = open_clip_family.VARIANTS[name]
-        monkeypatch.setitem(open_clip_family.VARIANTS, name, (OPEN_CLIP_TINY_NAME, dim, file))
+        if name == "eva02_clip_bige14_plus":  # EVA-CLIP's own file layout, as the OmniBind recipes name
+            path, _ = open_clip_eva_checkpoint(root)
+            tiny_open_clip_variant(name, monkeypatch, OPEN_CLIP_TINY_EVA_NAME)
+        else:
+            path, _ = open_clip_checkpoint(root)
+            tiny_open_clip_variant(name, monkeypatch)
         return {"checkpoint": str(path)}
 
     return build

@@ -31,6 +31,11 @@ def autocast(precision: str) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast("cuda", dtype=_DTYPES[precision])
 
 
+def effective_precision(precision: str) -> str:
+    """The precision an embedding actually runs at: `precision` on CUDA, fp32 without it."""
+    return precision if precision != "fp32" and torch.cuda.is_available() else "fp32"
+
+
 class AdaptiveBatch:
     """A batch size that halves (down to 1) whenever a batch runs out of memory, and stays halved
     for the rest of the job."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from spacebind.cache._embed_loop import AdaptiveBatch, autocast, loaded_shards
+from spacebind.cache._embed_loop import AdaptiveBatch, autocast, effective_precision, loaded_shards
 from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Item, Manifest, survey
@@ -54,7 +54,8 @@ from spacebind.training import distributed
 FORMAT = 3  # 2: shards carry a sha256 of their content; 3: ids only in the shards (manifest: counts, checksums)
 LEGACY_FORMATS = (2,)  # read as is (with a warning); embedding into one rewrites its manifest
 STREAM_ITEMS = 65536  # items read from the manifest at a time (rounded down to whole shards, at least one)
-_IDENTITY = ("expert", "source", "kwargs", "sha256", "dim", "dataset_sha256", "shard_size", "splits")
+_IDENTITY = ("expert", "source", "kwargs", "sha256", "dim", "dataset_sha256", "shard_size", "splits", "precision")
+_BEFORE = {"precision": "fp32"}  # identity fields that caches made before them lack, as those caches were made
 
 
 def _digest(ids: Sequence[str]) -> str:
@@ -66,21 +67,23 @@ def _ids_sha256(ids_json: str) -> str:
     return hashlib.sha256(ids_json.encode()).hexdigest()
 
 
-def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None) -> dict[str, Any]:
+def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None,
+            precision: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "expert": expert.name, "source": expert.spec.source,
         "kwargs": json.loads(json.dumps(expert.spec.kwargs)),  # as manifest.json gives it back (tuples: lists)
         "checkpoint": expert.spec.checkpoint, "sha256": expert.spec.sha256, "dim": expert.dim,
         "dataset": str(dataset.root), "dataset_sha256": dataset.sha256,
-        "shard_size": shard_size, "splits": sorted(splits) if splits else None, "modalities": {},
+        "shard_size": shard_size, "splits": sorted(splits) if splits else None,
+        "precision": effective_precision(precision), "modalities": {},
     }
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
     for key in _IDENTITY:
-        if old.get(key) != new.get(key):
+        if old.get(key, _BEFORE.get(key)) != new.get(key):
             raise CacheError(
-                f"{where} was made with {key}={old.get(key)!r}, not {new.get(key)!r} "
+                f"{where} was made with {key}={old.get(key, _BEFORE.get(key))!r}, not {new.get(key)!r} "
                 f"(expert {old.get('expert')!r} vs {new.get('expert')!r}); use another --out or delete it"
             )
 
@@ -201,7 +204,7 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
                   precision: str, progress: bool) -> "EmbeddingCache":
     """`embed_dataset` once its job holds the cache's lock."""
     present, counts = _survey(dataset, splits)
-    header = _header(expert, dataset, shard_size, splits)
+    header = _header(expert, dataset, shard_size, splits, precision)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))

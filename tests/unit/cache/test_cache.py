@@ -130,3 +130,23 @@ def test_an_expert_with_tuple_kwargs_resumes_its_cache(tmp_path: Path) -> None:
     first = embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)
     again = embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)  # was: made with a list
     assert torch.equal(first.embeddings("text"), again.embeddings("text"))
+
+
+def test_a_cache_records_the_precision_it_ran_at(tmp_path: Path) -> None:
+    """bf16 / fp16 shards never mix with fp32 ones on resume; caches made before the field resume as fp32."""
+    import json
+
+    from spacebind.io.datasets import Dataset
+
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    expert = Expert("e", 2, {"text": lambda ts: torch.ones(len(ts), 2)}, spec=ExpertSpec(source="s"))
+    embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False, precision="bf16")
+    header = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert header["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")  # autocast runs on CUDA only
+    header["precision"] = "fp16"  # as a GPU run would have recorded it
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(header))
+    with pytest.raises(CacheError, match="was made with precision='fp16', not 'fp32'"):
+        embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)
+    del header["precision"]  # a cache written before precision was recorded
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(header))
+    embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)

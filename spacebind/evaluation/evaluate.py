@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from spacebind.evaluation.metrics import class_embeddings, retrieval_recall, zeroshot_classification
-from spacebind.io.datasets import Dataset
+from spacebind.io.datasets import Dataset, Item
 from spacebind.io.files import write_json
 from spacebind.modalities import modality_pairs
 
@@ -36,29 +36,39 @@ def evaluate(
     encode_text: Callable[[list[str]], torch.Tensor] | None = None,
     ks: Sequence[int] = (1, 5, 10),
     blocks: Sequence[int] | None = None,
+    usable: Callable[[str, list[str]], list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Records for every modality pair and every zero-shot task the space and data allow.
 
     `embed_items(modality, ids)` gives the space's embeddings of dataset items (from caches);
+    `usable(modality, ids)` keeps the ids that have them (items a cache recorded as bad drop out);
     `encode_text(prompts)` encodes class prompts live (`blocks`: the space's, for the class centres).
     The dataset field is `<name>-<split>`.
-    For pair (a, b), `{b}_retrieval_recall@k` is a-queries retrieving b-items, and the reverse."""
+    For pair (a, b), `{b}_retrieval_recall@k` is a-queries retrieving b-entries, and the reverse,
+    as CLIP_benchmark scores captioned media: a media file that several items share (five
+    captions of one clip) is one query and one gallery entry, and every partner of its items is
+    correct; texts stay one entry per item."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}; expected one of {', '.join(ROLES)}")
+    keep = usable or (lambda modality, ids: ids)
     name = f"{dataset.name}-{split}"
     records = []
     for a, b in modality_pairs(list(modalities)):
         items = [it for it in dataset.select(split) if a in it.fields and b in it.fields]
+        kept = set(keep(a, [it.id for it in items])) & set(keep(b, [it.id for it in items]))
+        items = [it for it in items if it.id in kept]
         if not items:
             continue
-        ids = [it.id for it in items]
-        ea, eb = embed_items(a, ids), embed_items(b, ids)
-        diagonal = list(range(len(ids)))
+        (ids_a, of_a), (ids_b, of_b) = distinct_entries(items, a), distinct_entries(items, b)
+        ea, eb = embed_items(a, ids_a), embed_items(b, ids_b)
         metrics: dict[str, Any] = {}
-        for target, q, g in [(b, ea, eb), (a, eb, ea)]:
-            for k, v in retrieval_recall(q, g, diagonal, ks).items():
+        for target, q, g, query_of, gallery_of in [(b, ea, eb, of_a, of_b), (a, eb, ea, of_b, of_a)]:
+            positives: list[set[int]] = [set() for _ in range(len(q))]
+            for qi, gi in zip(query_of, gallery_of):
+                positives[qi].add(gi)
+            for k, v in retrieval_recall(q, g, [sorted(p) for p in positives], ks).items():
                 metrics[f"{target}_retrieval_recall@{k}"] = v
-        metrics["n"] = len(ids)
+        metrics["n"] = len(items)
         records.append(_record(model, role, name, "retrieval", [a, b], metrics))
     if encode_text is None or "text" not in modalities or not dataset.classes:
         return records
@@ -67,11 +77,28 @@ def evaluate(
         if m == "text":
             continue
         ids, labels = labelled_items(dataset, split, m)
+        usable_ids = set(keep(m, ids))
+        labels = labels[[i for i, x in enumerate(ids) if x in usable_ids]]
+        ids = [x for x in ids if x in usable_ids]
         if not ids:
             continue
         metrics = {**zeroshot_classification(embed_items(m, ids), labels, classes), "n": len(ids)}
         records.append(_record(model, role, name, "zeroshot_classification", [m, "text"], metrics))
     return records
+
+
+def distinct_entries(items: Sequence[Item], modality: str) -> tuple[list[str], list[int]]:
+    """The retrieval entries of `modality` among `items`: one per distinct media file (one per item
+    for text), as the id of its first item, and each item's entry index."""
+    first: dict[str, int] = {}
+    ids, entry_of = [], []
+    for it in items:
+        key = it.id if modality == "text" else str(it.fields[modality])
+        if key not in first:
+            first[key] = len(ids)
+            ids.append(it.id)
+        entry_of.append(first[key])
+    return ids, entry_of
 
 
 def class_centres(dataset: Dataset, encode_text: Callable[[list[str]], torch.Tensor],
@@ -98,7 +125,7 @@ def evaluate_space(
     return evaluate(
         model=model or space.name, role=role, dataset=dataset, split=split, modalities=modalities,
         embed_items=lambda m, ids: caches.embeddings(space, m, ids), encode_text=encode_text, ks=tuple(ks),
-        blocks=space.blocks,
+        blocks=space.blocks, usable=lambda m, ids: caches.usable_ids(space, m, ids),
     )
 
 

@@ -82,6 +82,36 @@ def test_evaluate_names_directions_like_clip_benchmark() -> None:
         evaluate(model="x", role="other", dataset=tiny_dataset(), split="test", modalities=[], embed_items=embed)
 
 
+def test_captions_of_one_media_file_score_as_clip_benchmark_does() -> None:
+    """Three clips with two captions each (six items, three files) in a perfect space: every
+    caption finds its clip, and each clip finds one of its captions; item by item, the copies of a
+    clip would count as misses (R@1 0.5)."""
+    items = [Item(f"i{k}", "test", None, {"audio": f"clip{k // 2}.wav", "text": f"caption {k}"}) for k in range(6)]
+    dataset = Dataset.of_items(Path("tiny"), items, [])
+    clips = torch.eye(3)
+    embed = lambda m, ids: clips[[int(i[1:]) // 2 for i in ids]]  # noqa: E731 (a caption embeds like its clip)
+    (record,) = evaluate(model="toy", role="fused", dataset=dataset, split="test", modalities=["audio", "text"],
+                         embed_items=embed, ks=(1,))
+    assert record["metrics"] == {"audio_retrieval_recall@1": 1.0, "text_retrieval_recall@1": 1.0, "n": 6}
+
+
+def test_items_a_cache_could_not_embed_drop_out_of_every_task() -> None:
+    bad = {"i3"}
+    image, text = torch.eye(4), torch.eye(4)
+
+    def embed(m: str, ids: list[str]) -> torch.Tensor:
+        assert not bad & set(ids) or m == "text", f"asked for the bad item's {m} embedding"
+        return (image if m == "image" else text)[[int(i[1]) for i in ids]]
+
+    usable = lambda m, ids: [i for i in ids if m != "image" or i not in bad]  # noqa: E731
+    encode_text = lambda prompts: torch.tensor([[1.0, 0, 1, 0], [0, 1.0, 0, 1]])  # noqa: E731
+    retrieval, zeroshot = evaluate(model="toy", role="fused", dataset=tiny_dataset(), split="test",
+                                   modalities=["image", "text"], embed_items=embed, encode_text=encode_text, ks=(1,),
+                                   usable=usable)
+    assert retrieval["metrics"]["n"] == 3 and retrieval["metrics"]["image_retrieval_recall@1"] == 1.0
+    assert zeroshot["metrics"]["n"] == 3 and zeroshot["metrics"]["acc1"] == 1.0
+
+
 def test_records_round_trip_tables_and_plot(tmp_path: Path) -> None:
     records = [
         {"model": "base", "role": "base", "dataset": "w-test", "task": "retrieval", "modalities": ["text", "audio"],

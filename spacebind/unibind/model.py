@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 import torch
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -92,7 +94,7 @@ class UniBind:
             if not {"unibind.json", "unibind.safetensors"} <= set(recorded):
                 raise CheckpointError(f"{meta_path} is not part of the export {root / 'config.json'} records "
                                       "(left from another export, or put there by hand); export the space again")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = _read_meta(meta_path)
         if space is None:
             from spacebind.checkpoint import load as load_space
 
@@ -100,7 +102,10 @@ class UniBind:
         if meta.get("format") != FORMAT or meta.get("space") != space.name:
             raise CheckpointError(f"{meta_path}: format {meta.get('format')!r} for space {meta.get('space')!r}; "
                                   f"expected {FORMAT} for {space.name!r}")
-        tensors = load_file(str(root / "unibind.safetensors"))
+        try:
+            tensors = load_file(str(root / "unibind.safetensors"))
+        except (OSError, SafetensorError) as exc:
+            raise CheckpointError(f"{root / 'unibind.safetensors'}: not readable ({exc})") from None
         used = {"descriptions", "owners", *(f"centres.{m}" for m in meta["modalities"])}
         heads = {}
         for m, config in meta["heads"].items():
@@ -115,12 +120,49 @@ class UniBind:
         extra, absent = sorted(set(tensors) - used), sorted(used - set(tensors))
         if extra or absent:
             raise CheckpointError(f"{root / 'unibind.safetensors'}: unexpected {extra}, missing {absent}")
-        for m in meta["modalities"]:
-            if tensors[f"centres.{m}"].shape[-1] != space.dim:
-                raise CheckpointError(f"{root / 'unibind.safetensors'}: {m} centres of dim "
-                                      f"{tensors[f'centres.{m}'].shape[-1]}, the space's is {space.dim}")
+        _check_shapes(root / "unibind.safetensors", tensors, meta, space.dim)
         return cls(space, list(meta["names"]), {m: tensors[f"centres.{m}"] for m in meta["modalities"]},
                    tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]))
+
+
+class _Meta(BaseModel):
+    """What `unibind.json` must hold."""
+
+    format: str
+    space: str
+    names: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+    modalities: list[str]
+    heads: dict[str, dict[str, Any]]
+    vote_weight: float = Field(allow_inf_nan=False)
+    k: int = Field(ge=1)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """`unibind.json` checked field by field (a CheckpointError names the file and the field)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return _Meta.model_validate(raw).model_dump()
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise CheckpointError(f"{path}: field {field}: {first['msg'].lower()}") from None
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _check_shapes(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], dim: int) -> None:
+    """Centres [classes, dim] per modality, descriptions [n, dim] owned by classes (`owners`, [n])."""
+    classes, descriptions, owners = len(meta["names"]), tensors["descriptions"], tensors["owners"]
+    for m in meta["modalities"]:
+        if tuple(tensors[f"centres.{m}"].shape) != (classes, dim):
+            raise CheckpointError(f"{path}: {m} centres of shape {tuple(tensors[f'centres.{m}'].shape)}; expected "
+                                  f"({classes}, {dim}): one per class named in unibind.json, of the space's dim")
+    if descriptions.ndim != 2 or (len(descriptions) and descriptions.shape[1] != dim) or \
+            owners.shape != (len(descriptions),) or owners.dtype != torch.long:
+        raise CheckpointError(f"{path}: descriptions {tuple(descriptions.shape)} and owners {tuple(owners.shape)} "
+                              f"({owners.dtype}); expected [n, {dim}] and [n] int64")
+    if len(owners) and not bool(((owners >= 0) & (owners < classes)).all()):
+        raise CheckpointError(f"{path}: owners must be class indices in [0, {classes})")
 
 
 def load_export(fused: str | Path, trust_remote_code: bool = False) -> tuple["Space", UniBind | None]:
@@ -165,12 +207,27 @@ def evaluate_unibind(model: UniBind, caches: "CacheSet", dataset: "Dataset", spl
         feats, labels = split_features(model.space, caches, dataset, split, m)
         if len(labels) == 0:
             continue
+        labels = _centre_indices(model, [dataset.class_names[i] for i in labels.tolist()], f"{dataset.root} {split}")
         scores = model.scores(m, feats)
         # nearest-class metrics on the scores: classify rows of the score matrix against the identity
         metrics = {**zeroshot_classification(scores, labels, torch.eye(len(model.names))), "n": len(labels)}
         records.append({"model": f"{model.space.name} (centres)", "role": "fused", "dataset": f"{dataset.name}-{split}",
                         "task": "zeroshot_classification", "modalities": [m, "text"], "metrics": metrics})
     return records
+
+
+def _centre_indices(model: UniBind, labels: list[str], where: str) -> torch.Tensor:
+    """Each label's row among the model's centres (its own class order, which a dataset's need not share).
+
+    Raises:
+        InputError: a label without a centre, naming it and the classes the model has.
+    """
+    index = {name: i for i, name in enumerate(model.names)}
+    missing = sorted({c for c in labels if c not in index})
+    if missing:
+        raise InputError(f"{where}: class(es) {missing[:5]} have no UniBind centre; its classes: "
+                         f"{', '.join(model.names[:10])}{' …' if len(model.names) > 10 else ''}")
+    return torch.tensor([index[c] for c in labels], dtype=torch.long)
 
 
 def recipe_knowledge(knowledge: str, generator: Path | None, dataset: "Dataset", base_dir: Path) -> KnowledgeBase:

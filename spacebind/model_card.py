@@ -64,16 +64,19 @@ def _number(value: Any) -> bool:
 def model_index(name: str, metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Hub's `model-index` from CLIP_benchmark-shaped records: one result per record of the fused model."""
     results = []
-    for r in metrics:
-        if r.get("role") != "fused":
-            continue
+    fused = [r for r in metrics if r.get("role") == "fused"]
+    main = fused[0].get("model") if fused else None
+    for r in fused:
         values = [{"type": k, "value": v} for k, v in r["metrics"].items() if _number(v) and k != "n"]  # n: item count
         if not values:
             continue
         task, mods = r["task"], list(r.get("modalities") or [])
         dataset = _dataset_name(str(r.get("dataset") or "unknown"))
+        label = f"{task} ({', '.join(mods)})" if mods else task
+        if r.get("model") != main:  # e.g. `<space> (centres)`: UniBind's zero-shot beside the prompts'
+            label += f" — {r.get('model')}"
         results.append({
-            "task": {"type": TASK_TYPES.get(task, task.replace("_", "-")), "name": f"{task} ({', '.join(mods)})" if mods else task},
+            "task": {"type": TASK_TYPES.get(task, task.replace("_", "-")), "name": label},
             "dataset": {"type": dataset, "name": dataset},
             "metrics": values,
         })

@@ -286,7 +286,7 @@ class RoutedConfig(Strict):
 
 class EvalConfig(Strict):
     split: Literal["train", "val", "test"] = "test"
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1, description="recall@k cut-offs: each at least 1, no repeats")
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1, description="recall@k cut-offs: 1 among them, each at least 1, no repeats")
 
     @field_validator("ks")
     @classmethod
@@ -297,6 +297,8 @@ class EvalConfig(Strict):
         repeated = sorted({k for k in ks if ks.count(k) > 1})
         if repeated:
             raise ValueError(f"k listed more than once: {repeated}")
+        if 1 not in ks:
+            raise ValueError(f"ks {ks} lacks 1: R@1 is what the tables, the model card and the choices on val read")
         return ks
 
 

@@ -59,13 +59,21 @@ class OpenCLIPModel(SpaceModule):
         return TextTokens([texts] if isinstance(texts, str) else list(texts))
 
     def preprocess(self, image: Any) -> torch.Tensor:
-        """A PIL image (or array) → uint8 tensor [H, W, 3], resized to `image_size` squared if set."""
+        """A PIL image (or array) → uint8 tensor [H, W, 3]; with `image_size`, its shorter side
+        resized to it and the centre cropped square (CLIP's own first steps, so a CLIP-style
+        expert sees what `space.encode` gives it; squashing would distort non-square images), so
+        that a DataLoader can stack a batch."""
         from PIL import Image
 
         img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         img = img.convert("RGB")
         if self.image_size:
-            img = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            size = self.image_size
+            scale = size / min(img.size)
+            width, height = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            img = img.resize((width, height), Image.Resampling.BICUBIC)
+            left, top = (width - size) // 2, (height - size) // 2
+            img = img.crop((left, top, left + size, top + size))
         return torch.from_numpy(np.array(img, dtype=np.uint8))
 
     def encode_image(self, images: torch.Tensor | Iterable[Any], normalize: bool = False) -> torch.Tensor:
@@ -109,7 +117,7 @@ class SentenceEncoder(SpaceModule):
         parts = [self.space.encode(self.modality, items[i:i + batch_size], batch_size) for i in starts]
         out = torch.cat(parts) if parts else torch.empty(0, self.space.dim, dtype=self.space.dtype)
         out = out[0] if single else out
-        return out.cpu().numpy() if convert_to_numpy and not convert_to_tensor else out
+        return out.float().cpu().numpy() if convert_to_numpy and not convert_to_tensor else out  # numpy has no bf16
 
 
 def load_clip_benchmark(model_name: str = "", pretrained: str = "", cache_dir: str | None = None,

@@ -79,6 +79,12 @@ def test_open_clip_interface_encodes_images_and_texts() -> None:
     pixels = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     batch = torch.stack([model.preprocess(Image.fromarray(pixels)), model.preprocess(pixels)])
     assert batch.shape == (2, 8, 8, 3) and batch.dtype == torch.uint8
+    # the shorter side resized, the centre cropped (CLIP's first steps): no squashing of non-square images
+    banded = np.zeros((40, 80, 3), np.uint8)
+    banded[:, :5, 0] = banded[:, 75:, 0] = 255  # red bands well outside the centre square
+    banded[:, 5:75, 2] = 255
+    square = model.preprocess(banded).numpy()
+    assert square.shape == (8, 8, 3) and square[..., 0].max() < 8 and square[..., 2].min() > 247  # squashed: red edges
     expected = space.encode("image", [b.numpy() for b in batch])
     torch.testing.assert_close(model.encode_image(batch), expected, rtol=0, atol=0)
     image_features, text_features = model(batch, tokens)
@@ -100,6 +106,10 @@ def test_sentence_transformers_encode() -> None:
     tensor = st.encode(TEXTS, convert_to_tensor=True, show_progress_bar=True)
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (3, 8)
     assert st.encode([], convert_to_numpy=True).shape == (0, 8)
+    st.to(torch.bfloat16)  # numpy has no bfloat16: converted as sentence-transformers does
+    half = st.encode(TEXTS)
+    assert isinstance(half, np.ndarray) and half.dtype == np.float32
+    np.testing.assert_allclose(half, expected, rtol=0, atol=2e-2)
 
 
 def test_clip_benchmark_loader_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

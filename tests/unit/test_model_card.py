@@ -62,6 +62,16 @@ def test_card_front_matter_is_read_by_huggingface_hub(tmp_path: Path) -> None:
     assert "# fused" in card.text and "## Experts" in card.text and "## Metrics" in card.text and "## Use" in card.text
 
 
+def test_unibind_centre_results_are_told_apart_from_the_prompts(tmp_path: Path) -> None:
+    from spacebind.model_card import model_index
+
+    centres = {**RECORDS[1], "model": "fused (centres)", "metrics": {"acc1": 0.875, "acc5": 1.0}}
+    (index,) = model_index("fused", [*RECORDS, centres])
+    names = [r["task"]["name"] for r in index["results"]]
+    assert names == ["retrieval (image, text)", "zeroshot_classification (image, text)",
+                     "zeroshot_classification (image, text) — fused (centres)"]
+
+
 def test_card_has_no_machine_paths(tmp_path: Path) -> None:
     out = card_space().save(tmp_path / "ckpt", metrics=RECORDS)
     text = (out / "README.md").read_text()

@@ -157,6 +157,7 @@ def _routed(**router) -> dict:
     (_set("evaluate.ks", [0, 5]), "evaluate.ks: each k must be at least 1"),
     (_set("evaluate.ks", []), "evaluate.ks: List should have at least 1 item"),
     (_set("evaluate.ks", [1, 5, 5]), "evaluate.ks: k listed more than once: [5]"),
+    (_set("evaluate.ks", [5, 10]), "evaluate.ks: ks [5, 10] lacks 1: R@1 is what"),
     (_set("name", "../x"), "name: '../x' names the work and export directories"),
     (_set("name", ".hidden"), "name: '.hidden' names the work"),
     (_set("name", "a/b"), "name: 'a/b' names the work"),

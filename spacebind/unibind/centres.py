@@ -59,16 +59,19 @@ def knowledge_embeddings(space: "Space", kb: KnowledgeBase, names: Sequence[str]
     return [space.encode("text", kb[name]) for name in names]
 
 
-def class_means(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean item embedding per class [C, d].
+def class_means(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, names: Sequence[str] | None = None,
+                where: str = "") -> torch.Tensor:
+    """Mean item embedding per class [C, d] (`names`, `where`: for the error).
 
     Raises:
-        InputError: a class has no item.
+        InputError: a class has no item, naming it (and `where` the items were looked for).
     """
     counts = torch.bincount(labels, minlength=n_classes)
     if (counts == 0).any():
-        raise InputError(f"class centres need items of every class; none for class index(es) "
-                         f"{(counts == 0).nonzero().flatten().tolist()}")
+        empty = (counts == 0).nonzero().flatten().tolist()
+        which = [names[i] for i in empty] if names is not None else empty
+        raise InputError(f"class centres need items of every class; none{' ' + where if where else ''} for "
+                         f"class(es) {which[:10]}{' …' if len(which) > 10 else ''}")
     sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, labels, feats.float())
     return sums / counts[:, None]
 
@@ -80,7 +83,7 @@ def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Kn
 
     names = dataset.class_names
     feats, labels = split_features(space, caches, dataset, split, modality)
-    means = class_means(feats, labels, len(names))
+    means = class_means(feats, labels, len(names), names, f"among the {modality} items of the {split} split of {dataset.root}")
     return centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
 
 

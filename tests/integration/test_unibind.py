@@ -65,8 +65,10 @@ def test_centres_follow_the_formula() -> None:
         centres_from(prompts, descs, means, n=2, mix=1.5)
     torch.testing.assert_close(class_means(torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]]), torch.tensor([0, 0, 1]), 2),
                                torch.tensor([[2.0, 1.0], [0.0, 5.0]]))
-    with pytest.raises(InputError, match="none for class"):
+    with pytest.raises(InputError, match=r"none for class\(es\) \[1\]"):
         class_means(torch.ones(2, 2), torch.tensor([0, 0]), 2)
+    with pytest.raises(InputError, match=r"none among the audio items for class\(es\) \['bee'\]"):
+        class_means(torch.ones(2, 2), torch.tensor([0, 0]), 2, ["ant", "bee"], "among the audio items")
 
 
 def test_knowledge_votes_are_softmax_weights_of_the_nearest_descriptions() -> None:

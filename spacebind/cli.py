@@ -421,7 +421,7 @@ def push(
 def similarity(
     encoders: list[str] = typer.Argument(..., help="Two or more EXPERT:MODALITY encoders."),
     data: Path = typer.Option(..., "--data", help="Probe dataset directory (items with paired modalities)."),
-    split: str = typer.Option("test", help="Split of the probe dataset."),
+    split: str = typer.Option("val", help="Split of the probe dataset (val: choosing encoders is a choice; test stays held out)."),
     k: int = typer.Option(10, min=1, help="Neighbours for mutual k-NN."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache root (default $SPACEBIND_HOME/caches/<data>)."),
     plot: Optional[Path] = typer.Option(None, help="Also draw the mutual k-NN scores as a heatmap PNG."),

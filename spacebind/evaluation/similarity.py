@@ -124,10 +124,11 @@ def rank_pairs(encoders: Sequence[ProbeEncoder], dataset: Dataset, split: str, c
     return sorted(rows, key=lambda r: (-r["mutual_knn"], -r["cka"]))
 
 
-def rank_similarity(encoders: Sequence[str], data: str | Path, split: str = "test", k: int = 10,
+def rank_similarity(encoders: Sequence[str], data: str | Path, split: str = "val", k: int = 10,
                     cache_dir: str | Path | None = None) -> list[dict[str, object]]:
     """`spacebind similarity`: rank every cross-modal pair of `EXPERT:MODALITY` encoders by mutual
-    k-NN and linear CKA on a probe dataset's split (see `rank_pairs`)."""
+    k-NN and linear CKA on a probe dataset's split (see `rank_pairs`; val by default: choosing the
+    encoders to bind is a choice, so test stays for the numbers reported after it)."""
     from spacebind.cache import default_cache_root
     from spacebind.experts import build_expert
 

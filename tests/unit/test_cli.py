@@ -282,7 +282,8 @@ def test_long_commands_take_quiet_and_verbose(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "w2").exists() and not (tmp_path / "idx").exists() and not (tmp_path / "p").exists()
 
 
-def test_search_and_similarity_json_is_only_json(tiny_fuse: tuple[Path, str], tmp_path: Path) -> None:
+def test_search_and_similarity_json_is_only_json(tiny_fuse: tuple[Path, str], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     out, _ = tiny_fuse
@@ -306,12 +307,17 @@ def test_search_and_similarity_json_is_only_json(tiny_fuse: tuple[Path, str], tm
     weighted = runner.invoke(app, ["search", str(out), str(tmp_path / "idx"), "--text", "a", "--text", "b", "--each",
                                    "--weights", "1,2", "--trust-remote-code"])
     assert weighted.exit_code == 2 and "--each" in weighted.output
+    from spacebind.evaluation import similarity
+
+    splits, rank_pairs = [], similarity.rank_pairs
+    monkeypatch.setattr(similarity, "rank_pairs", lambda *a, **k: splits.append(a[2]) or rank_pairs(*a, **k))
     ranked = runner.invoke(app, ["similarity", "toy_experts:logged_expert:text", "toy_experts:logged_expert:image",
                                  "toy_experts:text_expert:text", "--data", str(data), "--k", "2", "--json",
                                  "--cache", str(tmp_path / "sim"), "--plot", str(tmp_path / "sim.png")])
     assert ranked.exit_code == 0, ranked.output
     rows = json.loads(ranked.stdout)
     assert len(rows) == 2 and all({"a", "b", "mutual_knn", "cka", "n"} <= set(r) for r in rows)
+    assert splits == ["val"]  # encoders are chosen on val by default: test stays held out
     assert (tmp_path / "sim.png").is_file()
 
 

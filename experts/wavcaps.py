@@ -4,7 +4,8 @@ Architecture as the official `retrieval/models/ase_model.py` (XinhaoMei/WavCaps)
 32 kHz (hop 320, 64 mels, 50–14,000 Hz) → Linear-ReLU-Linear to 1024; BERT-base-uncased without
 pooler, [CLS] token → Linear-ReLU-Linear to 1024. Checkpoints are `torch.load(f)['model']`.
 
-Audio as the official zero-shot scripts (and OmniBind): mono, resampled to 32 kHz, the first 10 s
+Audio as the official zero-shot scripts (and OmniBind): mono, resampled to 32 kHz as
+`librosa.load(path, sr=32000)` does (soxr HQ, like the CLAP experts), the first 10 s
 kept, shorter clips zero-padded to 10 s. Text as the official zero-shot classification script
 encodes class names and prompts: as given, BERT-tokenised (longest padding, at most 30 tokens);
 `preprocess_text=True` first applies the retrieval training data's caption normalisation
@@ -25,10 +26,10 @@ from torch import nn
 
 from spacebind.experts._checkpoint_io import load_strict
 from spacebind.experts._clap_model import HTSAT, HTSAT_TINY, HTSATConfig, LogMel, PowerSpectrogram, projection
-from spacebind.experts.clap import checked_tokenizer, load_official_state
+from spacebind.experts.clap import checked_tokenizer, librosa_resample, load_official_state
 from spacebind.experts.registry import EXPERTS
 from spacebind.io.files import sha256_file
-from spacebind.io.inputs import Audio, resample
+from spacebind.io.inputs import Audio
 from spacebind.space import Expert, ExpertSpec
 
 WAVCAPS_HTSAT = replace(HTSAT_TINY, sample_rate=32000, hop_length=320, clip_samples=320000)
@@ -94,8 +95,9 @@ def text_preprocess(sentence: str) -> str:
 
 
 def zero_padded_clip(audio: Audio, cfg: HTSATConfig) -> np.ndarray:
-    """Resampled, the first `clip_samples` kept, shorter clips zero-padded."""
-    wave = resample(audio, cfg.sample_rate).samples[:cfg.clip_samples]
+    """Resampled as the official scripts' `librosa.load(path, sr=32000)`, the first `clip_samples`
+    kept, shorter clips zero-padded."""
+    wave = librosa_resample(audio, cfg.sample_rate)[:cfg.clip_samples]
     return np.pad(wave, (0, cfg.clip_samples - len(wave))).astype(np.float32)
 
 

@@ -401,6 +401,15 @@ def test_wavcaps_from_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         torch.testing.assert_close(audio, model.encode_audio(waves), atol=1e-6, rtol=0)
     clip = zero_padded_clip(Audio(np.ones(4000, np.float32), 8000), TINY_AUDIO)
     assert clip.shape == (16000,) and clip[:4000].all() and not clip[4000:].any()  # zeros, not repeats
+    # another rate is resampled as the official scripts' librosa.load(path, sr=...)
+    import librosa
+
+    (tmp_path / "other").mkdir()
+    (other,) = _wavs(tmp_path / "other", 11025, (1.3,))
+    want = librosa.load(other, sr=TINY_AUDIO.sample_rate)[0]
+    got = zero_padded_clip(load_input("audio", other), TINY_AUDIO)
+    np.testing.assert_allclose(got[:len(want)], want, rtol=0, atol=1e-6)
+    assert len(want) < len(got) and not got[len(want):].any()
     torch.testing.assert_close(torch.cat([audio, text]).norm(dim=-1), torch.ones(6), atol=1e-5, rtol=0)
     assert text_preprocess('Rain: heavy , then (a "cat")!') == "rain heavy then a cat  "  # as the official
     torch.testing.assert_close(torch.cat([expert.encode("text", [t]) for t in TEXTS]), text, atol=1e-5, rtol=0)

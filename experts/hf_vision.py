@@ -1,5 +1,6 @@
-"""Unimodal vision encoders from a local Hugging Face directory (DINOv2 and the like): the CLS
-token or the mean of the patch tokens, L2-normalised. Nothing is downloaded."""
+"""Unimodal vision encoders from a local Hugging Face directory (DINOv2, DINOv2 with registers and
+the like): the CLS token or the mean of the patch tokens (register tokens left out), L2-normalised.
+Nothing is downloaded."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +32,13 @@ def vision_encoder(name: str, path: str | Path, *, pooling: Pooling = "cls", dev
         raise InputError(f"pooling {pooling!r}; expected 'cls' or 'mean'")
     processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
     model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    first_patch = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)  # after CLS and any registers
 
     @torch.no_grad()
     def encode(images: list[np.ndarray]) -> torch.Tensor:
         pixels = processor(images=list(images), return_tensors="pt")["pixel_values"].to(device)
         hidden = model(pixel_values=pixels).last_hidden_state
-        return hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        return hidden[:, 0] if pooling == "cls" else hidden[:, first_patch:].mean(dim=1)
 
     spec = ExpertSpec(source=source or name, kwargs={"path": str(path), "pooling": pooling},
                       checkpoint=str(weights), sha256=sha256_file(weights))

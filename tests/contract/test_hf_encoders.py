@@ -19,11 +19,14 @@ def tiny_dinov2(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return dinov2_directory(tmp_path_factory.mktemp("dinov2"))
 
 
+@pytest.mark.parametrize("registers", [0, 4])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_dinov2_from_disk(tiny_dinov2, pooling: str) -> None:
+def test_dinov2_from_disk(tiny_dinov2, tmp_path: Path, pooling: str, registers: int) -> None:
+    """Mean pooling averages the patch tokens only: DINOv2-with-registers' register tokens (after
+    the CLS token) are not patches."""
     from transformers import AutoImageProcessor
 
-    root, model = tiny_dinov2
+    root, model = dinov2_directory(tmp_path, registers) if registers else tiny_dinov2
     expert = EXPERTS.create("dinov2", path=str(root), pooling=pooling)
     assert expert.dim == 32 and expert.modalities == ("image",)
     images = [np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8) for i in range(2)]
@@ -31,7 +34,8 @@ def test_dinov2_from_disk(tiny_dinov2, pooling: str) -> None:
     assert pixels.shape == (2, 3, 32, 32)
     with torch.no_grad():
         hidden = model(pixel_values=pixels).last_hidden_state
-    want = hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(1)
+    assert hidden.shape[1] == 1 + registers + 16  # CLS, registers, 4 × 4 patches
+    want = hidden[:, 0] if pooling == "cls" else hidden[:, 1 + registers:].mean(1)
     torch.testing.assert_close(expert.encode("image", images), torch.nn.functional.normalize(want, dim=-1), atol=1e-5, rtol=0)
 
 

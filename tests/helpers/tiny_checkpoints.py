@@ -97,14 +97,22 @@ def tiny_open_clip_variant(name: str, monkeypatch: pytest.MonkeyPatch, arch: str
                                                        tag: pretrained.get_pretrained_cfg(real, tag)})
 
 
-def dinov2_directory(root: Path) -> tuple[Path, torch.nn.Module]:
-    """A tiny DINOv2 saved with save_pretrained, with its image processor config."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+def dinov2_directory(root: Path, registers: int = 0) -> tuple[Path, torch.nn.Module]:
+    """A tiny DINOv2 (with `registers` register tokens: DINOv2-with-registers) saved with
+    save_pretrained, with its image processor config."""
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
 
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)
-    model = Dinov2Model(config).eval()
+    sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                 patch_size=8)
+    model = (Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**sizes, num_register_tokens=registers)) if registers
+             else Dinov2Model(Dinov2Config(**sizes))).eval()
     model.save_pretrained(root)
     BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
                       image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(root)

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from spacebind.errors import InputError
+from spacebind.io.files import sha256_file
 from spacebind.modalities import MODALITIES
 
 MANIFEST = "manifest.jsonl"
@@ -200,8 +201,6 @@ class Manifest:
     @property
     def sha256(self) -> str:
         """sha256 of the manifest file's bytes."""
-        from spacebind.io.files import sha256_file
-
         return sha256_file(self.path)
 
     def iter_items(self) -> Iterator[Item]:

@@ -189,10 +189,10 @@ def train_projectors(
     with one per member (see `per_member`).
     """
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(configs)
-    vals, groups = [], {}
+    val_srcs, val_tgts = per_member(val_src, len(configs)), per_member(val_tgt, len(configs))
+    vals, val_groups, groups = [], [], {}
     runs, indices = [], []
-    for config, r, directory, vs, vt in zip(configs, rows, dirs, per_member(val_src, len(configs)),
-                                            per_member(val_tgt, len(configs))):
+    for config, r, directory, vs, vt in zip(configs, rows, dirs, val_srcs, val_tgts):
         # checked (and fingerprinted) member by member, as the sequential path does
         s, t = _checked("training pairs", src[r], tgt[r], min_rows=2)
         vals.append(_checked_val(vs, vt, s, t))
@@ -200,8 +200,7 @@ def train_projectors(
         indices.append(torch.arange(len(src))[r].to(s.device))
         if vals[-1] is not None and id(vs) not in groups:  # members sharing a val set share its groups
             groups[id(vs)] = pair_groups(*vals[-1])
-    val_groups = [groups[id(vs)] if val is not None else None
-                  for val, vs in zip(vals, per_member(val_src, len(configs)))]
+        val_groups.append(groups[id(vs)] if vals[-1] is not None else None)
     src, tgt = src.float().contiguous(), tgt.float().to(src.device).contiguous()
     batches: dict[tuple[int, int, bool], list[int]] = {}
     for i, config in enumerate(configs):

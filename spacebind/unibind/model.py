@@ -141,13 +141,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
     """`unibind.json` checked field by field (a CheckpointError names the file and the field)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return _Meta.model_validate(raw).model_dump()
     except (ValueError, RecursionError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise CheckpointError(f"{path}: field {field}: {first['msg'].lower()}") from None
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return _Meta.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise CheckpointError(f"{path}: field {field}: {first['msg'].lower()}") from None
 
 
 def _check_shapes(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], dim: int) -> None:

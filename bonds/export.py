@@ -36,7 +36,8 @@ class CombineModule(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, *leaf_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.space.combine(self.modality, {name: F.normalize(x, dim=-1) for name, x in zip(self.inputs, leaf_embeddings)})
+        fused = self.space.combine(self.modality, {name: F.normalize(x, dim=-1) for name, x in zip(self.inputs, leaf_embeddings)})
+        return fused.detach()  # a served embedding carries no autograd graph
 
 
 def export_programs(space: Space, out: str | Path) -> Path:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
+from spacebind.errors import InputError
 from spacebind.evaluation.metrics import class_embeddings
 from spacebind.io.datasets import Dataset
 from spacebind.modalities import modality_pairs
@@ -90,6 +91,21 @@ def split_setting(values: Mapping[str, float]) -> tuple[dict[str, float], dict[s
     return lambdas, kappas
 
 
+def check_groups(dataset: Dataset, groups: str | None, split: str = "val", where: str = "groups") -> None:
+    """Raise InputError naming `where` if `groups` names an attribute that no item of `split` has
+    (the bootstrap would silently resample every item on its own)."""
+    if groups is None or not dataset.count(split):
+        return
+    seen: set[str] = set()
+    for item in dataset.iter_items(split):
+        if groups in item.attributes:
+            return
+        seen |= set(item.attributes)
+    have = ", ".join(sorted(seen)) or "none"
+    raise InputError(f"{where}: {groups!r} is not an attribute of any {split} item in {dataset.root} "
+                     f"(their attributes: {have})")
+
+
 class _Tasks:
     """Per-query correctness of every task, for the fused space at any λ and for each part."""
 
@@ -124,6 +140,8 @@ class _Tasks:
         self.labels = {m: torch.tensor([self._label(i) for i in self.ids[m]]) for m in self.modalities}
         self.names = self._task_names()
         self.best_part = like.best_part if like is not None else self._best_parts(parts)
+        if like is None:
+            check_groups(dataset, groups, split)
         self.group_index = like.group_index if like is not None else self._group_index(groups)
 
     def _at(self, modality: str, values: Sequence[float]) -> "BondNode":

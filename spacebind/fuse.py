@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spacebind.bonds import BONDS
+from spacebind.bonds.lambdas import check_groups
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.checkpoint import check_export_target, save_space
 from spacebind.errors import CheckpointError, InputError
@@ -135,6 +136,10 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     with stage("data", progress):
         dataset = prepare_data(recipe.data, base_dir, work, progress)
         note(f"data: {dataset.count()} items in {dataset.root}", progress)
+    for i, bond in enumerate(recipe.bonds):  # before any expert runs
+        check_groups(dataset, bond.groups, where=f"bonds.{i}.groups")
+    if recipe.routed is not None:
+        check_groups(dataset, recipe.routed.router.groups, where="routed.router.groups")
     experts = {}
     for alias, cfg in recipe.experts.items():
         with stage(f"expert {alias!r} ({cfg.source})", progress):
@@ -173,7 +178,8 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     split, ks = recipe.evaluate.split, recipe.evaluate.ks
     with stage(f"evaluating on the {split} split", progress):
         records = evaluate_space(experts[recipe.base], "base", caches, dataset, split, ks)
-        for name in [n for bond in recipe.bonds for n in bond.experts] + (recipe.routed.experts if recipe.routed else []):
+        bonded = [n for bond in recipe.bonds for n in bond.experts] + (recipe.routed.experts if recipe.routed else [])
+        for name in [n for n in dict.fromkeys(bonded) if n != recipe.base]:
             records += evaluate_space(experts[name], "expert", caches, dataset, split, ks)
         if recipe.bonds or recipe.routed:
             records += evaluate_space(space, "fused", caches, dataset, split, ks)

@@ -350,8 +350,12 @@ def test_groups_name_an_item_attribute_and_items_without_it_stand_alone(tmp_path
     by_item = choose_lambdas(space, [t, e], caches, spoken)
     assert by_speaker.groups == "speaker" and by_item.groups is None
     assert by_speaker.lambdas == by_item.lambdas  # the search is the same; only the guard's evidence differs
-    unknown = choose_lambdas(space, [t, e], caches, spoken, groups="no_such_attribute")
-    assert unknown.confidence == by_item.confidence  # every item its own group: the item bootstrap
+    with pytest.raises(InputError, match="groups: 'no_such_attribute' is not an attribute of any val item"):
+        choose_lambdas(space, [t, e], caches, spoken, groups="no_such_attribute")  # not silently the item bootstrap
+    train_only = Dataset.of_items(dataset.root, [Item(it.id, it.split, it.label, it.fields, {"speaker": "s"} if it.split == "train" else {})
+                                                 for it in dataset.iter_items()], [ClassInfo(c) for c in CLASSES])
+    with pytest.raises(InputError, match="their attributes: none"):
+        choose_lambdas(space, [t, e], caches, train_only, groups="speaker")
     spoken_space = BoundSpace(t, [e], "combination", {"E": head}, lambdas=by_speaker.lambdas,
                               choices={"lambdas": by_speaker.to_json()})
     card = (spoken_space.save(tmp_path / "ckpt") / "README.md").read_text()

@@ -60,7 +60,9 @@ def bound_with_channel() -> BoundSpace:
 @pytest.mark.parametrize("build", [routed_then_bound, routed_with_channel, bound_with_channel])
 def test_exported_modules_match_combine_on_any_batch_size(tmp_path: Path, build) -> None:
     space = build()
+    flags = [p.requires_grad for node in space.bonds() for h in node.heads.values() for p in h.parameters()]
     out = export_programs(space, tmp_path / "export")
+    assert [p.requires_grad for node in space.bonds() for h in node.heads.values() for p in h.parameters()] == flags  # the space itself is left as it was
     spec = json.loads((out / "export.json").read_text())
     assert set(spec["modalities"]) == set(space.modalities)
     for m, entry in spec["modalities"].items():
@@ -68,7 +70,7 @@ def test_exported_modules_match_combine_on_any_batch_size(tmp_path: Path, build)
         leaves = {i["expert"]: F.normalize(torch.randn(7, i["dim"]), dim=-1) for i in entry["inputs"]}
         got = module(*leaves.values())
         torch.testing.assert_close(got, space.combine(m, leaves), atol=1e-5, rtol=0)
-        assert got.shape == (7, space.dim)
+        assert got.shape == (7, space.dim) and not got.requires_grad  # serving output: no autograd graph
         raw = [3.0 * x for x in leaves.values()]  # raw expert outputs need not be unit-norm (ImageBind's are not)
         torch.testing.assert_close(module(*raw), got, atol=1e-5, rtol=0)
 

@@ -239,7 +239,7 @@ def test_stream_mb_is_checked_and_a_shard_over_the_budget_names_it(text_world) -
 
 
 STREAMED_RECIPE = (TINY_RECIPE.replace("name: tiny", "name: tiny_streamed")
-                   .replace("mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false", "mixture: 2, pairing: all, groups: speaker")
+                   .replace("mixture: 2, lambdas: {text: 0.5, image: 0.5}, tune: false", "mixture: 2, pairing: all, groups: size_word")
                    .replace("train: {epochs: 3, batch_size: 8, hidden: 16}",
                             "train: {epochs: 2, batch_size: 8, hidden: 16, stream_mb: 1}"))
 
@@ -252,7 +252,7 @@ def test_a_recipe_with_stream_mb_fuses_end_to_end_from_the_shards(tmp_path: Path
     out = tmp_path / "out"
     fuse(recipe, work=tmp_path / "work", out=out, progress=False)
     assert (out / "model.safetensors").exists() and json.loads((out / "metrics.json").read_text())
-    assert "(whole speaker groups)" in (out / "README.md").read_text()  # the recipe's `groups` reached the guard
+    assert "(whole size_word groups)" in (out / "README.md").read_text()  # the recipe's `groups` reached the guard
     (pairs,) = spy.made  # one bond, one expert: its MLP members and Procrustes (`projector: auto`) read it
     assert pairs.gathers > 0
     # the source holds the pairs of the in-memory path, part by part (text, image × text, image) in order

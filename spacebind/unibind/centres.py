@@ -84,7 +84,18 @@ def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Kn
     names = dataset.class_names
     feats, labels = split_features(space, caches, dataset, split, modality)
     means = class_means(feats, labels, len(names), names, f"among the {modality} items of the {split} split of {dataset.root}")
-    return centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
+    centres = centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
+    return on_support(centres, feats)
+
+
+def on_support(centres: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Centres restricted to the dimensions the items `feats` use (a bond's channel embeds a modality
+    it does not carry as `[e, 0]`), renormalised: an aligned head then learns targets where the
+    modality lives, not the channel's text it can never reach. Unchanged where every dimension is used."""
+    unused = feats.abs().amax(dim=0) == 0
+    if len(feats) < 2 or not unused.any():
+        return centres
+    return F.normalize(centres.masked_fill(unused, 0.0), dim=-1)
 
 
 def align_to_centres(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, epochs: int = 20,

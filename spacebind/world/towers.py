@@ -3,7 +3,7 @@
 Each tower has `preprocess(list of loaded inputs) -> Tensor` and `forward(Tensor) -> [N, dim]`."""
 from __future__ import annotations
 
-import zlib
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -153,8 +153,18 @@ class PointTower(nn.Module):
         return self.head(torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=1))
 
 
+def word_buckets(word: str, buckets: int, hashes: int = 2) -> list[int]:
+    """The buckets of a word: `hashes` independent hashes (slices of its blake2b digest) modulo
+    `buckets`. Two words share an embedding only if every hash collides, as in hash/Bloom
+    embeddings (spaCy's MultiHashEmbed); one hash into 4096 buckets made, e.g., "automobile" and
+    "bell" the same word."""
+    digest = hashlib.blake2b(word.encode(), digest_size=4 * hashes).digest()
+    return [int.from_bytes(digest[4 * i:4 * i + 4], "little") % buckets for i in range(hashes)]
+
+
 class TextTower(nn.Module):
-    """Bag of hashed words (crc32 into buckets): unseen words land in untrained buckets."""
+    """Bag of hashed words (each word into two buckets, `word_buckets`): unseen words land in
+    untrained buckets."""
 
     def __init__(self, dim: int, width: int = 64, buckets: int = 4096) -> None:
         super().__init__()
@@ -167,7 +177,7 @@ class TextTower(nn.Module):
         for text in texts:
             offsets.append(len(ids))
             words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split() or [""]
-            ids += [zlib.crc32(w.encode()) % self.buckets for w in words]
+            ids += [b for w in words for b in word_buckets(w, self.buckets)]
         return torch.tensor(ids), torch.tensor(offsets)
 
     def forward(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

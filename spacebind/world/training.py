@@ -23,7 +23,7 @@ from spacebind.world.render import SAMPLE_RATE, render_audio, render_caption, re
 from spacebind.world.sensors import render_events, render_thermal, render_video
 from spacebind.world.towers import TOWERS, take
 
-VERSION = 1
+VERSION = 2  # 2: text towers hash each word twice (one crc32 made distinct caption words one)
 # Float sums, and so the trained weights, depend on the intra-op thread count; pinning it keeps a
 # world expert the same whatever thread setting its first user runs under.
 TRAIN_THREADS = 2

@@ -179,3 +179,28 @@ def test_domain_specialists_learn_only_their_half_of_the_concepts() -> None:
     seen = [{i.concept.index for i in pretraining_instances(0, 24, 240, d)} for d in halves]
     assert seen[0] == set(range(0, 24, 2)) and seen[1] == set(range(1, 24, 2))
     assert CONFIGS["world_audio_text"].domain is None
+
+
+def test_text_towers_keep_every_word_the_world_writes_distinct() -> None:
+    """No two words of the world's captions, class prompts, knowledge descriptions or held-out
+    synonyms share all their buckets (one crc32 into 4096 buckets made "automobile" and "bell",
+    "and" and "toad" the same word to every world text expert)."""
+    import itertools
+    import re
+
+    from spacebind.unibind.knowledge import world_knowledge
+    from spacebind.world.concepts import WORDS
+    from spacebind.world.generate import CLASS_TEMPLATES
+    from spacebind.world.render import TEMPLATES
+    from spacebind.world.towers import TextTower, word_buckets
+
+    text = " ".join([*TEMPLATES, *CLASS_TEMPLATES, *itertools.chain(*WORDS), *SIZE_WORDS, *INTENSITY_WORDS,
+                     *itertools.chain(*world_knowledge(0, len(WORDS)).values())])
+    words = sorted(set(re.findall(r"[a-z0-9]+", text.lower())))
+    assert {"automobile", "bell", "and", "toad", "sedan", "hz"} <= set(words) and len(words) > 150
+    buckets = TextTower(dim=4).buckets
+    keys = {w: frozenset(word_buckets(w, buckets)) for w in words}
+    assert len(set(keys.values())) == len(words)
+    assert all(len(k) == 2 for k in keys.values())  # two different buckets per word
+    ids, offsets = TextTower(dim=4).preprocess(["A car, and bell"])
+    assert ids.tolist() == [b for w in ("a", "car", "and", "bell") for b in word_buckets(w, buckets)] and offsets.tolist() == [0]

@@ -87,7 +87,7 @@ class Dataset:
         manifest = Manifest.open(path)
         kept: list[Item] = []
         counts, labels = survey(_keeping(manifest.iter_items(), kept))
-        classes, templates = _classes(manifest.root / CLASSES, manifest.info, labels)
+        classes, templates = parse_classes(manifest.root / CLASSES, manifest.info, labels)
         source = kept if sum(counts[s, None] for s in SPLITS) <= KEPT_ITEMS else manifest
         return cls(root=manifest.root, source=source, classes=classes, templates=templates, counts=counts,
                    sha256=manifest.sha256)
@@ -100,7 +100,7 @@ class Dataset:
         info = {"templates": list(templates)}
         if classes is not None:
             info["classes"] = [{"name": c.name, "synonyms": list(c.synonyms)} for c in classes]
-        names, templates = _classes(Path(root) / CLASSES, info, labels)
+        names, templates = parse_classes(Path(root) / CLASSES, info, labels)
         records = hashlib.sha256()
         for it in items:  # what a manifest line would hold: a cache of these items keys on it
             records.update(json.dumps([it.id, it.split, it.label, it.fields, it.attributes], sort_keys=True,
@@ -196,7 +196,7 @@ class Manifest:
         manifest = path / MANIFEST if path.is_dir() else path
         if not manifest.is_file():
             raise InputError(f"no dataset manifest at {manifest} (expected a {MANIFEST} file)")
-        return cls(root=manifest.parent, path=manifest, info=_read_info(manifest.parent / CLASSES))
+        return cls(root=manifest.parent, path=manifest, info=read_info(manifest.parent / CLASSES))
 
     @property
     def sha256(self) -> str:
@@ -307,7 +307,7 @@ def _field(value: Any, modality: str, where: str, root: Path, outside_root: bool
     return str(path)
 
 
-def _read_info(path: Path) -> dict[str, Any]:
+def read_info(path: Path) -> dict[str, Any]:
     """`classes.json` as an object ({} when absent)."""
     if not path.is_file():
         return {}
@@ -322,7 +322,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     return data
 
 
-def _classes(path: Path, data: dict[str, Any], labels: set[str]) -> tuple[list[ClassInfo], list[str]]:
+def parse_classes(path: Path, data: dict[str, Any], labels: set[str]) -> tuple[list[ClassInfo], list[str]]:
     """Class names and templates from `classes.json` (`data`); without a class list, the items' labels."""
     try:
         if "classes" in data:

@@ -29,7 +29,7 @@ import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.extras import require
-from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS, _classes, _read_info
+from spacebind.io.datasets import CLASSES, MANIFEST, OUTSIDE_ROOT, SPLITS, parse_classes, read_info
 from spacebind.io.files import atomic_path, write_json
 from spacebind.modalities import MODALITIES
 from spacebind.registry import Registry
@@ -529,8 +529,8 @@ def import_data(fmt: str, source: str | Path, out: str | Path, *, copy: bool = F
         check_modality(modality, owner="import")
     if (out / MANIFEST).is_file() and not append:
         raise InputError(f"{out} already holds a dataset; pass append to add to it, or choose another directory")
-    info = _read_info(out / CLASSES) or _new_info(out / MANIFEST)
-    _classes(out / CLASSES, info, set())  # a bad classes.json fails here, before anything is written
+    info = read_info(out / CLASSES) or _new_info(out / MANIFEST)
+    parse_classes(out / CLASSES, info, set())  # a bad classes.json fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     report = ImportReport(out=out)
     seen = set(_existing_ids(out / MANIFEST))

@@ -88,14 +88,15 @@ def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Kn
     return on_support(centres, feats)
 
 
-def on_support(centres: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """Centres restricted to the dimensions the items `feats` use (a bond's channel embeds a modality
-    it does not carry as `[e, 0]`), renormalised: an aligned head then learns targets where the
-    modality lives, not the channel's text it can never reach. Unchanged where every dimension is used."""
+def on_support(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Text rows (centres, descriptions) restricted to the dimensions the items `feats` use (a bond's
+    channel embeds a modality it does not carry as `[e, 0]`), renormalised: an aligned head then
+    learns targets where the modality lives, not the channel's text it can never reach, and votes
+    weigh true cosines. Unchanged where every dimension is used."""
     unused = feats.abs().amax(dim=0) == 0
     if len(feats) < 2 or not unused.any():
-        return centres
-    return F.normalize(centres.masked_fill(unused, 0.0), dim=-1)
+        return rows
+    return F.normalize(rows.masked_fill(unused, 0.0), dim=-1)
 
 
 def align_to_centres(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, epochs: int = 20,

@@ -21,7 +21,14 @@ from spacebind.bonds.heads import head_from_config
 from spacebind.errors import CheckpointError, InputError
 from spacebind.evaluation.zeroshot import prompt_classes, split_features
 from spacebind.io.files import atomic_path, write_json
-from spacebind.unibind.centres import align_to_centres, build_centres, knowledge_embeddings, knowledge_votes, predict
+from spacebind.unibind.centres import (
+    align_to_centres,
+    build_centres,
+    knowledge_embeddings,
+    knowledge_votes,
+    on_support,
+    predict,
+)
 from spacebind.unibind.knowledge import KnowledgeBase
 
 if TYPE_CHECKING:
@@ -50,7 +57,10 @@ class UniBind:
         if modality not in self.centres:
             raise InputError(f"UniBind has centres for {', '.join(self.centres)}, not {modality!r}")
         weight = self.vote_weight if vote_weight is None else vote_weight
-        votes = knowledge_votes(feats, self.descriptions, self.owners, len(self.names), self.k) if weight else None
+        votes = None
+        if weight:  # descriptions on the dimensions this modality uses, as its centres
+            descriptions = on_support(self.descriptions, self.centres[modality])
+            votes = knowledge_votes(feats, descriptions, self.owners, len(self.names), self.k)
         with torch.no_grad():
             aligned = self.heads[modality](feats) if modality in self.heads else feats
         return predict(aligned, self.centres[modality], votes, weight)

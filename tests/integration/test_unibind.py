@@ -86,6 +86,12 @@ def test_centres_of_a_modality_the_channel_does_not_carry_live_on_its_dimensions
     torch.testing.assert_close(image_centres[:, :4], F.normalize(centres[:, :4], dim=-1))
     assert torch.equal(predict(images, image_centres).argmax(1), predict(images, centres).argmax(1))
     assert torch.equal(on_support(centres, text(20)), centres)
+    # votes weigh an image's true cosines to the descriptions, not ones shrunk by √(1−κ)
+    descriptions, owners = text(10), torch.arange(10) % 5
+    model = UniBind(None, list("abcde"), {"image": image_centres}, descriptions, owners, k=3)
+    votes = knowledge_votes(images, F.normalize(torch.cat([descriptions[:, :4], torch.zeros(10, 3)], dim=-1), dim=-1), owners, 5, k=3)
+    torch.testing.assert_close(model.scores("image", images, vote_weight=0.5), predict(images, image_centres, votes, 0.5))
+    assert not torch.allclose(votes, knowledge_votes(images, descriptions, owners, 5, k=3), atol=0.05)
 
 
 def test_knowledge_votes_are_softmax_weights_of_the_nearest_descriptions() -> None:

@@ -52,7 +52,7 @@ def test_adapter_errors_name_the_problem() -> None:
 
 
 def test_frame_averaging_makes_an_image_text_expert_a_video_text_expert(tmp_path) -> None:
-    """Measured on a held-out world (seed 7, 300 test items, 24 classes), world_image_text adapted:
+    """Measured (world experts v1) on a held-out world (seed 7, 300 test items, 24 classes), world_image_text adapted:
     image→text R@10 0.850, zero-shot 0.430; video→text R@10 0.707, zero-shot 0.297 (chance 0.033 / 0.042).
     Finding: thermal (R@10 0.033, zero-shot 0.040) and event frames (0.030, 0.033) stay at chance: the
     world's image tower leans on colour, which gray thermal maps and red/blue event frames lack; they

@@ -67,7 +67,7 @@ def test_routed_beats_uniform_which_beats_the_best_single_expert(fused, small_wo
         if r["role"] in ("base", "expert"):
             experts.setdefault(r["model"], {}).update(task_scores([r]))
     best_single = max(mean_r1(s) for s in experts.values())
-    # Measured on this world (seed 7), both with the channel chosen on val: routed 0.1961, uniform
+    # Measured (world experts v1) on this world (seed 7), both with the channel chosen on val: routed 0.1961, uniform
     # 0.1894 (without the channel 0.1858 and 0.1778), best single expert (unified) 0.0586. The
     # router's gain over the uniform mixture is small here (reference scales: s = 1 outside text
     # keeps every weight within a factor e of the others). benchmarks/omnibind.py,
@@ -86,7 +86,7 @@ def test_the_channel_keeps_each_specialist_pair_at_least_as_good_as_its_expert(f
         if r["role"] in ("base", "expert"):
             experts.setdefault(r["model"], {}).update(task_scores([r]))
     assert set(space.choices["channels"]["specialists"]) == {"image_text", "audio_text", "point_text"}
-    # measured (seed 7, test): image↔text .203 / .207 and audio↔text .360 / .333, each equal to its
+    # measured (world experts v1) (seed 7, test): image↔text .203 / .207 and audio↔text .360 / .333, each equal to its
     # expert (κ kept at the prior); point↔text .197 / .200 against point_text's .183 / .180, point
     # zero-shot .613 against .387 (κ moved off the prior). Without the channel the fused audio↔text
     # was .317 / .290, below audio_text.
@@ -116,7 +116,7 @@ def test_audio_point_retrieval_far_above_chance(fused, small_world) -> None:
     result, caches = fused
     s = scores(result.space, caches, small_world)
     chance = 1 / len(small_world.select("test"))
-    # measured 0.160 / 0.157 (chance 0.0033); no expert covers both audio and point but the unified one (0.020 / 0.027)
+    # measured (world experts v1) 0.160 / 0.157 (chance 0.0033); no expert covers both audio and point but the unified one (0.020 / 0.027)
     assert s["audio→point R@1"] > 30 * chance and s["point→audio R@1"] > 30 * chance
 
 
@@ -228,7 +228,7 @@ def test_omnibind_from_unpaired_pools(tmp_path_factory, one_thread) -> None:
     routed = mean_r1(scores(result.space, caches, dataset))
     uniform = mean_r1(scores(result.space.uniform(), caches, dataset))
     anchor = mean_r1(scores(result.space.base, caches, dataset))
-    # measured on held-out seeds 11 / 12 (2,000 train items): anchor 4.9 / 4.9, uniform 7.6 / 7.4,
+    # measured (world experts v1) on held-out seeds 11 / 12 (2,000 train items): anchor 4.9 / 4.9, uniform 7.6 / 7.4,
     # routed 8.3 / 7.4 (docs/decisions.md: routers from unpaired pools)
     assert uniform > 1.3 * anchor and routed > 1.3 * anchor
 
@@ -269,6 +269,6 @@ def test_routers_train_from_the_cache_shards_within_their_budget(fused, small_wo
     assert [type(d.source).__name__ for d in made] == ["_Held", "_Held", "_Streamed", "_Streamed"]
     assert all(d.source.lru.max_held_bytes <= budget * 2**20 for d in made[2:])
     a, b = (mean_r1(scores(s, caches, small_world)) for s in (in_memory, from_shards))
-    # shard blocks change the batch order, not the quality (measured: 0.1783 in memory, 0.1775 streamed)
+    # shard blocks change the batch order, not the quality (measured (world experts v1): 0.1783 in memory, 0.1775 streamed)
     assert abs(a - b) < 0.01, (a, b)
 

@@ -41,7 +41,7 @@ def test_the_recipe_binds_all_seven_modalities(seven_run) -> None:
     assert result.space.modalities == ("text", "image", "audio", "point", "video", "thermal", "event")
 
 
-# Measured on this world (seed 7, 800/150/300 items, 24 classes), fused space:
+# Measured (world experts v1) on this world (seed 7, 800/150/300 items, 24 classes), fused space:
 #   recall@10 both directions (chance 10/300 = 0.033): video–text 0.687/0.683, video–image 0.753/0.760,
 #   thermal–text 0.407/0.407, thermal–image 0.363/0.330, event–text 0.180/0.200, event–image 0.197/0.200;
 #   recall@1 (chance 0.0033): video 0.11–0.15, thermal 0.04–0.07, event 0.013–0.027;

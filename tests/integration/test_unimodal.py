@@ -63,7 +63,7 @@ def test_minilm_binding_understands_synonyms_no_world_expert_saw(small_world, bo
     ours = zeroshot_with(space, caches, small_world, "test", "image", prompt_classes(space, held, TEMPLATES))["acc1"]
     theirs = zeroshot_with(image_text, caches, small_world, "test", "image",
                            prompt_classes(image_text, held, TEMPLATES))["acc1"]
-    # Measured: 0.320 vs 0.063 (seed 7, 800 pairs); seed 8: 0.363 vs 0.060; seed 11 (2,000 pairs): 0.340 vs 0.070.
+    # Measured (world experts v1): 0.320 vs 0.063 (seed 7, 800 pairs); seed 8: 0.363 vs 0.060; seed 11 (2,000 pairs): 0.340 vs 0.070.
     assert ours > theirs + 0.15
 
 
@@ -75,7 +75,7 @@ def test_mlp_projector_beats_the_training_free_baselines_on_retrieval(small_worl
         other = train_bond(text, [image], "combination", caches, small_world, projector=kind, pairing="all",
                            train=TrainConfig(), progress=False)
         scores[kind] = mean_r1(task_scores(evaluate_space(other, "fused", caches, small_world, "test", [1])))
-    # Mean image↔text R@1, measured (seed 7 / seed 8 / seed 11 with 2,000 pairs):
+    # Mean image↔text R@1, measured (world experts v1) (seed 7 / seed 8 / seed 11 with 2,000 pairs):
     #   mlp 0.138 / 0.158 / 0.155, relative 0.090 / 0.093 / 0.127,
     #   least squares 0.087 / 0.117 / 0.075, Procrustes 0.072 / 0.072 / 0.050.
     # Finding: Procrustes does NOT beat least squares here (a 48 → 384 semi-orthogonal map cannot
@@ -101,7 +101,7 @@ def test_curation_picks_each_concepts_own_captions(small_world, bound) -> None:
     label = {it.id: it.label for it in small_world.iter_items("train")}
     labels = [label[i] for i in ids]
     counts = [labels.count(c) for c in small_world.class_names]
-    # Measured on seed 7: 238 items, 23 classes with 10 and one with 8 (MiniLM finds captions by name or synonym).
+    # Measured (world experts v1) on seed 7: 238 items, 23 classes with 10 and one with 8 (MiniLM finds captions by name or synonym).
     assert sum(counts) >= 0.95 * 10 * len(counts) and min(counts) >= 8, counts
 
 

@@ -103,7 +103,7 @@ def test_experts_have_the_intended_strengths(small_world, tmp_path: Path) -> Non
                          ("world_point_text", ["text", "point"])]:
         assert mean_r1(expert, pair) > mean_r1("world_unified", pair) + 0.03, expert
     image_text = next(r["metrics"] for r in records if r["model"] == "world_image_text" and r["task"] == "retrieval")
-    assert image_text["image_retrieval_recall@5"] > 0.45  # measured 0.67 on 300 items; chance 5/300
+    assert image_text["image_retrieval_recall@5"] > 0.45  # measured (world experts v1) 0.67 on 300 items; chance 5/300
     assert mean_r1("world_audio_text", ["text", "audio"]) > 3 * mean_r1("world_unified", ["text", "audio"])
     chance = 1 / len(small_world.classes)
     zeroshot = next(r["metrics"] for r in records if r["model"] == "world_image_text" and r["task"] != "retrieval")
@@ -128,6 +128,6 @@ def test_domain_specialists_know_their_half_only(small_world) -> None:
         audio = expert.encode("audio", [it.fields["audio"] for it in items])
         prompts = expert.encode("text", [small_world.templates[0].format(c) for c in small_world.class_names])
         right = (audio @ prompts.T).argmax(dim=1) == labels
-        # measured on world seed 7: 0.76 / 0.81 on their own half, 0.013 / 0.0 on the other
+        # measured (world experts v1) on world seed 7: 0.76 / 0.81 on their own half, 0.013 / 0.0 on the other
         assert right[parity == half].float().mean() > 0.5, name
         assert right[parity != half].float().mean() < 0.1, name

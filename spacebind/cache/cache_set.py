@@ -3,6 +3,7 @@ and a space's embeddings computed from them through `combine` (no expert re-enco
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,7 @@ from spacebind.cache.store import EmbeddingCache, embed_dataset
 from spacebind.errors import CacheError
 from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir
-from spacebind.space import Space
+from spacebind.space import Expert, Space
 
 
 @dataclass
@@ -68,14 +69,25 @@ def default_cache_root(dataset: Dataset) -> Path:
     return home_dir() / "caches" / dataset_key(dataset)
 
 
+def leaf_cache_dir(root: Path, leaf: Expert) -> Path:
+    """`root/<leaf name>-<key of what the expert is>` (source, kwargs, checkpoint sha256, dim): an
+    expert given another checkpoint or settings under the same name, or a new spacebind release's
+    world expert, gets a cache of its own rather than meeting the old one's refusal; switching back
+    finds the old cache again."""
+    spec = leaf.spec
+    what = json.dumps({"source": spec.source, "kwargs": spec.kwargs, "sha256": spec.sha256, "dim": leaf.dim},
+                      sort_keys=True, default=str)
+    return root / f"{leaf.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
+
+
 def ensure_caches(spaces: Sequence[Space], dataset: Dataset, cache_root: Path | None = None,
                   progress: bool = True) -> CacheSet:
     """Embed the dataset once with every distinct leaf of `spaces` (resuming finished shards), under
-    `cache_root` (default `default_cache_root(dataset)`)."""
+    `cache_root` (default `default_cache_root(dataset)`), one directory per leaf (`leaf_cache_dir`)."""
     root = Path(cache_root) if cache_root is not None else default_cache_root(dataset)
     caches: dict[str, EmbeddingCache] = {}
     for space in spaces:
         for leaf in space.leaves():
             if leaf.name not in caches:
-                caches[leaf.name] = embed_dataset(leaf, dataset, root / leaf.name, progress=progress)
+                caches[leaf.name] = embed_dataset(leaf, dataset, leaf_cache_dir(root, leaf), progress=progress)
     return CacheSet(caches)

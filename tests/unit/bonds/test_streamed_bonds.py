@@ -262,8 +262,8 @@ def test_a_recipe_with_stream_mb_fuses_end_to_end_from_the_shards(tmp_path: Path
 
     dataset = Dataset.load(next((tmp_path / "work" / "data").iterdir()))
     u, e = multi_expert("u", 6, ("text", "image"), 0), multi_expert("e", 4, ("text", "image"), 1)  # named by alias
-    caches = CacheSet({name: EmbeddingCache.open(tmp_path / "work" / "cache" / dataset_key(dataset) / name)
-                       for name in ("u", "e")})
+    root = tmp_path / "work" / "cache" / dataset_key(dataset)  # each leaf under `<alias>-<key of the expert>`
+    caches = CacheSet({name: EmbeddingCache.open(next(root.glob(f"{name}-*"))) for name in ("u", "e")})
     parts = _pair_parts(e, u, caches, dataset, "train", choose_targets("all", u, caches, dataset))
     assert [(p.source, p.target) for p in parts] == [("text", "text"), ("text", "image"), ("image", "text"), ("image", "image")]
     source, why = _streamed(e, u, caches, parts, 1.0)

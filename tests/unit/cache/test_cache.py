@@ -150,3 +150,23 @@ def test_a_cache_records_the_precision_it_ran_at(tmp_path: Path) -> None:
     del header["precision"]  # a cache written before precision was recorded
     (tmp_path / "c" / "manifest.json").write_text(json.dumps(header))
     embed_dataset(expert, Dataset.load(tmp_path), tmp_path / "c", progress=False)
+
+
+def test_a_changed_expert_gets_its_own_cache_and_the_old_one_is_found_again(tmp_path: Path) -> None:
+    """`ensure_caches` (fuse's work directory, eval's --cache-dir): an expert given another checkpoint
+    under the same name embeds anew beside the old cache instead of failing on it, and switching
+    back re-encodes nothing."""
+    from spacebind.cache import ensure_caches
+    from spacebind.cache.cache_set import leaf_cache_dir
+
+    data = tiny_dataset(tmp_path / "data", corrupt=None)
+    fn = multi_expert("toy", 8, ("text",), 0).encoders["text"]
+    counters = {sha: Counting(fn) for sha in ("abc", "def", "abc again")}
+    first = ensure_caches([expert_with({"text": counters["abc"]})], data, tmp_path / "caches", progress=False)
+    second = ensure_caches([expert_with({"text": counters["def"]}, sha="def")], data, tmp_path / "caches", progress=False)
+    assert counters["abc"].items == counters["def"].items > 0
+    assert first.caches["toy"].root != second.caches["toy"].root
+    assert {p.name.split("-")[0] for p in (tmp_path / "caches").iterdir()} == {"toy"}
+    again = ensure_caches([expert_with({"text": counters["abc again"]})], data, tmp_path / "caches", progress=False)
+    assert counters["abc again"].items == 0 and again.caches["toy"].root == first.caches["toy"].root
+    assert leaf_cache_dir(tmp_path, expert_with({"text": Counting(fn)})) == leaf_cache_dir(tmp_path, expert_with({"text": fn}))

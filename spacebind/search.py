@@ -343,9 +343,14 @@ def check_same_space(manifest: dict[str, Any], space: Space, where: Path) -> Non
         )
 
 
-def compose(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+def compose(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
+            blocks: Sequence[int] | None = None) -> torch.Tensor:
     """`n(Σ_i w_i·n(q_i))`: the weighted sum of unit query vectors, renormalised. Each query is a
-    [dim] or [N, dim] tensor (rows composed in parallel); weights default to 1."""
+    [dim] or [N, dim] tensor (rows composed in parallel); weights default to 1. With a space's
+    `blocks` (a bond's channel), each part is composed on its own, over the queries that have it:
+    its direction `n(Σ_i w_i·n(q_i,part))`, its norm the |w|-weighted mean of theirs. A text query of
+    a channelled space keeps only √(1−κ) of its norm outside the channel, where images are compared,
+    so a whole-vector sum would let an image query drown it there."""
     if not embeddings:
         raise InputError("no query to compose: give at least one")
     w = [1.0] * len(embeddings) if weights is None else [float(v) for v in weights]
@@ -354,11 +359,25 @@ def compose(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | None 
     bad = [v for v in w if not math.isfinite(v)]
     if bad:
         raise InputError(f"weights: {bad[0]} is not a finite number")
-    total = sum(v * F.normalize(e.float(), dim=-1) for v, e in zip(w, embeddings))
+    unit = [F.normalize(e.float(), dim=-1) for e in embeddings]
+    if blocks is None or len(blocks) < 2:
+        total = sum(v * q for v, q in zip(w, unit))
+    else:
+        total = torch.cat([_compose_part(list(parts), w) for parts in zip(*(q.split(list(blocks), dim=-1) for q in unit))], dim=-1)
     if (torch.as_tensor(total).norm(dim=-1) < 1e-6).any():
         raise InputError(f"weights {w}: the weighted queries cancel out (their sum is zero)")
     return F.normalize(total, dim=-1)
 
+
+def _compose_part(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """One part of `compose` with blocks: the weighted sum of the queries' unit parts (those that
+    have the part), scaled to the |w|-weighted mean of their norms."""
+    norms = [p.norm(dim=-1, keepdim=True) for p in parts]
+    present = [(n > 1e-12).float() for n in norms]
+    direction = F.normalize(sum(v * h * F.normalize(p, dim=-1) for v, h, p in zip(weights, present, parts)), dim=-1)
+    mass = sum(abs(v) * h for v, h in zip(weights, present))
+    norm = sum(abs(v) * n for v, n in zip(weights, norms)) / mass.clamp_min(1e-12)
+    return direction * norm
 
 def compose_query(space: Space, queries: Mapping[str, Sequence[Any]], weights: Sequence[float] | None = None) -> torch.Tensor:
     """Embed queries of any modalities in `space` and compose them into one unit vector [dim].
@@ -374,7 +393,7 @@ def compose_query(space: Space, queries: Mapping[str, Sequence[Any]], weights: S
     for m in _ordered(queries):
         check_modality(m, space.modalities, owner=f"space {space.name!r}")
         parts.extend(space.encode(m, list(queries[m])))
-    return compose(parts, weights)
+    return compose(parts, weights, space.blocks)
 
 
 def embed_queries(space: Space, queries: Mapping[str, Sequence[Any]]) -> torch.Tensor:

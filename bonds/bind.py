@@ -97,11 +97,14 @@ class BoundSpace(BondNode):
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        """(bond, channel) widths with a channel, else the whole vector."""
+        """The bonded part's own blocks (those of the space it lives in: the base's for a combination,
+        the expert's for a displacement), then, with a channel, the channel's: one block of the
+        experts' joint embedding for a combination, the base's blocks for a displacement."""
+        inner = self.base.blocks if self.kind == "combination" else self.experts[0].blocks
         if self.channels is None:
-            return (self.dim,)
-        channel = sum(s.dim for s in self._raw_sides())
-        return (self.dim - channel, channel)
+            return inner
+        channel = (sum(s.dim for s in self.experts),) if self.kind == "combination" else self.base.blocks
+        return (*inner, *channel)
 
     def channel_modalities(self) -> list[str]:
         """The modalities the channel carries: those the projected side covers."""

@@ -180,8 +180,8 @@ class RoutedSpace(BondNode):
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        """The routed part, then one part per channel leaf."""
-        return (self.base.dim, *(self._leaf(n).dim for n in self.channels or {}))
+        """The routed part (in the target's space, so the target's blocks), then one part per channel leaf."""
+        return (*self.base.blocks, *(self._leaf(n).dim for n in self.channels or {}))
 
     def kind_config(self) -> dict[str, Any]:
         return {"scales": self.scales, "inputs": self.inputs,

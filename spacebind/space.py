@@ -56,6 +56,17 @@ class Space:
         return [leaf for leaf in self.leaves() if modality in leaf.modalities]
 
     @torch.no_grad()
+    def support(self, modality: str) -> torch.Tensor:
+        """bool [dim]: the dimensions `modality`'s embeddings can be nonzero on. A bond's channel
+        embeds a modality it does not carry as `[e, 0]`; those zeros are structural, so `combine`
+        applied to random leaf embeddings shows them exactly."""
+        check_modality(modality, self.modalities, owner=f"space {self.name!r}")
+        generator = torch.Generator().manual_seed(0)
+        leaves = {leaf.name: torch.nn.functional.normalize(torch.randn(2, leaf.dim, generator=generator), dim=-1)
+                  .to(self.device, self.dtype) for leaf in self.leaves_for(modality)}
+        return (self.combine(modality, leaves) != 0).any(dim=0).cpu()
+
+    @torch.no_grad()
     def encode(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
         """Encode raw inputs (paths, arrays, strings) of `modality` → Tensor[N, dim], unit-norm,
         on `self.device` in `self.dtype`."""

@@ -83,8 +83,13 @@ class OpenCLIPModel(SpaceModule):
         return self.space.encode(self.modality, items)
 
     def encode_text(self, tokens: Sequence[str], normalize: bool = False) -> torch.Tensor:
-        """Texts (a `TextTokens` or list of strings) → Tensor[B, dim], unit-norm."""
-        return self.space.encode("text", list(tokens))
+        """Texts (a `TextTokens` or list of strings) → Tensor[B, dim], unit-norm, on the dimensions
+        `modality` uses (renormalised there): a fused space with a channel embeds images as `[e, 0]`,
+        and CLIP_benchmark averages a class's templates over the whole vector, which would weigh each
+        class's image-side part by how much its templates agree in the channel."""
+        texts = self.space.encode("text", list(tokens))
+        support = self.space.support(self.modality).to(texts.device)
+        return texts if bool(support.all()) else torch.nn.functional.normalize(texts * support, dim=-1)
 
     def forward(self, image: Any, text: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(encode_image(image), encode_text(text))`."""

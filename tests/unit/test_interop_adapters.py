@@ -126,3 +126,27 @@ def test_clip_benchmark_loader_contract(tmp_path: Path, monkeypatch: pytest.Monk
     logits = 100.0 * model.encode_image(images) @ classifier.T
     assert logits.shape == (2, 3)
     torch.testing.assert_close(classifier, space.encode("text", TEXTS), rtol=0, atol=0)
+
+
+def test_open_clip_texts_live_where_images_do_in_a_space_with_a_channel() -> None:
+    """CLIP_benchmark's zero-shot classifier is a plain mean of a class's template embeddings. In a
+    bond with a channel images are [e, 0]: the adapter gives texts on the image dimensions only, so
+    that plain mean classifies as spacebind's own per-part class embeddings do."""
+    from spacebind.evaluation.metrics import class_embeddings
+
+    torch.manual_seed(0)
+    u, e = multi_expert("U", 8, ("text", "image"), 0), multi_expert("E", 6, ("text", "audio"), 1)
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(6, 8, hidden=16).eval()}, lambdas={"text": 0.3},
+                       channels={"text": 0.999, "audio": 0.5})
+    assert space.support("image").tolist() == [True] * 8 + [False] * 6 and bool(space.support("text").all())
+    assert bool(space.support("audio").all()) and bool(toy_space().support("image").all())
+    model = OpenCLIPModel(space, image_size=None)
+    classes = [f"object {i}" for i in range(12)]
+    templates = ["a {}", "a photo of a {}", "the {} again", "{}, seen"]
+    prompts = [t.format(c) for c in classes for t in templates]
+    texts = model.encode_text(TextTokens(prompts))
+    assert bool((texts[:, 8:] == 0).all()) and torch.allclose(texts.norm(dim=-1), torch.ones(len(prompts)))
+    plain_mean = torch.nn.functional.normalize(texts.view(12, 4, -1).mean(dim=1), dim=-1)  # CLIP_benchmark's
+    ours = class_embeddings(space.encode("text", prompts), 12, space.blocks)
+    images = model.encode_image([np.random.default_rng(i).random((8, 8, 3)) for i in range(40)])
+    assert torch.equal((images @ plain_mean.T).argmax(1), (images @ ours.T).argmax(1))

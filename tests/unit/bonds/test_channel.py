@@ -149,3 +149,33 @@ def test_unibind_centres_keep_each_part_of_a_channelled_space() -> None:
     torch.testing.assert_close(centres.norm(dim=-1), torch.ones(3))
     whole = centres_from(prompts, descriptions, means, n=2, mix=0.5)
     assert not torch.allclose(centres, whole)  # the whole-vector mean lets the parts' norms drift
+
+
+def test_blocks_follow_nested_bonds_so_every_modality_fills_each_block_or_none_of_it() -> None:
+    """A bond on a channelled space keeps the inner blocks: `(U + c(E1) ⊕ E1) + c(E2) ⊕ E2` is
+    (U, E1, E2), not (U + E1, E2); so are a displacement's and a routed target's. Images (carried by
+    no channel) fill the first block only, text all three, points (E1's) the first two."""
+    import numpy as np
+
+    from spacebind.bonds.route import RoutedSpace
+
+    torch.manual_seed(0)
+    u = multi_expert("U", 6, ("text", "image", "point"), 0)
+    e1, e2 = multi_expert("E1", 5, ("text", "point"), 1), multi_expert("E2", 4, ("text",), 2)
+    inner = BoundSpace(u, [e1], "combination", {"E1": MLPProjector(5, 6, hidden=8).eval()}, channels={"text": 0.5, "point": 0.5})
+    outer = BoundSpace(inner, [e2], "combination", {"E2": MLPProjector(4, 11, hidden=8).eval()}, channels={"text": 0.5})
+    assert inner.blocks == (6, 5) and outer.blocks == (6, 5, 4)
+    plain = BoundSpace(inner, [e2], "combination", {"E2": MLPProjector(4, 11, hidden=8).eval()})
+    assert plain.blocks == (6, 5)
+    displaced = BoundSpace(inner, [e2], "displacement", {"E2": MLPProjector(11, 4, hidden=8).eval()}, channels={"text": 0.5})
+    assert displaced.blocks == (4, 6, 5)
+    routed = RoutedSpace(inner, [e2], {"E2": MLPProjector(4, 11, hidden=8).eval()})
+    assert routed.blocks == (6, 5)
+    rng = np.random.default_rng(0)
+    inputs = {"text": ["a red kettle", "two dogs"], "image": [rng.random((4, 4, 3)) for _ in range(2)],
+              "point": [rng.random((32, 3)).astype(np.float32) for _ in range(2)]}
+    filled = {"text": [True, True, True], "image": [True, False, False], "point": [True, True, False]}
+    for m, expected in filled.items():
+        parts = outer.encode(m, inputs[m]).split(list(outer.blocks), dim=-1)
+        assert [bool((p.abs() > 0).all()) for p in parts] == expected, m
+        assert [bool((p.abs() > 0).any()) for p in parts] == expected, m

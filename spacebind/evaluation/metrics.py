@@ -49,6 +49,15 @@ def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int, blocks: Se
     return part_mean(per_class, blocks)
 
 
+def on_support(rows: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Rows (text embeddings: prompts, centres, descriptions) restricted to the dimensions a modality
+    uses (`Space.support`), renormalised; unchanged where it uses every dimension. A bond's channel
+    embeds a modality it does not carry as `[e, 0]`: only the first part can match it."""
+    if bool(support.all()):
+        return rows
+    return torch.nn.functional.normalize(rows * support.to(rows.device, rows.dtype), dim=-1)
+
+
 def part_mean(rows: torch.Tensor, blocks: Sequence[int], weights: torch.Tensor | None = None) -> torch.Tensor:
     """The (weighted) mean over dim -2 of unit rows [..., n, d] taken part by part (`blocks`: a
     space's part widths): each part renormalised to its mean norm in the rows, then the whole to

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spacebind.evaluation.metrics import on_support
 from spacebind.space import Space
 
 
@@ -87,9 +88,7 @@ class OpenCLIPModel(SpaceModule):
         `modality` uses (renormalised there): a fused space with a channel embeds images as `[e, 0]`,
         and CLIP_benchmark averages a class's templates over the whole vector, which would weigh each
         class's image-side part by how much its templates agree in the channel."""
-        texts = self.space.encode("text", list(tokens))
-        support = self.space.support(self.modality).to(texts.device)
-        return texts if bool(support.all()) else torch.nn.functional.normalize(texts * support, dim=-1)
+        return on_support(self.space.encode("text", list(tokens)), self.space.support(self.modality))
 
     def forward(self, image: Any, text: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(encode_image(image), encode_text(text))`."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import part_mean
+from spacebind.evaluation.metrics import on_support, part_mean
 from spacebind.unibind.knowledge import KnowledgeBase, require_classes
 
 if TYPE_CHECKING:
@@ -85,18 +85,7 @@ def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Kn
     feats, labels = split_features(space, caches, dataset, split, modality)
     means = class_means(feats, labels, len(names), names, f"among the {modality} items of the {split} split of {dataset.root}")
     centres = centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
-    return on_support(centres, feats)
-
-
-def on_support(rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """Text rows (centres, descriptions) restricted to the dimensions the items `feats` use (a bond's
-    channel embeds a modality it does not carry as `[e, 0]`), renormalised: an aligned head then
-    learns targets where the modality lives, not the channel's text it can never reach, and votes
-    weigh true cosines. Unchanged where every dimension is used."""
-    unused = feats.abs().amax(dim=0) == 0
-    if len(feats) < 2 or not unused.any():
-        return rows
-    return F.normalize(rows.masked_fill(unused, 0.0), dim=-1)
+    return on_support(centres, space.support(modality))  # an aligned head learns targets where m lives
 
 
 def align_to_centres(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, epochs: int = 20,

@@ -19,6 +19,7 @@ from torch import nn
 
 from spacebind.bonds.heads import head_from_config
 from spacebind.errors import CheckpointError, InputError
+from spacebind.evaluation.metrics import on_support
 from spacebind.evaluation.zeroshot import prompt_classes, split_features
 from spacebind.io.files import atomic_path, write_json
 from spacebind.unibind.centres import (
@@ -26,7 +27,6 @@ from spacebind.unibind.centres import (
     build_centres,
     knowledge_embeddings,
     knowledge_votes,
-    on_support,
     predict,
 )
 from spacebind.unibind.knowledge import KnowledgeBase
@@ -59,7 +59,7 @@ class UniBind:
         weight = self.vote_weight if vote_weight is None else vote_weight
         votes = None
         if weight:  # descriptions on the dimensions this modality uses, as its centres
-            descriptions = on_support(self.descriptions, self.centres[modality])
+            descriptions = on_support(self.descriptions, self.space.support(modality))
             votes = knowledge_votes(feats, descriptions, self.owners, len(self.names), self.k)
         with torch.no_grad():
             aligned = self.heads[modality](feats) if modality in self.heads else feats

@@ -16,11 +16,12 @@ from spacebind.cache import ensure_caches
 from spacebind.cli import app
 from spacebind.errors import CheckpointError, InputError, RecipeError
 from spacebind.evaluation.cost import describe_fused
+from spacebind.evaluation.metrics import on_support
 from spacebind.evaluation.zeroshot import heldout_names, prompt_classes, split_features, zeroshot_with
 from spacebind.experts.registry import EXPERTS
 from spacebind.fuse import fuse
 from spacebind.recipe import load_recipe, validate_recipe
-from spacebind.unibind.centres import centres_from, class_means, knowledge_votes, on_support, predict
+from spacebind.unibind.centres import centres_from, class_means, knowledge_votes, predict
 from spacebind.unibind.knowledge import generate_knowledge, load_knowledge, world_knowledge
 from spacebind.unibind.model import UniBind, fit_unibind
 
@@ -75,20 +76,28 @@ def test_centres_of_a_modality_the_channel_does_not_carry_live_on_its_dimensions
     """A bond with a channel embeds images as [e, 0] and texts as [√(1−κ)·e, √κ·r]: an image's centres
     keep only the first block (renormalised), so an aligned head learns targets images can reach,
     and the training-free scores keep their ranking; a modality using every dimension is untouched."""
+    from toy_experts import multi_expert
+
+    from spacebind.bonds.bind import BoundSpace
+    from spacebind.bonds.projector import MLPProjector
+
     gen = torch.Generator().manual_seed(0)
     kappa = 0.999
+    u, e = multi_expert("U", 4, ("text", "image"), 0), multi_expert("E", 3, ("text", "audio"), 1)
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(3, 4, hidden=8).eval()}, channels={"text": kappa})
+    assert space.support("image").tolist() == [True] * 4 + [False] * 3 and bool(space.support("text").all())
     text = lambda n: torch.cat([(1 - kappa) ** 0.5 * F.normalize(torch.randn(n, 4, generator=gen), dim=-1),  # noqa: E731
                                 kappa ** 0.5 * F.normalize(torch.randn(n, 3, generator=gen), dim=-1)], dim=-1)
     images = torch.cat([F.normalize(torch.randn(20, 4, generator=gen), dim=-1), torch.zeros(20, 3)], dim=-1)
     centres = text(5)
-    image_centres = on_support(centres, images)
+    image_centres = on_support(centres, space.support("image"))
     assert (image_centres[:, 4:] == 0).all() and torch.allclose(image_centres.norm(dim=-1), torch.ones(5))
     torch.testing.assert_close(image_centres[:, :4], F.normalize(centres[:, :4], dim=-1))
     assert torch.equal(predict(images, image_centres).argmax(1), predict(images, centres).argmax(1))
-    assert torch.equal(on_support(centres, text(20)), centres)
+    assert torch.equal(on_support(centres, space.support("text")), centres)
     # votes weigh an image's true cosines to the descriptions, not ones shrunk by √(1−κ)
     descriptions, owners = text(10), torch.arange(10) % 5
-    model = UniBind(None, list("abcde"), {"image": image_centres}, descriptions, owners, k=3)
+    model = UniBind(space, list("abcde"), {"image": image_centres}, descriptions, owners, k=3)
     votes = knowledge_votes(images, F.normalize(torch.cat([descriptions[:, :4], torch.zeros(10, 3)], dim=-1), dim=-1), owners, 5, k=3)
     torch.testing.assert_close(model.scores("image", images, vote_weight=0.5), predict(images, image_centres, votes, 0.5))
     assert not torch.allclose(votes, knowledge_votes(images, descriptions, owners, 5, k=3), atol=0.05)

@@ -29,7 +29,7 @@ from torch import nn
 
 from spacebind.bonds.fit import train_heads
 from spacebind.bonds.lambdas import CHANNEL, choose_lambdas, split_setting
-from spacebind.bonds.node import BondNode, register_bond
+from spacebind.bonds.node import BondNode, placed_like, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
@@ -182,7 +182,7 @@ class BoundSpace(BondNode):
         """A copy of this space (heads shared) with some constructor arguments changed."""
         current = dict(lambdas=self.lambdas, name=self.name, presets=self.presets, choices=self.choices,
                        channels=self.channels)
-        return BoundSpace(self.base, self.experts, self.kind, self.heads, **{**current, **changes})
+        return placed_like(self, BoundSpace(self.base, self.experts, self.kind, self.heads, **{**current, **changes}))
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
@@ -205,7 +205,8 @@ class BoundSpace(BondNode):
             return bonded
         if self.kind == "combination":
             parts = [xs.get(e.name, bonded.new_zeros(bonded.shape[0], e.dim)) for e in self.experts]
-            raw = F.normalize(torch.cat(parts, dim=-1), dim=-1)  # all zeros where no expert covers it
+            raw = torch.cat(parts, dim=-1)  # all zeros where no expert covers it (normalising zeros is NaN in float16)
+            raw = F.normalize(raw, dim=-1) if xs else raw
         else:
             raw = u if u is not None else bonded.new_zeros(bonded.shape[0], self.base.dim)
         has_raw = bool(xs) if self.kind == "combination" else u is not None

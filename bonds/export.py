@@ -5,7 +5,9 @@ deprecated in current torch; `torch.export` programs also feed `torch.onnx.expor
 
     OUT/<modality>.pt2  torch.export.save'd program: (*leaf_embeddings [N, d_k]) -> [N, dim], unit-norm;
                         load with `torch.export.load(path).module()`
-    OUT/export.json     per modality: the input experts in argument order with their dims, and dim
+    OUT/export.json     per modality: the input experts in argument order with their dims, and dim;
+                        `dtype`, the one the heads run in (the programs take float32 leaf embeddings,
+                        as experts return them, and cast them)
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ class CombineModule(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, *leaf_embeddings: torch.Tensor) -> torch.Tensor:
-        fused = self.space.combine(self.modality, {name: F.normalize(x, dim=-1) for name, x in zip(self.inputs, leaf_embeddings)})
+        dtype = self.space.dtype  # leaf outputs come in their experts' precision; the heads run in the space's
+        fused = self.space.combine(self.modality, {name: F.normalize(x.to(dtype), dim=-1)
+                                                   for name, x in zip(self.inputs, leaf_embeddings)})
         return fused.detach()  # a served embedding carries no autograd graph
 
 
@@ -51,7 +55,8 @@ def export_programs(space: Space, out: str | Path) -> Path:
     generator = torch.Generator().manual_seed(0)
     for m in space.modalities:
         module = CombineModule(space, m).eval()
-        example = tuple(F.normalize(torch.randn(3, dims[name], generator=generator), dim=-1) for name in module.inputs)
+        example = tuple(F.normalize(torch.randn(3, dims[name], generator=generator), dim=-1).to(space.device)
+                        for name in module.inputs)
         batch = torch.export.Dim("batch", min=1)
         with torch.no_grad():  # `combine` runs without grad: export it so, not as a grad-mode switch
             program = torch.export.export(module, example, dynamic_shapes=(tuple({0: batch} for _ in example),))
@@ -61,5 +66,6 @@ def export_programs(space: Space, out: str | Path) -> Path:
             tmp.write_bytes(buffer.getvalue())
         described[m] = {"file": f"{m}.pt2", "inputs": [{"expert": n, "dim": dims[n]} for n in module.inputs], "dim": space.dim}
     write_json(out / "export.json", {"format": "torch.export", "space": space.name, "formula": space.formula(),
+                                     "dtype": str(space.dtype).removeprefix("torch."),
                                      "modalities": described})
     return out

@@ -19,6 +19,7 @@ from spacebind.space import Expert, Space
 
 BONDS: Registry[type] = Registry("bond kind")
 B = TypeVar("B", bound=type)
+S = TypeVar("S", bound=Space)
 
 
 def register_bond(*kinds: str, section: str, description: str = "") -> Callable[[B], B]:
@@ -113,6 +114,13 @@ class BondNode(Space):
     def card_weights(config: dict[str, Any]) -> str:
         """How the node mixes its sides, for the model card's bond table."""
         return ", ".join(f"{m} {v:g}" for m, v in config["lambdas"].items())
+
+
+def placed_like(source: Space, derived: S) -> S:
+    """`derived` (a node built from `source`'s heads: other λ, κ, presets) on `source`'s device and
+    dtype, where those heads already are."""
+    derived.device, derived.dtype = source.device, source.dtype
+    return derived
 
 
 def require_projectors(members: list[Space], heads: Mapping[str, nn.Module], owner: str) -> None:

@@ -61,7 +61,7 @@ from torch import nn
 
 from spacebind.bonds.fit import train_head
 from spacebind.bonds.lambdas import CHANNEL, choose_channels, split_setting
-from spacebind.bonds.node import BondNode, register_bond
+from spacebind.bonds.node import BondNode, placed_like, register_bond
 from spacebind.bonds.router import Router, mix, routing_weights
 from spacebind.cache.cache_set import CacheSet
 from spacebind.cache.keys import id_keys
@@ -254,7 +254,7 @@ class RoutedSpace(BondNode):
                        channels=self.channels, choices=self.choices,
                        presets=self.presets if "channels" not in changes or self._same_layout(changes["channels"]) else {})
         current.update(changes)
-        return RoutedSpace(self.base, self.experts, current.pop("heads"), **current)
+        return placed_like(self, RoutedSpace(self.base, self.experts, current.pop("heads"), **current))
 
     @property
     def routers(self) -> dict[str, nn.Module]:
@@ -310,7 +310,8 @@ class RoutedSpace(BondNode):
     @torch.no_grad()
     def route_weights(self, modality: str, inputs: Any, batch_size: int | None = None) -> torch.Tensor:
         """The router's weights per input, [N, K], columns in `routes(modality)` order."""
-        return self.weights(modality, self.leaf_embeddings(modality, inputs, batch_size))
+        leaves = self.leaf_embeddings(modality, inputs, batch_size)
+        return self.weights(modality, {k: v.to(self.device, self.dtype) for k, v in leaves.items()})
 
     def uniform(self) -> "RoutedSpace":
         """The same remapped spaces mixed uniformly (no routers; the channel kept): OmniBind's averaging baseline."""

@@ -42,7 +42,8 @@ class CacheSet:
 
     def embeddings(self, space: Space, modality: str, ids: Sequence[str]) -> torch.Tensor:
         """`space`'s embeddings of dataset items, computed from the leaf caches."""
-        leaf = {e.name: self.caches[e.name].embeddings(modality, list(ids)) for e in space.leaves_for(modality)}
+        leaf = {e.name: self.caches[e.name].embeddings(modality, list(ids)).to(space.device, space.dtype)
+                for e in space.leaves_for(modality)}
         return space.combine(modality, leaf)
 
     def embeddings_of_keys(self, space: Space, modality: str, keys: np.ndarray) -> torch.Tensor:
@@ -54,7 +55,7 @@ class CacheSet:
             if (rows < 0).any():
                 raise CacheError(f"cache {cache.root} has no {modality} embeddings for "
                                  f"{int((rows < 0).sum())} of the items asked for")
-            leaf[e.name] = cache.embeddings_at(modality, rows)
+            leaf[e.name] = cache.embeddings_at(modality, rows).to(space.device, space.dtype)
         return space.combine(modality, leaf)
 
 

@@ -63,6 +63,7 @@ def part_mean(rows: torch.Tensor, blocks: Sequence[int], weights: torch.Tensor |
     space's part widths): each part renormalised to its mean norm in the rows, then the whole to
     unit length, so rows agreeing more in one part do not reweigh the parts."""
     w = torch.full(rows.shape[-2:-1], 1.0 / rows.shape[-2]) if weights is None else weights
+    w = w.to(rows.device, rows.dtype)
     parts = []
     for part in rows.split(list(blocks), dim=-1):
         norm = (part.norm(dim=-1) * w).sum(dim=-1, keepdim=True)

@@ -41,6 +41,18 @@ class SpaceModule(nn.Module):
         self.space.to(*args, **kwargs)
         return self
 
+    def half(self) -> "SpaceModule":
+        return self.to(torch.float16)
+
+    def bfloat16(self) -> "SpaceModule":
+        return self.to(torch.bfloat16)
+
+    def float(self) -> "SpaceModule":
+        return self.to(torch.float32)
+
+    def double(self) -> "SpaceModule":
+        return self.to(torch.float64)
+
     def train(self, mode: bool = True) -> "SpaceModule":
         """Heads stay in eval mode: a fused space is used for inference here."""
         return super().train(False)

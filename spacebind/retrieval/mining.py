@@ -213,7 +213,7 @@ def _build(chunks: Iterable[torch.Tensor], dim: int, kind: IndexKind = "flat",
     pending: list[np.ndarray] = []
     buffered = 0
     for emb in chunks:
-        x = np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+        x = np.ascontiguousarray(emb.float().numpy(), dtype=np.float32)
         count += len(x)
         if trained:
             index.add(x)  # type: ignore[attr-defined]
@@ -255,7 +255,7 @@ def _search(index: "object", chunks: Iterable[torch.Tensor], k: int, progress: b
     """`search` over embedding chunks alone: [N, k] scores and indices."""
     scores, indices = [], []
     for emb in track(chunks, "mining neighbours", total=total, show=progress, unit="chunks"):
-        s, i = index.search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), k)  # type: ignore[attr-defined]
+        s, i = index.search(np.ascontiguousarray(emb.float().numpy(), dtype=np.float32), k)  # type: ignore[attr-defined]
         scores.append(torch.from_numpy(s))
         indices.append(torch.from_numpy(i).long())
     if not scores:

@@ -56,7 +56,7 @@ def centres_from(prompts: torch.Tensor, descriptions: Sequence[torch.Tensor], cl
 def knowledge_embeddings(space: "Space", kb: KnowledgeBase, names: Sequence[str]) -> list[torch.Tensor]:
     """Each class's descriptions encoded as text in `space`, in class order."""
     require_classes(kb, names)
-    return [space.encode("text", kb[name]) for name in names]
+    return [space.encode("text", kb[name]).float().cpu() for name in names]  # UniBind works in float32
 
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, names: Sequence[str] | None = None,

@@ -57,6 +57,7 @@ class UniBind:
         if modality not in self.centres:
             raise InputError(f"UniBind has centres for {', '.join(self.centres)}, not {modality!r}")
         weight = self.vote_weight if vote_weight is None else vote_weight
+        feats = feats.float().cpu()  # centres, descriptions and heads are float32 on the CPU, whatever the space's dtype
         votes = None
         if weight:  # descriptions on the dimensions this modality uses, as its centres
             descriptions = on_support(self.descriptions, self.space.support(modality))
@@ -195,7 +196,7 @@ def fit_unibind(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Know
     if "text" not in space.modalities:
         raise InputError(f"UniBind embeds descriptions as text; space {space.name!r} has no text")
     names = dataset.class_names
-    prompts = prompt_classes(space, names, dataset.templates)
+    prompts = prompt_classes(space, names, dataset.templates).float().cpu()
     wanted = modalities or [m for m in space.modalities if m != "text" and m in dataset.modalities()]
     centres, heads = {}, {}
     for m in wanted:

@@ -29,6 +29,12 @@ def register_head(*names: str, projector: bool = False, description: str = "") -
     return decorate
 
 
+def fits_in_closed_form(kind: str) -> bool:
+    """Whether projector type `kind` is fitted in closed form (`fit_pairs`), with no training run
+    and so no training history; `auto` trains its MLP candidates."""
+    return kind in HEADS.list() and hasattr(HEADS.entry(kind).factory, "fit_pairs")
+
+
 def projector_types() -> list[str]:
     """Head types a bond's `projector:` may name."""
     return [n for n in HEADS.list() if HEADS.entry(n).extra.get("projector")]

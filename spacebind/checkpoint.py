@@ -51,6 +51,7 @@ from spacebind.io.files import (
     write_json,
     write_text,
 )
+from spacebind.io.locks import file_lock
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
 
@@ -123,37 +124,49 @@ def save_space(
     """
     out = check_export_target(directory)
     tensors = head_tensors(space)
-    stage = staging_dir(out)
-    try:
-        save_tensors(stage / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
-        config = {"format": FORMAT, "spacebind_version": spacebind_version(),
-                  "weights_sha256": sha256_file(stage / "model.safetensors"), "space": space_config(space)}
-        if recipe_text is not None:
-            write_text(stage / "recipe.yaml", recipe_text)
-        write_json(stage / "metrics.json", metrics or [])
-        if history:
-            from spacebind.training.history import plot_histories
+    with file_lock(out.parent / f".{out.name}.lock", "export directory"):  # one export at a time per target
+        _clear_staging_leftovers(out)
+        stage = staging_dir(out)
+        try:
+            save_tensors(stage / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
+            config = {"format": FORMAT, "spacebind_version": spacebind_version(),
+                      "weights_sha256": sha256_file(stage / "model.safetensors"), "space": space_config(space)}
+            if recipe_text is not None:
+                write_text(stage / "recipe.yaml", recipe_text)
+            write_json(stage / "metrics.json", metrics or [])
+            if history:
+                from spacebind.training.history import plot_histories
 
-            write_json(stage / "history.json", history)
-            plot_histories(history, stage / "history.png")
-        if extra is not None:
-            extra(stage)
-        unibind = json.loads((stage / "unibind.json").read_text(encoding="utf-8")) if (stage / "unibind.json").is_file() else None
-        write_text(stage / "README.md", model_card(space, config, metrics or [], history, unibind))
-        config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
-                                  if p.is_file() and p.name != "model.safetensors"}
-        write_json(stage / "config.json", config)
-        _keep_other_files(out, stage)
-    except StorageError as exc:
-        shutil.rmtree(stage, ignore_errors=True)
-        error = StorageError(str(exc).replace(str(stage), str(out)))  # name the file the user asked for
-        error.errno = exc.errno
-        raise error from exc
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    replace_dir(stage, out)
+                write_json(stage / "history.json", history)
+                plot_histories(history, stage / "history.png")
+            if extra is not None:
+                extra(stage)
+            unibind = json.loads((stage / "unibind.json").read_text(encoding="utf-8")) if (stage / "unibind.json").is_file() else None
+            write_text(stage / "README.md", model_card(space, config, metrics or [], history, unibind))
+            config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
+                                      if p.is_file() and p.name != "model.safetensors"}
+            write_json(stage / "config.json", config)
+            _keep_other_files(out, stage)
+        except StorageError as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            error = StorageError(str(exc).replace(str(stage), str(out)))  # name the file the user asked for
+            error.errno = exc.errno
+            raise error from exc
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        replace_dir(stage, out)
     return Path(directory)
+
+
+def _clear_staging_leftovers(out: Path) -> None:
+    """Remove what killed exports to `out` left beside it (their lock is held): `.<name>.new-*`
+    staging directories, and `.<name>.old-*` copies of a replaced export once `out` is in place."""
+    for leftover in out.parent.glob(f".{out.name}.new-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if out.is_dir():
+        for leftover in out.parent.glob(f".{out.name}.old-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def check_export_target(directory: str | Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spacebind.bonds import BONDS
+from spacebind.bonds.heads import fits_in_closed_form
 from spacebind.bonds.lambdas import check_groups
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.checkpoint import check_export_target, save_space
@@ -203,9 +204,11 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
 
 def trained_members(recipe: Recipe) -> dict[str, int]:
     """`bond<i>/<expert>` (or `routed/<expert>`) → the number of projectors trained for it (one per
-    pseudo dataset, else the mixture size); their checkpoints lie under `work/heads/<key>/member<j>`."""
-    out = {f"bond{i}/{e}": len(b.pseudo) or b.mixture for i, b in enumerate(recipe.bonds) for e in b.experts}
-    if recipe.routed is not None:
+    pseudo dataset, else the mixture size); their checkpoints lie under `work/heads/<key>/member<j>`.
+    Closed-form projectors train none: a state file under their key is another run's."""
+    out = {f"bond{i}/{e}": len(b.pseudo) or b.mixture for i, b in enumerate(recipe.bonds) for e in b.experts
+           if not fits_in_closed_form(b.projector)}
+    if recipe.routed is not None and not fits_in_closed_form(recipe.routed.projector):
         r = recipe.routed
         out |= {f"routed/{e}": len(r.pseudo) or r.mixture for e in r.experts}
     return out

@@ -321,3 +321,17 @@ def test_resave_of_an_export_older_than_its_checksums_keeps_recipe_and_metrics(t
     resave(space.with_presets({"sharp": {"text": 0.8}}), out)
     assert (out / "recipe.yaml").read_text() == "name: old\n"
     assert json.loads((out / "metrics.json").read_text()) == [record("old")]
+
+
+def test_an_export_clears_what_killed_exports_left_beside_it(tmp_path: Path) -> None:
+    """A SIGKILL during `save_space` leaves a whole-looking `.<name>.new-*` staging directory (and,
+    where directories cannot be swapped atomically, a `.<name>.old-*` copy) beside the export; the
+    next export to that target removes them, under the target's lock, which it does not leave behind."""
+    space = composed_space()
+    out = space.save(tmp_path / "ckpt")
+    for leftover in (".ckpt.new-abc123", ".ckpt.old-def456"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "config.json").write_text("{}")
+    (tmp_path / ".other.new-xyz").mkdir()  # another export's: not ours to touch
+    space.save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.new-xyz", "ckpt"]

@@ -31,3 +31,17 @@ def test_an_expert_both_bonded_and_routed_is_evaluated_once_and_the_base_as_base
     experts = [r["model"] for r in result.records if r["role"] == "expert"]
     assert experts == ["e"] * len([r for r in result.records if r["role"] == "base"])  # once; the base not again
     assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())) == len(keys)
+
+
+def test_a_closed_form_rerun_in_a_used_work_directory_exports_no_old_history(tmp_path: Path) -> None:
+    """An MLP run leaves training states under work/heads; a rerun with `projector: procrustes` trains
+    none, and its export must not ship the old run's history as its own."""
+    raw = yaml.safe_load(TINY_RECIPE)
+    fuse(validate_recipe(raw), work=tmp_path / "work", out=tmp_path / "mlp", progress=False)
+    assert (tmp_path / "mlp" / "history.json").is_file()
+    raw["bonds"][0]["projector"] = "procrustes"
+    fuse(validate_recipe(raw), work=tmp_path / "work", out=tmp_path / "reused", progress=False)
+    fuse(validate_recipe(raw), work=tmp_path / "fresh", out=tmp_path / "fresh_out", progress=False)
+    assert not (tmp_path / "reused" / "history.json").exists()
+    for name in ("README.md", "config.json", "model.safetensors"):
+        assert (tmp_path / "reused" / name).read_bytes() == (tmp_path / "fresh_out" / name).read_bytes(), name

@@ -65,6 +65,9 @@ def spacebind_version() -> str:
     return version("spacebind")
 
 
+_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}  # config.json names
+
+
 def space_config(space: Space) -> dict[str, Any]:
     """The JSON tree that rebuilds `space` (experts by reference, bonds with head configs)."""
     index = {id(b): i for i, b in enumerate(space.bonds())} if isinstance(space, BondNode) else {}
@@ -130,7 +133,8 @@ def save_space(
         try:
             save_tensors(stage / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
             config = {"format": FORMAT, "spacebind_version": spacebind_version(),
-                      "weights_sha256": sha256_file(stage / "model.safetensors"), "space": space_config(space)}
+                      "weights_sha256": sha256_file(stage / "model.safetensors"), "space": space_config(space),
+                      **({"dtype": _DTYPES[space.dtype]} if space.dtype != torch.float32 else {})}
             if recipe_text is not None:
                 write_text(stage / "recipe.yaml", recipe_text)
             write_json(stage / "metrics.json", metrics or [])
@@ -274,6 +278,11 @@ def load(
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise CheckpointError(f"{root / 'model.safetensors'}: unexpected keys {unexpected}")
+    if "dtype" in config:  # a space saved after `Space.to(dtype)` loads in that dtype
+        names = {v: k for k, v in _DTYPES.items()}
+        if config["dtype"] not in names:
+            raise CheckpointError(f"{config_path}: dtype {config['dtype']!r}; expected one of {sorted(names)}")
+        space.to(names[config["dtype"]])
     if preset is not None:
         if not hasattr(space, "with_lambdas"):
             raise CheckpointError(f"{root}: preset {preset!r} asked for, but the space has no bond")

@@ -107,3 +107,19 @@ def test_module_dtype_methods_move_the_space() -> None:
     assert model.encode_text(TextTokens(["a kettle"])).dtype == torch.float64
     assert model.bfloat16().encode_image(IMAGES).dtype == torch.bfloat16
     assert model.half().space.dtype == torch.float16 and model.float().space.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_cast_space_saves_and_loads_in_its_dtype(dtype: torch.dtype, tmp_path: Path) -> None:
+    import json
+
+    import spacebind
+    from spacebind.search import space_fingerprint
+
+    space = channelled()
+    leaves = {e.name: e for e in space.leaves()}
+    assert "dtype" not in json.loads((space.save(tmp_path / "fp32") / "config.json").read_text())
+    space.to(dtype)
+    loaded = spacebind.load(space.save(tmp_path / "cast"), experts=leaves)
+    assert loaded.dtype == dtype and space_fingerprint(loaded) == space_fingerprint(space)
+    torch.testing.assert_close(loaded.encode("text", ["a kettle"]), space.encode("text", ["a kettle"]), rtol=0, atol=0)

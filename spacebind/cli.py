@@ -592,8 +592,8 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Search an index with one or several queries of any modalities, composed as the weighted sum
-    of their unit embeddings (part by part in a space with a channel), renormalised; with --each, every query searched on its own (in one
-    batched search).
+    of their unit embeddings (part by part in a space with a channel), renormalised; with --each,
+    every query searched on its own (in one batched search).
 
     Example: spacebind search runs/demo runs/demo-index --audio clip.wav --text "a kettle" --weights 1,0.5 -k 5
     Each on its own: spacebind search runs/demo runs/demo-index --text "a kettle" --text "a dog" --each -k 5

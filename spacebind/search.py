@@ -373,11 +373,11 @@ def _compose_part(parts: list[torch.Tensor], weights: list[float]) -> torch.Tens
     """One part of `compose` with blocks: the weighted sum of the queries' unit parts (those that
     have the part), scaled to the |w|-weighted mean of their norms."""
     norms = [p.norm(dim=-1, keepdim=True) for p in parts]
-    present = [(n > 1e-12).float() for n in norms]
-    direction = F.normalize(sum(v * h * F.normalize(p, dim=-1) for v, h, p in zip(weights, present, parts)), dim=-1)
-    mass = sum(abs(v) * h for v, h in zip(weights, present))
+    direction = F.normalize(sum(v * F.normalize(p, dim=-1) for v, p in zip(weights, parts)), dim=-1)  # zero parts add 0
+    mass = sum(abs(v) * (n > 1e-12).float() for v, n in zip(weights, norms))  # the queries that have the part
     norm = sum(abs(v) * n for v, n in zip(weights, norms)) / mass.clamp_min(1e-12)
     return direction * norm
+
 
 def compose_query(space: Space, queries: Mapping[str, Sequence[Any]], weights: Sequence[float] | None = None) -> torch.Tensor:
     """Embed queries of any modalities in `space` and compose them into one unit vector [dim].

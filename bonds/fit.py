@@ -104,7 +104,7 @@ def _streamed(src: Space, tgt: Space, caches: CacheSet, parts: Sequence[PairBloc
         targets = _side(tgt, caches, [(part.target, part.tgt_keys) for part in parts])
     else:
         targets = ConcatSide([_side(tgt, caches, [(part.target, part.tgt_keys)]) if part.weights is None else
-                              MeanSide(_side(tgt, caches, [(part.target, part.tgt_keys)]), part.weights)
+                              MeanSide(_side(tgt, caches, [(part.target, part.tgt_keys)]), part.weights, tgt.blocks)
                               for part in parts])
     try:
         return CachePairs(_side(src, caches, [(part.source, part.src_keys) for part in parts]), targets,

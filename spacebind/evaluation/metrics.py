@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 
+from spacebind.retrieval.mining import part_mean
 from spacebind.retrieval.topk import topk_indices
 
 
@@ -56,19 +57,6 @@ def on_support(rows: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     if bool(support.all()):
         return rows
     return torch.nn.functional.normalize(rows * support.to(rows.device, rows.dtype), dim=-1)
-
-
-def part_mean(rows: torch.Tensor, blocks: Sequence[int], weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The (weighted) mean over dim -2 of unit rows [..., n, d] taken part by part (`blocks`: a
-    space's part widths): each part renormalised to its mean norm in the rows, then the whole to
-    unit length, so rows agreeing more in one part do not reweigh the parts."""
-    w = torch.full(rows.shape[-2:-1], 1.0 / rows.shape[-2]) if weights is None else weights
-    w = w.to(rows.device, rows.dtype)
-    parts = []
-    for part in rows.split(list(blocks), dim=-1):
-        norm = (part.norm(dim=-1) * w).sum(dim=-1, keepdim=True)
-        parts.append(torch.nn.functional.normalize((part * w[:, None]).sum(dim=-2), dim=-1) * norm)
-    return torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
 
 
 def zeroshot_classification(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:

@@ -161,29 +161,50 @@ class Neighbours:
         return torch.softmax(self.scores / temperature, dim=1)
 
     def targets(self, embed: Callable[[list[str]], torch.Tensor], mode: Literal["softmax", "top1"] = "softmax",
-                temperature: float = 0.05) -> torch.Tensor:
+                temperature: float = 0.05, blocks: Sequence[int] | None = None) -> torch.Tensor:
         """Each seed's pseudo partner: the weighted mean of its neighbours' embeddings (from `embed`,
-        e.g. another space's cache), L2-normalised."""
+        e.g. another space's cache), L2-normalised; part by part with that space's `blocks`."""
         pool = self.pool_ids
-        return self.targets_at(lambda at: embed([pool[i] for i in at.tolist()]), mode, temperature)
+        return self.targets_at(lambda at: embed([pool[i] for i in at.tolist()]), mode, temperature, blocks=blocks)
 
     def targets_at(self, embed_at: Callable[[np.ndarray], torch.Tensor], mode: Literal["softmax", "top1"] = "softmax",
-                   temperature: float = 0.05, chunk_size: int = 65536) -> torch.Tensor:
+                   temperature: float = 0.05, chunk_size: int = 65536, blocks: Sequence[int] | None = None
+                   ) -> torch.Tensor:
         """`targets` from `embed_at(positions in pool_rows)`, `chunk_size` seeds at a time (so the
         [N, k, dim] neighbour embeddings are never held whole)."""
-        return weighted_means(self.weights(mode, temperature), self.indices, embed_at, chunk_size)
+        return weighted_means(self.weights(mode, temperature), self.indices, embed_at, chunk_size, blocks)
+
+
+def part_mean(rows: torch.Tensor, blocks: Sequence[int], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The (weighted) mean over dim -2 of unit rows [..., n, d] taken part by part (`blocks`: a
+    space's part widths): each part renormalised to its mean norm in the rows, then the whole to
+    unit length, so rows agreeing more in one part do not reweigh the parts. `weights`: [n], or one
+    row of weights per mean ([..., n]), each summing to 1."""
+    w = torch.full(rows.shape[-2:-1], 1.0 / rows.shape[-2]) if weights is None else weights
+    w = w.to(rows.device, rows.dtype)
+    parts = []
+    for part in rows.split(list(blocks), dim=-1):
+        norm = (part.norm(dim=-1) * w).sum(dim=-1, keepdim=True)
+        parts.append(torch.nn.functional.normalize((part * w.unsqueeze(-1)).sum(dim=-2), dim=-1) * norm)
+    return torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
 
 
 def weighted_means(weights: torch.Tensor, neighbours: torch.Tensor, embed_at: Callable[[np.ndarray], torch.Tensor],
-                   chunk_size: int = 65536) -> torch.Tensor:
+                   chunk_size: int = 65536, blocks: Sequence[int] | None = None) -> torch.Tensor:
     """Row i: the L2-normalised `weights[i]`-weighted sum of `embed_at(neighbours[i])` (weights and
     neighbours [N, k]; `embed_at` maps positions to rows), `chunk_size` rows at a time (so the
-    [N, k, dim] neighbour embeddings are never held whole). A pseudo partner (`Neighbours.targets`)."""
+    [N, k, dim] neighbour embeddings are never held whole). With the target space's `blocks` (a
+    bond's channel), the mean is taken part by part (`part_mean`), so neighbours agreeing more in
+    one part do not shrink the other. A pseudo partner (`Neighbours.targets`)."""
     parts = []
     for a in range(0, len(neighbours), chunk_size):
         idx = neighbours[a:a + chunk_size]
         stacked = embed_at(idx.flatten().numpy()).view(*idx.shape, -1)
-        parts.append(torch.nn.functional.normalize((weights[a:a + chunk_size].unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
+        w = weights[a:a + chunk_size]
+        if blocks is not None and len(blocks) > 1:
+            parts.append(part_mean(stacked, blocks, w))
+        else:
+            parts.append(torch.nn.functional.normalize((w.unsqueeze(-1) * stacked).sum(dim=1), dim=-1))
     return torch.cat(parts) if parts else embed_at(np.empty(0, dtype=np.int64))[:0]
 
 

@@ -172,9 +172,10 @@ def block_pairs(blocks: Sequence[PairBlock], src: Space, tgt: Space,
 
 
 def _targets(caches: "CacheSet", tgt: Space, part: PairBlock) -> torch.Tensor:  # noqa: F821
-    """The target side of a block in memory: the rows, or the weighted means of k rows each."""
+    """The target side of a block in memory: the rows, or the weighted means of k rows each (part by
+    part in a target with a channel)."""
     if part.weights is None:
         return caches.embeddings_of_keys(tgt, part.target, part.tgt_keys)
     n, k = part.weights.shape
     return weighted_means(part.weights, torch.arange(n * k).view(n, k),
-                          lambda at: caches.embeddings_of_keys(tgt, part.target, part.tgt_keys[at]))
+                          lambda at: caches.embeddings_of_keys(tgt, part.target, part.tgt_keys[at]), blocks=tgt.blocks)

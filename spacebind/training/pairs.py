@@ -253,20 +253,20 @@ class _Over(Side):
 
 class MeanSide(_Over):
     """One side whose row i is the normalised `weights[i]`-mean of k rows of `inner` (rows i·k …
-    i·k + k − 1): a pseudo partner, the weighted mean of mined neighbours' target embeddings
+    i·k + k − 1; part by part with `blocks`, the target space's): a pseudo partner, the weighted mean of mined neighbours' target embeddings
     (`spacebind.retrieval.pseudo`), computed per batch instead of stored."""
 
-    def __init__(self, inner: Side, weights: torch.Tensor) -> None:
+    def __init__(self, inner: Side, weights: torch.Tensor, blocks: Sequence[int] | None = None) -> None:
         n, k = weights.shape
         if len(inner.shard) != n * k:
             raise InputError(f"a mean of {k} rows for {n} pairs needs {n * k} rows, got {len(inner.shard)}")
-        self.inner, self.weights, self.k = inner, weights.float(), k
+        self.inner, self.weights, self.k, self.blocks = inner, weights.float(), k, blocks
         self.dim, self.shards, self.shard = inner.dim, inner.shards, inner.shard[::k]
 
     def gather(self, idx: torch.Tensor, lru: ShardLRU) -> torch.Tensor:
         rows = idx.unsqueeze(1) * self.k + torch.arange(self.k)
         return weighted_means(self.weights[idx], rows, lambda at: self.inner.gather(torch.from_numpy(at), lru),
-                              chunk_size=max(1, len(idx)))
+                              chunk_size=max(1, len(idx)), blocks=self.blocks)
 
     def key(self) -> list[torch.Tensor]:
         return [*self.inner.key(), self.weights]

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import on_support, part_mean
+from spacebind.evaluation.metrics import on_support
+from spacebind.retrieval.mining import part_mean
 from spacebind.unibind.knowledge import KnowledgeBase, require_classes
 
 if TYPE_CHECKING:

@@ -230,6 +230,27 @@ def test_pseudo_pairs_stream_from_the_shards_and_each_member_trains_on_its_own_s
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
 
 
+def test_mined_partners_in_a_channelled_target_are_averaged_part_by_part(text_world, spy: type[Spy]) -> None:
+    """A channelled target embeds text as [√(1 − κ)·b, √κ·e]; a mined partner is a mean of such rows,
+    taken part by part, so it keeps both parts' norms however much its neighbours agree in either
+    (averaged as one vector, the bond part shrank to 0.52–0.88 of its norm at κ 0.999)."""
+    t, e, caches, dataset = text_world
+    kappa = 0.7
+    target = BoundSpace(t, [e], "combination", {"E": random_map(0)}, lambdas={"text": 0.5}, channels={"text": kappa})
+    assert target.blocks == (12, 16)
+    spec = PseudoDataset(seed="text", k=5).model_copy(update={"partners": ["text"]})
+    blocks, _ = pseudo_parts(spec, e, target, caches, dataset, "train", "E")
+    mined = [b for b in blocks if b.weights is not None]
+    assert mined and (mined[0].weights.max(dim=1).values < 0.99).any()  # real means of several neighbours
+    _, y = block_pairs(mined, e, target, caches)
+    torch.testing.assert_close(y[:, :12].norm(dim=-1), torch.full((len(y),), (1 - kappa) ** 0.5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[:, 12:].norm(dim=-1), torch.full((len(y),), kappa ** 0.5), atol=1e-5, rtol=0)
+    source, why = _streamed(e, target, caches, mined, 1.0)  # the shards' means per batch: the same rows
+    assert why == ""
+    _, gy = source.gather(torch.arange(len(source)))
+    torch.testing.assert_close(gy, y, rtol=0, atol=1e-5)
+
+
 def test_stream_mb_is_checked_and_a_shard_over_the_budget_names_it(text_world) -> None:
     t, e, caches, dataset = text_world
     with pytest.raises(RecipeError, match="train.stream_mb"):

@@ -50,13 +50,14 @@ def default_lambda(kind: str, modality: str) -> float:
 
 
 def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
-    """Average the unit outputs of every member of every head (a parallel bond pools them all)
-    that was trained on inputs of `modality`."""
+    """FreeBind's P̄: the mean of the unit outputs of every member of every head (a parallel bond
+    pools them all) that was trained on inputs of `modality`, renormalised before it is mixed, as
+    the official code does (`F.normalize(torch.mean(...))`): members that disagree do not shrink λ."""
     outs = []
     for head, x in zip(heads, inputs):
         members = head.members_for(modality) if hasattr(head, "members_for") else [head]
         outs.extend(member(x) for member in members)
-    return torch.stack(outs).mean(dim=0)
+    return F.normalize(torch.stack(outs).mean(dim=0), dim=-1)
 
 
 @register_bond("combination", "displacement", section="bonds",
@@ -221,14 +222,14 @@ class BoundSpace(BondNode):
                 return u
             projected = _members_mean([self.heads[name] for name in xs], list(xs.values()), modality)
             if u is None:
-                return F.normalize(projected, dim=-1)
+                return projected
             return F.normalize((1.0 - lam) * u + lam * projected, dim=-1)
         x = next(iter(xs.values()), None)
         if u is None:
             return x
         projected = _members_mean([self.heads[self.experts[0].name]], [u], modality)
         if x is None:
-            return F.normalize(projected, dim=-1)
+            return projected
         return F.normalize(lam * projected + (1.0 - lam) * x, dim=-1)
 
 

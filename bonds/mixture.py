@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 @register_head("mixture", description="several projectors for one pair of spaces, outputs averaged")
 class ProjectorMixture(nn.Module):
-    """P̄(x) = mean of the members' unit outputs. Not renormalised here: the bond formulas
-    normalise after mixing with the other side."""
+    """P̄(x) = mean of the members' unit outputs, not renormalised here: a bond renormalises it
+    before mixing it with the other side (FreeBind), a routed space mixes it as it is (OmniBind)."""
 
     def __init__(self, members: list[nn.Module], sources: list[list[str]] | None = None) -> None:
         super().__init__()

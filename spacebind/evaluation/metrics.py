@@ -9,6 +9,9 @@ from spacebind.retrieval.mining import part_mean
 from spacebind.retrieval.topk import topk_indices
 
 
+NO_HIT = torch.iinfo(torch.long).max  # the rank of a query with no correct item in its top `depth`
+
+
 def first_hit_ranks(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -17,11 +20,11 @@ def first_hit_ranks(
     chunk_size: int = 4096,
 ) -> torch.Tensor:
     """Per query, the 0-based rank of its first correct gallery item among its top `depth`
-    (`len(gallery) + 1` when none is there): `ranks < k` are the per-query hits behind recall@k."""
+    (`NO_HIT`, above any k, when none is there): `ranks < k` are the per-query hits behind recall@k."""
     top = topk_indices(queries, gallery, depth, chunk_size)
     pos = [set([p]) if isinstance(p, int) else set(p) for p in positives]
     return torch.tensor(
-        [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), len(gallery) + 1) for i, row in enumerate(top)],
+        [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), NO_HIT) for i, row in enumerate(top)],
         dtype=torch.long,
     )
 
@@ -60,9 +63,12 @@ def on_support(rows: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 def zeroshot_classification(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:
-    """acc1, acc5 (k = min(5, classes)) and mean per-class recall of nearest-class prediction."""
+    """acc1, acc5 and mean per-class recall of nearest-class prediction; as CLIP_benchmark, acc5 is
+    NaN with fewer than 5 classes (every item would be a hit), and all three are NaN with no item."""
+    if len(labels) == 0:
+        return {"acc1": float("nan"), "acc5": float("nan"), "mean_per_class_recall": float("nan")}
     top = topk_indices(features, classes, min(5, len(classes)))
     acc1 = (top[:, 0] == labels).float().mean().item()
-    acc5 = (top == labels[:, None]).any(dim=1).float().mean().item()
+    acc5 = (top == labels[:, None]).any(dim=1).float().mean().item() if len(classes) >= 5 else float("nan")
     recalls = [(top[labels == c, 0] == c).float().mean().item() for c in labels.unique().tolist()]
     return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": sum(recalls) / len(recalls)}

@@ -100,7 +100,7 @@ def parse_encoders(specs: Sequence[str], build: Callable[[str], Expert]) -> list
 def rank_pairs(encoders: Sequence[ProbeEncoder], dataset: Dataset, split: str, cache_root: Path, k: int = 10,
                pairs: Sequence[tuple[int, int]] | None = None, progress: bool = True) -> list[dict[str, object]]:
     """Score candidate encoder pairs (default: `cross_modal_pairs`) on the split's items that
-    have both modalities; rows sorted by mutual k-NN, best first, with linear CKA beside it.
+    have both modalities, one per media file (`probe_ids`); rows sorted by mutual k-NN, best first, with linear CKA beside it.
 
     Raises:
         InputError: a pair has no probe items with both modalities.
@@ -113,7 +113,7 @@ def rank_pairs(encoders: Sequence[ProbeEncoder], dataset: Dataset, split: str, c
     rows = []
     for i, j in pairs:
         a, b = encoders[i], encoders[j]
-        ids = [it.id for it in dataset.select(split) if a.modality in it.fields and b.modality in it.fields]
+        ids = probe_ids(dataset, split, a.modality, b.modality)
         ids = caches.usable_ids(b.expert, b.modality, caches.usable_ids(a.expert, a.modality, ids))
         if len(ids) < 2:
             raise InputError(f"no probe items in the {split} split of {dataset.root} have both {a.label} and {b.label}")
@@ -122,6 +122,24 @@ def rank_pairs(encoders: Sequence[ProbeEncoder], dataset: Dataset, split: str, c
         rows.append({"a": a.label, "b": b.label, "mutual_knn": mutual_knn(ea, eb, min(k, len(ids) - 1)),
                      "cka": linear_cka(ea, eb), "n": len(ids)})
     return sorted(rows, key=lambda r: (-r["mutual_knn"], -r["cka"]))
+
+
+def probe_ids(dataset: Dataset, split: str, a: str, b: str) -> list[str]:
+    """The split's items with modalities `a` and `b`, none sharing a media file with an earlier one
+    on either side: a clip held by five captioned items is one probe (its copies would fill each
+    other's k nearest neighbours in the clip's space, whatever the other space does)."""
+    seen: tuple[set[str], set[str]] = (set(), set())
+    ids = []
+    for it in dataset.select(split):
+        if a not in it.fields or b not in it.fields:
+            continue
+        keys = it.media_key(a), it.media_key(b)
+        if keys[0] in seen[0] or keys[1] in seen[1]:
+            continue
+        seen[0].add(keys[0])
+        seen[1].add(keys[1])
+        ids.append(it.id)
+    return ids
 
 
 def rank_similarity(encoders: Sequence[str], data: str | Path, split: str = "val", k: int = 10,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from spacebind.errors import InputError
+from spacebind.evaluation.evaluate import labelled_items
 from spacebind.evaluation.metrics import class_embeddings, zeroshot_classification
 from spacebind.io.datasets import Dataset
 
@@ -38,12 +39,12 @@ def prompt_classes(space: "Space", names: Sequence[str], templates: Sequence[str
 
 def split_features(space: "Space", caches: "CacheSet", dataset: Dataset, split: str,
                    modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's labelled items of `modality` in `space` and their class indices."""
-    index = {c: i for i, c in enumerate(dataset.class_names)}
-    items = [it for it in dataset.select(split, modality) if it.label in index]
-    ids = caches.usable_ids(space, modality, [it.id for it in items])
-    labels = {it.id: index[it.label] for it in items}
-    return caches.embeddings(space, modality, ids), torch.tensor([labels[i] for i in ids], dtype=torch.long)
+    """The split's labelled items of `modality` in `space` (one per media file, `labelled_items`),
+    those the caches could embed, and their class indices."""
+    ids, labels = labelled_items(dataset, split, modality)
+    usable = set(caches.usable_ids(space, modality, ids))
+    keep = [i for i, x in enumerate(ids) if x in usable]
+    return caches.embeddings(space, modality, [ids[i] for i in keep]), labels[keep]
 
 
 def zeroshot_with(space: "Space", caches: "CacheSet", dataset: Dataset, split: str, modality: str,

@@ -49,6 +49,11 @@ class Item:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in self.fields)
 
+    def media_key(self, modality: str) -> str:
+        """What identifies this item's `modality` entry when counting: its media file (items sharing
+        a clip, e.g. its five captions, share it), or for text the item itself."""
+        return self.id if modality == "text" else str(self.fields[modality])
+
 
 @dataclass(frozen=True)
 class ClassInfo:

@@ -74,7 +74,7 @@ def test_caches_evaluation_search_and_unibind_run_in_the_spaces_dtype(dtype: tor
     assert got.keys() == expected.keys()
     if dtype == torch.float64:
         for task, metrics in expected.items():
-            assert got[task] == pytest.approx(metrics), task
+            assert got[task] == pytest.approx(metrics, nan_ok=True), task  # acc5 NaN: fewer than 5 classes
     index = build_index(space, data, tmp_path / "index", cache_dir=tmp_path / "cache", progress=False)
     assert len(search(load_index(tmp_path / "index", space), space.encode("text", ["caption number 3"])[0], 3)) == 3
     assert index is not None

@@ -104,7 +104,7 @@ def test_mixture_members_are_applied_only_to_the_modalities_they_trained_on() ->
     e = Space.from_encoders("E", {"text": lambda xs: torch.randn(len(xs), 4), "audio": lambda xs: torch.randn(len(xs), 4)}, dim=4)
     space = BoundSpace(u, [e], "combination", {"E": mix}, lambdas={"audio": 0.7})
     x, u_a = torch.randn(5, 4), unit(torch.ones(5, 3))
-    want = unit(0.3 * u_a + 0.7 * torch.stack([members[1](x), members[2](x)]).mean(dim=0))
+    want = unit(0.3 * u_a + 0.7 * unit(torch.stack([members[1](x), members[2](x)]).mean(dim=0)))  # FreeBind's n(P̄)
     torch.testing.assert_close(space.combine("audio", {"U": u_a, "E": x}), want)
     assert ProjectorMixture.from_config(mix.config).sources == mix.sources
 

@@ -75,7 +75,7 @@ def test_parallel_combination_averages_all_projectors() -> None:
     h2 = Mixture([UnitLinear(torch.randn(5, 6, generator=g)) for _ in range(2)])
     bound = BoundSpace(u, [e1, e2], "combination", {"E1": h1, "E2": h2}, lambdas={"audio": 0.5})
     leaf = leaf_embeddings(bound, "audio")
-    pbar = torch.stack([m(leaf["E1"]) for m in h1.members] + [m(leaf["E2"]) for m in h2.members]).mean(0)
+    pbar = F.normalize(torch.stack([m(leaf["E1"]) for m in h1.members] + [m(leaf["E2"]) for m in h2.members]).mean(0), dim=-1)
     torch.testing.assert_close(bound.combine("audio", leaf), F.normalize(0.5 * leaf["U"] + 0.5 * pbar, dim=-1))
     assert bound.formula() == "U + c(E1 ∥ E2)"
 

@@ -1,14 +1,22 @@
 """Metrics against hand-computed values; evaluation records; tables and plots."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spacebind.evaluation.evaluate import evaluate, read_records, write_records
-from spacebind.evaluation.metrics import class_embeddings, first_hit_ranks, retrieval_recall, zeroshot_classification
+from spacebind.errors import InputError
+from spacebind.evaluation.evaluate import evaluate, labelled_items, read_records, write_records
+from spacebind.evaluation.metrics import (
+    NO_HIT,
+    class_embeddings,
+    first_hit_ranks,
+    retrieval_recall,
+    zeroshot_classification,
+)
 from spacebind.evaluation.report import plot_recall_curves, records_markdown, records_table
 from spacebind.io.datasets import ClassInfo, Dataset, Item
 from spacebind.retrieval.topk import topk_indices
@@ -43,7 +51,14 @@ def test_retrieval_recall_by_hand() -> None:
     multi = retrieval_recall(queries, gallery, [0, [0, 1], 2, [3]], ks=(1,))
     assert multi == {1: 0.75}  # q1 also accepts item 0
     assert first_hit_ranks(queries, gallery, range(4), depth=2).tolist() == [0, 1, 1, 0]
-    assert first_hit_ranks(queries, gallery, range(4)).tolist() == [0, 5, 5, 0]  # beyond depth: len + 1
+    assert first_hit_ranks(queries, gallery, range(4)).tolist() == [0, NO_HIT, NO_HIT, 0]  # beyond depth
+
+
+def test_a_query_with_no_correct_item_is_never_a_hit_whatever_k() -> None:
+    """The second query's correct item is outside a gallery of 2: a miss at k = 1 … 10, not a hit once
+    k passed the gallery's size + 1."""
+    r = retrieval_recall(torch.eye(2), torch.eye(2), [0, []], ks=(1, 2, 3, 4, 10))
+    assert r == {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5, 10: 0.5}
 
 
 def test_zeroshot_metrics_by_hand() -> None:
@@ -51,8 +66,15 @@ def test_zeroshot_metrics_by_hand() -> None:
     feats = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0, 1.0, 0], [0, 0.1, 1.0]])
     labels = torch.tensor([0, 1, 1, 2])
     m = zeroshot_classification(feats, labels, classes)
-    assert m["acc1"] == 0.75 and m["acc5"] == 1.0
+    assert m["acc1"] == 0.75 and math.isnan(m["acc5"])  # 3 classes: top-5 holds them all (CLIP_benchmark: NaN)
     assert m["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    # 6 classes, the first item's label ranked 6th: a miss at top-5, the others hits
+    six = torch.eye(6)
+    feats6 = torch.tensor([[0.0, 0.5, 0.4, 0.3, 0.2, 0.1], [0.1, 0.3, 1.0, 0, 0, 0], [0.5, 0.6, 0, 0, 0, 0]])
+    m6 = zeroshot_classification(feats6, torch.tensor([0, 3, 0]), six)
+    assert m6["acc1"] == 0.0 and m6["acc5"] == pytest.approx(2 / 3)
+    empty = zeroshot_classification(torch.empty(0, 6), torch.empty(0, dtype=torch.long), six)
+    assert all(math.isnan(v) for v in empty.values())
     prompts = F.normalize(torch.tensor([[1.0, 0], [1.0, 1.0], [0, 1.0], [0, 2.0]]), dim=-1)
     centres = class_embeddings(prompts, 2)
     torch.testing.assert_close(centres[1], torch.tensor([0.0, 1.0]))
@@ -95,6 +117,24 @@ def test_captions_of_one_media_file_score_as_clip_benchmark_does() -> None:
     assert record["metrics"] == {"audio_retrieval_recall@1": 1.0, "text_retrieval_recall@1": 1.0, "n": 6}
 
 
+def test_zero_shot_classifies_each_media_file_once_whatever_its_captions() -> None:
+    """Clip 0 (five captions) is classified right, clips 1 and 2 (one caption each) wrong: 1/3 of the
+    clips, not 5/7 of the items; a file labelled with two classes is an error naming both items."""
+    items = [Item(f"a{k}", "test", "c0", {"audio": "clip0.wav", "text": f"caption {k}"}) for k in range(5)]
+    items += [Item(f"b{k}", "test", "c0", {"audio": f"clip{k}.wav", "text": f"other {k}"}) for k in (1, 2)]
+    dataset = Dataset.of_items(Path("tiny"), items, [ClassInfo("c0"), ClassInfo("c1")], ["a {}"])
+    embed = lambda m, ids: torch.tensor([[1.0, 0] if i.startswith("a") else [0, 1.0] for i in ids])  # noqa: E731
+    encode_text = lambda prompts: torch.eye(2)  # noqa: E731
+    _, zeroshot = evaluate(model="toy", role="fused", dataset=dataset, split="test", modalities=["audio", "text"],
+                           embed_items=embed, encode_text=encode_text, ks=(1,))
+    assert zeroshot["metrics"]["n"] == 3 and zeroshot["metrics"]["acc1"] == pytest.approx(1 / 3)
+    assert labelled_items(dataset, "test", "text")[0] == [it.id for it in items]  # texts: one per item
+    clash = Dataset.of_items(Path("tiny"), [*items, Item("z", "test", "c1", {"audio": "clip0.wav", "text": "x"})],
+                             [ClassInfo("c0"), ClassInfo("c1")], ["a {}"])
+    with pytest.raises(InputError, match=r"audio '.*clip0.wav' is labelled 'c0' \(item 'a0'\) and 'c1' \(item 'z'\)"):
+        labelled_items(clash, "test", "audio")
+
+
 def test_items_a_cache_could_not_embed_drop_out_of_every_task() -> None:
     bad = {"i3"}
     image, text = torch.eye(4), torch.eye(4)
@@ -129,3 +169,20 @@ def test_records_round_trip_tables_and_plot(tmp_path: Path) -> None:
     assert records_table(records).row_count == 2
     png = plot_recall_curves(records, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_similarity_probes_one_item_per_media_file() -> None:
+    """40 clips with 5 captions each: one probe per clip. Kept whole, a clip's 4 copies fill 4 of its
+    10 nearest neighbours in any media space, and two unrelated random spaces reach mutual 10-NN
+    ≈ 0.4 instead of chance (≈ 10/39)."""
+    from spacebind.evaluation.similarity import mutual_knn, probe_ids
+
+    items = [Item(f"c{c}-{j}", "val", None, {"audio": f"clip{c}.wav", "image": f"img{c}.png", "text": f"t{c} {j}"})
+             for c in range(40) for j in range(5)]
+    dataset = Dataset.of_items(Path("tiny"), items, [])
+    assert probe_ids(dataset, "val", "audio", "image") == [f"c{c}-0" for c in range(40)]
+    assert probe_ids(dataset, "val", "audio", "text") == [f"c{c}-0" for c in range(40)]
+    assert len(probe_ids(dataset, "val", "text", "text")) == 200
+    g = torch.Generator().manual_seed(0)
+    audio, image = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    assert mutual_knn(audio, image, k=10) < 0.35 < mutual_knn(audio.repeat_interleave(5, 0), image.repeat_interleave(5, 0), k=10)

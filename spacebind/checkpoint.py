@@ -43,19 +43,18 @@ from spacebind.experts import (
 )
 from spacebind.io.files import (
     check_output,
-    replace_dir,
     save_tensors,
     sha256_file,
-    staging_dir,
     storage_errors,
     write_json,
     write_text,
 )
-from spacebind.io.locks import file_lock
+from spacebind.io.locks import replacing_dir
 from spacebind.model_card import model_card
 from spacebind.space import Expert, Space
 
 FORMAT = 1
+CARD = "README.md"  # the model card: recorded with the export, not checked on load
 # what `save_space` writes itself; other files an export records come from `extra` (UniBind's)
 OWN_FILES = ("model.safetensors", "config.json", "recipe.yaml", "metrics.json", "README.md", "history.json",
              "history.png")
@@ -127,9 +126,7 @@ def save_space(
     """
     out = check_export_target(directory)
     tensors = head_tensors(space)
-    with file_lock(out.parent / f".{out.name}.lock", "export directory"):  # one export at a time per target
-        _clear_staging_leftovers(out)
-        stage = staging_dir(out)
+    with replacing_dir(out, "export directory") as stage:  # one export at a time per target
         try:
             save_tensors(stage / "model.safetensors", tensors, metadata={"format": str(FORMAT)})
             config = {"format": FORMAT, "spacebind_version": spacebind_version(),
@@ -152,25 +149,10 @@ def save_space(
             write_json(stage / "config.json", config)
             _keep_other_files(out, stage)
         except StorageError as exc:
-            shutil.rmtree(stage, ignore_errors=True)
             error = StorageError(str(exc).replace(str(stage), str(out)))  # name the file the user asked for
             error.errno = exc.errno
             raise error from exc
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        replace_dir(stage, out)
     return Path(directory)
-
-
-def _clear_staging_leftovers(out: Path) -> None:
-    """Remove what killed exports to `out` left beside it (their lock is held): `.<name>.new-*`
-    staging directories, and `.<name>.old-*` copies of a replaced export once `out` is in place."""
-    for leftover in out.parent.glob(f".{out.name}.new-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    if out.is_dir():
-        for leftover in out.parent.glob(f".{out.name}.old-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def check_export_target(directory: str | Path) -> Path:
@@ -312,6 +294,8 @@ def read_config(root: Path) -> dict[str, Any]:
         raise CheckpointError(f"{config_path}: files_sha256: expected checksums by file name; the config is damaged")
     for name, digest in recorded.items():
         path = root / Path(name).name
+        if path.name == CARD:  # for people and the Hub, where editing a card is routine; it fixes no embedding
+            continue
         if not path.is_file() or sha256_file(path) != digest:
             raise CheckpointError(f"{path} does not belong with {config_path}: missing, or from another "
                                   "export (a mixed export directory); export the space again")

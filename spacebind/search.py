@@ -9,9 +9,11 @@ collection, and queries of any modalities combined as a weighted sum of unit vec
 
 Items are embedded from the leaf embedding caches (`binding.ensure_caches` + `combine`), in
 chunks, so nothing already cached is re-encoded and memory beyond the index itself stays bounded
-by the chunk. The manifest is written last: a half-written index does not load. An index loaded
-against another space (different fingerprint or dim), or with a damaged file, is refused; a
-manifest names only files inside the index directory.
+by the chunk. An index is built beside its directory and swapped in whole (the old index stays
+whole until then; a failed build leaves it as it was), and its manifest records the sha256 of
+every file. An index loaded against another space (different fingerprint or dim), or with a
+damaged file, is refused; a manifest names only files inside the index directory. Queries are
+normalised: scores are cosines whatever a query vector's norm.
 
 A hit's score is the cosine between the item and the query restricted to the dimensions the item's
 modality uses. Most spaces use every dimension for every modality (then it is the inner product of
@@ -36,7 +38,8 @@ from spacebind.cache import dataset_key, ensure_caches
 from spacebind.cache.keys import id_keys
 from spacebind.errors import CheckpointError, InputError
 from spacebind.io.datasets import Dataset
-from spacebind.io.files import atomic_path, home_dir, write_json
+from spacebind.io.files import atomic_path, check_output, home_dir, sha256_file, write_json
+from spacebind.io.locks import replacing_dir
 from spacebind.io.progress import track
 from spacebind.modalities import check_modality
 from spacebind.retrieval.mining import IndexKind, IndexOptions
@@ -175,35 +178,39 @@ def build_index(
             raise InputError(f"dataset {data.root} has no {m!r} items (it has {', '.join(present)})")
     if not wanted:
         raise InputError(f"space {space.name!r} covers none of the modalities of {data.root} ({', '.join(present)})")
+    out = check_output(Path(out).resolve(), directory=True, what="index directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise InputError(f"{out} is not empty and not a spacebind index; index into a new or empty directory")
     root = Path(cache_dir) if cache_dir is not None else home_dir() / "caches" / dataset_key(data)
     caches = ensure_caches([space], data, root, progress=progress)
-    out = Path(out)
     options = options or IndexOptions()
     entries: dict[str, dict[str, Any]] = {}
-    for m in wanted:
-        found = data.select(split, m)  # held anyway: items.json lists them
-        chosen = [it for it, keep in zip(found, caches.usable(space, m, id_keys(it.id for it in found))) if keep]
-        if not chosen:
-            raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
-        ids = [it.id for it in chosen]
-        used = np.zeros(space.dim, dtype=bool)
-        chunks = _chunks(partial(_embedded, caches, space, m, used), ids, chunk_size, f"indexing {m}", progress)
-        index, _ = build_faiss_index(chunks, space.dim, kind, options=options)  # rows in the order of `ids`
-        _write_faiss(index, out / f"{m}.faiss")
-        items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]} for it in chosen]
-        write_json(out / f"{m}.items.json", items)
-        entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids),
-                      **({} if used.all() else {"support": _ranges(used)})}
-    manifest = {
-        "format": FORMAT,
-        "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
-                  "fingerprint": space_fingerprint(space), "fused": str(Path(fused).resolve()) if fused else None},
-        "dataset": str(data.root), "dataset_sha256": data.sha256, "split": split,
-        "kind": kind, "nlist": options.nlist if "nlist" in options.for_kind(kind) else None,
-        "nprobe": options.nprobe if "nprobe" in options.for_kind(kind) else None, "options": options.for_kind(kind),
-        "modalities": entries,
-    }
-    write_json(out / MANIFEST, manifest)
+    with replacing_dir(out, "index being built") as stage:  # the old index stays whole until this one is
+        for m in wanted:
+            found = data.select(split, m)  # held anyway: items.json lists them
+            chosen = [it for it, keep in zip(found, caches.usable(space, m, id_keys(it.id for it in found))) if keep]
+            if not chosen:
+                raise InputError(f"no {m!r} items to index in {data.root}" + (f" split {split!r}" if split else ""))
+            ids = [it.id for it in chosen]
+            used = np.zeros(space.dim, dtype=bool)
+            chunks = _chunks(partial(_embedded, caches, space, m, used), ids, chunk_size, f"indexing {m}", progress)
+            index, _ = build_faiss_index(chunks, space.dim, kind, options=options)  # rows in the order of `ids`
+            _write_faiss(index, stage / f"{m}.faiss")
+            items = [{"id": it.id, "split": it.split, "label": it.label, "input": it.fields[m]} for it in chosen]
+            write_json(stage / f"{m}.items.json", items)
+            entries[m] = {"index": f"{m}.faiss", "items": f"{m}.items.json", "count": len(ids),
+                          "sha256": {f: sha256_file(stage / f) for f in (f"{m}.faiss", f"{m}.items.json")},
+                          **({} if used.all() else {"support": _ranges(used)})}
+        manifest = {
+            "format": FORMAT,
+            "space": {"name": space.name, "formula": space.formula(), "dim": space.dim,
+                      "fingerprint": space_fingerprint(space), "fused": str(Path(fused).resolve()) if fused else None},
+            "dataset": str(data.root), "dataset_sha256": data.sha256, "split": split,
+            "kind": kind, "nlist": options.nlist if "nlist" in options.for_kind(kind) else None,
+            "nprobe": options.nprobe if "nprobe" in options.for_kind(kind) else None, "options": options.for_kind(kind),
+            "modalities": entries,
+        }
+        write_json(stage / MANIFEST, manifest)
     return load_index(out)
 
 
@@ -271,6 +278,8 @@ def load_index(path: str | Path, space: Space | None = None) -> SearchIndex:
     dim = manifest["space"]["dim"]
     indexes, items = {}, {}
     for m, entry in entries.items():
+        for key in ("index", "items"):
+            _check_sha256(root / entry[key], entry.get("sha256"), where)
         indexes[m] = _read_faiss(root / entry["index"])
         items[m] = _read_items(root / entry["items"])
         if indexes[m].ntotal != len(items[m]) or indexes[m].d != dim:
@@ -304,6 +313,18 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> dict[str, dict[str
     return entries
 
 
+def _check_sha256(path: Path, recorded: Any, where: Path) -> None:
+    """Raise unless `path` has the sha256 the manifest records for it (an index built before
+    checksums were recorded has none: nothing to check)."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise _damaged(where, "a modality's 'sha256' is not an object of checksums by file name")
+    if path.name in recorded and (not path.is_file() or sha256_file(path) != recorded[path.name]):
+        raise _damaged(path, f"missing, or not the file {where.name} was written with (damaged, or from "
+                             "another build)")
+
+
 def _read_faiss(path: Path) -> Any:
     """The FAISS index stored at `path`."""
     import faiss
@@ -312,7 +333,7 @@ def _read_faiss(path: Path) -> Any:
         raise _damaged(path, "no such file")
     try:
         return faiss.read_index(str(path))
-    except RuntimeError:  # FAISS reports a truncated or foreign file as a RuntimeError
+    except (RuntimeError, MemoryError):  # a truncated or foreign file; a damaged size field asks for too much
         raise _damaged(path, "not a FAISS index") from None
 
 
@@ -468,7 +489,13 @@ def _query_matrix(index: SearchIndex, queries: Any) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != index.dim:
         raise InputError(f"queries have shape {tuple(x.shape)}, the index at {index.root} holds dim {index.dim}: "
                          f"give [dim] or [N, dim]")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise InputError(f"query {int(bad[0])} is {'zero' if norms[bad[0], 0] == 0 else 'not finite'}: "
+                         "a query needs a direction")
+    off = np.abs(norms - 1.0) > 1e-5  # scores are cosines whatever the query's norm; unit rows stay bit for bit
+    return np.ascontiguousarray(np.where(off, x / norms, x), dtype=np.float32)
 
 
 def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequence[str] | None = None) -> SearchResults:
@@ -479,7 +506,7 @@ def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequ
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     x = _query_matrix(index, queries)
-    wanted = list(modalities) if modalities else list(index.modalities)
+    wanted = list(dict.fromkeys(modalities)) if modalities else list(index.modalities)
     if modalities:
         for m in wanted:
             check_modality(m, index.modalities, owner=f"index {index.root}")
@@ -490,6 +517,8 @@ def search_batch(index: SearchIndex, queries: Any, k: int = 10, modalities: Sequ
         if support is not None:  # cosine to the query's part on the dimensions m uses (module docstring)
             norm = np.sqrt(np.square(x[:, support]).sum(axis=1, keepdims=True))
             s = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
+        if r.size and r.max() >= len(index.items[m]):
+            raise _damaged(index.root / f"{m}.faiss", f"it names row {int(r.max())} of {len(index.items[m])} items")
         found = index.ids_array(m)[r]
         if r.size and r.min() < 0:  # FAISS pads short lists with row -1 (and a huge negative score)
             missing = r < 0

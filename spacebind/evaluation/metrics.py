@@ -8,7 +8,6 @@ import torch
 from spacebind.retrieval.mining import part_mean
 from spacebind.retrieval.topk import topk_indices
 
-
 NO_HIT = torch.iinfo(torch.long).max  # the rank of a query with no correct item in its top `depth`
 
 

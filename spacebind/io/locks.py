@@ -1,4 +1,5 @@
-"""Directory locks: one job at a time per embedding cache, fuse work directory or world target.
+"""Directory locks: one job at a time per embedding cache, fuse work directory, export, index or world
+target; `replacing_dir` builds such a target's replacement beside it and swaps it in.
 
 A lock is a file (`<dir>/.spacebind.lock`) held with `flock` and holding its owner as JSON
 (pid, host, since). The kernel releases a flock when its process dies, even by kill -9, so a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from spacebind.errors import LockError
-from spacebind.io.files import storage_errors
+from spacebind.io.files import replace_dir, staging_dir, storage_errors
 
 try:
     import fcntl
@@ -113,6 +115,29 @@ def file_lock(path: str | Path, what: str, wait: float | None = None) -> Iterato
             except FileNotFoundError:
                 pass
             os.close(fd)
+
+
+@contextmanager
+def replacing_dir(target: str | Path, what: str) -> Iterator[Path]:
+    """Build `target`'s replacement in a new staging directory, yielded to the block: when the block
+    ends, it takes `target`'s place as a unit (`replace_dir`); when the block fails, it is removed and
+    `target` stays as it was. One job at a time per target (a lock beside it, `what` naming the job
+    to a second one), and what killed jobs left beside it (`.<name>.new-*` staging directories,
+    `.<name>.old-*` copies once `target` is in place) is removed first."""
+    target = Path(target)
+    with file_lock(target.parent / f".{target.name}.lock", what):
+        for leftover in target.parent.glob(f".{target.name}.new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if target.is_dir():
+            for leftover in target.parent.glob(f".{target.name}.old-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        stage = staging_dir(target)
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        replace_dir(stage, target)
 
 
 def _acquire(path: Path, what: str, wait: float | None) -> int | None:

@@ -1,6 +1,6 @@
 """Write a procedural-world dataset to disk: PNG, WAV and NPY files, manifest.jsonl, classes.json.
 
-A world is generated in a hidden sibling directory (`.<name>.partial`, one job at a time) and
+A world is generated in a hidden sibling directory (`.<name>.new-*`, one job at a time) and
 renamed into place whole, replacing a world that was there: the target is always absent, the
 previous world or the complete new one, never a manifest over a mix of old and new files. A
 target that holds anything but a world is refused.
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from spacebind.errors import InputError
 from spacebind.io.events import Events
-from spacebind.io.files import atomic_path, replace_dir, storage_errors, write_json, write_text
-from spacebind.io.locks import file_lock
+from spacebind.io.files import atomic_path, write_json, write_text
+from spacebind.io.locks import replacing_dir
 from spacebind.io.progress import track
 from spacebind.io.video import Video
 from spacebind.training.trainer import MAX_SEED
@@ -132,19 +131,10 @@ def generate_world(
     if bad:
         raise InputError(f"--sensors / sensors: unknown sensor modality(ies) {bad}; expected any of {', '.join(SENSORS)}")
     sensors = tuple(m for m in SENSORS if m in sensors)
-    with file_lock(root.parent / f".{root.name}.lock", "world being generated"):
+    with replacing_dir(root, "world being generated") as partial:
         if root.is_dir() and any(root.iterdir()) and not (root / "classes.json").is_file():
             raise InputError(f"{root} is not empty and not a generated world; generate into a new or empty directory")
-        partial = root.parent / f".{root.name}.partial"
-        with storage_errors(partial):
-            shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
-            partial.mkdir()
-        try:
-            _generate(partial, seed, sizes, concepts_seed, num_concepts, progress, sensors, unpaired)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        replace_dir(partial, root)
+        _generate(partial, seed, sizes, concepts_seed, num_concepts, progress, sensors, unpaired)
     return Path(out)
 
 

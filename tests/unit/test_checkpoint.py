@@ -196,7 +196,7 @@ def no_leftovers(parent: Path) -> bool:
 @pytest.mark.parametrize("crash", ["after_weights", "before_swap", "between_renames"])
 def test_an_interrupted_export_leaves_the_old_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str) -> None:
     from spacebind import checkpoint
-    from spacebind.io import files
+    from spacebind.io import files, locks
 
     old_space, new_space = small_space(0), small_space(1)
     out = old_space.save(tmp_path / "ckpt", recipe_text="name: old\n", metrics=[record("old")])
@@ -208,7 +208,7 @@ def test_an_interrupted_export_leaves_the_old_one_whole(tmp_path: Path, monkeypa
     if crash == "after_weights":  # model.safetensors written, config not yet
         monkeypatch.setattr(checkpoint, "write_json", killed)
     elif crash == "before_swap":
-        monkeypatch.setattr(checkpoint, "replace_dir", killed)
+        monkeypatch.setattr(locks, "replace_dir", killed)
     else:  # no atomic exchange: old renamed aside, then the new one's rename fails
         monkeypatch.setattr(files, "_exchange", lambda a, b: False)
         real, calls = os.replace, []
@@ -235,7 +235,7 @@ def test_an_interrupted_export_leaves_the_old_one_whole(tmp_path: Path, monkeypa
     assert sorted(export_files(out)) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
 
 
-@pytest.mark.parametrize("name", ["README.md", "metrics.json", "recipe.yaml"])
+@pytest.mark.parametrize("name", ["metrics.json", "recipe.yaml"])
 def test_files_from_another_export_are_refused(tmp_path: Path, name: str) -> None:
     a = small_space(0).save(tmp_path / "a", recipe_text="name: a\n", metrics=[record("a")])
     b = small_space(1).save(tmp_path / "b", recipe_text="name: b\n", metrics=[record("b")])
@@ -243,6 +243,21 @@ def test_files_from_another_export_are_refused(tmp_path: Path, name: str) -> Non
     with pytest.raises(CheckpointError, match=f"{a / name} does not belong with {a / 'config.json'}"):
         spacebind.load(a, experts={e.name: e for e in small_space(0).leaves()})
     assert set(json.loads((b / "config.json").read_text())["files_sha256"]) == {"README.md", "metrics.json", "recipe.yaml"}
+
+
+def test_an_edited_or_removed_model_card_still_loads(tmp_path: Path) -> None:
+    """The card is for people and the Hub, where editing it (a tag, a paragraph) is routine: it fixes
+    no embedding, so load does not check it; the next export still replaces it as its own file."""
+    space = small_space(0)
+    out = space.save(tmp_path / "a", metrics=[record("a")])
+    experts = {e.name: e for e in space.leaves()}
+    card = (out / "README.md").read_text(encoding="utf-8")
+    (out / "README.md").write_text(card.replace("---\n", "---\ntags: [mine]\n", 1), encoding="utf-8")
+    torch.testing.assert_close(spacebind.load(out, experts=experts).encode("text", TEXTS), space.encode("text", TEXTS))
+    (out / "README.md").unlink()
+    spacebind.load(out, experts=experts)
+    space.save(out, metrics=[record("a")])
+    assert (out / "README.md").read_text(encoding="utf-8") == card  # the export's own card again
 
 
 def test_a_full_disk_is_one_named_error_and_the_old_export_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

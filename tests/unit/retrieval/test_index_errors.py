@@ -94,16 +94,42 @@ def test_an_intact_index_loads(world: tuple[Path, Path]) -> None:
     assert index.modalities == ("text",) and len(index) == N
 
 
+FILE_DAMAGE = ["faiss garbage", "faiss missing", "items missing", "items garbage", "items not utf-8", "items shape",
+               "items short"]
+NOT_WRITTEN = "missing, or not the file manifest.json was written with"
+
+
 @pytest.mark.parametrize("case", DAMAGED)
 def test_a_damaged_index_is_refused_naming_the_file(world: tuple[Path, Path], tmp_path: Path, case: str) -> None:
+    """Checked against the manifest's checksums first; without them (an index built before they were
+    recorded) each file's own checks name what is wrong with it."""
     damage, name, problem = DAMAGED[case]
-    root = tmp_path / "index"
-    shutil.copytree(world[1], root)
-    damage(root)
-    with pytest.raises(CheckpointError) as caught:
-        load_index(root)
-    message = str(caught.value)
-    assert message.startswith(f"{root / name}: {problem}") and message.endswith(REBUILD), message
+    for checksums in (True, False):
+        root = tmp_path / f"index-{checksums}"
+        shutil.copytree(world[1], root)
+        if not checksums:
+            _manifest(lambda m: m["modalities"]["text"].pop("sha256"))(root)
+        damage(root)
+        with pytest.raises(CheckpointError) as caught:
+            load_index(root)
+        message = str(caught.value)
+        if checksums and case in FILE_DAMAGE:
+            name, problem = ("text.faiss", NOT_WRITTEN) if case.startswith("faiss") else (ITEMS, NOT_WRITTEN)
+        assert message.startswith(f"{root / name}: {problem}") and message.endswith(REBUILD), message
+        name, problem = DAMAGED[case][1:]
+
+
+def test_a_flipped_byte_in_a_vector_or_a_stored_id_is_refused(world: tuple[Path, Path], tmp_path: Path) -> None:
+    """FAISS reads such files without complaint (a score of 6.2 "cosine", or a row far out of range)."""
+    size = (world[1] / "text.faiss").stat().st_size
+    for offset in (40, size // 2, size - 9):  # a size field, a vector, near the end
+        root = tmp_path / f"flip{offset}"
+        shutil.copytree(world[1], root)
+        data = bytearray((root / "text.faiss").read_bytes())
+        data[offset] ^= 0x55
+        (root / "text.faiss").write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=f"text.faiss: {NOT_WRITTEN}"):
+            load_index(root)
 
 
 def test_a_missing_manifest_is_not_an_index(tmp_path: Path) -> None:
@@ -122,3 +148,36 @@ def test_an_unknown_index_kind_lists_the_known_ones(world: tuple[Path, Path], tm
                                    "--out", str(tmp_path / "mined"), "-q"])
     assert ran.exit_code == 2 and f"error: unknown index 'banana'; {KINDS}" in ran.output
     assert "Traceback" not in ran.output and not (tmp_path / "mined").exists()
+
+
+def test_a_failed_rebuild_leaves_the_old_index_whole_and_a_foreign_directory_is_refused(
+        world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild that fails after writing a modality's files (here: at the manifest) used to leave the
+    new files under the old manifest, which loaded and answered with the other build's items."""
+    import spacebind.search as search_module
+
+    root = tmp_path / "index"
+    shutil.copytree(world[1], root)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    data = Dataset.load(world[1].parent)
+    other = Space.from_encoders("other", {"text": lambda xs: torch.randn(len(xs), DIM)}, dim=DIM)
+    real = search_module.write_json
+
+    def killed_at_the_manifest(path: Path, payload: Any) -> None:
+        if Path(path).name == "manifest.json":
+            raise KeyboardInterrupt("killed")
+        real(path, payload)
+
+    monkeypatch.setattr(search_module, "write_json", killed_at_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index")]  # no staging left beside it
+    assert len(load_index(root)) == N
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    with pytest.raises(InputError, match="is not empty and not a spacebind index"):
+        build_index(other, data, foreign, cache_dir=tmp_path / "leaves", progress=False)
+    assert (foreign / "mine.txt").read_text() == "keep me"

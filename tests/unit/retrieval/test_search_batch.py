@@ -136,3 +136,16 @@ def test_build_index_records_the_dimensions_a_modality_uses(tmp_path: Path) -> N
     for bad in ([[4, 2]], [[0, DIM + 1]], "0-4", [[0, 4.0]], [0, 4]):
         with pytest.raises(InputError, match="support .* is not a list of \\[start, end\\] dimension ranges"):
             SearchIndex(Path("."), {"space": {"dim": DIM}, "modalities": {"text": {"support": bad}}}, {}, {})
+
+
+def test_scores_are_cosines_whatever_the_query_norm_and_a_modality_named_twice_counts_once() -> None:
+    index = _search_index({"image": _index(_clustered(300, 1), "flat", "img"), "audio": _index(_clustered(200, 3), "flat", "aud")})
+    q = _clustered(1, 2)[0]
+    unit = search(index, q, 6)
+    for scale in (0.3, 3.0):  # unnormalised, the modalities' scores used to drift apart (a ×3 query: 3.0 "cosines")
+        assert [(h.id, round(h.score, 5)) for h in search(index, scale * q, 6)] == [(h.id, round(h.score, 5)) for h in unit]
+    assert max(h.score for h in unit) <= 1.0 + 1e-6
+    assert search(index, q, 4, ["image", "image"]) == search(index, q, 4, ["image"])
+    for bad, what in ((torch.zeros(DIM), "zero"), (torch.full((DIM,), float("nan")), "not finite")):
+        with pytest.raises(InputError, match=f"query 0 is {what}: a query needs a direction"):
+            search(index, bad, 3)

@@ -20,6 +20,8 @@ With n() L2-normalisation, P̄ the mean of a mixture's unit outputs, λ_m a per-
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spacebind.bonds.fit import train_heads
+from spacebind.bonds.heads import projector_types
 from spacebind.bonds.lambdas import CHANNEL, choose_lambdas, split_setting
 from spacebind.bonds.node import BondNode, placed_like, register_bond
 from spacebind.cache.cache_set import CacheSet, ensure_caches
@@ -312,6 +315,22 @@ def train_bond(
     return space_with(kept, {**(lambdas or {}), **choice.lambdas}, record, channels)
 
 
+def _check_bond_options(options: Mapping[str, Any]) -> None:
+    """Raise an InputError for an option `bind` does not take (naming the nearest ones) or an
+    unknown projector type."""
+    taken = [p.name for f in (train_bond, train_heads) for p in inspect.signature(f).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("name", "presets", "projectors",
+                                                                              "checkpoint_dir", "progress")]
+    for key in options:
+        if key not in taken:
+            near = difflib.get_close_matches(key, taken, n=1)
+            raise InputError(f"bind() got an unknown option {key!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                             + f" It takes: {', '.join(sorted(set(taken)))}")
+    kinds = ["auto", *projector_types()]
+    if options.get("projector", "auto") not in kinds:
+        raise InputError(f"unknown projector {options['projector']!r}; expected one of {', '.join(kinds)}")
+
+
 def bind(
     base: Space,
     expert: Space | Sequence[Space],
@@ -339,6 +358,7 @@ def bind(
             `groups` (the item attribute whose val items the λ guard resamples together),
             and `train_heads`'s: `pairing`, `mixture`, `pseudo`, `train` (TrainConfig).
     """
+    _check_bond_options(head_kwargs)  # before anything is embedded
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     experts = [expert] if isinstance(expert, Space) else list(expert)
     caches = ensure_caches([base, *experts], dataset, cache_dir, progress=progress)

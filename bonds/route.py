@@ -56,7 +56,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from spacebind.bonds.fit import train_head
@@ -69,7 +69,7 @@ from spacebind.cache.store import EmbeddingCache
 from spacebind.errors import InputError
 from spacebind.io.datasets import Dataset
 from spacebind.io.progress import note, track
-from spacebind.modalities import check_modality, modality_pairs
+from spacebind.modalities import MODALITIES, check_modality, modality_pairs
 from spacebind.retrieval.mining import MiningIndex, build_index, search
 from spacebind.retrieval.pseudo import PseudoDataset
 from spacebind.space import Expert, Space
@@ -348,6 +348,16 @@ class RouterConfig(BaseModel):
         "unless the routed mixture beats it beyond the noise); false: OmniBind's formula"))
     groups: str | None = Field(None, description=(
         "item attribute (e.g. speaker) whose val items the channel's bootstrap resamples together"))
+
+    @field_validator("miners")
+    @classmethod
+    def _modality_pairs(cls, miners: dict[str, str]) -> dict[str, str]:
+        for pair in miners:
+            parts = pair.split("-")
+            if len(parts) != 2 or parts[0] == parts[1] or not all(p in MODALITIES for p in parts):
+                raise ValueError(f"miners: key {pair!r} is not a pair of two modalities such as audio-text "
+                                 f"(modalities: {', '.join(MODALITIES)})")
+        return miners
 
 
 CHUNK = 8192  # rows per chunk when mining and validating: [CHUNK, K, dim] candidates at a time
@@ -667,34 +677,37 @@ def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Da
     `projector`, `mixture`, `pairing`, `pseudo`, `train`, …); the uniform routed space (no routers).
     Each member trains on the `pseudo` datasets it can use (see `member_pseudo`)."""
     heads = {}
-    leaves = {leaf.name: leaf for space in (target, *members) for leaf in space.leaves()}
+    modalities = {leaf.name: leaf.modalities for space in (target, *members) for leaf in space.leaves()}
+    modalities |= {member.name: member.modalities for member in members}
     for member in members:
         ckpt = work_dir / member.name if work_dir is not None else None
         miner = head_kwargs.get("miner") or member.name
         kwargs = {**head_kwargs, "miner": miner}
         if head_kwargs.get("pseudo"):
-            kwargs["pseudo"] = member_pseudo(head_kwargs["pseudo"], member, target, leaves)
+            kwargs["pseudo"] = member_pseudo(head_kwargs["pseudo"], member.name, modalities, target.modalities)
         heads[member.name], _ = train_head(member, target, caches, dataset, checkpoint_dir=ckpt, progress=progress,
                                            **kwargs)
     return RoutedSpace(target, list(members), heads, scales=scales, inputs=inputs, name=name)
 
 
-def member_pseudo(pseudo: Sequence[PseudoDataset], member: Space, target: Space,
-                  leaves: Mapping[str, Space]) -> list[PseudoDataset]:
-    """The routed stage's pseudo datasets restricted to what one member can learn from: those whose
-    seed the member covers, with the partners its miner (default: the member) and the target cover.
-    A dataset left with no partners is kept only when the target covers its seed (same-item pairs)."""
+def member_pseudo(pseudo: Sequence[PseudoDataset], member: str, modalities: Mapping[str, Sequence[str]],
+                  target: Sequence[str]) -> list[PseudoDataset]:
+    """The routed stage's pseudo datasets restricted to what one member (by name; `modalities`: each
+    expert's modalities by name, `target`: the target space's) can learn from: those whose seed the
+    member covers, with the partners its miner (default: the member) and the target cover. A
+    dataset left with no partners is kept only when the target covers its seed (same-item pairs)."""
     kept = []
     for spec in pseudo:
-        miner = leaves.get(spec.miner or member.name, member)
-        if spec.seed not in member.modalities or spec.seed not in miner.modalities:
+        own = modalities[member]
+        miner = modalities.get(spec.miner or member, own)
+        if spec.seed not in own or spec.seed not in miner:
             continue
-        partners = [p for p in spec.partners if p in miner.modalities and p in target.modalities]
-        if partners or spec.seed in target.modalities:
+        partners = [p for p in spec.partners if p in miner and p in target]
+        if partners or spec.seed in target:
             kept.append(spec.model_copy(update={"partners": partners}))
     if not kept:
         raise InputError(f"routed stage: none of the pseudo datasets {[s.label for s in pseudo]} applies to "
-                         f"{member.name!r} {list(member.modalities)}")
+                         f"{member!r} {list(modalities[member])}")
     return kept
 
 

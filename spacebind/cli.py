@@ -9,7 +9,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from spacebind.errors import SpacebindError
+from spacebind.errors import InputError, SpacebindError
 from spacebind.training.distributed import is_main
 
 DEFAULT_GRID_TEXT = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1)
@@ -42,6 +42,20 @@ def _names_expert(target: Path) -> bool:
 
     text = str(target)
     return not target.is_dir() and (text in EXPERTS.list() or is_import_path(text) or len(target.parts) == 1)
+
+
+def _named_expert(target: Path) -> Any:
+    """The expert a FUSED argument names (`_names_expert`); a bare name that is neither an expert
+    nor a directory is an error saying both."""
+    from spacebind.experts import EXPERTS, build_expert, is_import_path
+
+    text = str(target)
+    if text not in EXPERTS.list() and not is_import_path(text):
+        near = EXPERTS.near(text)
+        hint = f" (experts named like it: {', '.join(near)})" if near else ""
+        raise InputError(f"{text!r} is neither a fused checkpoint directory nor a registered expert{hint}; "
+                         "`spacebind experts` lists the experts")
+    return build_expert(text)
 
 
 def _print_json(data: Any) -> None:
@@ -139,7 +153,6 @@ def experts(
     """
     from rich.table import Table
 
-    from spacebind.errors import InputError
     from spacebind.experts.registry import EXPERTS
 
     def matching() -> list[str]:
@@ -283,7 +296,7 @@ def mine_cmd(
     cache: Path = typer.Argument(..., help="Embedding cache of an expert covering both modalities."),
     seed: str = typer.Option(..., "--seed", help="Modality of the seed items (the queries)."),
     target: str = typer.Option(..., "--target", help="Modality of the pool they retrieve from."),
-    k: int = typer.Option(5, min=1, help="Neighbours per seed."),
+    k: int = typer.Option(5, "-k", "--k", min=1, help="Neighbours per seed."),
     index: str = typer.Option("flat", help="flat (exact), or approximate for large pools: ivf, hnsw, pq, ivfpq."),
     nlist: Nlist = 256,
     nprobe: Nprobe = 16,
@@ -422,7 +435,7 @@ def similarity(
     encoders: list[str] = typer.Argument(..., help="Two or more EXPERT:MODALITY encoders."),
     data: Path = typer.Option(..., "--data", help="Probe dataset directory (items with paired modalities)."),
     split: str = typer.Option("val", help="Split of the probe dataset (val: choosing encoders is a choice; test stays held out)."),
-    k: int = typer.Option(10, min=1, help="Neighbours for mutual k-NN."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Neighbours for mutual k-NN."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache root (default $SPACEBIND_HOME/caches/<data>)."),
     plot: Optional[Path] = typer.Option(None, help="Also draw the mutual k-NN scores as a heatmap PNG."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -514,11 +527,10 @@ def encode(
     import numpy as np
 
     from spacebind.checkpoint import load
-    from spacebind.experts import build_expert
     from spacebind.io.files import atomic_path
 
     def job() -> Any:
-        space = build_expert(str(fused)) if _names_expert(fused) else load(fused, trust_remote_code=trust_remote_code)
+        space = _named_expert(fused) if _names_expert(fused) else load(fused, trust_remote_code=trust_remote_code)
         emb = space.encode(modality, expand_directories(modality, inputs)).numpy()
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
@@ -601,7 +613,6 @@ def search_cmd(
     from rich.table import Table
 
     from spacebind.checkpoint import load
-    from spacebind.errors import InputError
     from spacebind.search import compose_query, embed_queries, load_index, query_labels, search, search_batch
 
     queries: dict[str, list[str]] = {m: list(v) for m, v in (("text", text), ("image", image), ("audio", audio), ("point", point)) if v}
@@ -658,7 +669,6 @@ def export_cmd(
     """
     from spacebind.bonds.export import export_programs
     from spacebind.checkpoint import load
-    from spacebind.errors import InputError
 
     def job() -> Any:
         if format != "pt2":
@@ -680,9 +690,8 @@ def info(
     Example: spacebind info runs/demo
     """
     from spacebind.evaluation.cost import describe, describe_fused, info_tables
-    from spacebind.experts import build_expert
 
-    result = _run(lambda: describe(build_expert(str(fused))) if _names_expert(fused) else describe_fused(fused, trust_remote_code))
+    result = _run(lambda: describe(_named_expert(fused)) if _names_expert(fused) else describe_fused(fused, trust_remote_code))
     if as_json:
         _print_json(result)
         return

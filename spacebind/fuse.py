@@ -27,6 +27,7 @@ from spacebind.io.datasets import Dataset
 from spacebind.io.files import home_dir
 from spacebind.io.locks import job_lock
 from spacebind.io.progress import note, stage
+from spacebind.modalities import MODALITIES
 from spacebind.recipe import DataConfig, Recipe, load_recipe
 from spacebind.space import Space
 from spacebind.training import distributed
@@ -45,7 +46,7 @@ class FuseResult:
 def prepare_data(data: DataConfig, base_dir: Path, work: Path, progress: bool = True) -> Dataset:
     """Load the recipe's dataset, generating the procedural world or importing the sources first if asked (once)."""
     if data.path is not None:
-        path = data.path if data.path.is_absolute() else base_dir / data.path
+        path = _resolved(data.path, base_dir)
         return Dataset.load(path)
     if data.imports:
         return _import_once(data, base_dir, work, progress)
@@ -195,23 +196,42 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
                                   vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
             records += evaluate_unibind(unibind, caches, dataset, split)
     with stage(f"export to {out}", progress):
-        history = collect_histories(work / "heads", trained_members(recipe))
+        history = collect_histories(work / "heads", trained_members(recipe, {a: e.modalities for a, e in experts.items()}))
         save_space(space, out, recipe_text=recipe_text, metrics=records, extra=unibind.save if unibind is not None else None,
                    history=history)
     distributed.barrier()
     return FuseResult(space=space, records=records, out=Path(out), work=work)
 
 
-def trained_members(recipe: Recipe) -> dict[str, int]:
+def trained_members(recipe: Recipe, modalities: dict[str, tuple[str, ...]] | None = None) -> dict[str, int]:
     """`bond<i>/<expert>` (or `routed/<expert>`) → the number of projectors trained for it (one per
-    pseudo dataset, else the mixture size); their checkpoints lie under `work/heads/<key>/member<j>`.
-    Closed-form projectors train none: a state file under their key is another run's."""
+    pseudo dataset it can learn from, else the mixture size); their checkpoints lie under
+    `work/heads/<key>/member<j>`. Closed-form projectors train none: a state file under their key
+    is another run's. `modalities` (each expert's, by alias; default: the registry's where it knows
+    them) tells which pseudo datasets a routed member can use (`member_pseudo`).
+
+    Raises:
+        InputError: a routed member can use none of the pseudo datasets."""
     out = {f"bond{i}/{e}": len(b.pseudo) or b.mixture for i, b in enumerate(recipe.bonds) for e in b.experts
            if not fits_in_closed_form(b.projector)}
     if recipe.routed is not None and not fits_in_closed_form(recipe.routed.projector):
+        from spacebind.bonds.route import member_pseudo
+
         r = recipe.routed
-        out |= {f"routed/{e}": len(r.pseudo) or r.mixture for e in r.experts}
+        known = modalities if modalities is not None else registered_modalities(recipe)
+        target_aliases = [recipe.base, *(e for b in recipe.bonds for e in b.experts)]
+        counts = {e: len(r.pseudo) or r.mixture for e in r.experts}
+        if r.pseudo and all(a in known for a in {*target_aliases, *r.experts}):
+            target = sorted({m for a in target_aliases for m in known[a]})
+            counts = {e: len(member_pseudo(r.pseudo, e, known, target)) for e in r.experts}
+        out |= {f"routed/{e}": n for e, n in counts.items()}
     return out
+
+
+def registered_modalities(recipe: Recipe) -> dict[str, tuple[str, ...]]:
+    """Each expert's modalities by alias, where the registry lists them without building it."""
+    return {alias: tuple(EXPERTS.entry(cfg.source).modalities) for alias, cfg in recipe.experts.items()
+            if cfg.source in EXPERTS.list()}
 
 
 def override(recipe: Recipe, *, seed: int | None = None, device: str | None = None) -> Recipe:
@@ -250,19 +270,27 @@ def missing_files(recipe: Recipe, base_dir: Path = Path("."), media: bool = Fals
     missing = missing_expert_files({alias: (cfg.source, cfg.kwargs) for alias, cfg in recipe.experts.items()})
     if recipe.unibind is not None and recipe.unibind.generator is None and recipe.unibind.knowledge != "world":
         kb_path = Path(recipe.unibind.knowledge)
-        if not (kb_path if kb_path.is_absolute() else base_dir / kb_path).is_file():
+        if not _resolved(kb_path, base_dir).is_file():
             missing.append(f"unibind.knowledge: no file {recipe.unibind.knowledge!r} (class → descriptions, JSON or JSONL)")
     if media and recipe.data.path is not None:
         try:
             missing += _dataset(recipe.data, base_dir).missing_files()
         except InputError as exc:
             missing.append(f"data.path: {exc}")
+    for i, spec in enumerate(recipe.data.imports):
+        for key, value in (("source", spec.source), ("media_root", (spec.model_extra or {}).get("media_root"))):
+            if value is not None and not _resolved(Path(value), base_dir).exists():
+                missing.append(f"data.import.{i}.{key}: no file or directory {str(value)!r}")
     return missing
+
+
+def _resolved(path: Path, base_dir: Path) -> Path:
+    return path if path.is_absolute() else base_dir / path
 
 
 def _dataset(data: DataConfig, base_dir: Path) -> Dataset:
     assert data.path is not None
-    return Dataset.load(data.path if data.path.is_absolute() else base_dir / data.path)
+    return Dataset.load(_resolved(data.path, base_dir))
 
 
 @dataclass
@@ -325,6 +353,10 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
             if m is not None:
                 counts.setdefault(split, {})[m] = n
         modalities = set(dataset.modalities())
+    elif recipe.data.imports:
+        described = "imported into the work directory from " + ", ".join(
+            f"{spec.format} {_resolved(spec.source, base_dir)}" for spec in recipe.data.imports)
+        modalities = set(MODALITIES)  # known once imported
     else:
         w = recipe.data.world
         assert w is not None
@@ -332,10 +364,15 @@ def plan_fuse(recipe: Recipe, *, base_dir: Path = Path("."), out: Path | None = 
         described += ", train as unimodal pools)" if w.unpaired else ")"
         counts = world_counts({"train": w.train, "val": w.val, "test": w.test}, w.sensors, w.unpaired)
         modalities = {m for mods in counts.values() for m in mods}
-    embed = [f"{alias} ({cfg.source})" + (f": {', '.join(m for m in EXPERTS.entry(cfg.source).modalities if m in modalities)}"
-                                          if cfg.source in EXPERTS.list() else "")
+    known = registered_modalities(recipe)
+    embed = [f"{alias} ({cfg.source})" + (f": {', '.join(m for m in known[alias] if m in modalities)}"
+                                          if alias in known else "")
              for alias, cfg in recipe.experts.items()]
     train = [f"{key}: {n} projector(s)" for key, n in trained_members(recipe).items()]
+    train += [f"bond{i}/{e}: {b.projector} (fitted in closed form)" for i, b in enumerate(recipe.bonds)
+              for e in b.experts if fits_in_closed_form(b.projector)]
+    if recipe.routed is not None and fits_in_closed_form(recipe.routed.projector):
+        train += [f"routed/{e}: {recipe.routed.projector} (fitted in closed form)" for e in recipe.routed.experts]
     if recipe.unibind is not None:
         train.append("UniBind class centres")
     return FusePlan(recipe=recipe.name, out=out,

@@ -72,11 +72,16 @@ class ImportData(BaseModel):
     def _format_options(self) -> "ImportData":
         from spacebind.io.importers import check_options, parse_ratio
 
-        check_options(self.format, self.model_extra or {})
-        if self.split_ratio is not None:
-            parse_ratio(self.split_ratio)
-        if self.modality is not None and self.modality not in MODALITIES:
-            raise ValueError(f"unknown modality {self.modality!r}; expected one of {', '.join(MODALITIES)}")
+        problems = []  # every one at once
+        for check in (lambda: check_options(self.format, self.model_extra or {}),
+                      lambda: self.split_ratio is None or parse_ratio(self.split_ratio),
+                      lambda: self.modality is None or _known(self.modality, list(MODALITIES), "modality")):
+            try:
+                check()
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -257,6 +262,12 @@ class BondConfig(Strict):
         if self.pseudo and self.mixture not in (1, len(self.pseudo)):
             raise ValueError(f"with {len(self.pseudo)} pseudo datasets the mixture has one member each; "
                              f"drop 'mixture' or set it to {len(self.pseudo)}")
+        if self.pseudo and self.projector not in ("auto", "mlp"):
+            raise ValueError(f"pseudo datasets train one MLP projector each; projector {self.projector!r} is "
+                             "fitted without training: use projector auto or mlp, or drop 'pseudo'")
+        if self.pseudo and self.curate is not None:
+            raise ValueError("curate balances the paired train items; with 'pseudo' the bond learns from pseudo "
+                             "pairs instead: drop one of them")
         return self
 
 
@@ -388,6 +399,10 @@ def _reference_errors(raw: dict[str, Any]) -> list[str]:
         for m, refs in (inputs.items() if isinstance(inputs, dict) else []):
             for j, ref in enumerate(as_list(refs)):
                 check(f"routed.inputs.{m}.{j}", ref)
+        router = routed.get("router")
+        miners = router.get("miners") if isinstance(router, dict) else None
+        for pair, ref in (miners.items() if isinstance(miners, dict) else []):
+            check(f"routed.router.miners.{pair}", ref)
     return errors
 
 

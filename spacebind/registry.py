@@ -57,8 +57,12 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
 
+    def near(self, name: str) -> list[str]:
+        """Up to three registered names close to `name`, closest first."""
+        return difflib.get_close_matches(name, list(self._entries), n=3)
+
     def unknown_message(self, name: str) -> str:
-        near = difflib.get_close_matches(name, list(self._entries), n=3)
+        near = self.near(name)
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.list()) or '(none)'}"
 

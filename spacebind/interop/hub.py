@@ -44,10 +44,11 @@ def checkpoint_directory(source: str | Path, *, cache_dir: str | Path | None = N
     try:
         path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline)
     except Exception as exc:  # huggingface_hub raises its own error types (not found, offline, gated, HTTP)
-        where = "the Hugging Face cache (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face Hub"
-        raise CheckpointError(f"{source!r} is no local directory, and hub repo {repo_id!r}"
-                              f"{f' at revision {revision!r}' if revision else ''} was not found in {where}: "
-                              f"{type(exc).__name__}: {exc}") from None
+        # offline, huggingface_hub's own advice (`local_files_only=False`) names no option of ours
+        where = "the Hugging Face cache (HF_HUB_OFFLINE=1)" if offline else \
+            f"the Hugging Face Hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        raise CheckpointError(f"no directory {str(source)!r}, and no hub repo {repo_id!r}"
+                              f"{f' at revision {revision!r}' if revision else ''} in {where}") from None
     return Path(path)
 
 

@@ -389,3 +389,11 @@ def test_an_export_records_the_seed_it_was_run_with(tmp_path: Path) -> None:
     assert stored.startswith(TINY_RECIPE.rstrip("\n"))
     assert stored.endswith("# run as `spacebind fuse … --seed 3`, which overrides train.seed: 3\n")
     assert load_recipe(tmp_path / "out" / "recipe.yaml")[0].name == load_recipe(tmp_path / "tiny.yaml")[0].name
+
+
+def test_a_fused_argument_that_is_neither_a_directory_nor_an_expert_says_both() -> None:
+    for args in (["info", "world_unifed"], ["encode", "world_unifed", "text", "a dog", "--out", "x.npy"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "'world_unifed' is neither a fused checkpoint directory nor a registered expert (experts named like " \
+               "it: world_unified" in " ".join(result.output.split()), result.output

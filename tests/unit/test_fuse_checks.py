@@ -8,8 +8,8 @@ import pytest
 import yaml
 from tiny_datasets import TINY_RECIPE
 
-from spacebind.errors import InputError
-from spacebind.fuse import fuse
+from spacebind.errors import InputError, RecipeError
+from spacebind.fuse import fuse, missing_files, plan_fuse
 from spacebind.recipe import validate_recipe
 
 
@@ -45,3 +45,56 @@ def test_a_closed_form_rerun_in_a_used_work_directory_exports_no_old_history(tmp
     assert not (tmp_path / "reused" / "history.json").exists()
     for name in ("README.md", "config.json", "model.safetensors"):
         assert (tmp_path / "reused" / name).read_bytes() == (tmp_path / "fresh_out" / name).read_bytes(), name
+
+
+POOLS = Path(__file__).resolve().parents[2] / "recipes" / "omnibind_world_pools.yaml"
+
+
+def test_the_plan_counts_the_projectors_each_routed_member_trains_and_lists_fitted_heads(tmp_path: Path) -> None:
+    """Each routed member trains on the pseudo datasets whose seed it covers (`member_pseudo`): the
+    audio-text and point-text experts two each, not the four the stage lists."""
+    raw = yaml.safe_load(POOLS.read_text())
+    plan = plan_fuse(validate_recipe(raw), out=tmp_path / "out", work=tmp_path / "work")
+    assert plan.train == ["bond0/unified: 4 projector(s)", "routed/audio_text: 2 projector(s)",
+                          "routed/point_text: 2 projector(s)", "routed/unified: 4 projector(s)"]
+    raw["bonds"][0] = {"type": "combination", "expert": "unified", "projector": "procrustes"}
+    plan = plan_fuse(validate_recipe(raw), out=tmp_path / "out", work=tmp_path / "work")
+    assert "bond0/unified: procrustes (fitted in closed form)" in plan.train
+
+
+def test_an_import_recipe_plans_and_its_missing_sources_are_named(tmp_path: Path) -> None:
+    raw = yaml.safe_load(POOLS.read_text())
+    raw["data"] = {"import": [{"format": "csv", "source": "clotho/captions.csv", "media_root": "clotho/audio",
+                               "split_ratio": [0.8, 0.1, 0.1]}]}
+    recipe = validate_recipe(raw)
+    assert missing_files(recipe, tmp_path) == [
+        "data.import.0.source: no file or directory 'clotho/captions.csv'",
+        "data.import.0.media_root: no file or directory 'clotho/audio'"]
+    (tmp_path / "clotho" / "audio").mkdir(parents=True)
+    (tmp_path / "clotho" / "captions.csv").write_text("path,caption\n")
+    plan = plan_fuse(recipe, base_dir=tmp_path, out=tmp_path / "out", work=tmp_path / "work")
+    assert plan.data == f"imported into the work directory from csv {tmp_path / 'clotho' / 'captions.csv'}"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"projector": "linear"}, "pseudo datasets train one MLP projector each; projector 'linear' is fitted"),
+    ({"curate": 10}, "curate balances the paired train items; with 'pseudo'"),
+])
+def test_pseudo_datasets_with_a_fitted_projector_or_curation_are_refused(change: dict, message: str) -> None:
+    raw = yaml.safe_load(POOLS.read_text())
+    raw["bonds"][0] |= change
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(raw)
+
+
+def test_every_error_of_an_import_entry_and_router_miners_are_reported_at_once() -> None:
+    raw = yaml.safe_load(POOLS.read_text())
+    raw["data"] = {"import": {"format": "csv", "source": "a.csv", "path_colum": "f", "split_ratio": [0.8, 0.3, 0.1],
+                              "modality": "audoi"}}
+    raw["routed"]["router"]["miners"] = {"audio-text": "audio_txt", "audoi-text": "unified"}
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(raw)
+    message = str(caught.value)
+    for part in ("does not take path_colum", "split ratio", "unknown modality 'audoi'. Did you mean 'audio'?",
+                 "routed.router.miners.audio-text", "audio_txt", "miners: key 'audoi-text' is not a pair of two modalities"):
+        assert part in message, (part, message)

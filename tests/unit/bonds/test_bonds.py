@@ -121,3 +121,13 @@ def test_bond_rejects_bad_arguments() -> None:
     bound = BoundSpace(u, [e], "combination", {"E": head})
     with pytest.raises(InputError, match="unknown modality 'audio'"):
         bound.encode("audio", ["1"])
+
+
+def test_bind_refuses_an_unknown_option_or_projector_before_embedding_anything() -> None:
+    calls = []
+    u = Space.from_encoders("U", {"text": lambda xs: calls.append(xs) or torch.randn(len(xs), 4)}, dim=4)
+    with pytest.raises(InputError, match="unknown option 'mixtur'; did you mean 'mixture'"):
+        u.bind(u, data="no-such-dataset", mixtur=3)
+    with pytest.raises(InputError, match="unknown projector 'mpl'; expected one of auto, linear, mlp"):
+        u.bind(u, data="no-such-dataset", projector="mpl")
+    assert not calls

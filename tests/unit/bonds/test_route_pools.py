@@ -78,18 +78,18 @@ def test_each_member_gets_the_pseudo_datasets_it_can_learn_from() -> None:
     target = Space.from_encoders("T", {m: enc for m in ("image", "text", "audio", "point")}, dim=dim)
     audio_text = Space.from_encoders("AT", {"audio": enc, "text": enc}, dim=dim)
     unified = Space.from_encoders("U", {m: enc for m in ("image", "text", "audio", "point")}, dim=dim)
-    leaves = {s.name: s for s in (target, audio_text, unified)}
+    leaves = {s.name: s.modalities for s in (target, audio_text, unified)}
     specs = [PseudoDataset(seed="audio", partners=["text", "image"]), PseudoDataset(seed="point", partners=["text"]),
              PseudoDataset(seed="text", partners=["audio", "point"])]
-    kept = member_pseudo(specs, audio_text, target, leaves)
+    kept = member_pseudo(specs, "AT", leaves, target.modalities)
     assert [(s.seed, s.partners) for s in kept] == [("audio", ["text"]), ("text", ["audio"])]
-    assert [(s.seed, s.partners) for s in member_pseudo(specs, unified, target, leaves)] == \
+    assert [(s.seed, s.partners) for s in member_pseudo(specs, "U", leaves, target.modalities)] == \
         [(s.seed, s.partners) for s in specs]
     # a miner named by the dataset decides which partners it can retrieve
     named = [PseudoDataset(seed="audio", partners=["text", "image"], miner="U")]
-    assert member_pseudo(named, audio_text, target, leaves)[0].partners == ["text", "image"]
+    assert member_pseudo(named, "AT", leaves, target.modalities)[0].partners == ["text", "image"]
     with pytest.raises(InputError, match="none of the pseudo datasets"):
-        member_pseudo([PseudoDataset(seed="point", partners=["text"])], audio_text, target, leaves)
+        member_pseudo([PseudoDataset(seed="point", partners=["text"])], "AT", leaves, target.modalities)
 
 
 def test_router_tuples_stay_in_memory_where_a_cache_is_not_on_disk(capsys) -> None:

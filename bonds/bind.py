@@ -280,6 +280,7 @@ def train_bond(
     items the guard's bootstrap resamples together."""
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
+    _check_mixed(base, experts, lambdas, presets)
     kinds = AUTO_PROJECTORS if projector == "auto" else (projector,)
     judged = tune and dataset.count("val") > 0
     heads: dict[str, dict[str, nn.Module]] = {k: {} for k in kinds}
@@ -313,6 +314,20 @@ def train_bond(
         record["projector"] = {"chosen": kept, "candidates": {k or kinds[0]: v for k, v in choice.candidates.items()}}
     channels = choice.channels if choice.channels and any(v > 0 for v in choice.channels.values()) else None
     return space_with(kept, {**(lambdas or {}), **choice.lambdas}, record, channels)
+
+
+def _check_mixed(base: Space, experts: Sequence[Space], lambdas: Mapping[str, float] | None,
+                 presets: Mapping[str, Mapping[str, float]] | None) -> None:
+    """Raise an InputError for a λ (given or in a preset) of a modality the bond does not mix: one
+    the base and none of the experts cover, or the other way round, takes no λ."""
+    mixed = set(base.modalities) & {m for e in experts for m in e.modalities}
+    given = {"lambdas": dict(lambdas or {})} | {f"presets.{p}": split_setting(v)[0] for p, v in (presets or {}).items()}
+    for where, values in given.items():
+        unused = sorted(set(values) - mixed)
+        if unused:
+            raise InputError(f"{where}: λ for {', '.join(unused)}, which the bond does not mix; it mixes "
+                             f"{', '.join(sorted(mixed)) or 'nothing'} (the modalities its base and an expert both "
+                             "cover), elsewhere a λ has no effect")
 
 
 def _check_bond_options(options: Mapping[str, Any]) -> None:

@@ -108,7 +108,8 @@ class BondNode(Space):
     def train(cls, base: Space, experts: list[Space], kind: str, caches: Any, dataset: Any, **kwargs: Any) -> "BondNode":
         """Train a node of this kind on cached embeddings (a recipe's `bonds:` entry); kinds built
         by their own recipe section (routed) do not implement it."""
-        raise NotImplementedError(f"bond kind {kind!r} is not trained from a recipe's bonds list")
+        raise InputError(f"bond kind {kind!r} cannot be trained from a recipe's bonds list: its class "
+                         f"{cls.__name__} defines no `train` classmethod (docs/extending.md, \"Add a bond kind\")")
 
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:

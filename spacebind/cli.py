@@ -278,6 +278,11 @@ def embed(
         return
     counts = ", ".join(f"{m} {cache.count(m)}" for m in cache.modalities)
     console.print(f"[green]cached[/] {out}: {counts}")
+    bad = {m: cache.bad(m) for m in cache.modalities if cache.bad(m)}
+    for m, items in bad.items():
+        shown = "; ".join(f"{b['id']}: {b['reason']}" for b in items[:3]) + ("; …" if len(items) > 3 else "")
+        err_console.print(f"[yellow]skipped[/] {len(items)} bad {m} item(s), left out of every task "
+                          f"(listed under 'bad' in {out / 'manifest.json'}): {shown}")
 
 
 # Index settings shared by `mine` and `index` (FAISS; see spacebind.retrieval.mining.IndexOptions).

@@ -232,7 +232,14 @@ class BondConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_bond(cls, kind: str) -> str:
-        return _known(kind, bond_kinds("bonds"), "bond")
+        from spacebind.bonds import BONDS
+        from spacebind.bonds.node import BondNode
+
+        _known(kind, bond_kinds("bonds"), "bond")
+        if BONDS.entry(kind).factory.train.__func__ is BondNode.train.__func__:
+            raise ValueError(f"bond kind {kind!r} defines no `train`, so a recipe cannot build it "
+                             "(docs/extending.md, \"Add a bond kind\")")
+        return kind
 
     @field_validator("projector")
     @classmethod

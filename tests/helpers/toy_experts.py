@@ -35,6 +35,11 @@ def multi_expert(name: str, dim: int, modalities: tuple[str, ...], seed: int) ->
     return Space.from_encoders(name, encoders, dim=dim)
 
 
+def image_text_expert(name: str = "toy_image_text", dim: int = 5) -> Expert:
+    """`multi_expert` over image and text, with defaults (for `--kwarg`-free command lines)."""
+    return multi_expert(name, dim, ("image", "text"), 0)
+
+
 def table_expert(name: str, dim: int, modalities: tuple[str, ...], seed: int) -> Expert:
     """Input "i" (a digit string) maps to row i of a fixed random table, for every modality."""
     table = torch.randn(64, dim, generator=torch.Generator().manual_seed(seed))

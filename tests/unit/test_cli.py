@@ -43,7 +43,8 @@ def test_experts_wildcard() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["encode", "no_such_expert", "text", "hello", "--out", "x.npy"], "unknown expert 'no_such_expert'"),
+    (["encode", "no_such_expert", "text", "hello", "--out", "x.npy"],
+     "'no_such_expert' is neither a fused checkpoint directory nor a registered expert"),
     (["eval", "not-a-checkpoint", "nowhere"], "not a fused checkpoint"),
     (["world", "generate", "out", "--sensors", "smell"], "unknown sensor modality(ies) ['smell']"),
     (["experts", "nomatch*"], "no registered expert matches 'nomatch*'; known: "),
@@ -397,3 +398,15 @@ def test_a_fused_argument_that_is_neither_a_directory_nor_an_expert_says_both() 
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert "'world_unifed' is neither a fused checkpoint directory nor a registered expert (experts named like " \
                "it: world_unified" in " ".join(result.output.split()), result.output
+
+
+def test_embed_names_the_bad_items_it_skipped(tmp_path: Path) -> None:
+    from tiny_datasets import tiny_dataset
+
+    tiny_dataset(tmp_path / "data", corrupt=5)
+    result = runner.invoke(app, ["embed", "toy_experts:image_text_expert", str(tmp_path / "data"), "--out",
+                                 str(tmp_path / "cache"), "-q"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "text 23, image 22" in output and "skipped 1 bad image item(s), left out of every task" in output
+    assert "item5: " in output

@@ -98,3 +98,21 @@ def test_every_error_of_an_import_entry_and_router_miners_are_reported_at_once()
     for part in ("does not take path_colum", "split ratio", "unknown modality 'audoi'. Did you mean 'audio'?",
                  "routed.router.miners.audio-text", "audio_txt", "miners: key 'audoi-text' is not a pair of two modalities"):
         assert part in message, (part, message)
+
+
+def test_a_bond_kind_without_train_is_refused_by_the_recipe_not_after_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spacebind.bonds import BONDS
+    from spacebind.bonds.node import BondNode, register_bond
+
+    monkeypatch.setattr(BONDS, "_entries", dict(BONDS._entries))  # the kind lives for this test only
+
+    @register_bond("mean", section="bonds")
+    class Untrainable(BondNode):  # a formula, no `train`
+        kind = "mean"
+
+    raw = yaml.safe_load(POOLS.read_text())
+    raw["bonds"][0] = {"type": "mean", "expert": "unified"}
+    with pytest.raises(RecipeError, match="bond kind 'mean' defines no `train`, so a recipe cannot build it"):
+        validate_recipe(raw)
+    with pytest.raises(InputError, match="its class Untrainable defines no `train` classmethod"):
+        Untrainable.train(None, [], "mean", None, None)

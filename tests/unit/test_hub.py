@@ -271,4 +271,4 @@ def test_eval_of_a_hub_id_includes_unibind(tmp_path: Path, hf_cache: Path) -> No
     by_id = evaluate_checkpoint("org/uni", tmp_path / "data", cache_dir=tmp_path / "caches", trust_remote_code=True)
     assert [r["modalities"] for r in by_id if r["model"] == f"{space.name} (centres)"] == [["image", "text"]]
     by_path = evaluate_checkpoint(out, tmp_path / "data", cache_dir=tmp_path / "caches", trust_remote_code=True)
-    assert by_id == by_path
+    assert json.dumps(by_id) == json.dumps(by_path)  # acc5 is NaN under 5 classes, and NaN != NaN

@@ -131,3 +131,14 @@ def test_bind_refuses_an_unknown_option_or_projector_before_embedding_anything()
     with pytest.raises(InputError, match="unknown projector 'mpl'; expected one of auto, linear, mlp"):
         u.bind(u, data="no-such-dataset", projector="mpl")
     assert not calls
+
+
+def test_a_lambda_of_a_modality_the_bond_does_not_mix_is_refused() -> None:
+    from spacebind.bonds.bind import train_bond
+
+    u = table_expert("U", 6, ("text", "audio", "point"), 0)
+    e = table_expert("E", 4, ("text", "audio"), 1)
+    with pytest.raises(InputError, match=r"lambdas: λ for point, which the bond does not mix; it mixes audio, text"):
+        train_bond(u, [e], "combination", None, None, lambdas={"point": 0.7, "audio": 0.4})
+    with pytest.raises(InputError, match=r"presets.p: λ for point"):
+        train_bond(u, [e], "combination", None, None, presets={"p": {"point": 0.5, "channel:audio": 0.5}})

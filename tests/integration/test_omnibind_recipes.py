@@ -25,9 +25,19 @@ def test_published_omnibind_recipes_validate_and_name_missing_checkpoints(name: 
     if name != "omnibind_7b":
         assert {"clap_general.fusion", "clap_music", "dfn5b_clip_vit_h14", "siglip_so400m_384"} <= sources
     assert len(recipe.bonds[0].pseudo) == 7  # the anchor: n(0.9·target + 0.1·mean_7(P_IB))
+    assert not recipe.bonds[0].tune  # the anchor's λ 0.1 as published
     if name != "omnibind_7b":  # OmniBind large / full: the router inputs REFERENCE names
         assert recipe.routed.inputs == {"text": ["wavcaps_pt", "siglip_so400m", "eva"], "audio": ["wavcaps_pt"],
                                         "image": ["siglip_so400m"], "point": ["uni3d_lvis"]}
+        assert recipe.experts["clap_general"].kwargs["checkpoint"] == "checkpoints/630k-fusion-best.pt"
+        assert recipe.experts["clap_music"].kwargs["checkpoint"].endswith("music_speech_audioset_epoch_15_esc_89.98.pt")
+        uni3d = ["uni3d_lvis", "uni3d_mnet40", "uni3d_scanobjnn"]  # OmniBind's UNI3D_L, _M, _S
+    else:  # OmniBind base (omni_utils.get_config): A_pred 0, V_pred 0, P_pred 0, T_pred [0, 3, 4]
+        assert recipe.routed.inputs == {"text": ["wavcaps_pt", "eva", "uni3d_lvis"], "audio": ["wavcaps_pt"],
+                                        "image": ["eva"], "point": ["uni3d_lvis"]}
+        uni3d = ["uni3d_lvis"]
+    assert [e for e in recipe.routed.experts if e.startswith("uni3d")] == uni3d
+    assert recipe.experts["uni3d_lvis"].kwargs["checkpoint"] == "checkpoints/uni3d-g/lvis/model.pt"
     if name == "omnibind_30b":  # the target is the registered EVA-CLIP-18B expert, its remote code allowed
         assert recipe.base == "eva18b" and recipe.experts["eva18b"].source == "eva_clip_18b"
         assert recipe.experts["eva18b"].kwargs == {"checkpoint": "checkpoints/EVA-CLIP-18B", "trust_remote_code": True}

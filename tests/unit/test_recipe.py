@@ -99,6 +99,11 @@ def test_published_freebind_recipes_validate_and_name_missing_checkpoints(name: 
     recipe, _ = load_recipe(ROOT / "recipes" / f"{name}.yaml")
     assert recipe.base == "imagebind" and recipe.experts["imagebind"].source == "imagebind_huge"
     assert all(len(bond.pseudo) == 7 for bond in recipe.bonds)  # FreeBind's seven projectors per expert
+    if "clap_general" in recipe.experts:  # FreeBind's README: CLAP-General 630k-fusion-best.pt, CLAP-Music 89.98
+        assert (recipe.experts["clap_general"].source, recipe.experts["clap_general"].kwargs["checkpoint"]) == \
+            ("clap_general.fusion", "checkpoints/630k-fusion-best.pt")
+        assert recipe.experts["clap_music"].kwargs["checkpoint"] == \
+            "checkpoints/music_speech_audioset_epoch_15_esc_89.98.pt"
     monkeypatch.chdir(tmp_path)  # no checkpoints here
     with pytest.raises(CheckpointError) as info:
         fuse(recipe, work=tmp_path / "work", progress=False)

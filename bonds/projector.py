@@ -12,7 +12,9 @@ from spacebind.bonds.heads import ConfigFromArgs, register_head
 class MLPProjector(ConfigFromArgs, nn.Module):
     """Linear(in→hidden) → BatchNorm → ReLU → Linear(hidden→out) → BatchNorm → L2-normalise.
 
-    Xavier-uniform weights, zero biases, no dropout, no residual, as the reference."""
+    Xavier-uniform weights, no dropout, no residual, as the reference; zero biases where the
+    reference keeps PyTorch's default ones, which changes nothing: each Linear feeds a BatchNorm,
+    which removes any constant shift."""
 
     TYPE, FIELDS = "mlp", ("in_dim", "out_dim", "hidden")
 

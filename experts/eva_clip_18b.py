@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spacebind.errors import InputError
 from spacebind.experts._remote_code import load_remote_model, load_tokenizer, remote_expert
 from spacebind.experts.registry import EXPERTS
 from spacebind.space import Expert
@@ -35,22 +36,26 @@ def image_processor() -> Any:
                               image_std=list(OPENAI_CLIP_STD), do_convert_rgb=True)
 
 
-def text_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
-    """[N, L ≤ 77] ids as the official usage: padded to the longest text in the batch, truncated to 77."""
+def text_ids(tokenizer: Any, texts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """[N, L ≤ max_length] ids as the official usage: padded to the longest text in the batch,
+    truncated to `max_length` (the model card's 77; OmniBind's expert cuts at 42)."""
     return tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                     max_length=MAX_LENGTH)["input_ids"]
+                     max_length=max_length)["input_ids"]
 
 
 @EXPERTS.register("eva_clip_18b", modalities=("image", "text"), dim=1536, checkpoint="EVA-CLIP-18B snapshot dir",
                   description="EVA-CLIP-18B (BAAI) from a local snapshot; needs trust_remote_code=True")
 def eva_clip_18b(checkpoint: str, trust_remote_code: bool = False, dtype: str = "float32", device: str = "cpu",
-                 batch_size: int = 16) -> Expert:
-    """`create_expert("eva_clip_18b", checkpoint=DIR, trust_remote_code=True)`.
+                 batch_size: int = 16, max_length: int = MAX_LENGTH) -> Expert:
+    """`create_expert("eva_clip_18b", checkpoint=DIR, trust_remote_code=True)`; `max_length`: text
+    ids kept, end-of-text included (77; OmniBind's expert 42).
 
     Raises:
         CheckpointError: not a snapshot, remote code not allowed, weights that do not match the
             model code, or a broken tokenizer.
     """
+    if not 2 <= max_length <= MAX_LENGTH:
+        raise InputError(f"eva_clip_18b: max_length {max_length}: expected 2 to {MAX_LENGTH} (the model's positions)")
     loaded = load_remote_model("EVA-CLIP-18B", "eva_clip_18b", "BAAI/EVA-CLIP-18B", checkpoint,
                                trust_remote_code=trust_remote_code, dtype=dtype, device=device)
     model = loaded.model
@@ -65,7 +70,7 @@ def eva_clip_18b(checkpoint: str, trust_remote_code: bool = False, dtype: str = 
 
     @torch.no_grad()
     def encode_text(texts: list[str]) -> torch.Tensor:
-        return model.encode_text(text_ids(tokenizer, texts).to(device)).float()
+        return model.encode_text(text_ids(tokenizer, texts, max_length).to(device)).float()
 
     return remote_expert(loaded, int(loaded.config.get("projection_dim", 1536)),
                          {"image": encode_image, "text": encode_text}, batch_size)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_eva_clip import eva_clip_snapshot
 
-from spacebind.errors import CheckpointError
+from spacebind.errors import CheckpointError, InputError
 from spacebind.experts.eva_clip_18b import MAX_LENGTH, image_processor, text_ids
 from spacebind.experts.registry import EXPERTS
 
@@ -55,6 +55,10 @@ def test_text_ids_equal_open_clip_tokenize(snapshot: Path) -> None:
     assert (ids[~real] == 49407).all()  # padded with <|endoftext|>
     assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 736, 12952, 49407]
     assert ids[3, -1] == 49407 and ids[3, -2] == ids[3, 1]  # truncated: eot at the last position
+    short = text_ids(_tokenizer(snapshot), TEXTS, max_length=42)  # OmniBind's expert cuts at 42
+    assert short.shape == (4, 42) and short[3, -1] == 49407 and torch.equal(short[3, :41], ids[3, :41])
+    with pytest.raises(InputError, match="max_length 100: expected 2 to 77"):
+        EXPERTS.create("eva_clip_18b", checkpoint=str(snapshot), trust_remote_code=True, max_length=100)
 
 
 def test_pixels_follow_the_openai_clip_constants() -> None:

@@ -40,7 +40,8 @@ def test_published_omnibind_recipes_validate_and_name_missing_checkpoints(name: 
     assert recipe.experts["uni3d_lvis"].kwargs["checkpoint"] == "checkpoints/uni3d-g/lvis/model.pt"
     if name == "omnibind_30b":  # the target is the registered EVA-CLIP-18B expert, its remote code allowed
         assert recipe.base == "eva18b" and recipe.experts["eva18b"].source == "eva_clip_18b"
-        assert recipe.experts["eva18b"].kwargs == {"checkpoint": "checkpoints/EVA-CLIP-18B", "trust_remote_code": True}
+        assert recipe.experts["eva18b"].kwargs == {"checkpoint": "checkpoints/EVA-CLIP-18B", "trust_remote_code": True,
+                                                   "max_length": 42}  # OmniBind's experts.py cuts texts at 42
     monkeypatch.chdir(tmp_path)  # no checkpoints here
     with pytest.raises(CheckpointError) as info:
         fuse(recipe, work=tmp_path / "work", progress=False)

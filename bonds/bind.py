@@ -44,6 +44,7 @@ DEFAULT_LAMBDA = 0.5  # λ of a modality the bond sets none for
 # a combination's default λ: FreeBind's `versatile` preset keeps the base's text, the hub of its pairs
 # (ImageNet 76.32 against ImageBind's 76.31); the channel carries the expert's own pairs
 VERSATILE = {"text": 0.1, "audio": 0.5}
+PBAR = ("unit", "plain")  # P̄ renormalised before mixing (FreeBind), or mixed as it is (OmniBind's anchor)
 
 
 def default_lambda(kind: str, modality: str) -> float:
@@ -52,15 +53,22 @@ def default_lambda(kind: str, modality: str) -> float:
     return VERSATILE.get(modality, DEFAULT_LAMBDA) if kind == "combination" else DEFAULT_LAMBDA
 
 
-def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str) -> torch.Tensor:
-    """FreeBind's P̄: the mean of the unit outputs of every member of every head (a parallel bond
-    pools them all) that was trained on inputs of `modality`, renormalised before it is mixed, as
-    the official code does (`F.normalize(torch.mean(...))`): members that disagree do not shrink λ."""
+def _unit(projected: torch.Tensor, pbar: str) -> torch.Tensor:
+    """P̄ alone as an embedding: already unit when `pbar` is "unit"."""
+    return projected if pbar == "unit" else F.normalize(projected, dim=-1)
+
+
+def _members_mean(heads: list[nn.Module], inputs: list[torch.Tensor], modality: str, pbar: str) -> torch.Tensor:
+    """P̄: the mean of the unit outputs of every member of every head (a parallel bond pools them
+    all) that was trained on inputs of `modality`; with `pbar` "unit" renormalised before it is
+    mixed, as FreeBind's code does (`F.normalize(torch.mean(...))`: members that disagree do not
+    shrink λ), with "plain" as it is, as OmniBind's anchor (`mean(...)·0.1 + x·0.9`)."""
     outs = []
     for head, x in zip(heads, inputs):
         members = head.members_for(modality) if hasattr(head, "members_for") else [head]
         outs.extend(member(x) for member in members)
-    return F.normalize(torch.stack(outs).mean(dim=0), dim=-1)
+    mean = torch.stack(outs).mean(dim=0)
+    return F.normalize(mean, dim=-1) if pbar == "unit" else mean
 
 
 @register_bond("combination", "displacement", section="bonds",
@@ -79,6 +87,7 @@ class BoundSpace(BondNode):
         presets: Mapping[str, Mapping[str, float]] | None = None,
         choices: Mapping[str, Any] | None = None,
         channels: Mapping[str, float] | None = None,
+        pbar: str = "unit",
     ) -> None:
         if kind not in ("combination", "displacement"):
             raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
@@ -94,6 +103,9 @@ class BoundSpace(BondNode):
         self.dim = bond_dim + (sum(s.dim for s in self._raw_sides()) if self.channels is not None else 0)
         self.name = name or self.formula()
         self.choices = dict(choices or {})  # what training chose and why: targets per member, λ, κ
+        if pbar not in PBAR:
+            raise InputError(f"pbar {pbar!r}: expected one of {', '.join(PBAR)}")
+        self.pbar = pbar  # P̄ renormalised before mixing (FreeBind) or mixed as it is (OmniBind's anchor)
 
     def _raw_sides(self) -> list[Space]:
         """The projected side's spaces, whose own embeddings form the channel."""
@@ -134,8 +146,10 @@ class BoundSpace(BondNode):
         return [m for m in self.modalities if m in self.base.modalities and any(m in e.modalities for e in self.experts)]
 
     def kind_config(self) -> dict[str, Any]:
+        # a config without `pbar` was saved before P̄ was renormalised: it loads as "plain", as it was
         return {**({"channels": self.channels} if self.channels is not None else {}),
-                **({"choices": self.choices} if self.choices else {})}
+                **({"choices": self.choices} if self.choices else {}),
+                **({"pbar": self.pbar} if self.pbar != "plain" else {})}
 
     @staticmethod
     def card_weights(config: dict[str, Any]) -> str:
@@ -185,14 +199,15 @@ class BoundSpace(BondNode):
     def _replaced(self, **changes: Any) -> "BoundSpace":
         """A copy of this space (heads shared) with some constructor arguments changed."""
         current = dict(lambdas=self.lambdas, name=self.name, presets=self.presets, choices=self.choices,
-                       channels=self.channels)
+                       channels=self.channels, pbar=self.pbar)
         return placed_like(self, BoundSpace(self.base, self.experts, self.kind, self.heads, **{**current, **changes}))
 
     @classmethod
     def from_config(cls, config: dict[str, Any], base: Space, experts: list[Space],
                     heads: dict[str, nn.Module]) -> "BoundSpace":
         return cls(base, experts, config["bond"], heads, lambdas=config["lambdas"], name=config["name"],
-                   presets=config.get("presets"), choices=config.get("choices"), channels=config.get("channels"))
+                   presets=config.get("presets"), choices=config.get("choices"), channels=config.get("channels"),
+                   pbar=config.get("pbar", "plain"))
 
     @classmethod
     def train(cls, base: Space, experts: list[Space], kind: str, caches: CacheSet, dataset: Dataset,
@@ -223,16 +238,16 @@ class BoundSpace(BondNode):
         if self.kind == "combination":
             if not xs:
                 return u
-            projected = _members_mean([self.heads[name] for name in xs], list(xs.values()), modality)
+            projected = _members_mean([self.heads[name] for name in xs], list(xs.values()), modality, self.pbar)
             if u is None:
-                return projected
+                return _unit(projected, self.pbar)
             return F.normalize((1.0 - lam) * u + lam * projected, dim=-1)
         x = next(iter(xs.values()), None)
         if u is None:
             return x
-        projected = _members_mean([self.heads[self.experts[0].name]], [u], modality)
+        projected = _members_mean([self.heads[self.experts[0].name]], [u], modality, self.pbar)
         if x is None:
-            return projected
+            return _unit(projected, self.pbar)
         return F.normalize(lam * projected + (1.0 - lam) * x, dim=-1)
 
 
@@ -265,6 +280,7 @@ def train_bond(
     projector: str = "auto",
     channel: bool = True,
     groups: str | None = None,
+    pbar: str = "unit",
     **head_kwargs: Any,
 ) -> BoundSpace:
     """Train the projectors a bond needs and return the bound space. With `tune`, the λ of the
@@ -277,10 +293,11 @@ def train_bond(
     `channel` (with `tune`) lets the val split weigh a channel of the projected side's own
     embeddings per modality (see the module docstring); where it chooses 0 everywhere the space
     is FreeBind's, without the channel. `groups`: the item attribute (e.g. "speaker") whose val
-    items the guard's bootstrap resamples together."""
+    items the guard's bootstrap resamples together. `pbar`: "unit" renormalises P̄ before mixing
+    (FreeBind), "plain" mixes it as it is (OmniBind's anchor)."""
     if kind not in ("combination", "displacement"):
         raise InputError(f"unknown bond {kind!r}; expected combination or displacement")
-    _check_mixed(base, experts, lambdas, presets)
+    check_mixed(base.modalities, experts, lambdas, presets)
     kinds = AUTO_PROJECTORS if projector == "auto" else (projector,)
     judged = tune and dataset.count("val") > 0
     heads: dict[str, dict[str, nn.Module]] = {k: {} for k in kinds}
@@ -298,7 +315,7 @@ def train_bond(
     def space_with(k: str, lams: Mapping[str, float] | None, choices: dict[str, Any],
                    channels: Mapping[str, float] | None = None) -> BoundSpace:
         return BoundSpace(base, list(experts), kind, heads[k], lambdas=lams, name=name, presets=presets,
-                          choices=choices, channels=channels)
+                          choices=choices, channels=channels, pbar=pbar)
 
     if not judged:
         return space_with(kinds[0], lambdas, {"targets": targets})
@@ -316,16 +333,17 @@ def train_bond(
     return space_with(kept, {**(lambdas or {}), **choice.lambdas}, record, channels)
 
 
-def _check_mixed(base: Space, experts: Sequence[Space], lambdas: Mapping[str, float] | None,
-                 presets: Mapping[str, Mapping[str, float]] | None) -> None:
+def check_mixed(base_modalities: Sequence[str], experts: Sequence[Space], lambdas: Mapping[str, float] | None,
+                presets: Mapping[str, Mapping[str, float]] | None, where: str = "") -> None:
     """Raise an InputError for a λ (given or in a preset) of a modality the bond does not mix: one
-    the base and none of the experts cover, or the other way round, takes no λ."""
-    mixed = set(base.modalities) & {m for e in experts for m in e.modalities}
+    the base (covering `base_modalities`) and none of the experts cover, or the other way round,
+    takes no λ. `where` prefixes the field names (a recipe's `bonds.<i>.`)."""
+    mixed = set(base_modalities) & {m for e in experts for m in e.modalities}
     given = {"lambdas": dict(lambdas or {})} | {f"presets.{p}": split_setting(v)[0] for p, v in (presets or {}).items()}
-    for where, values in given.items():
+    for field, values in given.items():
         unused = sorted(set(values) - mixed)
         if unused:
-            raise InputError(f"{where}: λ for {', '.join(unused)}, which the bond does not mix; it mixes "
+            raise InputError(f"{where}{field}: λ for {', '.join(unused)}, which the bond does not mix; it mixes "
                              f"{', '.join(sorted(mixed)) or 'nothing'} (the modalities its base and an expert both "
                              "cover), elsewhere a λ has no effect")
 
@@ -334,8 +352,7 @@ def _check_bond_options(options: Mapping[str, Any]) -> None:
     """Raise an InputError for an option `bind` does not take (naming the nearest ones) or an
     unknown projector type."""
     taken = [p.name for f in (train_bond, train_heads) for p in inspect.signature(f).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("name", "presets", "projectors",
-                                                                              "checkpoint_dir", "progress")]
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("projectors", "checkpoint_dir", "progress")]
     for key in options:
         if key not in taken:
             near = difflib.get_close_matches(key, taken, n=1)
@@ -376,6 +393,7 @@ def bind(
     _check_bond_options(head_kwargs)  # before anything is embedded
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     experts = [expert] if isinstance(expert, Space) else list(expert)
+    check_mixed(base.modalities, experts, lambdas, head_kwargs.get("presets"))
     caches = ensure_caches([base, *experts], dataset, cache_dir, progress=progress)
     return train_bond(
         base, experts, bond, caches, dataset, lambdas=lambdas,

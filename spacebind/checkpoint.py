@@ -17,7 +17,6 @@ written last, records the sha256 of every other file it was written with (`weigh
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -43,6 +42,7 @@ from spacebind.experts import (
 )
 from spacebind.io.files import (
     check_output,
+    keep_other_files,
     save_tensors,
     sha256_file,
     storage_errors,
@@ -147,7 +147,7 @@ def save_space(
             config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
                                       if p.is_file() and p.name != "model.safetensors"}
             write_json(stage / "config.json", config)
-            _keep_other_files(out, stage)
+            keep_other_files(out, stage, _export_files(out))
         except StorageError as exc:
             error = StorageError(str(exc).replace(str(stage), str(out)))  # name the file the user asked for
             error.errno = exc.errno
@@ -199,27 +199,6 @@ def _export_files(directory: Path) -> set[str]:
     except (OSError, ValueError, AttributeError):
         recorded = {}
     return {*OWN_FILES, *recorded}
-
-
-def _keep_other_files(old: Path, new: Path) -> None:
-    """Hard-link (or copy) into `new` what `old` holds beyond its own export's files and the files `new` has."""
-    if not old.is_dir():
-        return
-    own = _export_files(old)
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    for path in old.iterdir():
-        if path.name not in own and not (new / path.name).exists():
-            with storage_errors(new / path.name):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.copytree(path, new / path.name, symlinks=True, copy_function=link)
-                else:
-                    link(str(path), str(new / path.name))
 
 
 def load(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spacebind.bonds import BONDS
+from spacebind.bonds.bind import check_mixed
 from spacebind.bonds.heads import fits_in_closed_form
 from spacebind.bonds.lambdas import check_groups
 from spacebind.cache import dataset_key, ensure_caches
@@ -146,6 +147,7 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     for alias, cfg in recipe.experts.items():
         with stage(f"expert {alias!r} ({cfg.source})", progress):
             experts[alias] = build_expert(cfg.source, cfg.kwargs, name=alias)
+    check_bond_lambdas(recipe, experts)
     with stage("embedding caches", progress):
         caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
     space: Space = experts[recipe.base]
@@ -156,7 +158,7 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
                 space, [experts[n] for n in bond.experts], bond.type, caches, dataset,
                 lambdas=bond.lambdas, presets=bond.presets, work_dir=work / "heads" / f"bond{i}",
                 name=recipe.name if last else None,
-                projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, channel=bond.channel, groups=bond.groups, pseudo=bond.pseudo, curate=bond.curate,
+                projector=bond.projector, mixture=bond.mixture, pairing=bond.pairing, tune=bond.tune, channel=bond.channel, groups=bond.groups, pseudo=bond.pseudo, curate=bond.curate, pbar=bond.pbar,
                 relative=bond.relative.model_dump(),
                 train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
             )
@@ -203,6 +205,16 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     return FuseResult(space=space, records=records, out=Path(out), work=work)
 
 
+def check_bond_lambdas(recipe: Recipe, experts: dict[str, Space]) -> None:
+    """Raise an InputError naming `bonds.<i>.lambdas` (or a preset) for a λ of a modality that bond
+    does not mix, before anything is embedded (`spacebind.bonds.bind.check_mixed`)."""
+    covered = set(experts[recipe.base].modalities)
+    for i, bond in enumerate(recipe.bonds):
+        members = [experts[n] for n in bond.experts]
+        check_mixed(sorted(covered), members, bond.lambdas, bond.presets, where=f"bonds.{i}.")
+        covered |= {m for e in members for m in e.modalities}
+
+
 def trained_members(recipe: Recipe, modalities: dict[str, tuple[str, ...]] | None = None) -> dict[str, int]:
     """`bond<i>/<expert>` (or `routed/<expert>`) → the number of projectors trained for it (one per
     pseudo dataset it can learn from, else the mixture size); their checkpoints lie under
@@ -211,7 +223,7 @@ def trained_members(recipe: Recipe, modalities: dict[str, tuple[str, ...]] | Non
     them) tells which pseudo datasets a routed member can use (`member_pseudo`).
 
     Raises:
-        InputError: a routed member can use none of the pseudo datasets."""
+        InputError: a routed member can use none of the pseudo datasets (of given `modalities`)."""
     out = {f"bond{i}/{e}": len(b.pseudo) or b.mixture for i, b in enumerate(recipe.bonds) for e in b.experts
            if not fits_in_closed_form(b.projector)}
     if recipe.routed is not None and not fits_in_closed_form(recipe.routed.projector):
@@ -223,7 +235,14 @@ def trained_members(recipe: Recipe, modalities: dict[str, tuple[str, ...]] | Non
         counts = {e: len(r.pseudo) or r.mixture for e in r.experts}
         if r.pseudo and all(a in known for a in {*target_aliases, *r.experts}):
             target = sorted({m for a in target_aliases for m in known[a]})
-            counts = {e: len(member_pseudo(r.pseudo, e, known, target)) for e in r.experts}
+            for e in r.experts:
+                try:
+                    counts[e] = len(member_pseudo(r.pseudo, e, known, target))
+                except InputError:
+                    # the registry's modalities are a listing, not the built expert's (an `adapted`
+                    # expert adds its inner expert's): the plan keeps the stage's count
+                    if modalities is not None:
+                        raise
         out |= {f"routed/{e}": n for e, n in counts.items()}
     return out
 

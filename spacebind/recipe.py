@@ -212,6 +212,9 @@ class BondConfig(Strict):
     groups: str | None = Field(None, description=(
         "with tune: item attribute (e.g. speaker) whose val items the guard's bootstrap resamples together; "
         "default: each item on its own"))
+    pbar: Literal["unit", "plain"] = Field("unit", description=(
+        "P̄, the mean of the projectors' unit outputs: unit renormalises it before mixing (FreeBind), "
+        "plain mixes it as it is (OmniBind's anchor)"))
     curate: int | None = Field(None, ge=1, description="concept-balanced curation: train items per class")
     relative: RelativeConfig = Field(default_factory=RelativeConfig)
     presets: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
@@ -236,7 +239,8 @@ class BondConfig(Strict):
         from spacebind.bonds.node import BondNode
 
         _known(kind, bond_kinds("bonds"), "bond")
-        if BONDS.entry(kind).factory.train.__func__ is BondNode.train.__func__:
+        train = BONDS.entry(kind).factory.train
+        if getattr(train, "__func__", train) is BondNode.train.__func__:
             raise ValueError(f"bond kind {kind!r} defines no `train`, so a recipe cannot build it "
                              "(docs/extending.md, \"Add a bond kind\")")
         return kind

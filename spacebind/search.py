@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,8 +40,16 @@ from spacebind.cache import dataset_key, ensure_caches
 from spacebind.cache.keys import id_keys
 from spacebind.errors import CheckpointError, InputError
 from spacebind.io.datasets import Dataset
-from spacebind.io.files import atomic_path, check_output, home_dir, sha256_file, write_json
-from spacebind.io.locks import replacing_dir
+from spacebind.io.files import (
+    atomic_path,
+    check_output,
+    home_dir,
+    keep_other_files,
+    sha256_file,
+    storage_errors,
+    write_json,
+)
+from spacebind.io.locks import dir_lock, replacing_dir
 from spacebind.io.progress import track
 from spacebind.modalities import check_modality
 from spacebind.retrieval.mining import IndexKind, IndexOptions
@@ -179,13 +189,13 @@ def build_index(
     if not wanted:
         raise InputError(f"space {space.name!r} covers none of the modalities of {data.root} ({', '.join(present)})")
     out = check_output(Path(out).resolve(), directory=True, what="index directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    if out.is_dir() and not (out / MANIFEST).is_file() and not all(_index_file(p.name) for p in out.iterdir()):
         raise InputError(f"{out} is not empty and not a spacebind index; index into a new or empty directory")
     root = Path(cache_dir) if cache_dir is not None else home_dir() / "caches" / dataset_key(data)
     caches = ensure_caches([space], data, root, progress=progress)
     options = options or IndexOptions()
     entries: dict[str, dict[str, Any]] = {}
-    with replacing_dir(out, "index being built") as stage:  # the old index stays whole until this one is
+    with _index_directory(out) as stage:
         for m in wanted:
             found = data.select(split, m)  # held anyway: items.json lists them
             chosen = [it for it, keep in zip(found, caches.usable(space, m, id_keys(it.id for it in found))) if keep]
@@ -211,7 +221,42 @@ def build_index(
             "modalities": entries,
         }
         write_json(stage / MANIFEST, manifest)
+        if stage != out:
+            keep_other_files(out, stage, _index_files(out))
     return load_index(out)
+
+
+@contextmanager
+def _index_directory(out: Path) -> Iterator[Path]:
+    """Where an index is built: beside `out`, swapped in whole (`replacing_dir`: the old index stays
+    whole until the new one is complete); in `out` itself where no sibling can go there (a mount
+    point, or a parent the user cannot write), with the old manifest removed first so that a
+    half-written index does not load."""
+    parent = next(p for p in out.parents if p.exists())  # where the sibling's directories will be made
+    if not os.path.ismount(out) and os.access(parent, os.W_OK):
+        with replacing_dir(out, "index being built") as stage:
+            yield stage
+        return
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+    with dir_lock(out, "index being built"):
+        yield out
+
+
+def _index_file(name: str) -> bool:
+    """Whether a file name is one an index build writes (a half-built index holds only those)."""
+    return name == MANIFEST or name.endswith((".faiss", ".items.json"))
+
+
+def _index_files(root: Path) -> set[str]:
+    """The files of the index in `root` (its manifest and what it names, if it reads)."""
+    try:
+        entries = json.loads((root / MANIFEST).read_text(encoding="utf-8")).get("modalities") or {}
+        named = {e.get(key) for e in entries.values() if isinstance(e, dict) for key in ("index", "items")}
+    except (OSError, ValueError, AttributeError):
+        named = set()
+    return {MANIFEST, *(n for n in named if isinstance(n, str))}
 
 
 def _embedded(caches: Any, space: Space, modality: str, used: np.ndarray, ids: list[str]) -> torch.Tensor:

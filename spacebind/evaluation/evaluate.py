@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from spacebind.errors import InputError
 from spacebind.evaluation.metrics import class_embeddings, retrieval_recall, zeroshot_classification
 from spacebind.io.datasets import Dataset, Item
 from spacebind.io.files import write_json
@@ -112,22 +111,15 @@ def class_centres(dataset: Dataset, encode_text: Callable[[list[str]], torch.Ten
 
 def labelled_items(dataset: Dataset, split: str, modality: str) -> tuple[list[str], torch.Tensor]:
     """The ids of the split's items of `modality` whose label is a class, and their class indices:
-    one per distinct media file (its first item), as retrieval counts them, so a clip with five
-    captions is classified once (one per item for text).
-
-    Raises:
-        InputError: one media file labelled with two classes."""
+    one per distinct (media file, label) (its first item), as retrieval counts media, so a clip with
+    five captions is classified once; a file stored once per label of a multi-label item counts
+    once per label (one per item for text)."""
     index = {c: i for i, c in enumerate(dataset.class_names)}
-    label_of: dict[str, tuple[str, str]] = {}  # media key → (first item's id, its label)
+    first: dict[tuple[str, str], str] = {}  # (media key, label) → the first item's id
     for it in dataset.select(split, modality):
-        if it.label not in index:
-            continue
-        key = it.media_key(modality)
-        first = label_of.setdefault(key, (it.id, it.label))
-        if first[1] != it.label:
-            raise InputError(f"{dataset.root}: {modality} {key!r} is labelled {first[1]!r} (item {first[0]!r}) "
-                             f"and {it.label!r} (item {it.id!r}); one media file needs one label")
-    return [i for i, _ in label_of.values()], torch.tensor([index[c] for _, c in label_of.values()], dtype=torch.long)
+        if it.label in index:
+            first.setdefault((it.media_key(modality), it.label), it.id)
+    return list(first.values()), torch.tensor([index[label] for _, label in first], dtype=torch.long)
 
 
 def evaluate_space(

@@ -10,13 +10,14 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -126,7 +127,19 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, data: Any) -> None:
-    write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Atomically write `data` as strict JSON: NaN and infinities (a metric with nothing to measure,
+    an epoch without validation pairs) become null, which every JSON reader accepts."""
+    write_text(target, json.dumps(_strict(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _strict(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_strict(v) for v in data]
+    return data
 
 
 def save_tensors(target: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -198,6 +211,27 @@ def replace_dir(staging: Path, target: str | Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_other_files(old: Path, new: Path, own: Collection[str]) -> None:
+    """Hard-link (or copy) into `new` what the directory `old` holds beyond its `own` files and the
+    files `new` has: files a user put beside an export or index survive its replacement."""
+    if not old.is_dir():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for path in old.iterdir():
+        if path.name not in own and not (new / path.name).exists():
+            with storage_errors(new / path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.copytree(path, new / path.name, symlinks=True, copy_function=link)
+                else:
+                    link(str(path), str(new / path.name))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

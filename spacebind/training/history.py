@@ -6,7 +6,6 @@ run, keyed `bond<i>/<expert>/member<j>` (or `routed/<expert>/member<j>`).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,13 +25,8 @@ def collect_histories(heads_dir: Path, members: Mapping[str, int]) -> dict[str, 
             path = heads_dir / key / f"member{j}" / STATE_FILE
             if path.is_file():
                 saved = torch.load(path, weights_only=True, map_location="cpu")
-                out[f"{key}/member{j}"] = [_finite(row) for row in saved["state"]["history"]]
+                out[f"{key}/member{j}"] = list(saved["state"]["history"])  # NaN (no val pairs): null in JSON
     return out
-
-
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with NaN (no validation pairs) as None, so that the JSON is strict."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
 def plot_histories(histories: Mapping[str, History], path: Path) -> Path:

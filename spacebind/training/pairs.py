@@ -269,7 +269,7 @@ class MeanSide(_Over):
                               chunk_size=max(1, len(idx)), blocks=self.blocks)
 
     def key(self) -> list[torch.Tensor]:
-        return [*self.inner.key(), self.weights]
+        return [*self.inner.key(), self.weights, torch.tensor(list(self.blocks or ()), dtype=torch.int64)]
 
 
 class ConcatSide(Side):

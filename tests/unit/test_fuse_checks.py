@@ -116,3 +116,23 @@ def test_a_bond_kind_without_train_is_refused_by_the_recipe_not_after_embedding(
         validate_recipe(raw)
     with pytest.raises(InputError, match="its class Untrainable defines no `train` classmethod"):
         Untrainable.train(None, [], "mean", None, None)
+
+    @register_bond("static", section="bonds")
+    class StaticTrain(BondNode):  # a `train` that is a staticmethod still counts
+        kind = "static"
+
+        @staticmethod
+        def train(*args, **kwargs):  # noqa: ANN002, ANN003, ANN205
+            raise AssertionError("not called by validation")
+
+    raw["bonds"][0] = {"type": "static", "expert": "unified"}
+    assert validate_recipe(raw).bonds[0].type == "static"
+
+
+def test_a_lambda_of_a_modality_the_bond_does_not_mix_is_refused_before_anything_is_embedded(tmp_path: Path) -> None:
+    raw = yaml.safe_load(TINY_RECIPE)
+    raw["experts"]["e"]["kwargs"]["modalities"] = ["text", "audio"]
+    raw["bonds"][0]["lambdas"] = {"text": 0.5, "audio": 0.5}  # the base has no audio: audio is not mixed
+    with pytest.raises(InputError, match=r"bonds\.0\.lambdas: λ for audio, which the bond does not mix; it mixes text"):
+        fuse(validate_recipe(raw), work=tmp_path / "work", out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "work" / "cache").exists()

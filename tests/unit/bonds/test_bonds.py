@@ -142,3 +142,28 @@ def test_a_lambda_of_a_modality_the_bond_does_not_mix_is_refused() -> None:
         train_bond(u, [e], "combination", None, None, lambdas={"point": 0.7, "audio": 0.4})
     with pytest.raises(InputError, match=r"presets.p: λ for point"):
         train_bond(u, [e], "combination", None, None, presets={"p": {"point": 0.5, "channel:audio": 0.5}})
+
+
+def test_pbar_plain_mixes_the_mean_as_it_is_and_a_config_without_pbar_loads_as_it_was_saved() -> None:
+    """FreeBind renormalises P̄ before mixing ("unit", the default); OmniBind's anchor mixes the
+    plain mean ("plain"). Exports saved before P̄ was renormalised have no `pbar`: they load plain."""
+    from spacebind.bonds.bind import _check_bond_options
+
+    u = table_expert("U", 6, ("text", "audio"), 0)
+    e = table_expert("E", 4, ("text", "audio"), 1)
+    g = torch.Generator().manual_seed(5)
+    head = Mixture([UnitLinear(torch.randn(4, 6, generator=g)) for _ in range(3)])
+    leaf = leaf_embeddings(BoundSpace(u, [e], "combination", {"E": head}), "audio")
+    mean = torch.stack([m(leaf["E"]) for m in head.members]).mean(0)
+    for pbar, pbar_used in (("unit", F.normalize(mean, dim=-1)), ("plain", mean)):
+        bound = BoundSpace(u, [e], "combination", {"E": head}, lambdas={"audio": 0.1}, pbar=pbar)
+        want = F.normalize(0.9 * leaf["U"] + 0.1 * pbar_used, dim=-1)
+        torch.testing.assert_close(bound.combine("audio", leaf), want)
+    assert BoundSpace(u, [e], "combination", {"E": head}).kind_config()["pbar"] == "unit"
+    plain_config = {"bond": "combination", "lambdas": {}, "name": "x",
+                    **BoundSpace(u, [e], "combination", {"E": head}, pbar="plain").kind_config()}
+    assert "pbar" not in plain_config
+    assert BoundSpace.from_config(plain_config, u, [e], {"E": head}).pbar == "plain"
+    _check_bond_options({"presets": {"p": {"audio": 0.2}}, "name": "mine", "pbar": "plain"})  # bind() passes them on
+    with pytest.raises(InputError, match="pbar 'mean': expected one of unit, plain"):
+        BoundSpace(u, [e], "combination", {"E": head}, pbar="mean")

@@ -181,3 +181,41 @@ def test_a_failed_rebuild_leaves_the_old_index_whole_and_a_foreign_directory_is_
     with pytest.raises(InputError, match="is not empty and not a spacebind index"):
         build_index(other, data, foreign, cache_dir=tmp_path / "leaves", progress=False)
     assert (foreign / "mine.txt").read_text() == "keep me"
+
+
+def test_a_rebuild_keeps_files_a_user_put_beside_the_index(world: tuple[Path, Path], tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    shutil.copytree(world[1], root)
+    (root / "NOTES.md").write_text("how I built it")
+    data = Dataset.load(world[1].parent)
+    table = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))
+    other = Space.from_encoders("other", {"text": lambda xs: table[[int(x) for x in xs]]}, dim=DIM)
+    build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)
+    assert (root / "NOTES.md").read_text() == "how I built it" and len(load_index(root, other)) == N
+
+
+def test_an_index_whose_parent_cannot_hold_a_sibling_is_built_in_place(world: tuple[Path, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount point, or a directory under a parent the user cannot write: no staging sibling, so the
+    index is built in place, its old manifest removed first (a half-built index does not load)."""
+    import spacebind.search as search_module
+
+    root = tmp_path / "index"
+    shutil.copytree(world[1], root)
+    monkeypatch.setattr(search_module.os.path, "ismount", lambda path: Path(path) == root)
+    data = Dataset.load(world[1].parent)
+    other = Space.from_encoders("other", {"text": lambda xs: torch.randn(len(xs), DIM)}, dim=DIM)
+    real = search_module.write_json
+
+    def killed_at_the_manifest(path: Path, payload: Any) -> None:
+        if Path(path).name == "manifest.json":
+            raise KeyboardInterrupt("killed")
+        real(path, payload)
+
+    monkeypatch.setattr(search_module, "write_json", killed_at_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)
+    assert not (root / "manifest.json").exists()  # no manifest over a half-built index
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index")]
+    monkeypatch.setattr(search_module, "write_json", real)
+    assert len(build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)) == N

@@ -150,17 +150,11 @@ def test_an_unknown_index_kind_lists_the_known_ones(world: tuple[Path, Path], tm
     assert "Traceback" not in ran.output and not (tmp_path / "mined").exists()
 
 
-def test_a_failed_rebuild_leaves_the_old_index_whole_and_a_foreign_directory_is_refused(
-        world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rebuild that fails after writing a modality's files (here: at the manifest) used to leave the
-    new files under the old manifest, which loaded and answered with the other build's items."""
+def _rebuild_killed_at_the_manifest(space: Space, data: Dataset, root: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuild the index at `root` with `space`, killed when its manifest is about to be written."""
     import spacebind.search as search_module
 
-    root = tmp_path / "index"
-    shutil.copytree(world[1], root)
-    before = {p.name: p.read_bytes() for p in root.iterdir()}
-    data = Dataset.load(world[1].parent)
-    other = Space.from_encoders("other", {"text": lambda xs: torch.randn(len(xs), DIM)}, dim=DIM)
     real = search_module.write_json
 
     def killed_at_the_manifest(path: Path, payload: Any) -> None:
@@ -170,7 +164,19 @@ def test_a_failed_rebuild_leaves_the_old_index_whole_and_a_foreign_directory_is_
 
     monkeypatch.setattr(search_module, "write_json", killed_at_the_manifest)
     with pytest.raises(KeyboardInterrupt):
-        build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)
+        build_index(space, data, root, cache_dir=tmp_path / "leaves", progress=False)
+
+
+def test_a_failed_rebuild_leaves_the_old_index_whole_and_a_foreign_directory_is_refused(
+        world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild that fails after writing a modality's files (here: at the manifest) used to leave the
+    new files under the old manifest, which loaded and answered with the other build's items."""
+    root = tmp_path / "index"
+    shutil.copytree(world[1], root)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    data = Dataset.load(world[1].parent)
+    other = Space.from_encoders("other", {"text": lambda xs: torch.randn(len(xs), DIM)}, dim=DIM)
+    _rebuild_killed_at_the_manifest(other, data, root, tmp_path, monkeypatch)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in root.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index")]  # no staging left beside it
@@ -205,17 +211,8 @@ def test_an_index_whose_parent_cannot_hold_a_sibling_is_built_in_place(world: tu
     monkeypatch.setattr(search_module.os.path, "ismount", lambda path: Path(path) == root)
     data = Dataset.load(world[1].parent)
     other = Space.from_encoders("other", {"text": lambda xs: torch.randn(len(xs), DIM)}, dim=DIM)
-    real = search_module.write_json
-
-    def killed_at_the_manifest(path: Path, payload: Any) -> None:
-        if Path(path).name == "manifest.json":
-            raise KeyboardInterrupt("killed")
-        real(path, payload)
-
-    monkeypatch.setattr(search_module, "write_json", killed_at_the_manifest)
-    with pytest.raises(KeyboardInterrupt):
-        build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)
+    _rebuild_killed_at_the_manifest(other, data, root, tmp_path, monkeypatch)
     assert not (root / "manifest.json").exists()  # no manifest over a half-built index
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index")]
-    monkeypatch.setattr(search_module, "write_json", real)
+    monkeypatch.undo()
     assert len(build_index(other, data, root, cache_dir=tmp_path / "leaves", progress=False)) == N

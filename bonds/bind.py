@@ -160,7 +160,9 @@ class BoundSpace(BondNode):
         weights = ", ".join([*(f"{m} {v:g}" for m, v in lambdas.items() if m in mixed),
                              *(f"{m} {default_lambda(config['bond'], m):g} (default)" for m in mixed if m not in lambdas)])
         channels = config.get("channels")
-        return weights + ("; channel " + ", ".join(f"{m} {v:g}" for m, v in channels.items()) if channels else "")
+        mixtures = any(h.get("type") == "mixture" and len(h.get("members", ())) > 1 for h in config["heads"].values())
+        plain = "; P̄ plain mean (OmniBind)" if mixtures and config.get("pbar", "plain") == "plain" else ""
+        return weights + plain + ("; channel " + ", ".join(f"{m} {v:g}" for m, v in channels.items()) if channels else "")
 
     def formula(self) -> str:
         """FreeBind notation, e.g. `(world_unified + d(world_image_text)) + c(world_audio_text)`;

@@ -104,3 +104,14 @@ def test_card_states_the_lambda_a_bond_applies_and_what_was_set_after_fitting(tm
     assert "| text 0.5 |" in card
     assert "set after fitting (a preset or `with_lambdas`), so the choices above no longer hold for them: " \
            "λ text 0.5 (chosen 0.3)" in card
+
+
+def test_card_says_when_a_mixture_bond_mixes_the_plain_mean(tmp_path: Path) -> None:
+    from spacebind.bonds.mixture import ProjectorMixture
+
+    u, e = multi_expert("U", 8, ("text", "image"), 0), multi_expert("E", 6, ("text", "audio"), 1)
+    torch.manual_seed(0)
+    mixture = {"E": ProjectorMixture([MLPProjector(6, 8, hidden=16).eval() for _ in range(2)])}
+    plain = (BoundSpace(u, [e], "combination", mixture, pbar="plain").save(tmp_path / "plain") / "README.md").read_text()
+    unit = (BoundSpace(u, [e], "combination", mixture).save(tmp_path / "unit") / "README.md").read_text()
+    assert "| text 0.1 (default); P̄ plain mean (OmniBind) |" in plain and "P̄ plain" not in unit

@@ -57,6 +57,21 @@ class ConfigFromArgs:
         return cls(*(config[f] for f in cls.FIELDS))
 
 
+def init_linear_layers(net: nn.Sequential) -> None:
+    """Xavier-uniform weights and zero biases for the Linear layers of `net`; the bias of a Linear
+    that feeds a BatchNorm is also frozen. The BatchNorm subtracts any constant shift, so that
+    bias's gradient is zero but for float rounding, which AdamW would turn into steps of the size
+    of the learning rate: a random walk that the running mean follows with a lag, changing the
+    eval-mode function (and making DDP and batched training disagree with one process)."""
+    layers = list(net)
+    for layer, after in zip(layers, [*layers[1:], None]):
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+            if isinstance(after, nn.modules.batchnorm._BatchNorm):
+                layer.bias.requires_grad_(False)
+
+
 def head_from_config(config: dict[str, Any]) -> nn.Module:
     """A freshly initialised head of the described shape, in eval mode, for `load_state_dict`.
 

@@ -5,16 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacebind.bonds.heads import ConfigFromArgs, register_head
+from spacebind.bonds.heads import ConfigFromArgs, init_linear_layers, register_head
 
 
 @register_head("mlp", projector=True, description="FreeBind's Proj_Head_mini: Linear → BN → ReLU → Linear → BN → n()")
 class MLPProjector(ConfigFromArgs, nn.Module):
     """Linear(in→hidden) → BatchNorm → ReLU → Linear(hidden→out) → BatchNorm → L2-normalise.
 
-    Xavier-uniform weights, no dropout, no residual, as the reference; zero biases where the
-    reference keeps PyTorch's default ones, which changes nothing: each Linear feeds a BatchNorm,
-    which removes any constant shift."""
+    Xavier-uniform weights, no dropout, no residual, as the reference; zero biases, frozen, where
+    the reference keeps PyTorch's default ones and trains them, which changes nothing but rounding
+    noise: each Linear feeds a BatchNorm, which removes any constant shift (`init_linear_layers`)."""
 
     TYPE, FIELDS = "mlp", ("in_dim", "out_dim", "hidden")
 
@@ -25,10 +25,7 @@ class MLPProjector(ConfigFromArgs, nn.Module):
             nn.Linear(self.in_dim, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(inplace=True),
             nn.Linear(self.hidden, self.out_dim), nn.BatchNorm1d(self.out_dim),
         )
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        init_linear_layers(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=-1)

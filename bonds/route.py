@@ -658,7 +658,7 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
             scheduler.step()
         routers.eval()
         score = mean_pair_recall(space, dict(routers), val if len(val) else train)
-        if score > best_val:
+        if math.isnan(score) or score > best_val:  # NaN: no modality pair to score, the last epoch is kept
             best_val, best_epoch = score, epoch
             best = {k: v.detach().clone() for k, v in routers.state_dict().items()}
         if epoch - best_epoch >= config.patience:

@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacebind.bonds.heads import ConfigFromArgs, register_head
+from spacebind.bonds.heads import ConfigFromArgs, init_linear_layers, register_head
 
 
 @register_head("router", description="OmniBind's router: one weight per candidate space")
 class Router(ConfigFromArgs, nn.Module):
     """g_m of OmniBind (MOE_Router_Sig): Linear → BN → ReLU → Linear → BN → tanh → Linear → sigmoid,
-    one output per candidate space. Xavier-uniform weights and zero biases, except the last layer,
-    which starts at zero (OmniBind: Xavier) so an untrained router is the uniform mixture."""
+    one output per candidate space. Xavier-uniform weights and zero biases (frozen before a
+    BatchNorm: `init_linear_layers`), except the last layer, which starts at zero (OmniBind:
+    Xavier) so an untrained router is the uniform mixture."""
 
     TYPE, FIELDS = "router", ("in_dim", "out_dim", "hidden")
 
@@ -26,10 +27,7 @@ class Router(ConfigFromArgs, nn.Module):
             nn.Linear(self.in_dim, h1), nn.BatchNorm1d(h1), nn.ReLU(),
             nn.Linear(h1, h2), nn.BatchNorm1d(h2), nn.Tanh(), nn.Linear(h2, self.out_dim),
         )
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        init_linear_layers(self.net)
         nn.init.zeros_(self.net[-1].weight)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:

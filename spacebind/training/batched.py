@@ -58,10 +58,11 @@ class BatchedMLP:
 
     def __init__(self, heads: Sequence[nn.Module]) -> None:
         states = [h.state_dict() for h in heads]
-        learned = {name for name, _ in heads[0].named_parameters()}
+        learned = {name for name, p in heads[0].named_parameters() if p.requires_grad}
+        self.frozen = {name for name, p in heads[0].named_parameters() if not p.requires_grad}  # `init_linear_layers`
         stacked = {k: torch.stack([member_layout(k, s[k]) for s in states]) for k in states[0]}
         self.params = {k: t.requires_grad_(True) for k, t in stacked.items() if k in learned}
-        self.buffers = {k: t for k, t in stacked.items() if k not in learned}
+        self.buffers = {k: t for k, t in stacked.items() if k not in learned}  # and the frozen parameters
         norm = heads[0].net[1]
         self.momentum, self.eps = norm.momentum, norm.eps
 
@@ -72,6 +73,7 @@ class BatchedMLP:
     def __call__(self, x: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
         """Training-mode unit outputs [k, batch, out] of `members` (None: all) for their inputs x [k, batch, in]."""
         p = self.params if members is None else {k: t[members] for k, t in self.params.items()}
+        p = {**p, **{k: self.buffers[k] if members is None else self.buffers[k][members] for k in self.frozen}}
         h = self._norm(self._linear(x, "net.0", p), "net.1", p, members).relu()
         return F.normalize(self._norm(self._linear(h, "net.3", p), "net.4", p, members), dim=-1)
 
@@ -258,7 +260,8 @@ def _train_epoch(model: BatchedMLP, log_scale: torch.Tensor, params: dict[str, t
     """One epoch of `members`, each in its own (seed, epoch) order; their mean losses."""
     orders = {i: rows[i][epoch_order(len(rows[i]), configs[i].seed, epoch).to(rows[i].device)] for i in members}
     steps = {i: runs[i].epoch_steps(epoch) for i in members}
-    size = configs[members[0]].batch_size
+    first = members[0]
+    size = min(configs[first].batch_size, len(rows[first]))  # a batch's rows: equal in the group (`train_projectors`)
     totals = torch.zeros(len(runs), device=src.device)
     for step in range(max(steps.values())):
         active = [i for i in members if step < steps[i]]

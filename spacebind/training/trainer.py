@@ -196,7 +196,12 @@ def _layout(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None) -> tuple[i
 
 def _checked_val(val_src: torch.Tensor | None, val_tgt: torch.Tensor | None, src: torch.Tensor | CachePairs,
                  tgt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The validation pairs, checked against the training pairs' widths, or None without any."""
+    """The validation pairs, checked against the training pairs' widths, or None without any.
+
+    Raises:
+        InputError: one side given without the other, or pairs of other widths."""
+    if (val_src is None) != (val_tgt is None):
+        raise InputError("validation pairs: val_src and val_tgt go together; give both or neither")
     if val_src is None or val_tgt is None or len(val_src) == 0:
         return None
     d_in, d_out, device = _layout(src, tgt)
@@ -212,6 +217,7 @@ def _start_run(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None, val: tu
     """A run set up from scratch, or from its saved state in `checkpoint_dir` (`src` a tensor
     paired with `tgt`, or a shard source with `tgt` None)."""
     d_in, d_out, device = _layout(src, tgt)
+    given = [] if head is None else [t.detach().cpu() for t in head.state_dict().values()]  # a warm start's weights
     if head is None:
         from spacebind.bonds.projector import MLPProjector  # bonds build on this trainer: a top-level import cycles
 
@@ -234,7 +240,8 @@ def _start_run(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None, val: tu
     # the fingerprint hashes all the data (about a second per GB; a shard source: its shards'
     # checksums and rows): only a resumable run needs it
     data = src.key_tensors() if _is_source(src) else [src, tgt]
-    key = (fingerprint(config.model_dump(exclude=set(UNFINGERPRINTED)), getattr(head, "config", repr(head)), [*data, *(val or (None, None))])
+    key = (fingerprint(config.model_dump(exclude=set(UNFINGERPRINTED)), getattr(head, "config", repr(head)),
+                       [*data, *(val or (None, None)), *given])
            if path is not None else "")
     saved = load_state(path, key) if path is not None else None
     if saved is not None:

@@ -134,3 +134,36 @@ def test_train_routed_weighs_the_channel_on_val_as_the_router_config_says(monkey
     assert train_routed(routed.base, routed.experts, caches, val, router=RouterConfig(channel=False)).channels is None
     assert train_routed(routed.base, routed.experts, caches, dataset).channels is None  # no val items
     assert len(calls) == 1
+
+
+class _HeldRows(route._Held):
+    """Router tuples held in memory, from given leaf embeddings (modality → leaf name → rows)."""
+
+    def __init__(self, space: RoutedSpace, leaves: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.candidates = {m: space.candidates(m, leaf) for m, leaf in leaves.items()}
+        self.inputs = {m: space.router_input(m, leaf) for m, leaf in leaves.items()}
+
+
+def test_routers_train_when_no_val_tuple_pairs_two_modalities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A val split of one modality gives no pair to score (NaN every epoch): the last epoch is kept
+    instead of a crash on an empty best state."""
+    from spacebind.bonds.route import RouteData
+
+    g = torch.Generator().manual_seed(0)
+    t_table, a_table = torch.randn(64, 8, generator=g), torch.randn(64, 6, generator=g)
+    t = Space.from_encoders("T", {m: (lambda xs: t_table[[int(x) for x in xs]]) for m in ("text", "image")}, dim=8)
+    a = Space.from_encoders("A", {m: (lambda xs: a_table[[int(x) for x in xs]]) for m in ("text", "audio")}, dim=6)
+    space = RoutedSpace(t, [a], {"A": LinearMap(6, 8).eval()})
+
+    def data(n: int, modalities: tuple[str, ...]) -> RouteData:
+        leaves = {m: {"T": F.normalize(torch.randn(n, 8, generator=g), dim=-1),
+                      "A": F.normalize(torch.randn(n, 6, generator=g), dim=-1)} for m in modalities}
+        return RouteData(np.zeros((n, 2), dtype=np.uint64), {m: torch.arange(n) for m in modalities},
+                         _HeldRows(space, leaves))
+
+    train, val = data(64, ("text", "image")), data(16, ("text",))
+    monkeypatch.setattr(route, "route_data", lambda space, caches, dataset, split, *a, **k: train if split == "train" else val)
+    assert np.isnan(route.mean_pair_recall(space, {}, val))
+    out = train_routers(space, None, None, RouterConfig(hidden=[16, 8], epochs=2, batch_size=32, channel=False),
+                        progress=False)
+    assert set(out.routers) == {"text"}

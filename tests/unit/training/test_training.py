@@ -212,3 +212,22 @@ def test_mixture_members_train_on_their_own_subsets() -> None:
     same_weights(halves.members[1], alone.head)
     with pytest.raises(InputError, match="2 subsets for 3 mixture members"):
         train_mixture(x, y, n=3, config=CFG, subsets=subsets)
+
+
+def test_a_warm_started_head_is_part_of_the_run_key_and_val_sides_go_together(tmp_path: Path) -> None:
+    """A second run in the same directory from another starting head of the same shape used to get
+    the first run's finished weights back; `val_src` without `val_tgt` was silently ignored."""
+    from spacebind.bonds.projector import MLPProjector
+    from spacebind.errors import InputError
+
+    d = split(*noisy_pairs(n=300, seed=6), n_train=250)
+    config = TrainConfig(epochs=1, batch_size=64, hidden=16)
+    torch.manual_seed(0)
+    first = train_projector(d["src"], d["tgt"], config=config, head=MLPProjector(24, 16, 16), checkpoint_dir=tmp_path,
+                            progress=False)
+    torch.manual_seed(1)
+    start = MLPProjector(24, 16, 16)
+    warm = train_projector(d["src"], d["tgt"], config=config, head=start, checkpoint_dir=tmp_path, progress=False)
+    assert not torch.equal(first.head.net[0].weight, warm.head.net[0].weight)  # trained from its own start
+    with pytest.raises(InputError, match="val_src and val_tgt go together"):
+        train_projector(d["src"], d["tgt"], config=config, val_src=d["val_src"], progress=False)

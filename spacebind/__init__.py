@@ -4,7 +4,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from spacebind.errors import CacheError, CheckpointError, InputError, RecipeError, SpacebindError
+from spacebind.errors import CacheError, CheckpointError, ExpertError, InputError, RecipeError, SpacebindError
 from spacebind.io.datasets import Dataset
 from spacebind.space import Expert, ExpertSpec, Space
 
@@ -29,6 +29,6 @@ def create_expert(name: str, **kwargs: Any) -> Expert:
 
 
 __all__ = [
-    "CacheError", "CheckpointError", "Dataset", "Expert", "ExpertSpec", "InputError", "RecipeError",
+    "CacheError", "CheckpointError", "Dataset", "Expert", "ExpertError", "ExpertSpec", "InputError", "RecipeError",
     "Space", "SpacebindError", "__version__", "create_expert", "load",
 ]

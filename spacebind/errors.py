@@ -18,6 +18,11 @@ class CheckpointError(SpacebindError):
     """A checkpoint that is missing, corrupt, of the wrong expert, or whose keys do not match."""
 
 
+class ExpertError(SpacebindError):
+    """An expert's encoder broke its contract (output of another shape than its inputs and dim): a
+    bug to fix, which stops the job instead of marking every item bad."""
+
+
 class CacheError(SpacebindError):
     """An embedding cache made by another expert or checkpoint, or damaged."""
 

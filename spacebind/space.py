@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from spacebind.errors import InputError
+from spacebind.errors import ExpertError, InputError
 from spacebind.modalities import MODALITIES, check_modality
 
 Encoder = Callable[[list[Any]], torch.Tensor]
@@ -211,9 +211,9 @@ class Expert(Space):
         outs = []
         for start in range(0, len(loaded), size):
             chunk = list(loaded[start:start + size])
-            out = torch.as_tensor(encoder(chunk)).detach().float().cpu()
+            out = torch.as_tensor(encoder(chunk)).detach().cpu().double()
             if out.shape != (len(chunk), self.dim):
-                raise InputError(
+                raise ExpertError(
                     f"expert {self.name!r} {modality} encoder returned shape {tuple(out.shape)}, "
                     f"expected ({len(chunk)}, {self.dim})"
                 )
@@ -223,7 +223,9 @@ class Expert(Space):
                     f"expert {self.name!r} produced NaN/inf embeddings for {modality} inputs "
                     f"at positions {[start + i for i in bad]}"
                 )
-            outs.append(F.normalize(out, dim=-1))
+            # scaled by each row's largest value first: huge or tiny finite rows normalise too
+            scale = out.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+            outs.append(F.normalize(out / scale, dim=-1).float())
         if not outs:
             return torch.empty(0, self.dim)
         return torch.cat(outs)

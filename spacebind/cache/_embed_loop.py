@@ -36,6 +36,13 @@ def effective_precision(precision: str) -> str:
     return precision if precision != "fp32" and torch.cuda.is_available() else "fp32"
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError (torch raises no OutOfMemoryError there)."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
+
+
 class AdaptiveBatch:
     """A batch size that halves (down to 1) whenever a batch runs out of memory, and stays halved
     for the rest of the job."""
@@ -50,8 +57,8 @@ class AdaptiveBatch:
         while True:
             try:
                 return work(self.size)
-            except torch.OutOfMemoryError:
-                if self.size == 1:
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if self.size == 1 or not out_of_memory(exc):
                     raise
                 self.size //= 2
                 if torch.cuda.is_available():

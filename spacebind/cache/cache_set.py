@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -90,5 +91,10 @@ def ensure_caches(spaces: Sequence[Space], dataset: Dataset, cache_root: Path | 
     for space in spaces:
         for leaf in space.leaves():
             if leaf.name not in caches:
-                caches[leaf.name] = embed_dataset(leaf, dataset, leaf_cache_dir(root, leaf), progress=progress)
+                where = leaf_cache_dir(root, leaf)
+                if leaf.spec.source.startswith("<in-memory") and (where / "manifest.json").is_file():
+                    warnings.warn(f"reusing the embeddings of in-memory expert {leaf.name!r} cached at {where}: "
+                                  "spacebind cannot see whether its encoders changed since; after changing them, "
+                                  "give the expert another name or delete that directory", stacklevel=2)
+                caches[leaf.name] = embed_dataset(leaf, dataset, where, progress=progress)
     return CacheSet(caches)

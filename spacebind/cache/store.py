@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from spacebind.cache._embed_loop import AdaptiveBatch, autocast, effective_precision, loaded_shards
+from spacebind.cache._embed_loop import PRECISIONS, AdaptiveBatch, autocast, effective_precision, loaded_shards
 from spacebind.cache.keys import KeyIndex, id_keys
 from spacebind.errors import CacheError, InputError
 from spacebind.io.datasets import Dataset, Item, Manifest, survey
@@ -59,19 +59,20 @@ _BEFORE = {"precision": "fp32"}  # identity fields that caches made before them 
 
 
 def _digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()  # ids as `id_keys` read them
 
 
 def _ids_sha256(ids_json: str) -> str:
     """sha256 of a shard's `ids` metadata (a JSON list), as manifest.json lists it."""
-    return hashlib.sha256(ids_json.encode()).hexdigest()
+    return hashlib.sha256(ids_json.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _header(expert: Expert, dataset: Dataset | Manifest, shard_size: int, splits: Sequence[str] | None,
             precision: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "expert": expert.name, "source": expert.spec.source,
-        "kwargs": json.loads(json.dumps(expert.spec.kwargs)),  # as manifest.json gives it back (tuples: lists)
+        # as manifest.json gives it back (tuples: lists; paths and other objects: their str)
+        "kwargs": json.loads(json.dumps(expert.spec.kwargs, default=str)),
         "checkpoint": expert.spec.checkpoint, "sha256": expert.spec.sha256, "dim": expert.dim,
         "dataset": str(dataset.root), "dataset_sha256": dataset.sha256,
         "shard_size": shard_size, "splits": sorted(splits) if splits else None,
@@ -89,9 +90,10 @@ def _check_same(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
 
 
 def _encode_lenient(expert: Expert, modality: str, loaded: list[Any], batch: AdaptiveBatch) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Encode a shard; if the batch fails, encode item by item to isolate the bad ones."""
+    """Encode a shard; if the batch fails, encode item by item to isolate the bad ones. An all-zero
+    embedding (no direction to compare) is a bad item too."""
     try:
-        return batch.run(lambda size: expert.embed_loaded(modality, loaded, size)), list(range(len(loaded))), []
+        emb, keep, bad = batch.run(lambda size: expert.embed_loaded(modality, loaded, size)), list(range(len(loaded))), []
     except InputError:
         rows, keep, bad = [], [], []
         for i, item in enumerate(loaded):
@@ -100,7 +102,14 @@ def _encode_lenient(expert: Expert, modality: str, loaded: list[Any], batch: Ada
                 keep.append(i)
             except InputError as exc:
                 bad.append((i, str(exc)))
-        return (torch.cat(rows) if rows else torch.empty(0, expert.dim)), keep, bad
+        emb = torch.cat(rows) if rows else torch.empty(0, expert.dim)
+    zero = (emb == 0).all(dim=1)
+    if zero.any():
+        bad = sorted([*bad, *((keep[j], f"expert {expert.name!r} embedded it as all zeros")
+                              for j in zero.nonzero().flatten().tolist())])
+        keep = [i for i, z in zip(keep, zero.tolist()) if not z]
+        emb = emb[~zero]
+    return emb, keep, bad
 
 
 def _content_sha256(emb: torch.Tensor, meta: dict[str, str]) -> str:
@@ -188,11 +197,14 @@ def embed_dataset(
     Under torchrun, every rank calls this; see the module docstring.
 
     Raises:
-        InputError: `shard_size` below 1; a bad manifest line (before anything is written).
+        InputError: `shard_size` below 1, an unknown precision; a bad manifest line (before anything
+            is written).
         LockError: another job is embedding into `out` (`$SPACEBIND_LOCK_WAIT` seconds to wait).
     """
     if shard_size < 1:
         raise InputError(f"shard_size must be at least 1, got {shard_size}")
+    if precision not in PRECISIONS:  # before the manifest records it
+        raise InputError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     out = Path(out)
     with job_lock(out, "embedding cache"):
         return _embed_locked(expert, dataset, out, modalities, splits, shard_size, batch_size, workers, precision,
@@ -206,8 +218,14 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
     present, counts = _survey(dataset, splits)
     header = _header(expert, dataset, shard_size, splits, precision)
     manifest_path = out / "manifest.json"
+    for leftover in out.glob("*/.shard-*.tmp*"):  # a shard write a kill interrupted
+        leftover.unlink(missing_ok=True)
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise CacheError(f"{manifest_path}: not valid JSON ({exc}); delete the cache directory {out} "
+                             "and embed again") from None
         _check_same(old, header, out)
         header["modalities"] = _carried(old, out)
         del old

@@ -100,7 +100,15 @@ class Dataset:
     @classmethod
     def of_items(cls, root: str | Path, items: Sequence[Item], classes: Sequence[ClassInfo] | None = None,
                  templates: Sequence[str] = ("{}",)) -> "Dataset":
-        """A dataset of items built in Python (paths absolute); classes default to the items' labels."""
+        """A dataset of items built in Python (paths absolute); classes default to the items' labels.
+
+        Raises:
+            InputError: two items with one id (a cache would serve one for the other)."""
+        seen: set[str] = set()
+        for it in items:
+            if it.id in seen:
+                raise InputError(f"{root}: duplicate item id {it.id!r}; every item needs its own id")
+            seen.add(it.id)
         counts, labels = survey(items)
         info = {"templates": list(templates)}
         if classes is not None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from toy_experts import text_expert
 
-from spacebind import Dataset, InputError, Space
+from spacebind import Dataset, ExpertError, InputError, Space
 from spacebind.training.trainer import TrainConfig
 
 FAST = TrainConfig(epochs=3, hidden=64, batch_size=128)
@@ -19,7 +19,7 @@ def test_user_encoders_are_checked() -> None:
     with pytest.raises(InputError, match=r"NaN/inf embeddings for text inputs at positions \[0, 1\]"):
         nan.encode("text", ["a", "b"])
     wrong = Space.from_encoders("wrong", {"text": lambda xs: torch.zeros(len(xs), 3)}, dim=4)
-    with pytest.raises(InputError, match=r"returned shape \(1, 3\), expected \(1, 4\)"):
+    with pytest.raises(ExpertError, match=r"returned shape \(1, 3\), expected \(1, 4\)"):  # a bug, not a bad input
         wrong.encode("text", ["a"])
     with pytest.raises(InputError, match="unknown modality 'smell'"):
         Space.from_encoders("x", {"smell": lambda xs: xs}, dim=4)

@@ -68,7 +68,7 @@ def test_streaming_holds_one_chunk_of_items(tmp_path: Path, monkeypatch: pytest.
         gc.collect()
         # this manifest's ids only (s000…s059): other tests' world items ("s7-train-…") may be alive too
         alive.append(sum(1 for o in gc.get_objects() if type(o) is Item and re.fullmatch(r"s\d{3}", o.id)))
-        return torch.zeros(len(xs), 8)
+        return torch.ones(len(xs), 8)
 
     monkeypatch.setattr(store, "STREAM_ITEMS", 8)  # windows of two shards of 4
     cache = embed_dataset(Expert.from_encoders("stub", {"text": encode}, dim=8), Manifest.open(data),

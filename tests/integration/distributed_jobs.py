@@ -47,7 +47,7 @@ def grad(inp: Path, out: Path) -> None:
     with distributed_head(head) as model:
         head_loss = info_nce(model(t["src"][rows]), t["tgt"][rows], 20.0, gather=True)
         head_loss.backward()
-    grads = {f"head.{k}": p.grad for k, p in head.named_parameters()}
+    grads = {f"head.{k}": p.grad for k, p in head.named_parameters() if p.requires_grad}
     save_file({"a": a.grad, "log_scale": log_scale.grad.view(1), "loss": loss.detach().view(1),
                "head_loss": head_loss.detach().view(1), **grads,
                **{f"running.{k}": v for k, v in head.state_dict().items() if "running" in k}},

@@ -240,7 +240,11 @@ def _start_run(src: torch.Tensor | CachePairs, tgt: torch.Tensor | None, val: tu
     # the fingerprint hashes all the data (about a second per GB; a shard source: its shards'
     # checksums and rows): only a resumable run needs it
     data = src.key_tensors() if _is_source(src) else [src, tgt]
-    key = (fingerprint(config.model_dump(exclude=set(UNFINGERPRINTED)), getattr(head, "config", repr(head)),
+    # the head's trained parameters fix the optimiser's layout: a state saved when other ones trained
+    # (the biases before a BatchNorm did until 2026-12-03) is another run's, not one to resume
+    trained = [name for name, p in head.named_parameters() if p.requires_grad]
+    key = (fingerprint(config.model_dump(exclude=set(UNFINGERPRINTED)),
+                       {"head": getattr(head, "config", repr(head)), "trained": trained},
                        [*data, *(val or (None, None)), *given])
            if path is not None else "")
     saved = load_state(path, key) if path is not None else None

@@ -231,3 +231,27 @@ def test_a_warm_started_head_is_part_of_the_run_key_and_val_sides_go_together(tm
     assert not torch.equal(first.head.net[0].weight, warm.head.net[0].weight)  # trained from its own start
     with pytest.raises(InputError, match="val_src and val_tgt go together"):
         train_projector(d["src"], d["tgt"], config=config, val_src=d["val_src"], progress=False)
+
+
+def test_a_state_saved_while_other_parameters_trained_is_not_resumed(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """States saved while the biases before a BatchNorm still trained (before 2026-12-03) hold an
+    optimiser of another layout: resuming one crashed the README's demo in a used work directory."""
+    from torch import nn
+
+    import spacebind.bonds.projector as projector
+
+    def unfrozen(net: nn.Sequential) -> None:  # the initialisation of every head before then
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    d = split(*noisy_pairs(n=300, seed=7), n_train=250)
+    config = TrainConfig(epochs=1, batch_size=64, hidden=16)
+    monkeypatch.setattr(projector, "init_linear_layers", unfrozen)
+    train_projector(d["src"], d["tgt"], config=config, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="another config or other data; training starts over"):
+        fresh = train_projector(d["src"], d["tgt"], config=config, checkpoint_dir=tmp_path, progress=False)
+    assert not fresh.head.net[0].bias.requires_grad

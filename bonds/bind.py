@@ -47,6 +47,11 @@ VERSATILE = {"text": 0.1, "audio": 0.5}
 PBAR = ("unit", "plain")  # P̄ renormalised before mixing (FreeBind), or mixed as it is (OmniBind's anchor)
 
 
+def projector_choices() -> list[str]:
+    """What a bond's `projector` takes: `auto` (`AUTO_PROJECTORS`, chosen on val) or a projector head type."""
+    return ["auto", *projector_types()]
+
+
 def default_lambda(kind: str, modality: str) -> float:
     """λ of a modality a bond of `kind` sets none for: a combination's is FreeBind's `versatile`
     preset (text 0.1, so the base's text and its pairs stay; 0.5 elsewhere), a displacement's 0.5."""
@@ -360,9 +365,8 @@ def _check_bond_options(options: Mapping[str, Any]) -> None:
             near = difflib.get_close_matches(key, taken, n=1)
             raise InputError(f"bind() got an unknown option {key!r}" + (f"; did you mean {near[0]!r}?" if near else "")
                              + f" It takes: {', '.join(sorted(set(taken)))}")
-    kinds = ["auto", *projector_types()]
-    if options.get("projector", "auto") not in kinds:
-        raise InputError(f"unknown projector {options['projector']!r}; expected one of {', '.join(kinds)}")
+    if options.get("projector", "auto") not in projector_choices():
+        raise InputError(f"unknown projector {options['projector']!r}; expected one of {', '.join(projector_choices())}")
 
 
 def bind(

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from spacebind.bonds import bond_kinds
+from spacebind.bonds.bind import projector_choices
 from spacebind.bonds.heads import projector_types
 from spacebind.bonds.lambdas import split_setting
 from spacebind.bonds.route import RouterConfig
@@ -248,7 +249,7 @@ class BondConfig(Strict):
     @field_validator("projector")
     @classmethod
     def _known_projector(cls, kind: str) -> str:
-        return _known(kind, ["auto", *projector_types()], "projector")
+        return _known(kind, projector_choices(), "projector")
 
     @field_validator("lambdas")
     @classmethod

@@ -76,10 +76,7 @@ def evaluate(
     for m in modalities:
         if m == "text":
             continue
-        ids, labels = labelled_items(dataset, split, m)
-        usable_ids = set(keep(m, ids))
-        labels = labels[[i for i, x in enumerate(ids) if x in usable_ids]]
-        ids = [x for x in ids if x in usable_ids]
+        ids, labels = labelled_items(dataset, split, m, lambda found, m=m: keep(m, found))
         if not ids:
             continue
         metrics = {**zeroshot_classification(embed_items(m, ids), labels, classes), "n": len(ids)}
@@ -109,17 +106,20 @@ def class_centres(dataset: Dataset, encode_text: Callable[[list[str]], torch.Ten
     return class_embeddings(encode_text(prompts), len(dataset.class_names), blocks)
 
 
-def labelled_items(dataset: Dataset, split: str, modality: str) -> tuple[list[str], torch.Tensor]:
+def labelled_items(dataset: Dataset, split: str, modality: str,
+                   usable: Callable[[list[str]], list[str]] | None = None) -> tuple[list[str], torch.Tensor]:
     """The ids of the split's items of `modality` whose label is a class, and their class indices:
     one per distinct (media file, label) (its first item), as retrieval counts media, so a clip with
     five captions is classified once; a file stored once per label of a multi-label item counts
-    once per label (one per item for text)."""
+    once per label (one per item for text). `usable` keeps only the ids a cache could embed."""
     index = {c: i for i, c in enumerate(dataset.class_names)}
     first: dict[tuple[str, str], str] = {}  # (media key, label) → the first item's id
     for it in dataset.select(split, modality):
         if it.label in index:
             first.setdefault((it.media_key(modality), it.label), it.id)
-    return list(first.values()), torch.tensor([index[label] for _, label in first], dtype=torch.long)
+    kept = set(usable(list(first.values()))) if usable is not None else None
+    pairs = [(i, label) for (_, label), i in first.items() if kept is None or i in kept]
+    return [i for i, _ in pairs], torch.tensor([index[label] for _, label in pairs], dtype=torch.long)
 
 
 def evaluate_space(

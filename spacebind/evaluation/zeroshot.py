@@ -41,10 +41,8 @@ def split_features(space: "Space", caches: "CacheSet", dataset: Dataset, split: 
                    modality: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's labelled items of `modality` in `space` (one per media file, `labelled_items`),
     those the caches could embed, and their class indices."""
-    ids, labels = labelled_items(dataset, split, modality)
-    usable = set(caches.usable_ids(space, modality, ids))
-    keep = [i for i, x in enumerate(ids) if x in usable]
-    return caches.embeddings(space, modality, [ids[i] for i in keep]), labels[keep]
+    ids, labels = labelled_items(dataset, split, modality, lambda found: caches.usable_ids(space, modality, found))
+    return caches.embeddings(space, modality, ids), labels
 
 
 def zeroshot_with(space: "Space", caches: "CacheSet", dataset: Dataset, split: str, modality: str,

@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from spacebind.training.state import STATE_FILE
+from spacebind.training.state import STATE_FILE, load_state
 
 History = list[dict[str, Any]]
 
@@ -22,9 +20,8 @@ def collect_histories(heads_dir: Path, members: Mapping[str, int]) -> dict[str, 
     out: dict[str, History] = {}
     for key, n in members.items():
         for j in range(n):
-            path = heads_dir / key / f"member{j}" / STATE_FILE
-            if path.is_file():
-                saved = torch.load(path, weights_only=True, map_location="cpu")
+            saved = load_state(heads_dir / key / f"member{j}" / STATE_FILE, key=None)
+            if saved is not None:
                 out[f"{key}/member{j}"] = list(saved["state"]["history"])  # NaN (no val pairs): null in JSON
     return out
 

@@ -63,8 +63,9 @@ def _content_sha256(obj: Any, h: Any = None) -> str:
     return h.hexdigest()
 
 
-def load_state(path: Path, key: str) -> dict[str, Any] | None:
-    """The saved state of this run (same fingerprint `key`), or None if there is none.
+def load_state(path: Path, key: str | None) -> dict[str, Any] | None:
+    """The saved state of this run (same fingerprint `key`; None: whichever run wrote it), or None
+    if there is none.
 
     Raises:
         CheckpointError: the file exists but cannot be read, or its content does not match its checksum.
@@ -83,7 +84,7 @@ def load_state(path: Path, key: str) -> dict[str, Any] | None:
     if checksum != _content_sha256(saved):
         raise CheckpointError(f"{path}: training state does not match its checksum (damaged); "
                               "delete it to train this run from scratch")
-    if not isinstance(saved, dict) or saved.get("fingerprint") != key:
+    if key is not None and saved.get("fingerprint") != key:
         warnings.warn(f"{path} was written by a run with another config or other data; training starts over "
                       "and will overwrite it", stacklevel=3)
         return None

@@ -46,3 +46,17 @@ def test_an_edited_value_is_refused_and_a_state_without_checksum_is_not_used(tmp
     torch.save(edited, path)
     with pytest.warns(UserWarning, match="without a checksum"):
         assert load_state(path, "run") is None
+
+
+def test_histories_for_the_export_are_read_through_the_checksum(tmp_path: Path) -> None:
+    """`collect_histories` reads any run's state (no fingerprint to match) but never an edited one."""
+    from spacebind.training.history import collect_histories
+
+    path = tmp_path / "bond0" / "audio_text" / "member0" / STATE_FILE
+    save_state(path, "whichever run", state())
+    assert collect_histories(tmp_path, {"bond0/audio_text": 2}) == {"bond0/audio_text/member0": [{"loss": 0.5}]}
+    edited = torch.load(path, weights_only=True)
+    edited["state"]["history"][0]["loss"] = 0.25
+    torch.save(edited, path)
+    with pytest.raises(CheckpointError, match="member0.*does not match its checksum"):
+        collect_histories(tmp_path, {"bond0/audio_text": 1})

@@ -254,6 +254,7 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Encoder batch size (halved automatically on out-of-memory)."),
     workers: int = typer.Option(0, min=0, help="DataLoader processes decoding files while the expert runs."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 / fp16 autocast on CUDA (no effect on CPU)."),
+    retry_bad: bool = typer.Option(False, "--retry-bad", help="Embed again the finished shards that hold bad items."),
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -270,7 +271,8 @@ def embed(
     def job() -> Any:
         space = build_expert(expert, _kwargs(kwarg))
         return embed_dataset(space, Manifest.open(data), out, modalities=modality or None,
-                             shard_size=shard_size, batch_size=batch_size, workers=workers, precision=precision)
+                             shard_size=shard_size, batch_size=batch_size, workers=workers, precision=precision,
+                             retry_bad=retry_bad)
 
     with _verbosity(quiet, verbose):
         cache = _run(job)
@@ -282,7 +284,7 @@ def embed(
     for m, items in bad.items():
         shown = "; ".join(f"{b['id']}: {b['reason']}" for b in items[:3]) + ("; …" if len(items) > 3 else "")
         err_console.print(f"[yellow]skipped[/] {len(items)} bad {m} item(s), left out of every task "
-                          f"(listed under 'bad' in {out / 'manifest.json'}): {shown}")
+                          f"(listed under 'bad' in {out / 'manifest.json'}; --retry-bad tries them again): {shown}")
 
 
 # Index settings shared by `mine` and `index` (FAISS; see spacebind.retrieval.mining.IndexOptions).

@@ -7,7 +7,7 @@
 Shards are written atomically, each recording the ids it was planned for, so an interrupted run
 resumes without recomputing finished shards; the manifest lists them once a modality is done. A
 cache made by another expert, checkpoint, dataset or shard layout is refused. Bad items are
-recorded with their reasons and skipped.
+recorded with their reasons and skipped; `retry_bad` embeds the shards holding them again.
 
 Each shard carries a sha256 of its data and metadata (`sha256` in its metadata, repeated in the
 manifest). Embedding checks it before trusting a finished shard and recomputes a shard that does
@@ -178,6 +178,7 @@ def embed_dataset(
     batch_size: int | None = None,
     workers: int = 0,
     precision: str = "fp32",
+    retry_bad: bool = False,
     progress: bool = True,
 ) -> "EmbeddingCache":
     """Embed `dataset` with `expert` into a cache at `out` (resuming one that exists).
@@ -192,6 +193,8 @@ def embed_dataset(
             decoded in groups of this size within a shard, so memory does not grow with `shard_size`.
         workers: DataLoader processes decoding the next shards' files while the expert runs.
         precision: `fp32`, or `bf16` / `fp16` autocast on CUDA (no effect on CPU).
+        retry_bad: embed again the finished shards that hold bad items (a file that was missing or
+            unreadable, since fixed); otherwise a resumed cache keeps its bad items as they are.
         progress: show a progress bar.
 
     Under torchrun, every rank calls this; see the module docstring.
@@ -208,12 +211,12 @@ def embed_dataset(
     out = Path(out)
     with job_lock(out, "embedding cache"):
         return _embed_locked(expert, dataset, out, modalities, splits, shard_size, batch_size, workers, precision,
-                             progress)
+                             retry_bad, progress)
 
 
 def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modalities: Sequence[str] | None,
                   splits: Sequence[str] | None, shard_size: int, batch_size: int | None, workers: int,
-                  precision: str, progress: bool) -> "EmbeddingCache":
+                  precision: str, retry_bad: bool, progress: bool) -> "EmbeddingCache":
     """`embed_dataset` once its job holds the cache's lock."""
     present, counts = _survey(dataset, splits)
     header = _header(expert, dataset, shard_size, splits, precision)
@@ -242,7 +245,7 @@ def _embed_locked(expert: Expert, dataset: Dataset | Manifest, out: Path, modali
         items = (it for it in dataset.iter_items() if m in it.fields and (not splits or it.split in splits))
         plans: list[str] = []
         shards = _shard_stream(m, _planned(items, shard_size, plans), plans, out, rank, world, window, batch,
-                               workers)
+                               workers, retry_bad)
         with autocast(precision):
             for k, chunk, groups in track(shards, f"embedding {m} with {expert.name}",
                                           total=len(range(rank, -(-counts.get(m, 0) // shard_size), world)),
@@ -334,17 +337,20 @@ def _shard_path(out: Path, modality: str, k: int) -> Path:
 
 
 def _shard_stream(modality: str, shards: Iterator[tuple[int, list[Item]]], plans: list[str], out: Path, rank: int,
-                  world: int,
-                  window: int, batch: AdaptiveBatch, workers: int,
+                  world: int, window: int, batch: AdaptiveBatch, workers: int, retry_bad: bool,
                   ) -> Iterator[tuple[int, list[Item], Iterator[LoadResult] | None]]:
     """This rank's shards (k % world == rank) as (k, items, loaded groups or None when the shard is
     already done), read `window` shards at a time: one decoding pipeline per window, and no more
     than a window of items held."""
+    def done(k: int) -> bool:
+        meta = _shard_ok(_shard_path(out, modality, k), plans[k])
+        return meta is not None and not (retry_bad and json.loads(meta["bad"]))
+
     while True:
         block = list(islice((s for s in shards if s[0] % world == rank), window))
         if not block:
             return
-        todo = [(k, chunk) for k, chunk in block if _shard_ok(_shard_path(out, modality, k), plans[k]) is None]
+        todo = [(k, chunk) for k, chunk in block if not done(k)]
         loaded = dict(zip((k for k, _ in todo), (g for _, g in loaded_shards(modality, todo, batch.size, workers))))
         yield from ((k, chunk, loaded.get(k)) for k, chunk in block)
         del block, todo, loaded

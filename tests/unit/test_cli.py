@@ -409,4 +409,10 @@ def test_embed_names_the_bad_items_it_skipped(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "text 23, image 22" in output and "skipped 1 bad image item(s), left out of every task" in output
-    assert "item5: " in output
+    assert "item5: " in output and "--retry-bad tries them again" in output
+    from PIL import Image
+
+    Image.new("RGB", (6, 6)).save(tmp_path / "data" / "image" / "5.png", format="PNG")  # the file fixed
+    result = runner.invoke(app, ["embed", "toy_experts:image_text_expert", str(tmp_path / "data"), "--out",
+                                 str(tmp_path / "cache"), "-q", "--retry-bad"])
+    assert result.exit_code == 0 and "text 23, image 23" in result.output and "skipped" not in result.output

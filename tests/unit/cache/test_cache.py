@@ -170,3 +170,25 @@ def test_a_changed_expert_gets_its_own_cache_and_the_old_one_is_found_again(tmp_
     again = ensure_caches([expert_with({"text": counters["abc again"]})], data, tmp_path / "caches", progress=False)
     assert counters["abc again"].items == 0 and again.caches["toy"].root == first.caches["toy"].root
     assert leaf_cache_dir(tmp_path, expert_with({"text": Counting(fn)})) == leaf_cache_dir(tmp_path, expert_with({"text": fn}))
+
+
+def test_bad_items_are_kept_on_resume_and_embedded_again_with_retry_bad(tmp_path: Path) -> None:
+    """A file that was unreadable and is fixed later: a plain resume keeps it bad (nothing
+    recomputed); `retry_bad` embeds again only the shard that held it."""
+    from PIL import Image
+
+    data = tiny_dataset(tmp_path / "data")
+    fn = multi_expert("toy", 8, ("image",), 0).encoders["image"]
+    first = embed_dataset(expert_with({"image": Counting(fn)}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert [b["id"] for b in first.bad("image")] == ["item5"]
+    Image.new("RGB", (6, 6), (10, 200, 30)).save(tmp_path / "data" / "image" / "5.png", format="PNG")
+    resumed = Counting(fn)
+    cache = embed_dataset(expert_with({"image": resumed}), data, tmp_path / "cache", shard_size=5, progress=False)
+    assert resumed.items == 0 and [b["id"] for b in cache.bad("image")] == ["item5"]
+    retried = Counting(fn)
+    cache = embed_dataset(expert_with({"image": retried}), data, tmp_path / "cache", shard_size=5, retry_bad=True,
+                          progress=False)
+    assert retried.items == 5 and cache.bad("image") == [] and len(cache.ids("image")) == 23
+    item5 = {it.id: it for it in data.iter_items()}["item5"].fields["image"]
+    torch.testing.assert_close(cache.embeddings("image", ["item5"]), expert_with({"image": fn}).encode("image", [item5]),
+                               atol=2e-3, rtol=0)

@@ -151,6 +151,7 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     with stage("embedding caches", progress):
         caches = ensure_caches(list(experts.values()), dataset, work / "cache" / dataset_key(dataset), progress)
     space: Space = experts[recipe.base]
+    untrained: set[str] = set()  # bonds whose `projector: auto` kept a closed-form head: no history to export
     for i, bond in enumerate(recipe.bonds):
         last = i == len(recipe.bonds) - 1 and recipe.routed is None
         with stage(f"bond {i}: {bond.type} with {', '.join(bond.experts)}", progress):
@@ -162,6 +163,8 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
                 relative=bond.relative.model_dump(),
                 train=recipe.train.model_copy(update={"seed": recipe.train.seed + i}), progress=progress,
             )
+        if fits_in_closed_form(((getattr(space, "choices", None) or {}).get("projector") or {}).get("chosen", "")):
+            untrained |= {f"bond{i}/{e}" for e in bond.experts}
     if recipe.routed is not None:
         from spacebind.bonds.route import train_routed
 
@@ -198,7 +201,8 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
                                   vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
             records += evaluate_unibind(unibind, caches, dataset, split)
     with stage(f"export to {out}", progress):
-        history = collect_histories(work / "heads", trained_members(recipe, {a: e.modalities for a, e in experts.items()}))
+        members = trained_members(recipe, {a: e.modalities for a, e in experts.items()})
+        history = collect_histories(work / "heads", {k: n for k, n in members.items() if k not in untrained})
         save_space(space, out, recipe_text=recipe_text, metrics=records, extra=unibind.save if unibind is not None else None,
                    history=history)
     distributed.barrier()

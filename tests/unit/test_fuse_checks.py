@@ -136,3 +136,25 @@ def test_a_lambda_of_a_modality_the_bond_does_not_mix_is_refused_before_anything
     with pytest.raises(InputError, match=r"bonds\.0\.lambdas: λ for audio, which the bond does not mix; it mixes text"):
         fuse(validate_recipe(raw), work=tmp_path / "work", out=tmp_path / "out", progress=False)
     assert not (tmp_path / "work" / "cache").exists()
+
+
+def test_an_auto_projector_that_kept_procrustes_exports_no_history_of_its_discarded_mlps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`projector: auto` trains MLP candidates beside Procrustes; when the bond keeps Procrustes,
+    the export has no trained projector, so no history.json / history.png and no card section."""
+    import dataclasses
+    import importlib
+
+    bind = importlib.import_module("spacebind.bonds.bind")  # the module (the package exports a function `bind`)
+    real = bind.choose_lambdas
+    # on 8 val items neither candidate wins for sure; the val split's verdict is not under test here
+    monkeypatch.setattr(bind, "choose_lambdas",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), projector="procrustes"))
+    raw = yaml.safe_load(TINY_RECIPE)
+    raw["bonds"][0] |= {"projector": "auto", "tune": True}
+    fuse(validate_recipe(raw), work=tmp_path / "work", out=tmp_path / "out", progress=False)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["space"]["choices"]["projector"]["chosen"] == "procrustes"
+    assert (tmp_path / "work" / "heads" / "bond0" / "e" / "member0").is_dir()  # the candidates did train
+    assert not (tmp_path / "out" / "history.json").exists() and not (tmp_path / "out" / "history.png").exists()
+    assert "trained projector" not in (tmp_path / "out" / "README.md").read_text()

@@ -140,11 +140,11 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
         chosen = ", ".join(f"{m} {v:g}" for m, v in first.items())
         coarse = ", ".join(f"{m} {v:g}" for m, v in lam["coarse"].items())
         verdict = "kept the coarse λ" if first == lam["coarse"] else "chose"
-        worst = min(lam["margins"].items(), key=lambda kv: kv[1]) if lam["margins"] else None
         resampled = f" (whole {lam['groups']} groups)" if lam.get("groups") else ""
         lines.append(f"- bond {node['index']}, λ on the {lam['split']} split: {verdict} {chosen} (coarse {coarse}; "
                      f"better than the coarse λ in {100 * lam['confidence']:.0f} % of bootstrap resamples{resampled})"
-                     + (f"; worst margin over its parts: {worst[0]} {100 * worst[1]:+.1f} points" if worst else ""))
+                     + (f"; worst margin over its parts there: {100 * lam['objective']:+.1f} points"
+                        if "objective" in lam else ""))
     if lam and lam.get("undone"):
         heads = lambda name: name or "the bond's own"  # noqa: E731
         moved = [f"λ {m} to {lam['lambdas'][m]:g}" for m in lam["undone"] if m != "projector"]
@@ -176,6 +176,10 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
                          f"{routed['split']} split: κ {kappas}; {why}")
         if outermost and node.get("channels"):
             lines.append("- other κ per task: `spacebind sweep FUSED DATA --channel` (saved as presets)")
+    if lam and lam.get("margins"):
+        task, margin = min(lam["margins"].items(), key=lambda kv: kv[1])
+        lines.append(f"- bond {node['index']}, as fitted (the λ and κ above): worst margin over its parts on the "
+                     f"{lam['split']} split: {task} {100 * margin:+.1f} points")
     projector = choices.get("projector")
     if projector:
         scores = ", ".join(f"{k} {100 * v:+.1f}" for k, v in projector["candidates"].items())
@@ -199,6 +203,17 @@ def _set_after_fitting(node: dict[str, Any], choices: dict[str, Any]) -> list[st
                **{f"κ {m}": v for m, v in (node.get("channels") or {}).items()}}
     return [f"{key} {current.get(key, 0.0):g} (chosen {value:g})" for key, value in chosen.items()
             if current.get(key, 0.0) != value]
+
+
+def _metrics_note(space: Space) -> str:
+    """How the metrics were computed, so that a reader can reproduce them."""
+    parts = (f"averaged part by part over the space's blocks (widths {', '.join(map(str, space.blocks))}, each part "
+             "renormalised)" if len(space.blocks) > 1 else "averaged and renormalised")
+    return ("Computed by `spacebind eval` from the experts' float16 embedding caches (a live `encode` runs in the "
+            "space's dtype, so a near tie can fall the other way). Zero-shot: each class is its name in every "
+            f"template of the dataset's classes.json, encoded as text and {parts}, as "
+            "`spacebind.evaluation.zeroshot.prompt_classes(space, names, templates)` computes it; each item goes to "
+            "its most similar class.")
 
 
 def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]],
@@ -229,6 +244,8 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
     if fitted:
         lines += ["", "## How the bonds were fitted", "", *fitted]
     lines += ["", "## Metrics", "", records_markdown(metrics) if metrics else "No evaluation was run.", ""]
+    if metrics:
+        lines += [_metrics_note(space), ""]
     if history:
         lines += ["## Training history", "",
                   f"{len(history)} trained projector(s); per epoch in [history.json](history.json).", "",
@@ -241,10 +258,12 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
                   f"{heads}; knowledge vote weight {unibind['vote_weight']:g} (k {unibind['k']}). "
                   "Load with `spacebind.unibind.UniBind.load(path)`; `spacebind eval` reports zero-shot with the "
                   "centres beside the prompts.", ""]
+    example = ('"text", ["a photo of a dog"]' if "text" in space.modalities
+               else f'"{space.modalities[0]}", ["path/to/a/file"]')
     lines += [
         "## Use", "", "```python", "import spacebind", "",
-        'space = spacebind.load("path/to/this/directory")',
-        f'emb = space.encode("{space.modalities[0]}", [...])  # Tensor[N, {space.dim}], unit-norm', "```", "",
+        'space = spacebind.load(".")  # run from this directory, or give its path',
+        f"emb = space.encode({example})  # Tensor[1, {space.dim}], unit-norm", "```", "",
     ]
     presets = config["space"].get("presets") or {}
     if presets:
@@ -254,4 +273,9 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
                   "`spacebind.load(path, preset=name)`:", "",
                   *(f"- `{name}`: " + ", ".join(f"{k} {v:g}" for k, v in values.items()) for name, values in presets.items()),
                   ""]
+        carried = {m: k for m, k in (config["space"].get("channels") or {}).items() if k > 0}
+        if len(carried) > 1 and config["space"].get("bond") != "routed":
+            lines += [f"Between modalities the channel carries ({', '.join(f'{m} κ {k:g}' for m, k in carried.items())}) "
+                      "a similarity weighs the bond's part by 1 − κ, so a preset's λ barely moves those pairs "
+                      "unless it sets their κ too (`channel:<modality>`).", ""]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 from toy_experts import multi_expert
@@ -96,10 +97,16 @@ def test_card_states_the_lambda_a_bond_applies_and_what_was_set_after_fitting(tm
     heads = {"E": MLPProjector(6, 8, hidden=16).eval()}
     card = (BoundSpace(u, [e], "combination", heads).save(tmp_path / "default") / "README.md").read_text()
     assert "| text 0.1 (default) |" in card  # text is the one modality both sides cover
-    choice = {"lambdas": {"text": 0.3}, "coarse": {"text": 0.1}, "margins": {}, "confidence": 0.95, "split": "val"}
+    choice = {"lambdas": {"text": 0.3}, "coarse": {"text": 0.1}, "confidence": 0.95, "split": "val", "objective": -0.02,
+              "undone": {"text": 0.4}, "margins": {"text→image R@1": -0.003, "image zero-shot acc1": 0.01}}
     fitted = BoundSpace(u, [e], "combination", heads, lambdas={"text": 0.3}, choices={"lambdas": choice})
     card = (fitted.save(tmp_path / "fitted") / "README.md").read_text()
-    assert "| text 0.3 |" in card and "chose text 0.3 (coarse text 0.1" in card and "set after fitting" not in card
+    assert "| text 0.3 |" in card and "set after fitting" not in card
+    # each worst margin beside the setting it was measured at: stage 1's λ, then the λ and κ in force
+    assert "chose text 0.4 (coarse text 0.1; better than the coarse λ in 95 % of bootstrap resamples); worst margin " \
+           "over its parts there: -2.0 points" in card
+    assert "after κ: λ text to 0.3" in card
+    assert "as fitted (the λ and κ above): worst margin over its parts on the val split: text→image R@1 -0.3 points" in card
     card = (fitted.with_lambdas({"text": 0.5}).save(tmp_path / "set") / "README.md").read_text()
     assert "| text 0.5 |" in card
     assert "set after fitting (a preset or `with_lambdas`), so the choices above no longer hold for them: " \
@@ -115,3 +122,35 @@ def test_card_says_when_a_mixture_bond_mixes_the_plain_mean(tmp_path: Path) -> N
     plain = (BoundSpace(u, [e], "combination", mixture, pbar="plain").save(tmp_path / "plain") / "README.md").read_text()
     unit = (BoundSpace(u, [e], "combination", mixture).save(tmp_path / "unit") / "README.md").read_text()
     assert "| text 0.1 (default); P̄ plain mean (OmniBind) |" in plain and "P̄ plain" not in unit
+
+
+def test_card_usage_snippet_runs_as_pasted_and_metrics_say_how_they_were_computed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's Python block runs unchanged from the export's directory and gives what it says;
+    the metrics note names the caches' precision and the zero-shot protocol with the space's blocks."""
+    import re
+
+    u, e = multi_expert("U", 8, ("text", "image"), 0), multi_expert("E", 6, ("text", "audio"), 1)
+    torch.manual_seed(0)
+    space = BoundSpace(u, [e], "combination", {"E": MLPProjector(6, 8, hidden=16).eval()},
+                       channels={"text": 0.5, "audio": 0.9}, presets={"p": {"text": 0.5}})
+    out = space.save(tmp_path / "ckpt", metrics=RECORDS)
+    card = (out / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    import functools
+
+    import spacebind
+
+    monkeypatch.chdir(out)
+    # the toy experts live in memory only: the card's own call, handed them
+    monkeypatch.setattr(spacebind, "load", functools.partial(spacebind.load, experts={"U": u, "E": e}))
+    scope: dict = {}
+    exec(snippet, scope)
+    assert scope["emb"].shape == (1, space.dim) and torch.allclose(scope["emb"].norm(dim=-1), torch.ones(1))
+    assert f"Tensor[1, {space.dim}], unit-norm" in snippet and len(space.blocks) == 2
+    assert f"blocks (widths {space.blocks[0]}, {space.blocks[1]}, each part renormalised)" in card
+    assert "from the experts' float16 embedding caches" in card
+    assert "`spacebind.evaluation.zeroshot.prompt_classes(space, names, templates)`" in card
+    # a λ preset under a channel: the card says which pairs it barely moves
+    assert "- `p`: text 0.5" in card and "Between modalities the channel carries (text κ 0.5, audio κ 0.9) a " \
+           "similarity weighs the bond's part by 1 − κ" in " ".join(card.split())

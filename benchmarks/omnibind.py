@@ -12,7 +12,9 @@ columns that bound what routing by domain can add: the candidates weighted by an
 each test item's concept (the specialist that never learned it out; or only the one that did), with
 the channel the routed space chose.
 Last, routed − uniform in mean R@1 per seed and pooled over the seeds, with its 95 % paired
-bootstrap interval over test items (each item's hits in all 12 directions resampled together).
+bootstrap interval over test items (each item's hits in all 12 directions resampled together), and
+the routed space against each expert on the expert's own pairs (R@1 both ways, queries resampled;
+"yes" at or above it, "tie" within the noise, "NO" beyond it).
 Run: python -m benchmarks.omnibind [--seeds 11 12] [--recipe omnibind_world_pools]"""
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.paired import Margin, paired_margin, pooled
+from benchmarks.paired import Margin, compare, paired_margin, pooled
 from spacebind.bonds.route import RouterConfig, mix, train_routers
 from spacebind.cache import dataset_key, ensure_caches
 from spacebind.evaluation.evaluate import evaluate_space
@@ -67,11 +69,33 @@ def item_scores(space, caches, dataset) -> torch.Tensor:
     return out
 
 
+def direction_hits(space, caches, dataset, a: str, b: str) -> torch.Tensor:
+    """0/1 per test query of modality `a` (an item holding `a` and `b`): whether its own item's `b`
+    ranks first among the split's."""
+    ids = [it.id for it in dataset.select("test") if a in it.fields and b in it.fields]
+    return (first_hit_ranks(caches.embeddings(space, a, ids), caches.embeddings(space, b, ids), range(len(ids))) < 1).double()
+
+
+def expert_pair_hits(routed, experts: dict, caches, dataset) -> dict[str, dict[str, torch.Tensor]]:
+    """Per system (the routed space, each bonded expert): per direction between two modalities an
+    expert covers, the per-query hits of `direction_hits`."""
+    out: dict[str, dict[str, torch.Tensor]] = {"routed": {}}
+    for name, expert in experts.items():
+        covered = [m for m in MODALITIES if m in expert.modalities]
+        for x, y in modality_pairs(covered):
+            for a, b in ((x, y), (y, x)):
+                key = f"{name}: {a}→{b} R@1"
+                out.setdefault(name, {})[key] = direction_hits(expert, caches, dataset, a, b)
+                out["routed"][key] = direction_hits(routed, caches, dataset, a, b)
+    return out
+
+
 def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibind_world"
              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, torch.Tensor],
-                        dict[str, float] | None]:
+                        dict[str, float] | None, dict[str, dict[str, torch.Tensor]]]:
     """Scores per column, mean router weights per `modality: candidate` per routed column, the
-    uniform mixture's and the routed space's `item_scores`, and the channel's κ chosen on val."""
+    uniform mixture's and the routed space's `item_scores`, the channel's κ chosen on val, and the
+    per-query hits of the routed space and each expert on the expert's pairs (`expert_pair_hits`)."""
     raw = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
     raw["data"] = {"world": {**raw["data"]["world"], "seed": seed, **sizes}}
     work = root / f"work-{seed}"
@@ -96,7 +120,9 @@ def run_seed(seed: int, root: Path, sizes: dict[str, int], recipe: str = "omnibi
     if domains:
         for label, own_only in (("domain oracle: other specialist out", False), ("domain oracle: own specialist", True)):
             columns[label] = domain_oracle(routed, caches, dataset, domains, own_only)
-    return {k: with_mean(v) for k, v in columns.items()}, weights, items, routed.channels
+    experts = {e.name: e for e in routed.leaves() if e.name in raw["experts"]}
+    pairs = expert_pair_hits(routed, experts, caches, dataset)
+    return {k: with_mean(v) for k, v in columns.items()}, weights, items, routed.channels, pairs
 
 
 def oracle_weights(routes: list[str], concept: torch.Tensor, domains: dict[str, tuple[int, int]],
@@ -169,10 +195,11 @@ def main() -> None:
     sizes = dict(zip(("train", "val", "test"), args.sizes))
     scores: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     weights: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    per_seed, items, channels = {}, [], {}
+    per_seed, items, channels, pairs = {}, [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            columns, routed, scored, channels[seed] = run_seed(seed, Path(tmp), sizes, args.recipe)
+            columns, routed, scored, channels[seed], hits = run_seed(seed, Path(tmp), sizes, args.recipe)
+            pairs.append(hits)
             per_seed[seed] = {c: v[MEAN] for c, v in columns.items()}
             items.append(scored)
             for target, source in ((scores, columns), (weights, routed)):
@@ -191,11 +218,20 @@ def main() -> None:
     for label, gain in gains.items():
         console.print(f"{'seed ' + label if label != 'pooled' else 'pooled'}: routed + decoupling − uniform mixture, "
                       f"mean R@1 {gain} points (95 % paired bootstrap over test items)")
+    on_pairs = {}
+    for expert in [name for name in pairs[0] if name != "routed"]:
+        metrics = list(pairs[0][expert])
+        on_pairs[expert] = {f"seed {seed}": compare([hits], "routed", expert, metrics) for seed, hits in zip(args.seeds, pairs)}
+        if len(args.seeds) > 1:
+            on_pairs[expert]["pooled"] = compare(pairs, "routed", expert, metrics)
+        for label, verdict in on_pairs[expert].items():
+            console.print(f"{label}: routed ≥ {expert} on its pairs: {verdict} (points, 95 % paired bootstrap)")
     if args.json:
         args.json.write_text(json.dumps({"recipe": args.recipe, "seeds": args.seeds, "threads": torch.get_num_threads(),
                                          "date": datetime.date.today().isoformat(),
                                          "scores": scores, "weights": weights, "per_seed": per_seed, "channels": channels,
-                                         "routed_minus_uniform": {k: vars(g) for k, g in gains.items()}}, indent=1))
+                                         "routed_minus_uniform": {k: vars(g) for k, g in gains.items()},
+                                         "routed_vs_experts_on_their_pairs": on_pairs}, indent=1))
 
 
 def routed_gain(seeds: list[dict[str, torch.Tensor]]) -> Margin:

@@ -193,7 +193,7 @@ def _variant(registry_name: str, checkpoint: str, tokenizer: str | None = None, 
 
 
 for _name, (_audio, _text, _file) in VARIANTS.items():
-    EXPERTS.register(_name, modalities=("audio", "text"), dim=512, checkpoint=f"{_file}; {_TOKENIZER_FILES}",
+    EXPERTS.register(_name, modalities=("audio", "text"), dim=512, checkpoint=f"{_file}; {_TOKENIZER_FILES}", licence="cc0-1.0",
                      description=f"LAION-CLAP HTSAT-{'base' if _audio.embed_dim == 128 else 'tiny'}"
                                  f"{' fusion' if _audio.fusion else ''} + RoBERTa; needs checkpoint= {_file}",
                      )(partial(_variant, _name))

@@ -43,7 +43,7 @@ def text_ids(tokenizer: Any, texts: list[str], max_length: int = MAX_LENGTH) -> 
                      max_length=max_length)["input_ids"]
 
 
-@EXPERTS.register("eva_clip_18b", modalities=("image", "text"), dim=1536, checkpoint="EVA-CLIP-18B snapshot dir",
+@EXPERTS.register("eva_clip_18b", modalities=("image", "text"), dim=1536, checkpoint="EVA-CLIP-18B snapshot dir", licence="apache-2.0",
                   description="EVA-CLIP-18B (BAAI) from a local snapshot; needs trust_remote_code=True")
 def eva_clip_18b(checkpoint: str, trust_remote_code: bool = False, dtype: str = "float32", device: str = "cpu",
                  batch_size: int = 16, max_length: int = MAX_LENGTH) -> Expert:

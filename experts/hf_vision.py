@@ -45,7 +45,9 @@ def vision_encoder(name: str, path: str | Path, *, pooling: Pooling = "cls", dev
     return Expert(name, model.config.hidden_size, {"image": encode}, spec=spec, batch_size=batch_size)
 
 
+# DINOv2's weights are Apache-2.0 since 2023-08-31 (CC-BY-NC before): the release current copies come from
 @EXPERTS.register("dinov2", modalities=("image",), checkpoint="a local copy of facebook/dinov2-{small,base,large,giant}",
+                  licence="apache-2.0",
                   description="DINOv2 image encoder from a local directory (CLS or mean-pooled patches)")
 def dinov2(path: str, pooling: Pooling = "cls", device: str = "cpu", batch_size: int = 64) -> Expert:
     """`spacebind.create_expert("dinov2", path="models/dinov2-base")`."""

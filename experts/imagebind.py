@@ -215,7 +215,7 @@ def imagebind_expert(checkpoint: str | Path, *, config: ImageBindConfig | dict |
     return Expert(name, model.config.out_dim, {m: encoder(m) for m in TOWERS}, spec=spec, batch_size=batch_size)
 
 
-@EXPERTS.register(NAME, modalities=tuple(TOWERS), dim=1024, checkpoint=f"imagebind_huge.pth ({URL})",
+@EXPERTS.register(NAME, modalities=tuple(TOWERS), dim=1024, checkpoint=f"imagebind_huge.pth ({URL})", licence="cc-by-nc-sa-4.0",
                   description="ImageBind huge: text, image, video, audio, depth (disparity), thermal, IMU in one 1024-d space")
 def imagebind_huge(checkpoint: str, config: dict | None = None, device: str = "cpu", batch_size: int = 16) -> Expert:
     """`create_expert("imagebind_huge", checkpoint=".../imagebind_huge.pth")`; `config` (tower sizes,

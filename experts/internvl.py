@@ -37,7 +37,7 @@ def text_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-@EXPERTS.register("internvl_c", modalities=("image", "text"), dim=768, checkpoint="InternVL-14B-224px snapshot dir",
+@EXPERTS.register("internvl_c", modalities=("image", "text"), dim=768, checkpoint="InternVL-14B-224px snapshot dir", licence="mit",
                   description="InternVL-C (InternVL-14B-224px) from a local snapshot; needs trust_remote_code=True")
 def internvl_c(checkpoint: str, trust_remote_code: bool = False, dtype: str = "float32", device: str = "cpu",
                batch_size: int = 16) -> Expert:

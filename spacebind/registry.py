@@ -25,6 +25,9 @@ class Entry(Generic[T]):
     dim: int | None = None
     description: str = ""
     checkpoint: str = ""  # the file(s) a user must provide, described for error messages
+    # the Hugging Face Hub licence id its publisher gives the weights ("" where none is stated, or it
+    # depends on the file given); the model card lists it (docs/decisions.md, "Licences")
+    licence: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -204,9 +204,11 @@ def sweep_checkpoint(fused: str | Path, data: str | Path, *, split: str = "val",
     result = sweep(space, caches, dataset, split=split, grid=list(grid), modalities=modalities or None)
     if held_out and held_out != split and dataset.count(held_out):
         score_held_out(space, result, caches, dataset, held_out)
-    write_json(fused / "sweep.json", result.to_json())
-    if len(result.modalities) <= 2:
-        plot_sweep(result, fused / "sweep.png")
-    if save:
-        resave(with_best_presets(space, result), fused)
+    def write_plot(path: Path) -> None:
+        if len(result.modalities) <= 2:
+            plot_sweep(result, path)
+
+    # recorded in the export (its files_sha256): they go with this space, not beside another one later
+    resave(with_best_presets(space, result) if save else space, fused,
+           files={"sweep.json": lambda path: write_json(path, result.to_json()), "sweep.png": write_plot})
     return result

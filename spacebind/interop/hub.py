@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?$")
 
 EXPORT_FILES = ("config.json", "model.safetensors", "metrics.json", "README.md", "recipe.yaml",
-                "unibind.json", "unibind.safetensors", "history.json", "history.png")
+                "unibind.json", "unibind.safetensors", "history.json", "history.png", "sweep.json", "sweep.png")
 """The files of a fused checkpoint that a push uploads (whichever exist); nothing else in the folder."""
 
 

@@ -69,6 +69,7 @@ _DESCRIPTIONS = {
     "world_sensor": "procedural world: video, thermal and event towers aligned to images (like ImageBind's)",
 }
 for _name, _config in CONFIGS.items():
-    EXPERTS.register(_name, modalities=tuple(_config.widths), dim=_config.dim, description=_DESCRIPTIONS[_name])(
+    EXPERTS.register(_name, modalities=tuple(_config.widths), dim=_config.dim, description=_DESCRIPTIONS[_name],
+                     licence="apache-2.0")(
         partial(make_world_expert, _name)
     )

@@ -28,7 +28,7 @@ def unimodal_world_expert(name: str, modality: str, source: str, concepts_seed: 
     return Expert(name, full.dim, {modality: full.encoders[modality]}, spec=spec)
 
 
-@EXPERTS.register("world_image", modalities=("image",), dim=CONFIGS["world_image_text"].dim,
+@EXPERTS.register("world_image", modalities=("image",), dim=CONFIGS["world_image_text"].dim, licence="apache-2.0",
                   description="procedural world: the image tower alone (source=world_image_text|world_unified)")
 def world_image(source: str = "world_image_text", concepts_seed: int = 0, num_concepts: int = 24,
                 checkpoint: str | None = None, device: str = "cpu", progress: bool = True) -> Expert:

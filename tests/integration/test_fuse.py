@@ -120,7 +120,7 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     after = json.loads((result.out / "config.json").read_text())["files_sha256"]  # the rest of the export stays
     assert "history.json" in after and {k: v for k, v in after.items() if k not in ("README.md", "history.png")} == \
         {k: v for k, v in before.items() if k not in ("README.md", "history.png")}
-    assert set(after) == set(before) and "history.png" in (result.out / "README.md").read_text()
+    assert set(after) == set(before) | {"sweep.json", "sweep.png"} and "history.png" in (result.out / "README.md").read_text()
     report = json.loads((result.out / "sweep.json").read_text())
     assert report["modalities"] == ["text", "audio"] and len(report["points"]) == 9
     assert (result.out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -325,6 +325,31 @@ def test_resave_keeps_the_rest_of_the_export(tmp_path: Path) -> None:
     spacebind.load(out, experts={e.name: e for e in space.leaves()})  # every recorded file checks out
 
 
+def test_a_sweeps_files_belong_to_the_export_it_swept(tmp_path: Path) -> None:
+    """`sweep` writes sweep.json / sweep.png through `resave(files=…)`: recorded and linked by the
+    card, replaced by the next sweep (a sweep without a plot leaves no old plot), carried by a later
+    resave, and gone when another space is exported into the directory."""
+    from spacebind.checkpoint import resave
+    from spacebind.interop.hub import EXPORT_FILES
+
+    space = small_space(0)
+    out = space.save(tmp_path / "ckpt", metrics=[record("toy")])
+    png = lambda path: path.write_bytes(b"\x89PNG first sweep")  # noqa: E731
+    resave(space, out, files={"sweep.json": lambda path: path.write_text('{"grid": [0, 1]}'), "sweep.png": png})
+    config = json.loads((out / "config.json").read_text())
+    assert {"sweep.json", "sweep.png"} <= set(config["files_sha256"]) <= {*EXPORT_FILES} - {"model.safetensors"}
+    card = (out / "README.md").read_text()
+    assert "## Sweep" in card and "[sweep.json](sweep.json)" in card and "(sweep.png)" in card
+    resave(space.with_presets({"sharp": {"text": 0.8}}), out)  # another resave carries them
+    assert (out / "sweep.png").read_bytes() == b"\x89PNG first sweep"
+    resave(space, out, files={"sweep.json": lambda path: path.write_text('{"grid": [0]}'), "sweep.png": lambda path: None})
+    assert (out / "sweep.json").read_text() == '{"grid": [0]}' and not (out / "sweep.png").exists()
+    assert "(sweep.png)" not in (out / "README.md").read_text()
+    spacebind.load(out, experts={e.name: e for e in space.leaves()})  # every recorded file checks out
+    small_space(1).save(out)  # another space: the old sweep does not describe it
+    assert not (out / "sweep.json").exists() and "## Sweep" not in (out / "README.md").read_text()
+
+
 def test_resave_of_an_export_older_than_its_checksums_keeps_recipe_and_metrics(tmp_path: Path) -> None:
     from spacebind.checkpoint import resave
 

@@ -209,6 +209,9 @@ def test_json_output_is_only_json(tiny_fuse: tuple[Path, str], tmp_path: Path) -
 
     listed = runner.invoke(app, ["experts", "world_*", "--json"])
     assert listed.exit_code == 0 and {"world_unified", "world_audio_text"} <= {e["name"] for e in json.loads(listed.stdout)}
+    licences = {e["name"]: e["licence"] for e in json.loads(runner.invoke(app, ["experts", "--json"]).stdout)}
+    assert licences["imagebind_huge"] == "cc-by-nc-sa-4.0" and licences["world_unified"] == "apache-2.0"
+    assert licences["open_clip"] is None  # the weights are the user's choice
     out, _ = tiny_fuse
     info = runner.invoke(app, ["info", str(out), "--json", "--trust-remote-code"])
     assert info.exit_code == 0, info.output

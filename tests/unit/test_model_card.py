@@ -154,3 +154,31 @@ def test_card_usage_snippet_runs_as_pasted_and_metrics_say_how_they_were_compute
     # a λ preset under a channel: the card says which pairs it barely moves
     assert "- `p`: text 0.5" in card and "Between modalities the channel carries (text κ 0.5, audio κ 0.9) a " \
            "similarity weighs the bond's part by 1 − κ" in " ".join(card.split())
+
+
+def test_card_lists_each_experts_licence_and_the_front_matter_a_shared_one(tmp_path: Path) -> None:
+    """The registry's licence of each expert's weights is in the card; one licence for every expert
+    becomes the card's `license`; mixed or unstated ones give `other` with a link to the list."""
+    from spacebind.registry import EXPERTS
+
+    def named(name: str, source: str, kwargs: dict | None = None) -> Expert:
+        toy = multi_expert(name, 6, ("text",), 1)
+        return Expert(name, 6, {"text": lambda xs: toy.encode("text", xs)},
+                      spec=ExpertSpec(source=source, kwargs=kwargs or {}, checkpoint=CHECKPOINT, sha256="ab" * 32))
+
+    torch.manual_seed(0)
+    head = {"B": MLPProjector(6, 6, hidden=8).eval()}
+    both = BoundSpace(named("A", "minilm"), [named("B", "minilm")], "combination", head, lambdas={"text": 0.3})
+    card = ModelCard.load(both.save(tmp_path / "same") / "README.md")
+    assert EXPERTS.entry("minilm").licence == "apache-2.0"
+    assert card.data.license == "apache-2.0" and "license_name" not in card.data.to_dict()
+    assert "| 6 | text | model.safetensors | abababababababab | apache-2.0 |" in card.text
+    adapted = named("B", "adapted", {"expert": "imagebind_huge"})  # a wrapper: its inner expert's licence
+    mixed = BoundSpace(named("A", "minilm"), [adapted], "combination", head, lambdas={"text": 0.3})
+    card = ModelCard.load(mixed.save(tmp_path / "mixed") / "README.md")
+    data = card.data.to_dict()
+    assert (data["license"], data["license_name"], data["license_link"]) == ("other", "expert-licences", "README.md")
+    assert "| cc-by-nc-sa-4.0 |" in card.text and "| apache-2.0 |" in card.text
+    unknown = BoundSpace(named("A", "minilm"), [named("B", "mypkg.encoders:Mine")], "combination", head,
+                         lambdas={"text": 0.3})
+    assert "| not stated |" in (unknown.save(tmp_path / "unknown") / "README.md").read_text()

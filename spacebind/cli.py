@@ -509,13 +509,18 @@ def sweep(
     from rich.table import Table
 
     other = result.held_out_split
-    columns = ["task", "now", "best", *([f"now ({other})", f"best ({other})"] if other else []), "best setting", "preset"]
-    table = Table(*columns, title=f"sweep of {', '.join(result.modalities)} on {split} (%)")
+    columns = ["task", "now", "top of grid", "beat now in", "best", *([f"now ({other})", f"best ({other})"] if other else []),
+               "best setting", "preset"]
+    table = Table(*columns, title=f"sweep of {', '.join(result.modalities)} on {split} (%; a task moves only when the "
+                                  "top of the grid beats now in ≥ 90 % of bootstrap resamples)")
     for task, best in result.best.items():
-        score = max(result.scores[task] + [result.baseline[task]])
+        top = max(result.scores[task] + [result.baseline[task]])
+        score = result.scores[task][result.points.index(best)] if best in result.points else result.baseline[task]
+        share = f"{100 * result.confidence[task]:.0f} % of resamples" if task in result.confidence else "–"
         lam = ", ".join(f"{m} {v:g}" for m, v in best.items())
         held = [f"{100 * result.held_out[task][k]:.1f}" for k in ("now", "best")] if other else []
-        table.add_row(task, f"{100 * result.baseline[task]:.1f}", f"{100 * score:.1f}", *held, lam, preset_name(task))
+        table.add_row(task, f"{100 * result.baseline[task]:.1f}", f"{100 * top:.1f}", share, f"{100 * score:.1f}", *held,
+                      lam, preset_name(task))
     console.print(table)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR
+from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR, _Tasks, bootstrap_share
 from spacebind.bonds.node import BondNode
 from spacebind.cache import CacheSet, ensure_caches
 from spacebind.checkpoint import load, resave
@@ -34,6 +34,9 @@ class SweepResult:
     scores: dict[str, list[float]]  # task → score at each point
     baseline: dict[str, float]  # task → score at the space's current λ
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # the current λ where nothing beats it
+    # task → share of bootstrap resamples of the split's queries in which its best grid point beat
+    # the current setting (tasks whose best point beat it on the whole split)
+    confidence: dict[str, float] = field(default_factory=dict)
     held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # task → {"now", "best"} on another split
     held_out_split: str | None = None
     split: str = "val"
@@ -42,7 +45,7 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"modalities": self.modalities, "grid": self.grid, "points": self.points, "scores": self.scores,
-                "baseline": self.baseline, "best": self.best, "held_out": self.held_out,
+                "baseline": self.baseline, "best": self.best, "confidence": self.confidence, "held_out": self.held_out,
                 "held_out_split": self.held_out_split, "split": self.split, "current": self.current,
                 "n_items": self.n_items}
 
@@ -67,13 +70,17 @@ def sweep(
     split: str = "val",
     grid: Sequence[float] = DEFAULT_GRID,
     modalities: Sequence[str] | None = None,
+    resamples: int = 200,
+    confidence: float = 0.9,
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every combination of the grid over `modalities` (default: the λ of every modality
     the bond mixes; or κ of the channel as `channel:<…>`, see `BondNode.settings`; one kind at a
     time). A κ grid stops at the channel's prior: κ = 1 would drop the bond from the modality and
-    its similarities to uncarried ones. A task's best setting is the current one unless a grid
-    point scores strictly higher."""
+    its similarities to uncarried ones. A task's best setting is the current one unless its best
+    grid point scores higher on the split and in at least `confidence` of `resamples` bootstrap
+    resamples of the split's queries (as a bond's λ is chosen, `spacebind.bonds.lambdas`): a win
+    inside the noise is a tie."""
     mods = list(modalities or space.tunable_modalities())
     unknown = [m for m in mods if m not in space.settings()]
     if unknown or not mods:
@@ -93,10 +100,30 @@ def sweep(
         for task in scores:
             scores[task].append(got[task])
     current = {m: space.setting_value(m) for m in mods}
-    best = {task: points[max(range(len(points)), key=lambda i: values[i])] if max(values) > baseline[task] else current
-            for task, values in scores.items()}
-    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, split=split, current=current,
-                       n_items=dataset.count(split))
+    winners = {task: points[max(range(len(points)), key=lambda i: values[i])]
+               for task, values in scores.items() if max(values) > baseline[task]}
+    shares = _win_shares(space, caches, dataset, split, current, winners, resamples)
+    best = {task: winners[task] if shares.get(task, 0.0) >= confidence else current for task in scores}
+    return SweepResult(mods, [float(g) for g in grid], points, scores, baseline, best, confidence=shares, split=split,
+                       current=current, n_items=dataset.count(split))
+
+
+def _win_shares(space: BondNode, caches: CacheSet, dataset: Dataset, split: str, current: dict[str, float],
+                winners: dict[str, dict[str, float]], resamples: int) -> dict[str, float]:
+    """Per task with a winning grid point, the share of bootstrap resamples of the split's queries
+    in which that point's score beats the current setting's (the tasks of `bonds.lambdas._Tasks`,
+    scored per query; a task it does not score counts as never beaten)."""
+    if not winners:
+        return {}
+    values = sorted({*current.values(), *(v for point in winners.values() for v in point.values())})
+    tasks = _Tasks(space, [], caches, dataset, split, list(current), values)
+    now = tasks.fused_hits(current)
+    shares = {}
+    for task, point in winners.items():
+        if task in now:
+            shares[task] = bootstrap_share({task: tasks.fused_hits(point)[task]}, {task: now[task]}, {},
+                                           tasks.group_index, resamples, seed=0)
+    return shares
 
 
 def score_held_out(space: BondNode, result: SweepResult, caches: CacheSet, dataset: Dataset, split: str) -> None:

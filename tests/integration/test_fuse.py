@@ -118,8 +118,9 @@ def test_presets_and_lambda_sweep(fused_run, tmp_path: Path) -> None:
     swept = runner.invoke(app, ["sweep", str(result.out), str(world.root), "--grid", "0,0.5,1", "--cache-dir", str(tmp_path)])
     assert swept.exit_code == 0, swept.output
     after = json.loads((result.out / "config.json").read_text())["files_sha256"]  # the rest of the export stays
-    assert "history.json" in after and {k: v for k, v in after.items() if k not in ("README.md", "history.png")} == \
-        {k: v for k, v in before.items() if k not in ("README.md", "history.png")}
+    regenerated = ("README.md", "history.png", "sweep.json", "sweep.png")  # the card, a plot, the sweep's own files
+    assert "history.json" in after and {k: v for k, v in after.items() if k not in regenerated} == \
+        {k: v for k, v in before.items() if k not in regenerated}
     assert set(after) == set(before) | {"sweep.json", "sweep.png"} and "history.png" in (result.out / "README.md").read_text()
     report = json.loads((result.out / "sweep.json").read_text())
     assert report["modalities"] == ["text", "audio"] and len(report["points"]) == 9

@@ -187,6 +187,22 @@ def test_sweep_keeps_the_current_lambda_unless_beaten() -> None:
         assert beaten or best == {"text": 0.3, "audio": 0.6}, task
 
 
+def test_sweep_moves_a_task_only_on_a_win_beyond_the_noise() -> None:
+    """A grid point that beats the current λ by one query of 120 is a tie (its bootstrap share is
+    below 0.9): the task keeps the current λ; a win in every resample moves it there."""
+    t, e, caches, dataset = world()
+    current = {"text": 0.6, "audio": 0.9}
+    space = BoundSpace(t, [e], "combination", {"E": identity_head(16)}, lambdas=current)
+    result = sweep(space, caches, dataset, split="val", grid=[0.6, 0.7, 0.8, 0.9, 1.0], progress=False)
+    task = "text→audio R@1"
+    assert max(result.scores[task]) - result.baseline[task] == pytest.approx(1 / 120, abs=1e-6)
+    assert result.confidence[task] < 0.9 and result.best[task] == current
+    task = "audio zero-shot acc1"
+    assert max(result.scores[task]) - result.baseline[task] > 0.1 and result.confidence[task] >= 0.9
+    assert result.scores[task][result.points.index(result.best[task])] == max(result.scores[task])
+    assert result.to_json()["confidence"] == result.confidence
+
+
 def test_sweep_over_the_channels_kappa_keeps_the_current_unless_beaten_and_saves_it_as_presets() -> None:
     from spacebind.evaluation.sweep import with_best_presets
 

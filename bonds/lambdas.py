@@ -84,6 +84,12 @@ class LambdaChoice:
         return asdict(self)
 
 
+def kappa_grid(grid: Sequence[float]) -> list[float]:
+    """The κ a channel search tries: the grid's values below 1 and the prior (κ = 1 would drop the
+    bond, or the routed mixture, from the carried modalities)."""
+    return sorted({*(float(v) for v in grid if v < 1), CHANNEL_PRIOR})
+
+
 def split_setting(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """A preset or sweep point split into λ by modality and κ (its `channel:<name>` keys: by modality for a bond, by leaf for a routed space)."""
     lambdas = {m: v for m, v in values.items() if not m.startswith(CHANNEL)}
@@ -375,7 +381,7 @@ def choose_lambdas(space: "BoundSpace", parts: Sequence[Space], caches: "CacheSe
         # a combination's channel carries the experts, the specialists of the pairs it adds; a
         # displacement's carries the base, which its expert is there to improve on: FreeBind's κ = 0
         prior = {p: CHANNEL_PRIOR if space.kind == "combination" else 0.0 for p in params}
-        kappas = sorted({*grid[:-1], CHANNEL_PRIOR})  # κ = 1 would drop the bond from those modalities
+        kappas = kappa_grid(grid)
         second = {"": _Tasks(bond, parts, caches, dataset, split, params, kappas, like=tasks[""])}
         carried = {t[0] for t in second[""].names if _between(t, channelled)}
         if carried and not any(t.endswith(" R@1") for t in carried):
@@ -443,7 +449,7 @@ def choose_channels(space: "RoutedSpace", caches: "CacheSet", dataset: Dataset, 
                     key=lambda leaf: len(leaf.modalities))
     if not leaves:
         return space
-    kappas = sorted({*(float(v) for v in grid if v < 1), CHANNEL_PRIOR})  # κ = 1 would drop the routed mixture
+    kappas = kappa_grid(grid)
     setting = {leaf.name: CHANNEL_PRIOR for leaf in leaves}
     first: _Tasks | None = None
     record: dict[str, Any] = {"split": split, "groups": groups, "prior": CHANNEL_PRIOR, "specialists": {}}

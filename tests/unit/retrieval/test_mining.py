@@ -91,7 +91,7 @@ def test_mining_is_stored_and_reused(cache, tmp_path: Path, monkeypatch: pytest.
     first = mine(cache, "text", "point", k=2, out=tmp_path, progress=False)
     import spacebind.retrieval.mining as mining
 
-    monkeypatch.setattr(mining, "build_index", lambda *a, **k: pytest.fail("stored neighbours must be reused"))
+    monkeypatch.setattr(mining, "_build", lambda *a, **k: pytest.fail("stored neighbours must be reused"))
     again = mine(cache, "text", "point", k=2, out=tmp_path, progress=False)
     assert again.seed_ids == first.seed_ids and torch.equal(again.indices, first.indices)
     with pytest.raises(CacheError, match="no 'audio' embeddings"):

@@ -135,3 +135,11 @@ def test_class_precision_between_unpaired_pools_skips_unlabelled_gallery_items()
     gallery = B([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0]])  # item 0 unlabelled and nearest to query 0
     hits = tasks.hits(query, gallery, ("text→audio class P@1", "text", "audio"))
     assert hits.tolist() == [True, True]
+
+
+def test_a_channel_search_tries_every_grid_value_below_one_and_the_prior() -> None:
+    """A custom grid below 1 loses none of its values (its largest was dropped, assuming it was 1)."""
+    from spacebind.bonds.lambdas import CHANNEL_PRIOR, DEFAULT_GRID, kappa_grid
+
+    assert kappa_grid((0.0, 0.5)) == [0.0, 0.5, CHANNEL_PRIOR]
+    assert kappa_grid(DEFAULT_GRID) == [*DEFAULT_GRID[:-1], CHANNEL_PRIOR] and 1.0 not in kappa_grid(DEFAULT_GRID)

@@ -198,7 +198,8 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
         with stage("UniBind: knowledge-base class centres", progress):
             kb = recipe_knowledge(u.knowledge, u.generator, dataset, base_dir)
             unibind = fit_unibind(space, caches, dataset, kb, n=u.descriptions, mix=u.mix, align=u.align,
-                                  vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed)
+                                  vote_weight=u.vote_weight, k=u.k, epochs=u.epochs, seed=recipe.train.seed,
+                                  scoring=u.scoring, head=u.head)
             records += evaluate_unibind(unibind, caches, dataset, split)
     with stage(f"export to {out}", progress):
         members = trained_members(recipe, {a: e.modalities for a, e in experts.items()})

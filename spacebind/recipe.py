@@ -330,16 +330,42 @@ class ExportConfig(Strict):
 
 
 class UniBindConfig(Strict):
-    """UniBind on the fused space: knowledge-base class centres, aligned projectors, voting."""
+    """UniBind on the fused space: knowledge-base class centres, aligned projectors, voting.
+
+    Two modes, chosen field by field (the defaults are spacebind's; `scoring: descriptions` with
+    `head: linear` and `descriptions: 50` is the official code's, QC-LY/UniBind):
+
+    - `scoring`: `centres` (default) averages each class's `descriptions` nearest descriptions into
+      one centre mixed `mix` with the class prompt and scores the cosine to it; `descriptions` keeps
+      those descriptions apart and scores a class by the best cosine among them (top-1; `mix` unused
+      there but by an `mlp` head's targets).
+    - `head` (with `align: true`): `mlp` (default) is a projector per modality trained against the
+      centres (cross-entropy with the item's class, τ 0.05, AdamW lr 1e-3); `linear` is one linear
+      layer per modality trained by InfoNCE of each item against its own description (its paired
+      text, else its class's nearest description; τ 1, AdamW lr 5e-4, weight decay 0.01, batch
+      1024, linear decay, gradients clipped to 1).
+    - `epochs`: default 20 for `mlp`, 15 for `linear` (the official fine-tune).
+    """
 
     knowledge: str = Field("world", description="a JSON/JSONL file (class → descriptions), or 'world'")
     generator: Path | None = Field(None, description="a local text-generation model directory to write the knowledge base")
-    descriptions: int = Field(8, ge=1, description="descriptions nearest each class's items that form its centre")
+    descriptions: int = Field(8, ge=1, description="descriptions nearest each class's items that form its centre "
+                                                    "(or, with scoring: descriptions, that it keeps)")
     mix: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="weight of the plain class-name prompt in a centre")
     align: bool = True
+    scoring: Literal["centres", "descriptions"] = Field(
+        "centres", description="centres: cosine to one centre per class; descriptions: best cosine among the class's descriptions (official)")
+    head: Literal["mlp", "linear"] = Field(
+        "mlp", description="with align: mlp against the centres; linear: the official nn.Linear, InfoNCE against each item's own description")
     vote_weight: float = Field(0.0, ge=0, allow_inf_nan=False, description="weight of retrieval-augmented knowledge votes")
     k: int = Field(10, ge=1, description="descriptions each item retrieves for voting")
-    epochs: int = Field(20, ge=1)
+    epochs: int | None = Field(None, ge=1, description="head training epochs; default 20 (mlp) or 15 (linear)")
+
+    @model_validator(mode="after")
+    def _head_needs_align(self) -> "UniBindConfig":
+        if "head" in self.model_fields_set and not self.align:
+            raise ValueError(f"head: {self.head!r} trains a head, but align is false; drop head or set align: true")
+        return self
 
 
 class Recipe(Strict):

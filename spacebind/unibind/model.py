@@ -1,15 +1,21 @@
 """UniBind on a space: knowledge-base class centres per modality, optional projectors aligning
 each modality to its centres, and zero-shot classification with retrieval-augmented voting.
 
-Saved as a directory: `unibind.safetensors` (centres, heads, description embeddings) and
-`unibind.json` (class names, settings, head configs); the space itself is referenced, not copied.
+Two scorings: `centres` (spacebind's: one centre per class, `centres_from`) and `descriptions` (the
+official code's: each class's description rows kept apart, a class scored by its best row). Two
+aligning heads: `mlp` (spacebind's: trained against the centres) and `linear` (the official code's:
+an `nn.Linear` trained by InfoNCE of each item against its own description).
+
+Saved as a directory: `unibind.safetensors` (centres or description rows, heads, description
+embeddings) and `unibind.json` (class names, settings, scoring, head configs); the space itself is
+referenced, not copied. A directory written before `scoring` was recorded loads as `centres`.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
@@ -24,10 +30,16 @@ from spacebind.evaluation.zeroshot import prompt_classes, split_features
 from spacebind.io.files import atomic_path, write_json
 from spacebind.unibind.centres import (
     align_to_centres,
+    as_linear_map,
     build_centres,
+    class_means,
+    description_rows,
     knowledge_embeddings,
     knowledge_votes,
+    own_descriptions,
     predict,
+    top1_scores,
+    train_linear_head,
 )
 from spacebind.unibind.knowledge import KnowledgeBase
 
@@ -37,11 +49,17 @@ if TYPE_CHECKING:
     from spacebind.space import Space
 
 FORMAT = "spacebind-unibind-1"
+SCORINGS = ("centres", "descriptions")
+HEAD_KINDS = ("mlp", "linear")
 
 
 @dataclass
 class UniBind:
-    """Class centres (and aligned heads) for the classes `names` of one space."""
+    """Class centres (and aligned heads) for the classes `names` of one space.
+
+    With `scoring="centres"`, `centres[m]` holds one row per class [C, d]; with
+    `scoring="descriptions"` it holds description rows [R, d], row r of class `centre_owners[m][r]`,
+    and a class scores the best cosine among its rows (`top1_scores`, the official zero-shot)."""
 
     space: "Space"
     names: list[str]
@@ -51,6 +69,21 @@ class UniBind:
     heads: dict[str, nn.Module] = field(default_factory=dict)
     vote_weight: float = 0.0
     k: int = 10
+    scoring: str = "centres"
+    centre_owners: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise InputError(f"UniBind scoring {self.scoring!r}: expected one of {', '.join(SCORINGS)}")
+        if self.scoring == "descriptions" and set(self.centre_owners) != set(self.centres):
+            raise InputError(f"UniBind scoring 'descriptions' needs the class of every row: owners for "
+                             f"{sorted(self.centre_owners)}, rows for {sorted(self.centres)}")
+
+    @property
+    def head(self) -> str | None:
+        """The kind of aligning head (`mlp` or `linear`), None without heads."""
+        kinds = {h.config["type"] for h in self.heads.values()}
+        return None if not kinds else kinds.pop() if len(kinds) == 1 else ",".join(sorted(kinds))
 
     def scores(self, modality: str, feats: torch.Tensor, vote_weight: float | None = None) -> torch.Tensor:
         """Class scores [N, C] of `modality` embeddings of the space (aligned first if a head exists)."""
@@ -64,6 +97,9 @@ class UniBind:
             votes = knowledge_votes(feats, descriptions, self.owners, len(self.names), self.k)
         with torch.no_grad():
             aligned = self.heads[modality](feats) if modality in self.heads else feats
+        if self.scoring == "descriptions":
+            scores = top1_scores(aligned, self.centres[modality], self.centre_owners[modality], len(self.names))
+            return scores if votes is None else scores + weight * votes
         return predict(aligned, self.centres[modality], votes, weight)
 
     def classify(self, modality: str, inputs: Any) -> list[str]:
@@ -76,13 +112,16 @@ class UniBind:
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"descriptions": self.descriptions, "owners": self.owners}
         tensors.update({f"centres.{m}": c for m, c in self.centres.items()})
+        if self.scoring == "descriptions":
+            tensors.update({f"centre_owners.{m}": o for m, o in self.centre_owners.items()})
         for m, head in self.heads.items():
             tensors.update({f"heads.{m}.{k}": v for k, v in head.state_dict().items()})
         with atomic_path(out / "unibind.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))  # no shared memory
         write_json(out / "unibind.json", {
             "format": FORMAT, "space": self.space.name, "names": self.names, "modalities": list(self.centres),
             "heads": {m: h.config for m, h in self.heads.items()}, "vote_weight": self.vote_weight, "k": self.k,
+            "scoring": self.scoring, "head": self.head,
         })
         return out
 
@@ -117,7 +156,10 @@ class UniBind:
             tensors = load_file(str(root / "unibind.safetensors"))
         except (OSError, SafetensorError) as exc:
             raise CheckpointError(f"{root / 'unibind.safetensors'}: not readable ({exc})") from None
+        scoring = meta["scoring"]
         used = {"descriptions", "owners", *(f"centres.{m}" for m in meta["modalities"])}
+        if scoring == "descriptions":
+            used.update(f"centre_owners.{m}" for m in meta["modalities"])
         heads = {}
         for m, config in meta["heads"].items():
             head = head_from_config(config)
@@ -132,8 +174,14 @@ class UniBind:
         if extra or absent:
             raise CheckpointError(f"{root / 'unibind.safetensors'}: unexpected {extra}, missing {absent}")
         _check_shapes(root / "unibind.safetensors", tensors, meta, space.dim)
-        return cls(space, list(meta["names"]), {m: tensors[f"centres.{m}"] for m in meta["modalities"]},
-                   tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]))
+        row_owners = {m: tensors[f"centre_owners.{m}"] for m in meta["modalities"]} if scoring == "descriptions" else {}
+        model = cls(space, list(meta["names"]), {m: tensors[f"centres.{m}"] for m in meta["modalities"]},
+                    tensors["descriptions"], tensors["owners"], heads, float(meta["vote_weight"]), int(meta["k"]),
+                    scoring, row_owners)
+        if "head" in meta["recorded"] and meta["head"] != model.head:
+            raise CheckpointError(f"{meta_path}: field head: {meta['head']!r}, but the heads it lists are "
+                                  f"{model.head!r}")
+        return model
 
 
 class _Meta(BaseModel):
@@ -146,6 +194,8 @@ class _Meta(BaseModel):
     heads: dict[str, dict[str, Any]]
     vote_weight: float = Field(allow_inf_nan=False)
     k: int = Field(ge=1)
+    scoring: Literal["centres", "descriptions"] = "centres"  # absent: written before the official mode
+    head: str | None = None
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -155,7 +205,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     try:
-        return _Meta.model_validate(raw).model_dump()
+        return {**_Meta.model_validate(raw).model_dump(), "recorded": set(raw) if isinstance(raw, dict) else set()}
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -166,6 +216,14 @@ def _check_shapes(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
     """Centres [classes, dim] per modality, descriptions [n, dim] owned by classes (`owners`, [n])."""
     classes, descriptions, owners = len(meta["names"]), tensors["descriptions"], tensors["owners"]
     for m in meta["modalities"]:
+        if meta["scoring"] == "descriptions":
+            rows, row_owners = tensors[f"centres.{m}"], tensors[f"centre_owners.{m}"]
+            if rows.ndim != 2 or rows.shape[1] != dim or row_owners.shape != (len(rows),) or \
+                    row_owners.dtype != torch.long or not bool(((row_owners >= 0) & (row_owners < classes)).all()):
+                raise CheckpointError(f"{path}: {m} description rows {tuple(rows.shape)} and their classes "
+                                      f"{tuple(row_owners.shape)} ({row_owners.dtype}); expected [R, {dim}] and [R] "
+                                      f"int64 class indices in [0, {classes})")
+            continue
         if tuple(tensors[f"centres.{m}"].shape) != (classes, dim):
             raise CheckpointError(f"{path}: {m} centres of shape {tuple(tensors[f'centres.{m}'].shape)}; expected "
                                   f"({classes}, {dim}): one per class named in unibind.json, of the space's dim")
@@ -190,23 +248,46 @@ def load_export(fused: str | Path, trust_remote_code: bool = False) -> tuple["Sp
 
 def fit_unibind(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: KnowledgeBase, *,
                 modalities: Sequence[str] | None = None, n: int = 8, mix: float = 0.5, align: bool = True,
-                vote_weight: float = 0.0, k: int = 10, epochs: int = 20, seed: int = 0) -> UniBind:
+                vote_weight: float = 0.0, k: int = 10, epochs: int | None = None, seed: int = 0,
+                scoring: Literal["centres", "descriptions"] = "centres", head: Literal["mlp", "linear"] = "mlp",
+                ) -> UniBind:
     """Centres for every labelled non-text modality of `space` from the train split (and, with
-    `align`, a projector per modality trained against them), the knowledge base embedded for voting."""
+    `align`, a head per modality), the knowledge base embedded for voting.
+
+    `scoring`: `centres` keeps one centre per class (`n` nearest descriptions averaged, mixed `mix`
+    with the prompt); `descriptions` keeps each class's `n` nearest descriptions apart and scores a
+    class by its best one (the official code). `head`: `mlp` is trained against the centres (`epochs`
+    default 20); `linear` is the official `nn.Linear` trained by InfoNCE against each item's own
+    description (`epochs` default 15, the official fine-tune)."""
     if "text" not in space.modalities:
         raise InputError(f"UniBind embeds descriptions as text; space {space.name!r} has no text")
+    if scoring not in SCORINGS or head not in HEAD_KINDS:
+        raise InputError(f"UniBind: scoring {scoring!r} and head {head!r}; expected scoring one of "
+                         f"{', '.join(SCORINGS)} and head one of {', '.join(HEAD_KINDS)}")
     names = dataset.class_names
     prompts = prompt_classes(space, names, dataset.templates).float().cpu()
     wanted = modalities or [m for m in space.modalities if m != "text" and m in dataset.modalities()]
-    centres, heads = {}, {}
-    for m in wanted:
-        centres[m] = build_centres(space, caches, dataset, kb, m, prompts, n, mix)
-        if align:
-            feats, labels = split_features(space, caches, dataset, "train", m)
-            heads[m] = align_to_centres(feats, labels, centres[m], epochs=epochs, seed=seed)
     descs = knowledge_embeddings(space, kb, names)
+    centres, row_owners, heads = {}, {}, {}
+    for m in wanted:
+        feats, labels = split_features(space, caches, dataset, "train", m)
+        support = space.support(m)
+        if scoring == "centres" or (align and head == "mlp"):
+            centres[m] = build_centres(space, caches, dataset, kb, m, prompts, n, mix)
+        if align and head == "mlp":
+            heads[m] = align_to_centres(feats, labels, centres[m], epochs=20 if epochs is None else epochs, seed=seed)
+        elif align:
+            items, targets, _ = own_descriptions(space, caches, dataset, descs, m)
+            linear = train_linear_head(items, on_support(targets, support), epochs=15 if epochs is None else epochs,
+                                       seed=seed)
+            heads[m] = as_linear_map(linear)
+        if scoring == "descriptions":
+            means = class_means(feats.float().cpu(), labels, len(names), names,
+                                f"among the {m} items of the train split of {dataset.root}")
+            rows, row_owners[m] = description_rows(descs, means, n)
+            centres[m] = on_support(rows, support)  # an aligned head learns targets where m lives
     owners = torch.cat([torch.full((len(d),), i, dtype=torch.long) for i, d in enumerate(descs)])
-    return UniBind(space, list(names), centres, torch.cat(descs), owners, heads, vote_weight, k)
+    return UniBind(space, list(names), centres, torch.cat(descs), owners, heads, vote_weight, k, scoring, row_owners)
 
 
 def evaluate_unibind(model: UniBind, caches: "CacheSet", dataset: "Dataset", split: str) -> list[dict[str, Any]]:

@@ -283,7 +283,9 @@ def model_card(space: Space, config: dict[str, Any], metrics: list[dict[str, Any
         lines += ["## UniBind class centres", "",
                   f"{len(unibind['names'])} classes, centres for {', '.join(unibind['modalities'])} "
                   f"([unibind.json](unibind.json), unibind.safetensors); trained heads aligning embeddings to them: "
-                  f"{heads}; knowledge vote weight {unibind['vote_weight']:g} (k {unibind['k']}). "
+                  f"{heads}; scoring `{unibind.get('scoring', 'centres')}` (centres: one centre per class; "
+                  "descriptions: a class scores its best description, as the official code); "
+                  f"knowledge vote weight {unibind['vote_weight']:g} (k {unibind['k']}). "
                   "Load with `spacebind.unibind.UniBind.load(path)`; `spacebind eval` reports zero-shot with the "
                   "centres beside the prompts.", ""]
     example = ('"text", ["a photo of a dog"]' if "text" in space.modalities

@@ -39,3 +39,28 @@ bonds: [{type: combination, expert: e, mixture: 2, lambdas: {text: 0.5, image: 0
 train: {epochs: 3, batch_size: 8, hidden: 16}
 evaluate: {split: test, ks: [1]}
 """
+
+
+def text_point_cache(root: Path, n: int, dim: int, noise: float, shard_size: int):
+    """An embedding cache of `n` items with a text and a point each (the point file holds the item's
+    index): text embeddings are seeded random rows, point embeddings the same rows plus `noise` ×
+    fresh ones (`noise` 0: identical), so item i's text and point are partners."""
+    import torch
+
+    from spacebind.cache.store import embed_dataset
+    from spacebind.space import Space
+
+    (root / "point").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        np.save(root / "point" / f"{i}.npy", np.array([[i, 0, 0]], np.float32))
+        lines.append(json.dumps({"id": f"i{i}", "text": str(i), "point": f"point/{i}.npy"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    g = torch.Generator().manual_seed(0)
+    text_table = torch.randn(n, dim, generator=g)
+    point_table = text_table + noise * torch.randn(n, dim, generator=g) if noise else text_table
+    expert = Space.from_encoders("pair", {
+        "text": lambda xs: text_table[[int(x) for x in xs]],
+        "point": lambda xs: point_table[[int(x[0, 0]) for x in xs]],
+    }, dim=dim)
+    return embed_dataset(expert, Dataset.load(root), root / "cache", shard_size=shard_size, progress=False)

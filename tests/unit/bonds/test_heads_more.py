@@ -1,4 +1,4 @@
-"""Mutation gap (heads.py, H5): the one-line head summary shown on model cards must read
+"""heads.py: the one-line head summary shown on model cards must read
 source→target (in_dim→out_dim), for a plain head and inside a mixture."""
 from __future__ import annotations
 

@@ -1,25 +1,17 @@
-"""Mutation gaps in `spacebind.bonds.lambdas`:
+"""Edges of `spacebind.bonds.lambdas`:
 
-- La2: `_objective(..., mean_first=True)` ranks by the mean fused score first, then the worst margin
+- `_objective(..., mean_first=True)` ranks by the mean fused score first, then the worst margin
   (what `choose_channels` weighs a routed space's channel on); the default ranks worst margin first.
-- La4: the guard moves off the coarse setting when the bootstrap share is *at least* `confidence`.
-- La5: a paired task "a→b R@1" scores a's queries against b's gallery (not b→a).
-- La8: κ of a bond's channel is searched over the grid below 1 plus the prior, never κ = 1."""
+- the guard moves off the coarse setting when the bootstrap share is *at least* `confidence`.
+- a paired task "a→b R@1" scores a's queries against b's gallery (not b→a).
+- κ of a bond's channel is searched over the grid below 1 plus the prior, never κ = 1."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import spacebind
-
-ROOT = Path(spacebind.__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "helpers"), str(ROOT / "tests" / "unit" / "bonds")]
-
-from spacebind.bonds import lambdas as L  # noqa: E402
-from spacebind.bonds.lambdas import _objective, _select, _Tasks, bootstrap_share  # noqa: E402
+from spacebind.bonds import lambdas as L
+from spacebind.bonds.lambdas import _objective, _select, _Tasks, bootstrap_share
 
 B = torch.tensor
 
@@ -105,7 +97,7 @@ def test_kappa_of_a_bonds_channel_is_searched_below_one_and_at_the_prior(monkeyp
 
 
 def test_the_bootstrap_groups_queries_by_the_named_attribute_and_items_without_it_stand_alone() -> None:
-    """La14: `groups` (e.g. speaker) makes a speaker's queries one bootstrap group, shared by every task."""
+    """`groups` (e.g. speaker) makes a speaker's queries one bootstrap group, shared by every task."""
     from spacebind.io.datasets import Item
 
     speakers = {"i0": "s1", "i1": "s1", "i2": "s2", "i3": None, "i4": "s2"}
@@ -126,7 +118,7 @@ def test_the_bootstrap_groups_queries_by_the_named_attribute_and_items_without_i
 
 
 def test_class_precision_between_unpaired_pools_skips_unlabelled_gallery_items() -> None:
-    """La12/La20: "a→b class P@1": each labelled query's top item among b's *labelled* items must be
+    """"a→b class P@1": each labelled query's top item among b's *labelled* items must be
     of the query's class; an unlabelled gallery item is neither a hit nor a miss, and labels are
     read at the labelled items' positions."""
     tasks = _Tasks.__new__(_Tasks)

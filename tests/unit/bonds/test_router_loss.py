@@ -122,3 +122,21 @@ def test_router_validation_counts_a_partner_mined_for_several_seeds_as_correct()
     assert mean_pair_recall(scales, {}, data) == 1.0
     data.rows["audio"] = torch.tensor([0, 0, 1, -1])  # the fourth text has no clip: left out
     assert mean_pair_recall(scales, {}, data) == 1.0
+
+
+def test_validation_recall_is_the_mean_of_both_directions() -> None:
+    """Ro14: the routers' val score is the mean R@1 over each modality pair in *both* directions."""
+    from types import SimpleNamespace
+
+    from spacebind.bonds.route import mean_pair_recall
+
+    text = torch.eye(3)
+    audio = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])  # clip 1 is nearer text 0 than text 1
+    sims = text @ audio.T
+    t2a = float((sims.argmax(dim=1) == torch.arange(3)).float().mean())
+    a2t = float((sims.argmax(dim=0) == torch.arange(3)).float().mean())
+    assert t2a != a2t
+    data = RouteData(np.zeros((3, 2), dtype=np.uint64), {"text": torch.arange(3), "audio": torch.arange(3)},
+                     Fixed({"text": text, "audio": audio}))
+    scales = SimpleNamespace(scales={"text": 1.0, "audio": 1.0})
+    assert abs(mean_pair_recall(scales, {}, data) - (t2a + a2t) / 2) < 1e-6

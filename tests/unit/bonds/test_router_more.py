@@ -1,22 +1,14 @@
-"""Mutation gap (router.py, R7): without a router the routing weights are the uniform mixture,
+"""router.py: without a router the routing weights are the uniform mixture,
 w_k = 1/K per row (rows sum to 1), both from `routing_weights` and from a routed space's
-`route_weights` / `weights` (which callers read as a distribution over `routes(m)`); and (Ro3)
-the k-th weight column / candidate is the space `routes(m)[k]` names (the target first)."""
+`route_weights` / `weights` (which callers read as a distribution over `routes(m)`); and the k-th weight column / candidate is the space `routes(m)[k]` names (the target first)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
+from toy_experts import table_expert
 
-import spacebind
-
-sys.path.insert(0, str(Path(spacebind.__file__).resolve().parents[1] / "tests" / "helpers"))
-from toy_experts import table_expert  # noqa: E402
-
-from spacebind.bonds.linear import LinearMap  # noqa: E402
-from spacebind.bonds.route import RoutedSpace  # noqa: E402
-from spacebind.bonds.router import mix, routing_weights  # noqa: E402
+from spacebind.bonds.linear import LinearMap
+from spacebind.bonds.route import RoutedSpace
+from spacebind.bonds.router import mix, routing_weights
 
 
 def test_no_router_gives_weights_of_one_over_k_that_sum_to_one() -> None:
@@ -40,7 +32,7 @@ def test_an_unrouted_space_reports_uniform_weights_and_mixes_the_candidate_mean(
     torch.testing.assert_close(w, torch.full((3, 3), 1 / 3))
     leaves = space.leaf_embeddings("text", ["1", "2", "3"])
     cands = space.candidates("text", leaves)
-    # Ro3: column k of the candidates (and of the weights) is the space named routes()[k]
+    # column k of the candidates (and of the weights) is the space named routes()[k]
     routes = space.routes("text")
     torch.testing.assert_close(cands[:, routes.index("T")], space.base.combine("text", leaves))
     torch.testing.assert_close(cands[:, routes.index("A")], heads["A"](leaves["A"]))

@@ -1,29 +1,24 @@
-"""Mutation gaps in `spacebind.bonds.targets` (a bond's `pairing: auto`): the reliability measures
+"""Edges of `spacebind.bonds.targets` (a bond's `pairing: auto`): the reliability measures
 and the rule that keeps a target modality.
 
-- T2/T8: a modality whose reliability is exactly half the best is kept ("at least"), below half dropped.
-- T3: a target modality with no measured reliability (no val items) is kept, not dropped.
-- T4: zero-shot evidence for fewer than two modalities falls back to paired R@1.
-- T5/T7: paired R@1 is the mean of both directions (T7), and is over pairs of *different* modalities (a modality against itself is R@1 = 1)."""
+- a modality whose reliability is exactly half the best is kept ("at least"), below half dropped.
+- a target modality with no measured reliability (no val items) is kept, not dropped.
+- zero-shot evidence for fewer than two modalities falls back to paired R@1.
+- paired R@1 is the mean of both directions, and is over pairs of *different* modalities (a modality against itself is R@1 = 1)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from memory_cache import MemoryCache
 
-import spacebind
-
-sys.path.insert(0, str(Path(spacebind.__file__).resolve().parents[1] / "tests" / "helpers"))
-from memory_cache import MemoryCache  # noqa: E402
-
-from spacebind import Dataset, Space  # noqa: E402
-from spacebind.bonds.targets import _paired_recall, choose_targets  # noqa: E402
-from spacebind.cache import CacheSet  # noqa: E402
-from spacebind.evaluation.metrics import retrieval_recall  # noqa: E402
-from spacebind.io.datasets import ClassInfo, Item  # noqa: E402
+from spacebind import Dataset, Space
+from spacebind.bonds.targets import _paired_recall, choose_targets
+from spacebind.cache import CacheSet
+from spacebind.evaluation.metrics import retrieval_recall
+from spacebind.io.datasets import ClassInfo, Item
 
 DIM = 12
 CLASSES = [f"c{k}" for k in range(4)]

@@ -1,15 +1,11 @@
 """Space similarity: mutual k-NN is over COSINE neighbours (norms must not matter), and
 `rank_pairs` (a) caps k at N - 1, where every other probe is a neighbour in both spaces, so the
 overlap is exactly 1, and (b) drops probe items either side's cache could not embed."""
-import sys
 from pathlib import Path
 
 import torch
 
-import spacebind
 from spacebind.evaluation.similarity import ProbeEncoder, mutual_knn, rank_pairs
-
-sys.path.insert(0, str(Path(spacebind.__file__).resolve().parents[1] / "tests" / "helpers"))
 
 
 def test_mutual_knn_uses_cosine_not_inner_product() -> None:

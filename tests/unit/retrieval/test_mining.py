@@ -1,40 +1,22 @@
 """Mining pseudo pairs with FAISS: exact against brute force, IVF, soft targets, on-disk reuse."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_datasets import text_point_cache
 
-from spacebind.cache.store import embed_dataset
 from spacebind.errors import CacheError, InputError
-from spacebind.io.datasets import Dataset
 from spacebind.retrieval.mining import IndexOptions, _filled, mine
-from spacebind.space import Space
 
 N, DIM = 300, 16
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mine")
-    (root / "point").mkdir()
-    lines = []
-    for i in range(N):
-        np.save(root / "point" / f"{i}.npy", np.array([[i, 0, 0]], np.float32))
-        lines.append(json.dumps({"id": f"i{i}", "text": str(i), "point": f"point/{i}.npy"}))
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    g = torch.Generator().manual_seed(0)
-    text_table = torch.randn(N, DIM, generator=g)
-    point_table = text_table + 0.9 * torch.randn(N, DIM, generator=g)
-    expert = Space.from_encoders("pair", {
-        "text": lambda xs: text_table[[int(x) for x in xs]],
-        "point": lambda xs: point_table[[int(x[0, 0]) for x in xs]],
-    }, dim=DIM)
-    return embed_dataset(expert, Dataset.load(root), root / "cache", shard_size=64, progress=False)
+    return text_point_cache(tmp_path_factory.mktemp("mine"), N, DIM, noise=0.9, shard_size=64)
 
 
 def brute_force(cache, k: int):

@@ -1,34 +1,20 @@
 """Mining edge cases: k larger than the pool gives the whole pool (no padded, -inf neighbours);
 index options must be at least 1; an IVF-PQ index, like a PQ one, needs pq_m to divide the dim."""
-import json
 
-import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from tiny_datasets import text_point_cache
 
-from spacebind.cache.store import embed_dataset
 from spacebind.errors import InputError
-from spacebind.io.datasets import Dataset
 from spacebind.retrieval.mining import IndexOptions, MiningIndex, mine, new_index
-from spacebind.space import Space
 
 N, DIM = 12, 4
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mine2")
-    (root / "point").mkdir()
-    lines = []
-    for i in range(N):
-        np.save(root / "point" / f"{i}.npy", np.array([[i, 0, 0]], np.float32))
-        lines.append(json.dumps({"id": f"i{i}", "text": str(i), "point": f"point/{i}.npy"}))
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    table = torch.randn(N, DIM, generator=torch.Generator().manual_seed(0))
-    expert = Space.from_encoders("pair", {"text": lambda xs: table[[int(x) for x in xs]],
-                                          "point": lambda xs: table[[int(x[0, 0]) for x in xs]]}, dim=DIM)
-    return embed_dataset(expert, Dataset.load(root), root / "cache", shard_size=8, progress=False)
+    return text_point_cache(tmp_path_factory.mktemp("mine2"), N, DIM, noise=0, shard_size=8)
 
 
 def test_k_above_the_pool_size_gives_the_whole_pool(cache) -> None:

@@ -1,19 +1,15 @@
 """Search: (1) an index is refused for a space of the same dim whose heads differ (the fingerprint,
 not only the dim, is checked); (2) merged results over several modalities break score ties by
 modality order, then FAISS rank (a stable merge), also for long, tie-heavy lists."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import spacebind
 from spacebind.errors import CheckpointError
 from spacebind.retrieval.mining import build_index
 from spacebind.search import SearchIndex, check_same_space, search_batch, space_fingerprint
-
-sys.path.insert(0, str(Path(spacebind.__file__).resolve().parents[1] / "tests" / "helpers"))
 
 
 def _bond(seed: int):

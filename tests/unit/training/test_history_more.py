@@ -1,4 +1,4 @@
-"""Mutation gap (history.py, Hi5): `collect_histories` reads each member's state file where there
+"""history.py: `collect_histories` reads each member's state file where there
 is one and leaves out members without one (a closed-form head, or a member directory left with no
 state file yet), keyed `<key>/member<j>`, histories as stored."""
 from __future__ import annotations

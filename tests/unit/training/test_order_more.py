@@ -1,4 +1,4 @@
-"""Mutation gap (order.py, O4): `block_order` visits the shards in a (seed, epoch)-shuffled order,
+"""order.py: `block_order` visits the shards in a (seed, epoch)-shuffled order,
 cut into blocks of `window` shards: which shards share a block, and which block comes first,
 change with the epoch (not always shards 0..window-1 first, in id order)."""
 from __future__ import annotations

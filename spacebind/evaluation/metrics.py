@@ -1,8 +1,10 @@
 """Retrieval and zero-shot classification metrics (CLIP_benchmark conventions), chunked."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from spacebind.retrieval.mining import part_mean
@@ -21,7 +23,8 @@ def first_hit_ranks(
     """Per query, the 0-based rank of its first correct gallery item among its top `depth`
     (`NO_HIT`, above any k, when none is there): `ranks < k` are the per-query hits behind recall@k."""
     top = topk_indices(queries, gallery, depth, chunk_size)
-    pos = [set([p]) if isinstance(p, int) else set(p) for p in positives]
+    listed = positives.tolist() if isinstance(positives, (torch.Tensor, np.ndarray)) else positives
+    pos = [{int(p)} if isinstance(p, numbers.Integral) else {int(g) for g in p} for p in listed]
     return torch.tensor(
         [next((r for r, g in enumerate(row.tolist()) if g in pos[i]), NO_HIT) for i, row in enumerate(top)],
         dtype=torch.long,

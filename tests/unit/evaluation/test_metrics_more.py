@@ -16,3 +16,17 @@ def test_acc5_with_exactly_five_classes_is_a_number() -> None:
     assert m["acc1"] == pytest.approx(2 / 3)
     four = zeroshot_classification(feats[:, :4], torch.tensor([0, 1, 3]), torch.eye(4))
     assert math.isnan(four["acc5"])
+
+
+def test_positives_may_be_numpy_or_torch_integers() -> None:
+    """An index tensor or numpy array of positives (one per query, or lists of them) is read as ints."""
+    import numpy as np
+    import torch
+
+    from spacebind.evaluation.metrics import first_hit_ranks, retrieval_recall
+
+    q = torch.eye(3)
+    as_ints = retrieval_recall(q, q, [0, 1, 2], ks=(1,))
+    assert retrieval_recall(q, q, torch.arange(3), ks=(1,)) == as_ints == {1: 1.0}
+    assert retrieval_recall(q, q, list(np.arange(3)), ks=(1,)) == as_ints
+    assert first_hit_ranks(q, q, [np.array([1, 0]), torch.tensor([1]), [2]]).tolist() == [0, 0, 0]

@@ -629,7 +629,9 @@ def mean_pair_recall(space: RoutedSpace, routers: Mapping[str, nn.Module], data:
 def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config: RouterConfig | None = None,
                   progress: bool = True) -> RoutedSpace:
     """Train one router per modality with two or more candidates (projectors frozen); returns the
-    routed space with them (`space`'s own routers, if any, are replaced)."""
+    routed space with them (`space`'s own routers, if any, are replaced) and the record of their
+    training in `choices["router"]`: the split scored, the kept epoch and its score, and per epoch
+    the mean loss, the mean pair R@1 (`mean_pair_recall`) and the learning rate."""
     config = config or RouterConfig()
     train, val = (route_data(space, caches, dataset, split, config.miners, config.stream_mb, progress, config.index)
                   for split in ("train", "val"))
@@ -647,17 +649,21 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     steps = max(1, len(train) // batch)
     scheduler = warmup_cosine(optimizer, steps * config.epochs, config.warmup)
     best, best_val, best_epoch = None, -math.inf, -1
+    history: list[dict[str, Any]] = []
     for epoch in track(range(config.epochs), "training routers", show=progress, unit="epochs"):
         routers.train()
         order = train.order(config.seed, epoch)
+        total = 0.0
         for step in range(steps):
             loss = router_loss(space, dict(routers), train, order[step * batch:(step + 1) * batch], config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            total += float(loss.detach())
         routers.eval()
         score = mean_pair_recall(space, dict(routers), val if len(val) else train)
+        history.append({"epoch": epoch, "loss": total / steps, "val_recall@1": score, "lr": scheduler.get_last_lr()[0]})
         if math.isnan(score) or score > best_val:  # NaN: no modality pair to score, the last epoch is kept
             best_val, best_epoch = score, epoch
             best = {k: v.detach().clone() for k, v in routers.state_dict().items()}
@@ -666,7 +672,9 @@ def train_routers(space: RoutedSpace, caches: CacheSet, dataset: Dataset, config
     routers.load_state_dict(best)
     heads = {k: v for k, v in space.heads.items() if not k.startswith(ROUTER_PREFIX)}
     heads.update({f"{ROUTER_PREFIX}{m}": r.eval() for m, r in routers.items()})
-    return space._replaced(heads=heads)
+    record = {"split": "val" if len(val) else "train", "best_epoch": best_epoch, "best": best_val,
+              "modalities": routed_mods, "history": history}
+    return space._replaced(heads=heads, choices={**space.choices, "router": record})
 
 
 def remap(target: Space, members: Sequence[Space], caches: CacheSet, dataset: Dataset, *,

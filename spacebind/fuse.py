@@ -204,6 +204,9 @@ def _fuse(recipe: Recipe, recipe_text: str | None, base_dir: Path, out: Path, wo
     with stage(f"export to {out}", progress):
         members = trained_members(recipe, {a: e.modalities for a, e in experts.items()})
         history = collect_histories(work / "heads", {k: n for k, n in members.items() if k not in untrained})
+        router = ((getattr(space, "choices", None) or {}).get("router") or {}) if recipe.routed is not None else {}
+        if router.get("history"):
+            history["routed/router"] = router["history"]  # the routers of every modality, trained together
         save_space(space, out, recipe_text=recipe_text, metrics=records, extra=unibind.save if unibind is not None else None,
                    history=history)
     distributed.barrier()

@@ -182,6 +182,13 @@ def _fitted_lines(node: dict[str, Any], outermost: bool) -> list[str]:
                      f"split: κ {kappas}{unused}; {why}"
                      + ("; other κ per task: `spacebind sweep FUSED DATA --channel` (saved as presets)"
                         if outermost and not unused else ""))
+    router = choices.get("router")
+    if router and router.get("history"):
+        score = router["best"]
+        kept = f"{100 * score:.1f} %" if isinstance(score, (int, float)) and math.isfinite(score) else "no pair to score"
+        lines.append(f"- bond {node['index']}, routers ({', '.join(router['modalities'])}): trained "
+                     f"{len(router['history'])} epoch(s), kept epoch {router['best_epoch'] + 1} (mean pair R@1 on the "
+                     f"{router['split']} split: {kept}); per epoch in history.json (`routed/router`)")
     routed = choices.get("channels")
     if routed:
         for label, entry in routed["specialists"].items():

@@ -31,6 +31,11 @@ def test_an_expert_both_bonded_and_routed_is_evaluated_once_and_the_base_as_base
     experts = [r["model"] for r in result.records if r["role"] == "expert"]
     assert experts == ["e"] * len([r for r in result.records if r["role"] == "base"])  # once; the base not again
     assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())) == len(keys)
+    # the routers' epochs are exported beside the projectors' and summarised on the card
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    router = result.space.choices["router"]
+    assert len(history["routed/router"]) == len(router["history"]) == 1 and "loss" in history["routed/router"][0]
+    assert "routers (text, image): trained 1 epoch(s), kept epoch 1" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_a_closed_form_rerun_in_a_used_work_directory_exports_no_old_history(tmp_path: Path) -> None:

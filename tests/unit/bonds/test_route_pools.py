@@ -167,3 +167,7 @@ def test_routers_train_when_no_val_tuple_pairs_two_modalities(monkeypatch: pytes
     out = train_routers(space, None, None, RouterConfig(hidden=[16, 8], epochs=2, batch_size=32, channel=False),
                         progress=False)
     assert set(out.routers) == {"text"}
+    record = out.choices["router"]  # the routers' training, for the export's history and card
+    assert (record["split"], record["best_epoch"], record["modalities"]) == ("val", 1, ["text"])
+    assert [row["epoch"] for row in record["history"]] == [0, 1]
+    assert all(np.isnan(row["val_recall@1"]) and np.isfinite(row["loss"]) and row["lr"] >= 0 for row in record["history"])

@@ -262,6 +262,7 @@ def embed(
     (shards split over ranks).
 
     Example: spacebind embed world_audio_text data/world --out caches/audio_text
+    Example: spacebind embed world_audio_text data/world --out caches/audio_text --retry-bad   (after fixing bad files)
     Example: torchrun --nproc-per-node 8 -m spacebind embed world_audio_text data/world --out caches/audio_text
     """
     from spacebind.cache.store import embed_dataset

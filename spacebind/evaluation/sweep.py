@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from spacebind.bonds.lambdas import CHANNEL, CHANNEL_PRIOR, _Tasks, bootstrap_share
 from spacebind.bonds.node import BondNode
 from spacebind.cache import CacheSet, ensure_caches
@@ -118,11 +120,15 @@ def _win_shares(space: BondNode, caches: CacheSet, dataset: Dataset, split: str,
     values = sorted({*current.values(), *(v for point in winners.values() for v in point.values())})
     tasks = _Tasks(space, [], caches, dataset, split, list(current), values)
     now = tasks.fused_hits(current)
+    hits: dict[tuple, dict[str, torch.Tensor]] = {}  # per distinct winning point, every task's hits once
     shares = {}
     for task, point in winners.items():
         if task in now:
-            shares[task] = bootstrap_share({task: tasks.fused_hits(point)[task]}, {task: now[task]}, {},
-                                           tasks.group_index, resamples, seed=0)
+            key = tuple(sorted(point.items()))
+            if key not in hits:
+                hits[key] = tasks.fused_hits(point)
+            shares[task] = bootstrap_share({task: hits[key][task]}, {task: now[task]}, {}, tasks.group_index,
+                                           resamples, seed=0)
     return shares
 
 

@@ -24,7 +24,6 @@ from torch import nn
 
 from spacebind.bonds.projector import MLPProjector
 from spacebind.errors import InputError
-from spacebind.evaluation.metrics import on_support
 from spacebind.retrieval.mining import part_mean
 from spacebind.unibind.knowledge import KnowledgeBase, require_classes
 
@@ -51,13 +50,18 @@ def centres_from(prompts: torch.Tensor, descriptions: Sequence[torch.Tensor], cl
     parts = blocks is not None and len(blocks) > 1
     picked = []
     for desc, mean in zip(descriptions, class_means):
-        desc = F.normalize(desc, dim=-1)
-        top = (desc @ F.normalize(mean, dim=-1)).topk(min(n, len(desc))).indices
-        picked.append(part_mean(desc[top], blocks) if parts else F.normalize(desc[top].mean(dim=0), dim=-1))
+        top = nearest_descriptions(desc, mean, n)
+        picked.append(part_mean(top, blocks) if parts else F.normalize(top.mean(dim=0), dim=-1))
     if parts:
         pairs = torch.stack([F.normalize(prompts, dim=-1), torch.stack(picked)], dim=1)  # [C, 2, d]
         return part_mean(pairs, blocks, torch.tensor([mix, 1.0 - mix]))
     return F.normalize(mix * F.normalize(prompts, dim=-1) + (1.0 - mix) * torch.stack(picked), dim=-1)
+
+
+def nearest_descriptions(descriptions: torch.Tensor, class_mean: torch.Tensor, n: int) -> torch.Tensor:
+    """A class's `n` descriptions nearest its class mean (unit rows, in their original order)."""
+    desc = F.normalize(descriptions.float(), dim=-1)
+    return desc[(desc @ F.normalize(class_mean.float(), dim=-1)).topk(min(n, len(desc))).indices.sort().values]
 
 
 def knowledge_embeddings(space: "Space", kb: KnowledgeBase, names: Sequence[str]) -> list[torch.Tensor]:
@@ -82,18 +86,6 @@ def class_means(feats: torch.Tensor, labels: torch.Tensor, n_classes: int, names
     feats = feats.float().cpu()  # a space on an accelerator embeds there; centres live on the CPU
     sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, labels.cpu(), feats)
     return sums / counts[:, None].cpu()
-
-
-def build_centres(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: KnowledgeBase, modality: str,
-                  prompts: torch.Tensor, n: int = 8, mix: float = 0.5, split: str = "train") -> torch.Tensor:
-    """Centres of the dataset's classes for `modality` items of `space`, from `split`'s items."""
-    from spacebind.evaluation.zeroshot import split_features
-
-    names = dataset.class_names
-    feats, labels = split_features(space, caches, dataset, split, modality)
-    means = class_means(feats, labels, len(names), names, f"among the {modality} items of the {split} split of {dataset.root}")
-    centres = centres_from(prompts, knowledge_embeddings(space, kb, names), means, n, mix, space.blocks)
-    return on_support(centres, space.support(modality))  # an aligned head learns targets where m lives
 
 
 def align_to_centres(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, epochs: int = 20,
@@ -154,10 +146,8 @@ def description_rows(descriptions: Sequence[torch.Tensor], class_means: torch.Te
     for k, (desc, mean) in enumerate(zip(descriptions, class_means)):
         if len(desc) == 0:
             raise InputError(f"description rows: class {k} has no description")
-        desc = F.normalize(desc.float(), dim=-1)
-        top = (desc @ F.normalize(mean.float(), dim=-1)).topk(min(n, len(desc))).indices.sort().values
-        rows.append(desc[top])
-        owners.append(torch.full((len(top),), k, dtype=torch.long))
+        rows.append(nearest_descriptions(desc, mean, n))
+        owners.append(torch.full((len(rows[-1]),), k, dtype=torch.long))
     return torch.cat(rows), torch.cat(owners)
 
 
@@ -229,17 +219,14 @@ def as_linear_map(linear: nn.Linear) -> nn.Module:
 
 
 def own_descriptions(space: "Space", caches: "CacheSet", dataset: "Dataset", descriptions: Sequence[torch.Tensor],
-                     modality: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The labelled `modality` items of `split` [N, d], each item's own description [N, d] (the
-    positive of the official loss) and how many of them are paired texts. An item's own description
-    is its paired text (the same item's `text` field, the counterpart of the description the
-    official code has an LLM write for each training item) when the caches hold its embedding;
-    otherwise the description of its class (`descriptions`, per class in class order) nearest the item."""
-    from spacebind.evaluation.evaluate import labelled_items
-
-    ids, labels = labelled_items(dataset, split, modality, lambda found: caches.usable_ids(space, modality, found))
-    feats = caches.embeddings(space, modality, ids).float().cpu()
-    texts = {it.id: it.fields.get("text") for it in dataset.select(split, modality)}
+                     ids: Sequence[str], feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each item's own description [N, d] (the positive of the official loss), for items `ids` with
+    embeddings `feats` [N, d] and class indices `labels`: its paired text (the same item's `text`
+    field, the counterpart of the description the official code has an LLM write for each training
+    item) when the caches hold its embedding; otherwise the description of its class
+    (`descriptions`, per class in class order) nearest the item."""
+    wanted = set(ids)
+    texts = {it.id: it.fields.get("text") for it in dataset.iter_items() if it.id in wanted}
     candidates = [i for i in ids if isinstance(texts.get(i), str) and texts[i].strip()]
     paired = set(caches.usable_ids(space, "text", candidates)) if candidates and "text" in space.modalities else set()
     has_text = torch.tensor([i in paired for i in ids], dtype=torch.bool)
@@ -250,4 +237,4 @@ def own_descriptions(space: "Space", caches: "CacheSet", dataset: "Dataset", des
         desc = descriptions[int(labels[row])].float()
         nearest = (F.normalize(desc, dim=-1) @ F.normalize(feats[row], dim=-1)).argmax()
         targets[row] = desc[nearest]
-    return feats, targets, len(paired)
+    return targets

@@ -25,13 +25,14 @@ from torch import nn
 
 from spacebind.bonds.heads import head_from_config
 from spacebind.errors import CheckpointError, InputError
+from spacebind.evaluation.evaluate import labelled_items
 from spacebind.evaluation.metrics import on_support
 from spacebind.evaluation.zeroshot import prompt_classes, split_features
 from spacebind.io.files import atomic_path, write_json
 from spacebind.unibind.centres import (
     align_to_centres,
     as_linear_map,
-    build_centres,
+    centres_from,
     class_means,
     description_rows,
     knowledge_embeddings,
@@ -267,23 +268,23 @@ def fit_unibind(space: "Space", caches: "CacheSet", dataset: "Dataset", kb: Know
     names = dataset.class_names
     prompts = prompt_classes(space, names, dataset.templates).float().cpu()
     wanted = modalities or [m for m in space.modalities if m != "text" and m in dataset.modalities()]
-    descs = knowledge_embeddings(space, kb, names)
+    descs = knowledge_embeddings(space, kb, names)  # encoded once, for every modality
     centres, row_owners, heads = {}, {}, {}
     for m in wanted:
-        feats, labels = split_features(space, caches, dataset, "train", m)
-        support = space.support(m)
+        ids, labels = labelled_items(dataset, "train", m, lambda found: caches.usable_ids(space, m, found))
+        feats = caches.embeddings(space, m, ids).float().cpu()
+        means = class_means(feats, labels, len(names), names, f"among the {m} items of the train split of {dataset.root}")
+        support = space.support(m)  # an aligned head learns targets where m lives
         if scoring == "centres" or (align and head == "mlp"):
-            centres[m] = build_centres(space, caches, dataset, kb, m, prompts, n, mix)
+            centres[m] = on_support(centres_from(prompts, descs, means, n, mix, space.blocks), support)
         if align and head == "mlp":
             heads[m] = align_to_centres(feats, labels, centres[m], epochs=20 if epochs is None else epochs, seed=seed)
         elif align:
-            items, targets, _ = own_descriptions(space, caches, dataset, descs, m)
-            linear = train_linear_head(items, on_support(targets, support), epochs=15 if epochs is None else epochs,
+            targets = own_descriptions(space, caches, dataset, descs, ids, feats, labels)
+            linear = train_linear_head(feats, on_support(targets, support), epochs=15 if epochs is None else epochs,
                                        seed=seed)
             heads[m] = as_linear_map(linear)
         if scoring == "descriptions":
-            means = class_means(feats.float().cpu(), labels, len(names), names,
-                                f"among the {m} items of the train split of {dataset.root}")
             rows, row_owners[m] = description_rows(descs, means, n)
             centres[m] = on_support(rows, support)  # an aligned head learns targets where m lives
     owners = torch.cat([torch.full((len(d),), i, dtype=torch.long) for i, d in enumerate(descs)])

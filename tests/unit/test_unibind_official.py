@@ -186,8 +186,11 @@ def test_fit_unibind_official_mode_on_a_tiny_dataset() -> None:
     data, caches, kb = tiny_dataset()
     sp = space()
     descs = [word_vectors(kb[n]) for n in NAMES]
-    feats, targets, paired = own_descriptions(sp, caches, data, descs, "image")
-    assert paired == 11 and len(feats) == 12
+    ids = [it.id for it in data.select("train", "image")]
+    feats = caches.embeddings(sp, "image", ids)
+    labels = torch.tensor([NAMES.index(it.label) for it in data.select("train", "image")])
+    targets = own_descriptions(sp, caches, data, descs, ids, feats, labels)
+    assert len(feats) == len(targets) == 12
     torch.testing.assert_close(targets[0], word_vectors(["a photo of a ant"])[0])  # its own caption
     nearest = descs[2][(F.normalize(descs[2], dim=-1) @ F.normalize(feats[11], dim=0)).argmax()]
     torch.testing.assert_close(targets[11], nearest)  # no caption: its class's nearest description
